@@ -1,0 +1,137 @@
+"""The ``lapsewatch`` command.
+
+Exit codes: 0 trusted, 1 dangerous verdict, 2 bad input or configuration,
+3 ``unknown`` (no source could say).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from datetime import datetime
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+
+from lapsewatch import domains, lookup
+from lapsewatch.config import ConfigError, Settings
+from lapsewatch.dates import parse_datetime
+from lapsewatch.formats import json as json_format
+from lapsewatch.formats import table as table_format
+from lapsewatch.verdict import Verdict
+
+__all__ = ["app", "exit_code", "main"]
+
+EXIT_OK, EXIT_DANGEROUS, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
+
+app = typer.Typer(
+    help="Stop account takeovers through lapsed email domains.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bootstrap_app = typer.Typer(help="The RDAP bootstrap file (which server answers for a TLD).")
+app.add_typer(bootstrap_app, name="rdap-bootstrap")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+class Format(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+def exit_code(verdict: Verdict) -> int:
+    if verdict is Verdict.UNKNOWN:
+        return EXIT_UNKNOWN
+    return EXIT_DANGEROUS if verdict.dangerous else EXIT_OK
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _free_providers(settings: Settings) -> domains.FreeProviders:
+    try:
+        return domains.load_free_providers(settings.free_providers_file)
+    except OSError as exc:
+        raise _fail(f"LAPSEWATCH_FREE_PROVIDERS: {exc}") from None
+
+
+@app.command()
+def domain(
+    name: Annotated[str, typer.Argument(help="An email address or a domain.")],
+    verified_at: Annotated[
+        str | None,
+        typer.Option(
+            help="When the address was verified (ISO 8601); enables re-registration check."
+        ),
+    ] = None,
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Check the domain behind NAME now, with every configured source."""
+    settings = load_settings()
+    when: datetime | None = None
+    if verified_at is not None:
+        try:
+            when = parse_datetime(verified_at)
+        except ValueError as exc:
+            raise _fail(f"--verified-at: {exc}") from None
+    free = _free_providers(settings)
+    try:
+        report = asyncio.run(lookup.check(name, settings, verified_at=when, free_providers=free))
+    except domains.DomainError as exc:
+        raise _fail(str(exc)) from None
+    if output is Format.json:
+        console.print_json(json_format.dumps(json_format.domain_report(report)))
+    else:
+        table_format.print_domain_report(console, report)
+    raise typer.Exit(exit_code(report.decision.verdict))
+
+
+@bootstrap_app.command("update")
+def bootstrap_update(
+    url: Annotated[str, typer.Option(help="Where to fetch dns.json from.")] = (
+        "https://data.iana.org/rdap/dns.json"
+    ),
+) -> None:
+    """Fetch a fresh IANA bootstrap file into the user cache (needs the internet)."""
+    from lapsewatch.sources.bootstrap import (
+        BootstrapError,
+        cached_bootstrap_path,
+        parse_bootstrap,
+    )
+
+    try:
+        response = httpx.get(url, timeout=30.0, follow_redirects=True)
+        response.raise_for_status()
+        bootstrap = parse_bootstrap(response.json(), url)
+    except (httpx.HTTPError, ValueError, BootstrapError) as exc:
+        raise _fail(f"could not refresh the bootstrap from {url}: {exc}") from None
+    path = cached_bootstrap_path()
+    temporary = path.with_suffix(".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_bytes(response.content)
+        temporary.replace(path)  # atomic: a full disk leaves the old copy intact
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise _fail(f"could not save {path}: {exc}") from None
+    console.print(
+        f"saved {len(bootstrap.services)} TLD entries (published {bootstrap.publication}) to {path}"
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,121 @@
+"""Settings from ``LAPSEWATCH_*`` environment variables.
+
+One frozen object read once at start-up, so every part sees the same
+configuration and tests can build their own without touching ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["ConfigError", "Settings"]
+
+KNOWN_SOURCES = ("rdap", "dns", "fastly")
+DEFAULT_FASTLY_URL = "https://api.fastly.com"
+
+
+class ConfigError(ValueError):
+    """A ``LAPSEWATCH_*`` variable has a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with safe defaults for a first run."""
+
+    sources: tuple[str, ...] = ("rdap", "dns")
+    rdap_bootstrap_url: str | None = None
+    """URL or file path of an RFC 9224 ``dns.json``; ``None`` = the shipped copy."""
+    dns_nameservers: tuple[tuple[str, int], ...] = ()
+    """``(host, port)`` pairs; empty = the system's resolvers."""
+    fastly_url: str = DEFAULT_FASTLY_URL
+    fastly_key: str | None = None
+    timeout: float = 5.0
+    """Seconds for one request to one source."""
+    attempts: int = 3
+    """Tries per request on network errors, 429 and 5xx (bounded retry)."""
+    max_retry_after: float = 30.0
+    """Longest ``Retry-After`` we wait inside one check; longer means ``unknown``."""
+    free_providers_file: str | None = None
+    """A file replacing the shipped list of well-known free mail providers."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings; raise :class:`ConfigError` naming the bad variable."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(f"LAPSEWATCH_{name}")
+            return value.strip() if value is not None and value.strip() else None
+
+        fastly_key = get("FASTLY_KEY")
+        sources_text = get("SOURCES")
+        if sources_text is None:
+            sources: tuple[str, ...] = ("rdap", "dns", "fastly") if fastly_key else ("rdap", "dns")
+        else:
+            sources = _parse_sources(sources_text)
+        if "fastly" in sources and not fastly_key:
+            raise ConfigError(
+                "LAPSEWATCH_SOURCES names fastly but LAPSEWATCH_FASTLY_KEY is not set"
+            )
+        return cls(
+            sources=sources,
+            rdap_bootstrap_url=get("RDAP_BOOTSTRAP_URL"),
+            dns_nameservers=_parse_nameservers(get("DNS_NAMESERVERS")),
+            fastly_url=(get("FASTLY_URL") or DEFAULT_FASTLY_URL).rstrip("/"),
+            fastly_key=fastly_key,
+            timeout=_parse_float("TIMEOUT", get("TIMEOUT"), 5.0, minimum=0.01),
+            attempts=int(_parse_float("ATTEMPTS", get("ATTEMPTS"), 3, minimum=1)),
+            max_retry_after=_parse_float("MAX_RETRY_AFTER", get("MAX_RETRY_AFTER"), 30.0),
+            free_providers_file=get("FREE_PROVIDERS"),
+        )
+
+
+def _parse_sources(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in KNOWN_SOURCES]
+    if unknown or not names:
+        raise ConfigError(
+            f"LAPSEWATCH_SOURCES={text!r}: expected a comma list of {', '.join(KNOWN_SOURCES)}"
+        )
+    return names
+
+
+def _parse_nameservers(text: str | None) -> tuple[tuple[str, int], ...]:
+    if text is None:
+        return ()
+    servers: list[tuple[str, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, port = item, 53
+        if item.startswith("["):  # [::1]:5353
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                port = _parse_port(item, rest.removeprefix(":"))
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+            port = _parse_port(item, port_text)
+        if not host:
+            raise ConfigError(f"LAPSEWATCH_DNS_NAMESERVERS: {item!r} has no host")
+        servers.append((host, port))
+    return tuple(servers)
+
+
+def _parse_port(item: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"LAPSEWATCH_DNS_NAMESERVERS: {item!r} has a bad port")
+    return int(text)
+
+
+def _parse_float(name: str, text: str | None, default: float, minimum: float = 0.0) -> float:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"LAPSEWATCH_{name}={text!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"LAPSEWATCH_{name}={text!r} must be at least {minimum}")
+    return value

@@ -1,0 +1,1 @@
+"""Output formats, kept apart from the logic that produces the data."""

@@ -1,0 +1,33 @@
+"""JSON output: the stable machine-readable contract of each command."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lapsewatch.dates import isoformat
+from lapsewatch.lookup import DomainReport
+
+__all__ = ["domain_report", "dumps"]
+
+
+def domain_report(report: DomainReport) -> dict[str, Any]:
+    """Keys: input, domain, verdict, reason, free_provider, observations (+ details)."""
+    decision = report.decision
+    return {
+        "input": report.input,
+        "domain": report.parsed.domain,
+        "host": report.parsed.host,
+        "verdict": decision.verdict.value,
+        "dangerous": decision.verdict.dangerous,
+        "reason": decision.reason,
+        "decided_by": decision.decided_by,
+        "free_provider": report.parsed.free_provider,
+        "registered_at": isoformat(decision.registered_at),
+        "expires_at": isoformat(decision.expires_at),
+        "observations": [o.to_dict() for o in report.observations],
+    }
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)

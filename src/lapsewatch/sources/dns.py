@@ -1,0 +1,144 @@
+"""DNS delegation: is the domain in its TLD's zone at all?
+
+A domain on hold, in redemption or pending delete is taken out of the zone, so
+NXDOMAIN is a strong, cheap signal. The answer works the same from a recursive
+resolver (NS in the answer section) and from the TLD's authoritative server
+(a referral: NS in the authority section).
+"""
+
+from __future__ import annotations
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+
+from lapsewatch.sources.interface import Observation, Outcome, Source, truncate
+
+__all__ = ["PARKING_NAMESERVER_DOMAINS", "DnsSource", "system_nameservers"]
+
+PARKING_NAMESERVER_DOMAINS = frozenset(
+    {
+        "above.com",
+        "afternic.com",
+        "bodis.com",
+        "dan.com",
+        "hugedomains.com",
+        "parkingcrew.net",
+        "parklogic.com",
+        "sedoparking.com",
+        "uniregistrymarket.link",
+    }
+)
+"""Name server domains of parking and domain-sale services (heuristic, not exhaustive)."""
+
+
+def system_nameservers() -> tuple[tuple[str, int], ...]:
+    """The resolvers from ``/etc/resolv.conf`` (empty when there is none)."""
+    try:
+        resolver = dns.resolver.Resolver()
+    except dns.exception.DNSException:
+        return ()
+    return tuple((str(ns), resolver.port) for ns in resolver.nameservers)
+
+
+def _is_parking(nameserver: str) -> bool:
+    labels = nameserver.split(".")
+    return any(".".join(labels[i:]) in PARKING_NAMESERVER_DOMAINS for i in range(len(labels)))
+
+
+class DnsSource(Source):
+    """Ask for the domain's NS records at the configured resolvers."""
+
+    name = "dns"
+
+    def __init__(
+        self,
+        nameservers: tuple[tuple[str, int], ...] = (),
+        *,
+        timeout: float = 5.0,
+        attempts: int = 3,
+    ) -> None:
+        self._nameservers = nameservers or system_nameservers()
+        self._timeout = timeout
+        self._attempts = attempts
+
+    async def observe(self, domain: str) -> Observation:
+        if not self._nameservers:
+            return Observation.error(self.name, domain, "no DNS resolver configured")
+        failures: list[str] = []
+        for attempt in range(self._attempts):
+            host, port = self._nameservers[attempt % len(self._nameservers)]
+            try:
+                response = await self._query(domain, host, port)
+            except dns.exception.Timeout:
+                failures.append(f"no answer from {host}:{port} within {self._timeout:g} s")
+                continue
+            except (dns.exception.DNSException, OSError, ValueError, EOFError) as exc:
+                failures.append(f"bad answer from {host}:{port}: {type(exc).__name__}")
+                continue
+            rcode = response.rcode()
+            if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                return self._interpret(domain, response, f"{host}:{port}")
+            failures.append(f"{dns.rcode.to_text(rcode)} from {host}:{port}")
+        return Observation.error(self.name, domain, "; ".join(dict.fromkeys(failures)))
+
+    async def _query(self, domain: str, host: str, port: int) -> dns.message.Message:
+        query = dns.message.make_query(domain, dns.rdatatype.NS)
+        response = await dns.asyncquery.udp(query, host, port=port, timeout=self._timeout)
+        if response.flags & dns.flags.TC:
+            response = await dns.asyncquery.tcp(query, host, port=port, timeout=self._timeout)
+        return response
+
+    def _interpret(self, domain: str, response: dns.message.Message, server: str) -> Observation:
+        evidence = truncate(f";; from {server}\n{response.to_text()}")
+        if response.rcode() == dns.rcode.NXDOMAIN:
+            return Observation(
+                source=self.name,
+                domain=domain,
+                outcome=Outcome.ANSWERED,
+                detail=f"NXDOMAIN: not in the DNS ({server})",
+                found=False,
+                status=("undelegated",),
+                evidence=evidence,
+            )
+        name = dns.name.from_text(domain)
+        nameservers: list[str] = []
+        has_soa = False
+        for rrset in (*response.answer, *response.authority):
+            if rrset.name != name:
+                continue
+            if rrset.rdtype == dns.rdatatype.NS:
+                nameservers.extend(r.target.to_text(omit_final_dot=True).lower() for r in rrset)
+            elif rrset.rdtype == dns.rdatatype.SOA:
+                has_soa = True
+        if not nameservers and not has_soa:
+            return Observation(
+                source=self.name,
+                domain=domain,
+                outcome=Outcome.ANSWERED,
+                detail=f"name exists but has no delegation ({server})",
+                found=None,
+                status=("no delegation",),
+                evidence=evidence,
+            )
+        parked = sorted({ns for ns in nameservers if _is_parking(ns)})
+        status = ("delegated", "parked") if parked else ("delegated",)
+        listed = ", ".join(sorted(set(nameservers))[:4]) or "SOA"
+        detail = f"delegated to {listed}"
+        if parked:
+            detail += " (a parking / domain-sale service)"
+        return Observation(
+            source=self.name,
+            domain=domain,
+            outcome=Outcome.ANSWERED,
+            detail=f"{detail} ({server})",
+            found=True,
+            status=status,
+            nameservers=tuple(dict.fromkeys(nameservers)),
+            evidence=evidence,
+        )

@@ -1,0 +1,155 @@
+"""The verdict rules on hand-made observations (the wire paths are in test_world_checks)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lapsewatch.sources.interface import Observation, Outcome
+from lapsewatch.verdict import Verdict, decide
+
+NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def rdap(status: tuple[str, ...] = ("active",), **kw: object) -> Observation:
+    values: dict[str, object] = {
+        "registered_at": NOW - 3000 * DAY,
+        "expires_at": NOW + 200 * DAY,
+        **kw,
+    }
+    return Observation(
+        "rdap",
+        "x.test",
+        Outcome.ANSWERED,
+        "record",
+        found=True,
+        status=status,
+        **values,  # type: ignore[arg-type]
+    )
+
+
+RDAP_404 = Observation("rdap", "x.test", Outcome.ANSWERED, "404", found=False)
+RDAP_ERROR = Observation.error("rdap", "x.test", "HTTP 500")
+RDAP_SKIPPED = Observation.skipped("rdap", "x.test", "no RDAP server for .x")
+NXDOMAIN = Observation(
+    "dns", "x.test", Outcome.ANSWERED, "NXDOMAIN", found=False, status=("undelegated",)
+)
+DELEGATED = Observation("dns", "x.test", Outcome.ANSWERED, "ns", found=True, status=("delegated",))
+PARKED = Observation(
+    "dns", "x.test", Outcome.ANSWERED, "ns", found=True, status=("delegated", "parked")
+)
+DNS_TIMEOUT = Observation.error("dns", "x.test", "no answer")
+
+
+def fastly(status: str) -> Observation:
+    return Observation("fastly", "x.test", Outcome.ANSWERED, status, status=tuple(status.split()))
+
+
+def verdict(*observations: Observation, verified_at: datetime | None = None) -> Verdict:
+    return decide("x.test", observations, now=NOW, verified_at=verified_at).verdict
+
+
+@pytest.mark.parametrize(
+    ("observations", "expected"),
+    [
+        ((rdap(), DELEGATED), Verdict.REGISTERED),
+        ((rdap(("client hold", "auto renew period")), NXDOMAIN), Verdict.EXPIRING),
+        ((rdap(expires_at=NOW - 3 * DAY), DELEGATED), Verdict.EXPIRING),
+        ((rdap(("redemption period",)), NXDOMAIN), Verdict.REDEMPTION),
+        ((rdap(("pending delete",)), NXDOMAIN), Verdict.PENDING_DELETE),
+        ((RDAP_404, NXDOMAIN), Verdict.AVAILABLE),
+        ((rdap(), PARKED), Verdict.FOR_SALE),
+        ((rdap(), DELEGATED, fastly("active marketed")), Verdict.FOR_SALE),
+        ((RDAP_ERROR, DNS_TIMEOUT), Verdict.UNKNOWN),
+        ((RDAP_SKIPPED, DELEGATED), Verdict.UNKNOWN),
+        ((), Verdict.UNKNOWN),
+    ],
+)
+def test_each_verdict(observations: tuple[Observation, ...], expected: Verdict) -> None:
+    assert verdict(*observations) is expected
+
+
+def test_auto_renew_alone_is_a_paying_owner() -> None:
+    assert verdict(rdap(("active", "auto renew period"))) is Verdict.REGISTERED
+
+
+def test_registered_after_verification_is_reregistered_even_when_healthy() -> None:
+    fresh = rdap(registered_at=NOW - 20 * DAY)
+    assert verdict(fresh, DELEGATED, verified_at=NOW - 400 * DAY) is Verdict.REREGISTERED
+    assert verdict(fresh, DELEGATED, verified_at=NOW - 10 * DAY) is Verdict.REGISTERED
+    assert verdict(fresh, DELEGATED) is Verdict.REGISTERED
+
+
+def test_nxdomain_alone_is_enough_for_available() -> None:
+    assert verdict(RDAP_ERROR, NXDOMAIN) is Verdict.AVAILABLE
+    assert verdict(RDAP_SKIPPED, NXDOMAIN) is Verdict.AVAILABLE
+
+
+def test_registry_record_overrides_a_missing_delegation() -> None:
+    decision = decide("x.test", [rdap(), NXDOMAIN], now=NOW)
+    assert decision.verdict is Verdict.REGISTERED
+    assert decision.decided_by == "rdap"
+
+
+def test_dangerous_answer_wins_and_rdap_names_it() -> None:
+    decision = decide(
+        "x.test", [rdap(("redemption period",)), fastly("undelegated deleting")], now=NOW
+    )
+    assert decision.verdict is Verdict.REDEMPTION
+    assert "redemption period" in decision.reason
+
+
+def test_fastly_alone_can_be_dangerous_but_not_safe() -> None:
+    assert verdict(RDAP_ERROR, fastly("undelegated inactive")) is Verdict.AVAILABLE
+    assert verdict(RDAP_ERROR, fastly("expiring")) is Verdict.EXPIRING
+    assert verdict(RDAP_ERROR, fastly("active")) is Verdict.UNKNOWN
+    assert verdict(RDAP_ERROR, fastly("unknown")) is Verdict.UNKNOWN
+
+
+def test_unknown_reason_names_the_silent_sources() -> None:
+    decision = decide("x.test", [RDAP_ERROR, DNS_TIMEOUT], now=NOW)
+    assert "HTTP 500" in decision.reason
+    assert "no answer" in decision.reason
+
+
+def test_no_expiration_date_is_not_a_danger() -> None:
+    decision = decide("x.test", [rdap(expires_at=None), DELEGATED], now=NOW)
+    assert decision.verdict is Verdict.REGISTERED
+    assert "no expiration date" in decision.reason
+
+
+_failed = st.sampled_from(
+    [RDAP_ERROR, RDAP_SKIPPED, DNS_TIMEOUT, Observation.error("fastly", "x.test", "401")]
+)
+
+
+@given(st.lists(_failed, max_size=4))
+def test_errors_never_give_a_dangerous_verdict(observations: list[Observation]) -> None:
+    assert verdict(*observations) is Verdict.UNKNOWN
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                rdap(),
+                rdap(("redemption period",)),
+                RDAP_404,
+                NXDOMAIN,
+                DELEGATED,
+                PARKED,
+                fastly("active"),
+                fastly("undelegated inactive"),
+                RDAP_ERROR,
+                DNS_TIMEOUT,
+            ]
+        ),
+        max_size=5,
+    )
+)
+def test_adding_an_error_never_changes_the_verdict(observations: list[Observation]) -> None:
+    assert verdict(*observations, RDAP_ERROR, DNS_TIMEOUT) is verdict(*observations)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import enum
 from datetime import datetime
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
+import stamina.instrumentation
 import typer
 from rich.console import Console
 
@@ -21,6 +23,9 @@ from lapsewatch.dates import parse_datetime
 from lapsewatch.formats import json as json_format
 from lapsewatch.formats import table as table_format
 from lapsewatch.verdict import Verdict
+
+if TYPE_CHECKING:
+    from lapsewatch.world import World
 
 __all__ = ["app", "exit_code", "main"]
 
@@ -100,6 +105,60 @@ def domain(
     raise typer.Exit(exit_code(report.decision.verdict))
 
 
+class DnsKind(enum.StrEnum):
+    builtin = "builtin"
+    nsd = "nsd"
+
+
+@app.command()
+def demo(
+    world: Annotated[
+        bool, typer.Option("--world", help="Only start the local world and print its settings.")
+    ] = False,
+    scenario: Annotated[
+        Path | None, typer.Option(help="Scenario file (TOML); default: the shipped demo.")
+    ] = None,
+    dns: Annotated[DnsKind, typer.Option(help="DNS server for the world.")] = DnsKind.builtin,
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Start a local world (RDAP, DNS, Fastly on loopback) and check every domain in it."""
+    from lapsewatch import demo as story
+    from lapsewatch.world import NsdError, ScenarioError, World, demo_scenario, load_scenario
+
+    try:
+        loaded = load_scenario(scenario) if scenario else demo_scenario()
+    except (ScenarioError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        if world:
+            _serve_world(World(loaded, dns=dns.value))
+            return
+        verified_at, reports = story.run_story(loaded, dns=dns.value)
+    except NsdError as exc:
+        raise _fail(str(exc)) from None
+    if output is Format.json:
+        console.print_json(json_format.dumps([json_format.domain_report(r) for r in reports]))
+        return
+    table_format.print_story(console, reports, loaded, verified_at)
+
+
+def _serve_world(world: World) -> None:
+    """Run the world until Ctrl-C, printing the settings that point lapsewatch at it."""
+    import time
+
+    with world:
+        console.print("[bold]The local world is running.[/] In another shell:\n")
+        for key, value in sorted(world.env().items()):
+            console.print(f"export {key}={value}", highlight=False, soft_wrap=True)
+        console.print(f"\nDomains: {', '.join(sorted(world.scenario.domains))}", highlight=False)
+        console.print("Then try: lapsewatch domain m@redeeming.test\nCtrl-C stops the world.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+
 @bootstrap_app.command("update")
 def bootstrap_update(
     url: Annotated[str, typer.Option(help="Where to fetch dns.json from.")] = (
@@ -134,4 +193,6 @@ def bootstrap_update(
 
 
 def main() -> None:
+    # Retries are normal and bounded; their log lines would only clutter the output.
+    stamina.instrumentation.set_on_retry_hooks([])
     app()

@@ -7,6 +7,7 @@ uses the same three steps (parse, observe, decide) for many domains at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,7 +16,7 @@ from lapsewatch.config import Settings
 from lapsewatch.sources import Observation, Source, open_sources
 from lapsewatch.verdict import Decision, Verdict, decide
 
-__all__ = ["DomainReport", "check", "observe_all"]
+__all__ = ["DomainReport", "check", "check_all", "observe_all"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,39 @@ async def check(
     free_providers: domains.FreeProviders | None = None,
 ) -> DomainReport:
     """Parse ``text`` (raises :class:`~lapsewatch.domains.DomainError`) and check its domain."""
-    parsed = domains.parse(text, free_providers=free_providers)
+    reports = await check_all(
+        [text], settings, verified_at=verified_at, now=now, free_providers=free_providers
+    )
+    return reports[0]
+
+
+async def check_all(
+    texts: Sequence[str],
+    settings: Settings,
+    *,
+    verified_at: datetime | None = None,
+    now: datetime | None = None,
+    free_providers: domains.FreeProviders | None = None,
+) -> list[DomainReport]:
+    """Check several inputs concurrently with one set of sources (parse all first)."""
+    parsed = [domains.parse(text, free_providers=free_providers) for text in texts]
+    async with open_sources(settings) as sources:
+        reports = await asyncio.gather(
+            *(
+                _check_parsed(text, p, sources, verified_at, now)
+                for text, p in zip(texts, parsed, strict=True)
+            )
+        )
+    return list(reports)
+
+
+async def _check_parsed(
+    text: str,
+    parsed: domains.EmailDomain,
+    sources: list[Source],
+    verified_at: datetime | None,
+    now: datetime | None,
+) -> DomainReport:
     if parsed.free_provider:
         decision = Decision(
             parsed.domain,
@@ -50,8 +83,7 @@ async def check(
             f"{parsed.domain} is a well-known mail provider; not checked",
         )
         return DomainReport(text, parsed, decision, ())
-    async with open_sources(settings) as sources:
-        observations = await observe_all(sources, parsed.domain)
+    observations = await observe_all(sources, parsed.domain)
     decision = decide(
         parsed.domain, observations, now=now or datetime.now(UTC), verified_at=verified_at
     )

@@ -201,12 +201,15 @@ def decide(
     if rdap_record is not None:
         registered = min((c for c in candidates if c.source == "rdap"), key=_rank)
         return Decision(domain, Verdict.REGISTERED, registered.reason, "rdap", **dates)
-    said = "; ".join(c.reason for c in candidates)
     silent = _silent(observations)
     if not observations:
         reason = "no source is configured"
-    elif said:
-        reason = f"no registry record to check expiry and re-registration ({silent}); {said}"
+    elif candidates:
+        seen = ", ".join(dict.fromkeys(c.source for c in candidates))
+        reason = (
+            f"no registry record to check expiry and re-registration ({silent}); "
+            f"{seen} saw nothing wrong"
+        )
     else:
         reason = f"no source could say: {silent}" if silent else "no source could say"
     return Decision(domain, Verdict.UNKNOWN, reason, None, **dates)

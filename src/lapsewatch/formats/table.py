@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -10,8 +12,9 @@ from lapsewatch.dates import isoformat
 from lapsewatch.domains import to_unicode
 from lapsewatch.lookup import DomainReport
 from lapsewatch.verdict import Verdict
+from lapsewatch.world.scenario import Scenario
 
-__all__ = ["print_domain_report", "verdict_style"]
+__all__ = ["print_domain_report", "print_story", "verdict_style"]
 
 
 def verdict_style(verdict: Verdict) -> str:
@@ -47,3 +50,42 @@ def print_domain_report(console: Console, report: DomainReport) -> None:
             obs.detail,
         )
     console.print(table)
+
+
+def print_story(
+    console: Console, reports: list[DomainReport], scenario: Scenario, verified_at: datetime
+) -> None:
+    """The demo's table: what the world was told, and what lapsewatch concluded."""
+    table = Table(
+        title=f"Addresses verified {verified_at.date()}, checked now",
+        header_style="bold",
+        show_lines=False,
+    )
+    for column in ("domain", "world says", "verdict", "reason"):
+        table.add_column(column, overflow="fold")
+    for report in reports:
+        story = scenario.domain(report.parsed.domain)
+        told: str = story.state if story else "-"
+        faults = (
+            [f"{k}={v}" for k, v in (("rdap", story.rdap), ("dns", story.dns)) if v != "ok"]
+            if story
+            else []
+        )
+        if faults:
+            told += f" ({', '.join(faults)})"
+        verdict = report.decision.verdict
+        table.add_row(
+            report.parsed.domain,
+            told,
+            Text(verdict.value, style=verdict_style(verdict)),
+            report.decision.reason,
+        )
+    console.print(table)
+    dangerous = sum(r.decision.verdict.dangerous for r in reports)
+    unknown = sum(r.decision.verdict is Verdict.UNKNOWN for r in reports)
+    console.print(
+        f"{len(reports)} domains: {dangerous} dangerous (their addresses would be unverified), "
+        f"{unknown} unknown (kept verified, retried later), "
+        f"{len(reports) - dangerous - unknown} registered.",
+        highlight=False,
+    )

@@ -1,0 +1,130 @@
+"""A loopback-only threaded HTTP server that stops promptly, and JSON reply helpers.
+
+Shared by the RDAP and Fastly fakes: both need an OS-chosen port, a request
+counter, a way to "hang" a request that ends at shutdown, and closing of
+kept-alive connections so no thread outlives the world.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from lapsewatch.world.live import LiveScenario, RequestCounter
+
+__all__ = ["JsonHandler", "LoopbackHTTPServer"]
+
+log = logging.getLogger(__name__)
+
+_Address = tuple[str, int]
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """Binds 127.0.0.1 on a free port and serves in a daemon thread."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, handler: type[BaseHTTPRequestHandler], live: LiveScenario, hang_seconds: float
+    ) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.live = live
+        self.hang_seconds = hang_seconds
+        self.requests = RequestCounter()
+        self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{type(self).__name__}:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, wake hanging handlers and cut kept-alive connections."""
+        self.stopping.set()
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=5)
+        with self._connections_lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+
+    def hang(self) -> bool:
+        """Hold the calling request for ``hang_seconds``; False when the world stopped meanwhile."""
+        return not self.stopping.wait(self.hang_seconds)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (its timeout) is expected here, not worth a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 (keep-alive, like real APIs) with helpers for JSON and raw bodies."""
+
+    server: LoopbackHTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # idle kept-alive connections end on their own, too
+    server_version = "lapsewatch-world/1"
+
+    def send_body(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(
+        self,
+        status: int,
+        document: object,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        body = json.dumps(document, indent=1).encode()
+        self.send_body(status, body, content_type, headers)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)

@@ -1,0 +1,178 @@
+"""The ``lapsewatch`` command as people run it: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from lapsewatch.world import World, demo_scenario
+
+EXPECTED_KEYS = {"input", "domain", "verdict", "reason", "free_provider", "observations"}
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with World(demo_scenario(now=datetime.now(UTC)), hang_seconds=2.0) as running:
+        yield running
+
+
+def lapsewatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
+    environ.update({"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200"})
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "lapsewatch", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "verdict", "code"),
+    [
+        ("alive.test", "registered", 0),
+        ("lapsing.test", "expiring", 1),
+        ("redeeming.test", "redemption", 1),
+        ("deleting.test", "pending_delete", 1),
+        ("vacant.test", "available", 1),
+        ("parked.test", "for_sale", 1),
+        ("caught.test", "reregistered", 1),
+        ("rdap-broken.test", "unknown", 3),
+        ("hidden.nordap", "unknown", 3),
+    ],
+)
+def test_domain_json(world: World, name: str, verdict: str, code: int) -> None:
+    result = lapsewatch(
+        "domain",
+        f"Dev <dev@{name}>",
+        "--verified-at",
+        "2024-01-01T00:00:00Z",
+        "--format",
+        "json",
+        env=world.env(),
+    )
+    assert result.returncode == code, result.stderr
+    data = json.loads(result.stdout)
+    assert data.keys() >= EXPECTED_KEYS
+    assert data["input"] == f"Dev <dev@{name}>"
+    assert data["domain"] == name
+    assert data["verdict"] == verdict
+    assert data["reason"]
+    assert data["free_provider"] is False
+    assert {o["source"] for o in data["observations"]} == {"rdap", "dns", "fastly"}
+
+
+def test_domain_table(world: World) -> None:
+    result = lapsewatch("domain", "m@redeeming.test", env=world.env())
+    assert result.returncode == 1
+    assert "redemption" in result.stdout
+    assert "NXDOMAIN" in result.stdout
+
+
+def test_unicode_domain_is_shown_and_checked_as_punycode(world: World) -> None:
+    result = lapsewatch("domain", "bücher.test", "--format", "json", env=world.env())
+    assert result.returncode == 1  # not in the world: available
+    assert json.loads(result.stdout)["domain"] == "xn--bcher-kva.test"
+
+
+def test_free_provider(world: World) -> None:
+    result = lapsewatch("domain", "someone@GMail.com", "--format", "json", env=world.env())
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert data["free_provider"] is True
+    assert data["observations"] == []
+
+
+@pytest.mark.parametrize("bad", ["", "not an address@", "a@localhost", "a@[127.0.0.1]", "a@co.uk"])
+def test_bad_input_exits_2(bad: str) -> None:
+    result = lapsewatch("domain", bad)
+    assert result.returncode == 2
+    assert "error" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_verified_at_exits_2() -> None:
+    result = lapsewatch("domain", "a@alive.test", "--verified-at", "last tuesday")
+    assert result.returncode == 2
+    assert "--verified-at" in result.stderr
+
+
+def test_bad_configuration_exits_2() -> None:
+    result = lapsewatch("domain", "a@alive.test", env={"LAPSEWATCH_DNS_NAMESERVERS": "127.0.0.1:x"})
+    assert result.returncode == 2
+    assert "LAPSEWATCH_DNS_NAMESERVERS" in result.stderr
+
+
+def test_nothing_reachable_is_unknown_not_a_crash(tmp_path: object) -> None:
+    env = {
+        "LAPSEWATCH_RDAP_BOOTSTRAP_URL": "http://127.0.0.1:9/dns.json",
+        "LAPSEWATCH_DNS_NAMESERVERS": "127.0.0.1:9",
+        "LAPSEWATCH_TIMEOUT": "0.3",
+    }
+    result = lapsewatch("domain", "a@alive.test", "--format", "json", env=env)
+    assert result.returncode == 3, result.stderr
+    assert json.loads(result.stdout)["verdict"] == "unknown"
+
+
+def test_help_lists_the_commands() -> None:
+    result = lapsewatch("--help")
+    assert result.returncode == 0
+    for command in ("domain", "demo", "rdap-bootstrap"):
+        assert command in result.stdout
+
+
+def test_demo_runs_offline() -> None:
+    result = lapsewatch("demo", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    verdicts = {d["domain"]: d["verdict"] for d in json.loads(result.stdout)}
+    assert verdicts["alive.test"] == "registered"
+    assert verdicts["caught.test"] == "reregistered"
+    assert verdicts["redeeming.test"] == "redemption"
+    assert verdicts["rdap-slow.test"] == "unknown"
+
+
+@pytest.mark.nsd
+def test_demo_with_nsd(require_nsd: None) -> None:
+    result = lapsewatch("demo", "--dns", "nsd", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    verdicts = {d["domain"]: d["verdict"] for d in json.loads(result.stdout)}
+    assert verdicts["vacant.test"] == "available"
+    assert verdicts["parked.test"] == "for_sale"
+
+
+def test_demo_world_serves_until_interrupted() -> None:
+    """The newcomer's path: start the world in one shell, point lapsewatch at it from another."""
+    import signal
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lapsewatch", "demo", "--world"],
+        env={**environ, "COLUMNS": "300"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        env: dict[str, str] = {}
+        for line in process.stdout:
+            if line.startswith("export "):
+                key, _, value = line.removeprefix("export ").strip().partition("=")
+                env[key] = value
+            if line.startswith("Domains:"):
+                break
+        assert "LAPSEWATCH_RDAP_BOOTSTRAP_URL" in env
+        result = lapsewatch("domain", "m@deleting.test", "--format", "json", env=env)
+        assert json.loads(result.stdout)["verdict"] == "pending_delete"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+    assert process.returncode == 0

@@ -15,21 +15,24 @@ from typing import TYPE_CHECKING, Annotated
 import httpx
 import stamina.instrumentation
 import typer
-from rich.console import Console
 
 from lapsewatch import domains, lookup
-from lapsewatch.config import ConfigError, Settings
+from lapsewatch.commands._common import (
+    Format,
+    console,
+    exit_code,
+    fail,
+    load_settings,
+)
+from lapsewatch.config import Settings
 from lapsewatch.dates import parse_datetime
 from lapsewatch.formats import json as json_format
 from lapsewatch.formats import table as table_format
-from lapsewatch.verdict import Verdict
 
 if TYPE_CHECKING:
     from lapsewatch.world import World
 
 __all__ = ["app", "exit_code", "main"]
-
-EXIT_OK, EXIT_DANGEROUS, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
 
 app = typer.Typer(
     help="Stop account takeovers through lapsed email domains.",
@@ -40,38 +43,32 @@ app = typer.Typer(
 bootstrap_app = typer.Typer(help="The RDAP bootstrap file (which server answers for a TLD).")
 app.add_typer(bootstrap_app, name="rdap-bootstrap")
 
-console = Console()
-errors = Console(stderr=True)
-
-
-class Format(enum.StrEnum):
-    table = "table"
-    json = "json"
-
-
-def exit_code(verdict: Verdict) -> int:
-    if verdict is Verdict.UNKNOWN:
-        return EXIT_UNKNOWN
-    return EXIT_DANGEROUS if verdict.dangerous else EXIT_OK
-
-
-def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(EXIT_BAD_INPUT)
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-
 
 def _free_providers(settings: Settings) -> domains.FreeProviders:
     try:
         return domains.load_free_providers(settings.free_providers_file)
     except OSError as exc:
-        raise _fail(f"LAPSEWATCH_FREE_PROVIDERS: {exc}") from None
+        raise fail(f"LAPSEWATCH_FREE_PROVIDERS: {exc}") from None
+
+
+@app.command()
+def init() -> None:
+    """Create the database schema, or upgrade it to the newest version."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from lapsewatch.store import make_engine, upgrade
+    from lapsewatch.store.schema import current_revision
+
+    settings = load_settings()
+    try:
+        engine = make_engine(settings.database_url)
+        upgrade(engine)
+        revision = current_revision(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        raise fail(f"could not prepare {settings.database_url}: {exc}") from None
+    console.print(
+        f"database {engine.url.render_as_string()} is at schema {revision}", highlight=False
+    )
 
 
 @app.command()
@@ -92,12 +89,12 @@ def domain(
         try:
             when = parse_datetime(verified_at)
         except ValueError as exc:
-            raise _fail(f"--verified-at: {exc}") from None
+            raise fail(f"--verified-at: {exc}") from None
     free = _free_providers(settings)
     try:
         report = asyncio.run(lookup.check(name, settings, verified_at=when, free_providers=free))
     except domains.DomainError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if output is Format.json:
         console.print_json(json_format.dumps(json_format.domain_report(report)))
     else:
@@ -128,14 +125,14 @@ def demo(
     try:
         loaded = load_scenario(scenario) if scenario else demo_scenario()
     except (ScenarioError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         if world:
             _serve_world(World(loaded, dns=dns.value))
             return
         verified_at, reports = story.run_story(loaded, dns=dns.value)
     except NsdError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if output is Format.json:
         console.print_json(json_format.dumps([json_format.domain_report(r) for r in reports]))
         return
@@ -177,7 +174,7 @@ def bootstrap_update(
         response.raise_for_status()
         bootstrap = parse_bootstrap(response.json(), url)
     except (httpx.HTTPError, ValueError, BootstrapError) as exc:
-        raise _fail(f"could not refresh the bootstrap from {url}: {exc}") from None
+        raise fail(f"could not refresh the bootstrap from {url}: {exc}") from None
     path = cached_bootstrap_path()
     temporary = path.with_suffix(".tmp")
     try:
@@ -186,7 +183,7 @@ def bootstrap_update(
         temporary.replace(path)  # atomic: a full disk leaves the old copy intact
     except OSError as exc:
         temporary.unlink(missing_ok=True)
-        raise _fail(f"could not save {path}: {exc}") from None
+        raise fail(f"could not save {path}: {exc}") from None
     console.print(
         f"saved {len(bootstrap.services)} TLD entries (published {bootstrap.publication}) to {path}"
     )

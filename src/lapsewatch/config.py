@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -39,6 +39,19 @@ class Settings:
     """Longest ``Retry-After`` we wait inside one check; longer means ``unknown``."""
     free_providers_file: str | None = None
     """A file replacing the shipped list of well-known free mail providers."""
+    database_url: str = "sqlite:///lapsewatch.db"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    check_interval_days: float = 30.0
+    """How often a domain behind a verified address is checked."""
+    near_expiry_before_days: float = 7.0
+    near_expiry_after_days: float = 45.0
+    """Around a known expiration date (this window) the domain is checked daily."""
+    rates: Mapping[str, float] = field(
+        default_factory=lambda: {"rdap": 10.0, "dns": 50.0, "fastly": 10.0}
+    )
+    """Requests per second allowed per source."""
+    concurrency: int = 20
+    """Requests in flight per source."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +82,24 @@ class Settings:
             attempts=int(_parse_float("ATTEMPTS", get("ATTEMPTS"), 3, minimum=1)),
             max_retry_after=_parse_float("MAX_RETRY_AFTER", get("MAX_RETRY_AFTER"), 30.0),
             free_providers_file=get("FREE_PROVIDERS"),
+            database_url=get("DATABASE_URL") or "sqlite:///lapsewatch.db",
+            broker_url=get("BROKER_URL") or "redis://127.0.0.1:6379/0",
+            check_interval_days=_parse_float(
+                "CHECK_INTERVAL_DAYS", get("CHECK_INTERVAL_DAYS"), 30.0, minimum=0.001
+            ),
+            near_expiry_before_days=_parse_float(
+                "NEAR_EXPIRY_BEFORE_DAYS", get("NEAR_EXPIRY_BEFORE_DAYS"), 7.0
+            ),
+            near_expiry_after_days=_parse_float(
+                "NEAR_EXPIRY_AFTER_DAYS", get("NEAR_EXPIRY_AFTER_DAYS"), 45.0
+            ),
+            rates={
+                name: _parse_float(
+                    f"RATE_{name.upper()}", get(f"RATE_{name.upper()}"), default, 0.01
+                )
+                for name, default in (("rdap", 10.0), ("dns", 50.0), ("fastly", 10.0))
+            },
+            concurrency=int(_parse_float("CONCURRENCY", get("CONCURRENCY"), 20, minimum=1)),
         )
 
 

@@ -1,0 +1,1 @@
+"""Sub-commands of ``lapsewatch``, one module per group; ``cli`` assembles them."""

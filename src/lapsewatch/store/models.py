@@ -1,0 +1,181 @@
+"""The store's tables: accounts, their addresses, the domains behind them,
+what each source observed, queued notices, and the append-only event log.
+
+One ``domains`` row is shared by every address on that registrable domain, so
+a domain is checked once however many accounts use it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["Account", "Base", "Domain", "Email", "Event", "Notice", "ObservationRow", "UTCDateTime"]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads it from the class
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(150), unique=True)
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    projects: Mapped[list[str]] = mapped_column(default=list)
+    created_at: Mapped[datetime]
+
+    emails: Mapped[list[Email]] = relationship(
+        back_populates="account", order_by="Email.id", cascade="all, delete-orphan"
+    )
+
+
+class Email(Base):
+    __tablename__ = "emails"
+    __table_args__ = (
+        Index("ix_emails_domain_verified", "domain", "verified"),
+        UniqueConstraint("address", name="uq_emails_address"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    address: Mapped[str] = mapped_column(String(320))
+    """Normalised: local part as given, ASCII host."""
+    domain: Mapped[str] = mapped_column(String(253))
+    """Registrable domain (ASCII)."""
+    free_provider: Mapped[bool] = mapped_column(Boolean, default=False)
+    primary: Mapped[bool] = mapped_column(Boolean, default=False)
+    verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    verified_at: Mapped[datetime | None]
+    unverified_at: Mapped[datetime | None]
+    unverify_reason: Mapped[str | None] = mapped_column(String(32))
+    """The verdict that unverified the address (e.g. ``redemption``)."""
+    unverify_detail: Mapped[str | None] = mapped_column(Text)
+    """The verdict's one-line reason, citing the evidence."""
+
+    account: Mapped[Account] = relationship(back_populates="emails")
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    next_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    """``None``: never checked, due at once."""
+    last_checked_at: Mapped[datetime | None]
+    last_verdict: Mapped[str | None] = mapped_column(String(32))
+    last_reason: Mapped[str | None] = mapped_column(Text)
+    registered_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None]
+    """A worker that claimed the domain holds it until then (distributed checks)."""
+
+
+class ObservationRow(Base):
+    __tablename__ = "observations"
+    __table_args__ = (Index("ix_observations_domain_observed", "domain", "observed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain: Mapped[str] = mapped_column(ForeignKey("domains.name", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text)
+    found: Mapped[bool | None] = mapped_column(Boolean)
+    status: Mapped[list[str]] = mapped_column(default=list)
+    registered_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    evidence: Mapped[str] = mapped_column(Text, default="")
+    observed_at: Mapped[datetime]
+
+
+class Event(Base):
+    """Append-only audit log of every security-relevant change."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    """Who or what: ``cycle``, ``import``, ``user:alice``, ``admin:bob``."""
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="SET NULL"), index=True
+    )
+    email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id", ondelete="SET NULL"))
+    domain: Mapped[str | None] = mapped_column(String(253), index=True)
+    before: Mapped[dict[str, Any] | None]
+    after: Mapped[dict[str, Any] | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+    key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    """Idempotency key: the same change recorded twice is refused by the database."""
+
+
+class Notice(Base):
+    """A message to an account owner, queued until the mailer sends it."""
+
+    __tablename__ = "notices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    to_address: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))

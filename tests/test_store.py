@@ -1,0 +1,50 @@
+"""The schema: migrations match the models, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, select
+
+from lapsewatch.store import Account, Base, Email, make_engine, make_sessionmaker, upgrade
+from lapsewatch.store.schema import current_revision, head_revision
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    assert current_revision(engine) == head_revision()
+
+
+def test_upgrade_twice_is_harmless(database_url: str) -> None:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_datetimes_come_back_aware_utc(engine: Engine) -> None:
+    sessions = make_sessionmaker(engine)
+    when = datetime(2019, 5, 1, 12, 30, tzinfo=UTC)
+    with sessions.begin() as session:
+        account = Account(username="alice", created_at=when, projects=["ctx"])
+        account.emails.append(
+            Email(address="a@alice.test", domain="alice.test", verified=True, verified_at=when)
+        )
+        session.add(account)
+    with sessions() as session:
+        email = session.scalars(select(Email)).one()
+        assert email.verified_at == when
+        assert email.verified_at.tzinfo is not None
+        assert email.account.projects == ["ctx"]
+
+
+def test_naive_datetimes_are_refused(engine: Engine) -> None:
+    sessions = make_sessionmaker(engine)
+    with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
+        session.add(Account(username="bob", created_at=datetime(2020, 1, 1)))  # noqa: DTZ001

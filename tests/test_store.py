@@ -47,4 +47,4 @@ def test_datetimes_come_back_aware_utc(engine: Engine) -> None:
 def test_naive_datetimes_are_refused(engine: Engine) -> None:
     sessions = make_sessionmaker(engine)
     with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
-        session.add(Account(username="bob", created_at=datetime(2020, 1, 1)))  # noqa: DTZ001
+        session.add(Account(username="bob", created_at=datetime(2020, 1, 1)))

@@ -17,6 +17,8 @@ import stamina.instrumentation
 import typer
 
 from lapsewatch import domains, lookup
+from lapsewatch.commands import check as check_command
+from lapsewatch.commands import worker as worker_command
 from lapsewatch.commands._common import (
     Format,
     console,
@@ -40,6 +42,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command()(check_command.check)
+app.command()(worker_command.worker)
 bootstrap_app = typer.Typer(help="The RDAP bootstrap file (which server answers for a TLD).")
 app.add_typer(bootstrap_app, name="rdap-bootstrap")
 

@@ -52,6 +52,12 @@ class Settings:
     """Requests per second allowed per source."""
     concurrency: int = 20
     """Requests in flight per source."""
+    chunk_size: int = 100
+    """Domains per Celery task (``check --distributed``)."""
+    lease_seconds: float = 600.0
+    """How long a worker holds the domains it claimed; a dead worker's claim expires."""
+    visibility_timeout: float = 3600.0
+    """Seconds before Redis hands an unacknowledged task (dead worker) to another worker."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +106,11 @@ class Settings:
                 for name, default in (("rdap", 10.0), ("dns", 50.0), ("fastly", 10.0))
             },
             concurrency=int(_parse_float("CONCURRENCY", get("CONCURRENCY"), 20, minimum=1)),
+            chunk_size=int(_parse_float("CHUNK_SIZE", get("CHUNK_SIZE"), 100, minimum=1)),
+            lease_seconds=_parse_float("LEASE_SECONDS", get("LEASE_SECONDS"), 600.0, minimum=1),
+            visibility_timeout=_parse_float(
+                "VISIBILITY_TIMEOUT", get("VISIBILITY_TIMEOUT"), 3600.0, minimum=1
+            ),
         )
 
 

@@ -172,7 +172,9 @@ class Notice(Base):
     account_id: Mapped[int] = mapped_column(
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True
     )
-    to_address: Mapped[str] = mapped_column(String(320))
+    to_address: Mapped[str | None] = mapped_column(String(320))
+    """``None``: every address of the account that is verified when it is sent, so a
+    notice never goes to an address unverified in the meantime."""
     kind: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)

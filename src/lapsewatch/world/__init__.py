@@ -76,6 +76,7 @@ class World:
         self.dns_backend: DnsBackend = dns
         self.fastly_key = fastly_key
         self._hang_seconds = hang_seconds
+        self._flaky = 0.0
         self._live = LiveScenario(scenario)
         self._dir: Path | None = None
         self._rdap: RdapServer | None = None
@@ -91,6 +92,7 @@ class World:
         try:
             self._rdap = RdapServer(self._live, self._hang_seconds)
             self._fastly = FastlyServer(self._live, self._hang_seconds, self.fastly_key)
+            self._rdap.flaky = self._fastly.flaky = self._flaky
             self._dns = (
                 NsdServer(self._live) if self.dns_backend == "nsd" else BuiltinDnsServer(self._live)
             )
@@ -180,6 +182,18 @@ class World:
     def fastly_requests(self) -> RequestCounter:
         """Keyed by the ``domain`` parameter."""
         return _running(self._fastly).requests
+
+    @property
+    def flaky(self) -> float:
+        """Fraction of RDAP and Fastly answers replaced by a random 500, 429 or timeout."""
+        return self._flaky
+
+    @flaky.setter
+    def flaky(self, value: float) -> None:
+        self._flaky = value
+        for server in (self._rdap, self._fastly):
+            if server is not None:
+                server.flaky = value
 
     @property
     def hang_seconds(self) -> float:

@@ -63,7 +63,7 @@ class _FastlyHandler(JsonHandler):
             return
         scenario = self.server.live.current.scenario
         domain = scenario.domain(name)
-        fault = domain.fastly if domain is not None else "ok"
+        fault = self.server.chaos(domain.fastly if domain is not None else "ok")
         if fault == "timeout" and not self.server.hang():
             return  # the world is stopping: drop the request
         status = status_of(scenario, name)
@@ -72,6 +72,8 @@ class _FastlyHandler(JsonHandler):
             self.send_json(401, {"msg": "Provided credentials are missing or invalid"})
         elif fault == "500":
             self.send_json(500, {"msg": "Internal Server Error"})
+        elif fault == "429":
+            self.send_json(429, {"msg": "Too Many Requests"}, headers={"Retry-After": "1"})
         elif fault == "invalid_json":
             self.send_body(200, b'{"domain": "' + name.encode(), "application/json")
         elif fault == "v2":

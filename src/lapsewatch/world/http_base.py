@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import socket
 import sys
 import threading
@@ -29,6 +30,7 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
     """Binds 127.0.0.1 on a free port and serves in a daemon thread."""
 
     daemon_threads = True
+    request_queue_size = 1024  # the default 5 drops connections under a burst (connect timeouts)
 
     def __init__(
         self, handler: type[BaseHTTPRequestHandler], live: LiveScenario, hang_seconds: float
@@ -41,6 +43,19 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.flaky = 0.0
+        """Fraction of answers about scenario domains replaced by a random 500, 429 or timeout."""
+        self._random = random.Random(0)  # repeatable chaos
+        self._random_lock = threading.Lock()
+
+    def chaos(self, fault: str) -> str:
+        """The fault to act out: the scenario's, or, for a flaky world, a random one."""
+        if fault != "ok" or self.flaky <= 0:
+            return fault
+        with self._random_lock:
+            if self._random.random() >= self.flaky:
+                return fault
+            return self._random.choice(("500", "429", "timeout"))
 
     @property
     def port(self) -> int:

@@ -170,7 +170,7 @@ class _RdapHandler(JsonHandler):
         self._answer(domain, tld_base_url(self.server.url, tld))
 
     def _answer(self, domain: DomainScenario, base_url: str) -> None:
-        fault = domain.rdap
+        fault = self.server.chaos(domain.rdap)
         if fault == "timeout" and not self.server.hang():
             return  # the world is stopping: drop the request
         if fault == "404" or (domain.state == "available" and fault in ("ok", "timeout")):

@@ -143,7 +143,7 @@ def upgrade() -> None:
         "notices",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("account_id", sa.Integer(), nullable=False),
-        sa.Column("to_address", sa.String(length=320), nullable=False),
+        sa.Column("to_address", sa.String(length=320), nullable=True),
         sa.Column("kind", sa.String(length=64), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("body", sa.Text(), nullable=False),

@@ -1,0 +1,63 @@
+"""When a domain is next due. Pure: the clock comes in as an argument.
+
+* every domain behind a verified address: every ``interval`` (30 days);
+* near a known expiration date (7 days before to 45 days after): daily, and the
+  regular check is pulled forward so that the window is not skipped;
+* after a failed check (``unknown``): 1 h, doubling, capped at 7 days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from lapsewatch.config import Settings
+from lapsewatch.verdict import Verdict
+
+__all__ = ["Policy", "next_check"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    interval: timedelta = timedelta(days=30)
+    near_before: timedelta = timedelta(days=7)
+    near_after: timedelta = timedelta(days=45)
+    near_interval: timedelta = timedelta(days=1)
+    retry_first: timedelta = timedelta(hours=1)
+    retry_cap: timedelta = timedelta(days=7)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            interval=timedelta(days=settings.check_interval_days),
+            near_before=timedelta(days=settings.near_expiry_before_days),
+            near_after=timedelta(days=settings.near_expiry_after_days),
+        )
+
+
+def next_check(
+    policy: Policy,
+    *,
+    now: datetime,
+    verdict: Verdict,
+    expires_at: datetime | None,
+    failures: int,
+) -> datetime:
+    """The next check of a domain just checked at ``now``.
+
+    ``failures`` counts consecutive failed checks including this one.
+    """
+    if verdict is Verdict.UNKNOWN:
+        exponent = min(max(failures, 1) - 1, 32)  # the cap applies long before 2**32
+        backoff: timedelta = min(policy.retry_first * (2**exponent), policy.retry_cap)
+        return now + backoff
+    regular = now + policy.interval
+    if expires_at is None:
+        return regular
+    window_start = expires_at - policy.near_before
+    window_end = expires_at + policy.near_after
+    if window_start <= now <= window_end:
+        return now + min(policy.near_interval, policy.interval)
+    if now < window_start < regular:
+        return window_start
+    return regular

@@ -1,0 +1,57 @@
+"""The schedule, pure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lapsewatch.schedule import Policy, next_check
+from lapsewatch.verdict import Verdict
+
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+DAY = timedelta(days=1)
+POLICY = Policy()
+
+
+def due(
+    verdict: Verdict = Verdict.REGISTERED, expires: datetime | None = None, failures: int = 0
+) -> timedelta:
+    return next_check(POLICY, now=NOW, verdict=verdict, expires_at=expires, failures=failures) - NOW
+
+
+def test_every_thirty_days() -> None:
+    assert due() == 30 * DAY
+    assert due(expires=NOW + 400 * DAY) == 30 * DAY
+
+
+def test_daily_near_expiry() -> None:
+    assert due(expires=NOW + 5 * DAY) == DAY
+    assert due(expires=NOW - 40 * DAY) == DAY
+    assert due(expires=NOW - 50 * DAY) == 30 * DAY
+
+
+def test_regular_check_pulled_forward_to_the_window() -> None:
+    assert due(expires=NOW + 20 * DAY) == 13 * DAY
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    hours = [due(Verdict.UNKNOWN, failures=n) / timedelta(hours=1) for n in range(1, 10)]
+    assert hours[:5] == [1, 2, 4, 8, 16]
+    assert max(hours) == 7 * 24
+
+
+@given(
+    st.sampled_from(list(Verdict)),
+    st.none()
+    | st.datetimes(
+        timezones=st.just(UTC), min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1)
+    ),
+    st.integers(min_value=0, max_value=10_000),
+)
+def test_always_in_the_future_and_within_the_interval(
+    verdict: Verdict, expires: datetime | None, failures: int
+) -> None:
+    wait = due(verdict, expires, failures)
+    assert timedelta(0) < wait <= 30 * DAY

@@ -48,3 +48,31 @@ def test_naive_datetimes_are_refused(engine: Engine) -> None:
     sessions = make_sessionmaker(engine)
     with pytest.raises(Exception, match="naive datetime"), sessions.begin() as session:
         session.add(Account(username="bob", created_at=datetime(2020, 1, 1)))
+
+
+def test_upgrade_keeps_existing_rows(database_url: str) -> None:
+    """A registry on an older schema upgrades in place, its accounts intact."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from lapsewatch.store.schema import alembic_config
+
+    engine = make_engine(database_url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO accounts (username, totp_enabled, projects, created_at) "
+                "VALUES ('old', false, '[]', '2020-01-01 00:00:00')"
+            )
+        )
+    upgrade(engine)
+    with make_sessionmaker(engine)() as session:
+        account = session.scalars(select(Account)).one()
+        assert account.username == "old"
+        assert account.is_admin is False
+        assert account.recovery_codes == []
+    engine.dispose()

@@ -120,6 +120,13 @@ def demo(
         Path | None, typer.Option(help="Scenario file (TOML); default: the shipped demo.")
     ] = None,
     dns: Annotated[DnsKind, typer.Option(help="DNS server for the world.")] = DnsKind.builtin,
+    latency: Annotated[
+        float, typer.Option(min=0, help="With --world: seconds added to every answer.")
+    ] = 0.0,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="With --world: requests/s each server admits (429 above)."),
+    ] = None,
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
     """Start a local world (RDAP, DNS, Fastly on loopback) and check every domain in it."""
@@ -132,7 +139,7 @@ def demo(
         raise fail(str(exc)) from None
     try:
         if world:
-            _serve_world(World(loaded, dns=dns.value))
+            _serve_world(World(loaded, dns=dns.value, latency=latency, rate_limit=rate_limit))
             return
         verified_at, reports = story.run_story(loaded, dns=dns.value)
     except NsdError as exc:

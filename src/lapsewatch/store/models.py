@@ -26,7 +26,21 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Account", "Base", "Domain", "Email", "Event", "Notice", "ObservationRow", "UTCDateTime"]
+__all__ = [
+    "Account",
+    "ApiKey",
+    "Base",
+    "Domain",
+    "Email",
+    "Event",
+    "Notice",
+    "ObservationRow",
+    "RateLimitHit",
+    "Token",
+    "UTCDateTime",
+    "Webhook",
+    "WebhookDelivery",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -74,6 +88,13 @@ class Account(Base):
     totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     projects: Mapped[list[str]] = mapped_column(default=list)
     created_at: Mapped[datetime]
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    """Argon2 hash; ``None`` for accounts imported from a registry that keeps its own."""
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    """Set once 2FA set-up is confirmed (``totp_enabled``); pending secrets live in the session."""
+    recovery_codes: Mapped[list[str]] = mapped_column(default=list)
+    """Argon2 hashes of the unused recovery codes."""
 
     emails: Mapped[list[Email]] = relationship(
         back_populates="account", order_by="Email.id", cascade="all, delete-orphan"
@@ -181,3 +202,75 @@ class Notice(Base):
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))
+
+
+class Token(Base):
+    """A single-use, expiring secret sent by mail (verify an address, reset a password).
+
+    Only its SHA-256 is stored, so a database leak opens no account.
+    """
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class RateLimitHit(Base):
+    """One attempt under a rate limit; counted over a sliding window, pruned as it goes."""
+
+    __tablename__ = "rate_limit_hits"
+    __table_args__ = (Index("ix_rate_limit_hits_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(400))
+    at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """A registry's key for the JSON API; only its SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Webhook(Base):
+    """Where to POST (HMAC-signed) when an address should be unverified."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class WebhookDelivery(Base):
+    """Outbox row: one event to one webhook, retried until delivered."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id", name="uq_webhook_deliveries_pair"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -20,6 +20,7 @@ from lapsewatch.world.dns_server import BuiltinDnsServer
 from lapsewatch.world.fastly_server import FastlyServer
 from lapsewatch.world.live import LiveScenario, RequestCounter, Snapshot
 from lapsewatch.world.nsd import NsdError, NsdServer, nsd_available
+from lapsewatch.world.pacing import Pacing
 from lapsewatch.world.rdap_server import RdapServer, bootstrap_document
 from lapsewatch.world.scenario import (
     DomainScenario,
@@ -68,7 +69,11 @@ class World:
         dns: DnsBackend = "builtin",
         hang_seconds: float = 10.0,
         fastly_key: str = "world-key",
+        latency: float = 0.0,
+        rate_limit: float | None = None,
     ) -> None:
+        """``latency`` seconds are added to every answer and each server (RDAP, DNS,
+        Fastly) admits at most ``rate_limit`` requests a second (429 / REFUSED above)."""
         if not isinstance(scenario, Scenario):
             scenario = load_scenario(scenario)
         if dns not in ("builtin", "nsd"):
@@ -77,6 +82,8 @@ class World:
         self.fastly_key = fastly_key
         self._hang_seconds = hang_seconds
         self._flaky = 0.0
+        self.latency = latency
+        self.rate_limit = rate_limit
         self._live = LiveScenario(scenario)
         self._dir: Path | None = None
         self._rdap: RdapServer | None = None
@@ -96,6 +103,9 @@ class World:
             self._dns = (
                 NsdServer(self._live) if self.dns_backend == "nsd" else BuiltinDnsServer(self._live)
             )
+            for paced in (self._rdap, self._fastly, self._dns):
+                if isinstance(paced, RdapServer | FastlyServer | BuiltinDnsServer):
+                    paced.pacing = Pacing(latency=self.latency, rate=self.rate_limit)
             self._write_bootstrap(self._live.current)
             self._live.subscribe(self._write_bootstrap)
             for server in (self._rdap, self._fastly, self._dns):
@@ -182,6 +192,15 @@ class World:
     def fastly_requests(self) -> RequestCounter:
         """Keyed by the ``domain`` parameter."""
         return _running(self._fastly).requests
+
+    def pacing_stats(self) -> dict[str, dict[str, int]]:
+        """Requests admitted and refused (over the rate limit) per server."""
+        stats: dict[str, dict[str, int]] = {}
+        for name, server in (("rdap", self._rdap), ("fastly", self._fastly), ("dns", self._dns)):
+            pacing = getattr(server, "pacing", None)
+            if isinstance(pacing, Pacing):
+                stats[name] = {"admitted": pacing.admitted, "refused": pacing.refused}
+        return stats
 
     @property
     def flaky(self) -> float:

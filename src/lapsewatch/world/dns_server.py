@@ -14,6 +14,8 @@ import selectors
 import socket
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -27,6 +29,7 @@ import dns.rrset
 import dns.zone
 
 from lapsewatch.world.live import LiveScenario, RequestCounter
+from lapsewatch.world.pacing import Pacing
 from lapsewatch.world.scenario import DnsFault, Scenario
 
 __all__ = ["BuiltinDnsServer", "answer", "bind_udp_tcp"]
@@ -143,6 +146,8 @@ class BuiltinDnsServer:
         self._clients: set[socket.socket] = set()
         self._clients_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.pacing = Pacing()
+        self._delayed = ThreadPoolExecutor(max_workers=256, thread_name_prefix="world-dns-delay")
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -158,6 +163,7 @@ class BuiltinDnsServer:
         with self._clients_lock:
             for client in self._clients:
                 _close(client)
+        self._delayed.shutdown(wait=False, cancel_futures=True)
         for sock in (self._udp, self._tcp, self._wake_r, self._wake_w):
             sock.close()
 
@@ -177,9 +183,20 @@ class BuiltinDnsServer:
             wire, peer = self._udp.recvfrom(65535)
         except OSError:
             return
+        if self.pacing.latency > 0:
+            # Answer later from a pool, so one slow answer does not hold up the others.
+            self._delayed.submit(self._answer_later, wire, peer)
+            return
         reply = self._reply(wire, tcp=False)
         if reply is not None:
             self._udp.sendto(reply, peer)
+
+    def _answer_later(self, wire: bytes, peer: Any) -> None:
+        self.pacing.delay()
+        reply = self._reply(wire, tcp=False)
+        if reply is not None and not self._stopping.is_set():
+            with contextlib.suppress(OSError):
+                self._udp.sendto(reply, peer)
 
     def _accept_tcp(self) -> None:
         try:
@@ -221,6 +238,10 @@ class BuiltinDnsServer:
             fault = "ok"
         if fault == "timeout":
             return None
+        if not self.pacing.admit():  # a rate-limited server refuses, as real ones do (RRL)
+            refused = dns.message.make_response(query)
+            refused.set_rcode(dns.rcode.REFUSED)
+            return refused.to_wire()
         if fault == "garbage":
             return os.urandom(7)  # shorter than a DNS header, so never parses
         if fault == "servfail":

@@ -61,6 +61,8 @@ class _FastlyHandler(JsonHandler):
         if not name:
             self.send_json(400, {"msg": "Bad request", "detail": "domain is required"})
             return
+        if not self.paced():
+            return
         scenario = self.server.live.current.scenario
         domain = scenario.domain(name)
         fault = self.server.chaos(domain.fastly if domain is not None else "ok")

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lapsewatch.world.live import LiveScenario, RequestCounter
+from lapsewatch.world.pacing import Pacing
 
 __all__ = ["JsonHandler", "LoopbackHTTPServer"]
 
@@ -44,6 +45,7 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.flaky = 0.0
+        self.pacing = Pacing()
         """Fraction of answers about scenario domains replaced by a random 500, 429 or timeout."""
         self._random = random.Random(0)  # repeatable chaos
         self._random_lock = threading.Lock()
@@ -130,6 +132,14 @@ class JsonHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def paced(self) -> bool:
+        """Apply the world's latency and rate limit; False when this request got a 429."""
+        if not self.server.pacing.admit():
+            self.send_json(429, {"error": "rate limit exceeded"}, headers={"Retry-After": "1"})
+            return False
+        self.server.pacing.delay()
+        return True
 
     def send_json(
         self,

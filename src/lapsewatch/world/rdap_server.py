@@ -165,11 +165,14 @@ class _RdapHandler(JsonHandler):
             return
         domain = scenario.domain(name)
         if domain is None:
-            self._not_found(name)
+            if self.paced():
+                self._not_found(name)
             return
         self._answer(domain, tld_base_url(self.server.url, tld))
 
     def _answer(self, domain: DomainScenario, base_url: str) -> None:
+        if not self.paced():
+            return
         fault = self.server.chaos(domain.rdap)
         if fault == "timeout" and not self.server.hang():
             return  # the world is stopping: drop the request

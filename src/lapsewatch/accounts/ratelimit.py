@@ -1,0 +1,75 @@
+"""Sliding-window rate limits kept in the database, so every web worker shares them.
+
+Keys are pseudonymised with an HMAC under the secret key: the table then holds
+no usernames, addresses or client IPs, yet the same input always lands on the
+same counter. A limit is checked before the work and a hit is recorded only for
+attempts that were let through, so an attacker who keeps hammering does not
+keep a victim locked out forever: the window drains at the limit's own pace.
+
+Two requests racing at the very edge of a limit may both pass; a limit that is
+off by one under contention is still a limit, and it needs no locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from lapsewatch.accounts.settings import Limit
+from lapsewatch.store.models import RateLimitHit
+
+__all__ = ["RateLimiter"]
+
+KEEP = timedelta(days=1)
+"""Hits older than this are dead for every limit we have; :meth:`prune` drops them."""
+
+
+class RateLimiter:
+    def __init__(self, secret_key: str) -> None:
+        self._secret = secret_key.encode()
+
+    def key(self, name: str, value: str) -> str:
+        """``name`` plus a keyed hash of the case-folded value."""
+        mac = hmac.new(self._secret, value.casefold().encode("utf-8", "replace"), hashlib.sha256)
+        return f"{name}:{mac.hexdigest()[:40]}"
+
+    def blocked_until(
+        self, session: Session, key: str, limit: Limit, *, now: datetime
+    ) -> datetime | None:
+        """When the next attempt will be allowed, or ``None`` if it is allowed now."""
+        since = now - limit.window
+        count, oldest = session.execute(
+            select(func.count(), func.min(RateLimitHit.at)).where(
+                RateLimitHit.key == key, RateLimitHit.at > since
+            )
+        ).one()
+        if count < limit.count:
+            return None
+        return (oldest or now) + limit.window
+
+    def hit(self, session: Session, key: str, limit: Limit, *, now: datetime) -> None:
+        """Record one attempt and forget this key's attempts that left the window."""
+        session.execute(
+            delete(RateLimitHit).where(
+                RateLimitHit.key == key, RateLimitHit.at <= now - limit.window
+            )
+        )
+        session.add(RateLimitHit(key=key, at=now))
+        session.flush()
+
+    def allow(self, session: Session, key: str, limit: Limit, *, now: datetime) -> bool:
+        """Record the attempt and say yes, or record nothing and say no."""
+        if self.blocked_until(session, key, limit, now=now) is not None:
+            return False
+        self.hit(session, key, limit, now=now)
+        return True
+
+    @staticmethod
+    def prune(session: Session, *, now: datetime, keep: timedelta = KEEP) -> int:
+        """Delete hits older than ``keep`` (keys nobody hit again); how many."""
+        result = session.execute(delete(RateLimitHit).where(RateLimitHit.at < now - keep))
+        return int(result.rowcount)  # type: ignore[attr-defined]

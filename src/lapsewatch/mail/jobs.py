@@ -1,0 +1,44 @@
+"""The periodic mail job: queue what is due, then send every queued notice.
+
+Queueing commits before sending, so a mail server that is down loses nothing:
+the notices wait in the database for the next run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from lapsewatch.accounts.ratelimit import RateLimiter
+from lapsewatch.mail.advice import queue_security_advice
+from lapsewatch.mail.expiry import DEFAULT_WARNING, queue_expiry_warnings
+from lapsewatch.mail.outbox import OutboxSummary, send_pending
+from lapsewatch.mail.smtp import Mailer
+from lapsewatch.store.db import make_sessionmaker
+
+__all__ = ["MailJobSummary", "run_mail_jobs"]
+
+
+@dataclass(frozen=True)
+class MailJobSummary:
+    expiry_warnings: int
+    advice: int
+    outbox: OutboxSummary
+
+
+def run_mail_jobs(
+    engine: Engine,
+    mailer: Mailer,
+    *,
+    now: datetime | None = None,
+    warn_before: timedelta = DEFAULT_WARNING,
+) -> MailJobSummary:
+    """Queue expiry warnings and advice, prune old rate-limit hits, send the outbox."""
+    now = now or datetime.now(UTC)
+    with make_sessionmaker(engine).begin() as session:
+        warnings = queue_expiry_warnings(session, now=now, before=warn_before)
+        advice = queue_security_advice(session, now=now)
+        RateLimiter.prune(session, now=now)
+    return MailJobSummary(warnings, advice, send_pending(engine, mailer, now=now))

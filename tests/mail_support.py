@@ -1,0 +1,280 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) with one inbox per mailbox, and the
+helpers the account, mail and attack tests share (a settable clock, a service).
+
+In the test world every address is delivered to this one server, so "mail for
+@lapsed.test reaches the attacker" simply means "lands in that inbox".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from types import TracebackType
+from typing import Any, Self
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from sqlalchemy import Engine
+
+from lapsewatch.accounts.domaincheck import DomainChecker
+from lapsewatch.accounts.passwords import Passwords
+from lapsewatch.accounts.service import AccountService
+from lapsewatch.accounts.settings import AccountSettings, RateLimits
+from lapsewatch.mail.smtp import Mailer, SmtpMailer
+from lapsewatch.schedule import Policy
+
+__all__ = [
+    "Clock",
+    "HangingServer",
+    "MailServer",
+    "Received",
+    "account_settings",
+    "closed_port",
+    "make_service",
+    "token_from",
+]
+
+_TOKEN = re.compile(r"[?&]token=([A-Za-z0-9_-]+)")
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as delivered to one mailbox."""
+
+    mailbox: str
+    mail_from: str
+    message: EmailMessage
+
+    @property
+    def subject(self) -> str:
+        return str(self.message["Subject"])
+
+    @property
+    def body(self) -> str:
+        part = self.message.get_body(("plain",))
+        assert part is not None
+        return str(part.get_content()).replace("\r\n", "\n")
+
+    @property
+    def kind(self) -> str:
+        return str(self.message["X-Lapsewatch-Kind"])
+
+
+def token_from(received: Received) -> str:
+    """The token of the (single) link in a mail."""
+    found = _TOKEN.findall(received.body)
+    assert len(found) == 1, received.body
+    return str(found[0])
+
+
+class _Handler:
+    def __init__(self, server: MailServer) -> None:
+        self.server = server
+
+    async def handle_RCPT(
+        self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.lower() in self.server.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.server.fail_with is not None:
+            return self.server.fail_with
+        content = envelope.original_content or envelope.content or b""
+        assert isinstance(content, bytes)
+        message = message_from_bytes(content, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        self.server.deliver(str(envelope.mail_from), list(envelope.rcpt_tos), message)
+        return "250 OK delivered"
+
+
+class _Controller(Controller):
+    """Binds port 0 (a free port chosen by the kernel) and learns which one it got."""
+
+    def _trigger_server(self) -> None:
+        assert isinstance(self.server, asyncio.Server)
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
+
+
+class MailServer:
+    """Start with ``with MailServer() as smtp:``; ``smtp.url`` is the ``LAPSEWATCH_SMTP_URL``."""
+
+    def __init__(self, *, credentials: tuple[str, str] | None = None) -> None:
+        self.credentials = credentials
+        self.fail_with: str | None = None
+        """Answer every DATA with this (e.g. ``451 4.3.0 try later``) instead of delivering."""
+        self.refuse: set[str] = set()
+        """Mailboxes that do not exist (``550`` at RCPT)."""
+        self.logins: list[str] = []
+        self._lock = threading.Condition()
+        self._boxes: dict[str, list[Received]] = defaultdict(list)
+        self._controller: _Controller | None = None
+
+    def start(self) -> Self:
+        extra: dict[str, Any] = {}
+        if self.credentials is not None:
+            extra = {"authenticator": self._authenticate, "auth_require_tls": False}
+        self._controller = _Controller(_Handler(self), hostname="127.0.0.1", port=0, **extra)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._controller is not None, "the mail server is not running"
+        return int(self._controller.port)
+
+    @property
+    def url(self) -> str:
+        if self.credentials is not None:
+            user, password = self.credentials
+            return f"smtp://{user}:{password}@127.0.0.1:{self.port}"
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def _authenticate(
+        self, smtp: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert self.credentials is not None
+        if isinstance(data, LoginPassword):
+            user, password = data.login.decode(), data.password.decode()
+            if (user, password) == self.credentials:
+                self.logins.append(user)
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    # -- mailboxes ---------------------------------------------------------------------
+
+    def deliver(self, mail_from: str, rcpt_tos: list[str], message: EmailMessage) -> None:
+        with self._lock:
+            for rcpt in rcpt_tos:
+                self._boxes[rcpt.lower()].append(Received(rcpt.lower(), mail_from, message))
+            self._lock.notify_all()
+
+    def inbox(self, address: str) -> list[Received]:
+        with self._lock:
+            return list(self._boxes.get(address.lower(), []))
+
+    def everything(self) -> list[Received]:
+        with self._lock:
+            return [r for box in self._boxes.values() for r in box]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._boxes.clear()
+        self.fail_with = None
+        self.refuse.clear()
+
+    def wait_for(self, address: str, count: int, timeout: float = 5.0) -> list[Received]:
+        """Wait until ``address`` has ``count`` messages (mail sent from a background thread)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self._boxes.get(address.lower(), [])) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+            return list(self._boxes.get(address.lower(), []))
+
+
+class HangingServer:
+    """Accepts TCP connections and never says a word: an SMTP server that hangs."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(16)
+        self.port: int = self._socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def closed_port() -> int:
+    """A port with nothing listening (connection refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Clock:
+    """An injectable clock: tests move time instead of sleeping."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+def account_settings(smtp_url: str, **overrides: Any) -> AccountSettings:
+    values: dict[str, Any] = {
+        "smtp_url": smtp_url,
+        "mail_from": "lapsewatch@registry.test",
+        "secret_key": "test-secret-key",
+        "base_url": "http://registry.test",
+        "smtp_timeout": 2.0,
+        "limits": RateLimits(),
+    }
+    values.update(overrides)
+    return AccountSettings(**values)
+
+
+def make_service(
+    engine: Engine,
+    settings: AccountSettings,
+    *,
+    clock: Clock,
+    checker: DomainChecker | None = None,
+    mailer: Mailer | None = None,
+    policy: Policy | None = None,
+) -> AccountService:
+    """A service with cheap Argon2 parameters (tests only) and a real SMTP mailer."""
+    return AccountService(
+        engine,
+        settings,
+        mailer=mailer or SmtpMailer.from_settings(settings),
+        checker=checker,
+        policy=policy,
+        clock=clock,
+        passwords=Passwords.cheapest(),
+    )

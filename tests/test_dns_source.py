@@ -74,3 +74,42 @@ def test_nothing_listening_is_an_error() -> None:
     obs = asyncio.run(source.observe("alive.test"))
     assert obs.outcome is Outcome.ERROR
     assert obs.found is None
+
+
+def test_a_resolver_that_denies_everything_is_not_trusted() -> None:
+    """A broken or hijacking resolver says NXDOMAIN for every name, with no SOA.
+
+    That must never read as "available" (it would unverify every address).
+    """
+    import socket
+    import threading
+
+    import dns.message
+    import dns.rcode
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def lie() -> None:
+        while not stop.is_set():
+            try:
+                wire, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            reply = dns.message.make_response(dns.message.from_wire(wire))
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+            sock.sendto(reply.to_wire(), peer)
+
+    thread = threading.Thread(target=lie, daemon=True)
+    thread.start()
+    try:
+        source = DnsSource((("127.0.0.1", sock.getsockname()[1]),), timeout=0.5, attempts=2)
+        obs = asyncio.run(source.observe("python.org"))
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+    assert obs.outcome is Outcome.ERROR
+    assert "not trusted" in obs.detail

@@ -18,6 +18,7 @@ import typer
 
 from lapsewatch import domains, lookup
 from lapsewatch.commands import check as check_command
+from lapsewatch.commands import scan as scan_command
 from lapsewatch.commands import worker as worker_command
 from lapsewatch.commands._common import (
     Format,
@@ -44,6 +45,7 @@ app = typer.Typer(
 )
 app.command()(check_command.check)
 app.command()(worker_command.worker)
+app.command()(scan_command.scan)
 bootstrap_app = typer.Typer(help="The RDAP bootstrap file (which server answers for a TLD).")
 app.add_typer(bootstrap_app, name="rdap-bootstrap")
 

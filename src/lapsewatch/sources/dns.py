@@ -66,6 +66,7 @@ class DnsSource(Source):
         self._nameservers = nameservers or system_nameservers()
         self._timeout = timeout
         self._attempts = attempts
+        self._zones_seen: set[tuple[str, int, dns.name.Name]] = set()
 
     async def observe(self, domain: str) -> Observation:
         if not self._nameservers:
@@ -82,13 +83,48 @@ class DnsSource(Source):
                 failures.append(f"bad answer from {host}:{port}: {type(exc).__name__}")
                 continue
             rcode = response.rcode()
+            if rcode == dns.rcode.NXDOMAIN:
+                doubt = await self._doubt_nxdomain(domain, response, host, port)
+                if doubt:
+                    failures.append(doubt)
+                    continue
             if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 return self._interpret(domain, response, f"{host}:{port}")
             failures.append(f"{dns.rcode.to_text(rcode)} from {host}:{port}")
         return Observation.error(self.name, domain, "; ".join(dict.fromkeys(failures)))
 
-    async def _query(self, domain: str, host: str, port: int) -> dns.message.Message:
-        query = dns.message.make_query(domain, dns.rdatatype.NS)
+    async def _doubt_nxdomain(
+        self, domain: str, response: dns.message.Message, host: str, port: int
+    ) -> str | None:
+        """Why this NXDOMAIN is not to be trusted, or None.
+
+        NXDOMAIN is the one DNS answer that can unverify addresses, and a broken,
+        offline or hijacking resolver says it for everything. A genuine one carries
+        the SOA of the zone that proves the name absent (RFC 2308), and that zone
+        itself must exist at the same resolver.
+        """
+        name = dns.name.from_text(domain)
+        zone = next((r.name for r in response.authority if r.rdtype == dns.rdatatype.SOA), None)
+        server = f"{host}:{port}"
+        if zone is None or zone == name or not name.is_subdomain(zone):
+            return f"NXDOMAIN from {server} without the parent zone's SOA: resolver not trusted"
+        if (host, port, zone) in self._zones_seen:
+            return None
+        try:
+            check = await self._query(zone.to_text(), host, port, dns.rdatatype.SOA)
+        except (dns.exception.DNSException, OSError, ValueError, EOFError) as exc:
+            return f"could not confirm zone {zone} at {server}: {type(exc).__name__}"
+        if check.rcode() != dns.rcode.NOERROR or not any(
+            r.rdtype == dns.rdatatype.SOA and r.name == zone for r in check.answer
+        ):
+            return f"{server} denies zone {zone} too: resolver not trusted"
+        self._zones_seen.add((host, port, zone))
+        return None
+
+    async def _query(
+        self, domain: str, host: str, port: int, rdtype: dns.rdatatype.RdataType = dns.rdatatype.NS
+    ) -> dns.message.Message:
+        query = dns.message.make_query(domain, rdtype)
         response = await dns.asyncquery.udp(query, host, port=port, timeout=self._timeout)
         if response.flags & dns.flags.TC:
             response = await dns.asyncquery.tcp(query, host, port=port, timeout=self._timeout)

@@ -1,0 +1,209 @@
+"""``lapsewatch scan``: which of my dependencies could be taken over through a lapsed
+maintainer domain?
+
+Exit codes: 0 nothing in ``--fail-on`` was found, 1 something was (by default a
+dangerous verdict), 2 bad input or configuration. ``unknown`` does not fail the
+run by default: being offline must not break a build, and the run says clearly
+how many domains could not be checked.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+from lapsewatch import domains
+from lapsewatch.commands._common import (
+    EXIT_DANGEROUS,
+    EXIT_OK,
+    console,
+    errors,
+    fail,
+    load_settings,
+)
+from lapsewatch.formats import scan_json, scan_markdown, scan_sarif, scan_table
+from lapsewatch.scan import (
+    DEFAULT_INDEX_URL,
+    DiskCache,
+    InputError,
+    ScanOptions,
+    ScanReport,
+    collect,
+    default_cache_dir,
+    parse_fail_on,
+)
+from lapsewatch.scan import scan as run_scan
+from lapsewatch.scan.index import check_index_url
+from lapsewatch.scan.run import Phase
+
+__all__ = ["ScanFormat", "scan"]
+
+
+class ScanFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+    sarif = "sarif"
+    markdown = "markdown"
+
+
+_PHASES: dict[Phase, str] = {"metadata": "reading metadata", "domains": "checking domains"}
+
+
+class _Bar:
+    """The scan's progress as a Rich bar on stderr (drawn only on a terminal)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[Phase, TaskID] = {}
+
+    def start(self, phase: Phase, total: int) -> None:
+        if total:
+            self._tasks[phase] = self._progress.add_task(_PHASES[phase], total=total)
+
+    def advance(self, phase: Phase) -> None:
+        if phase in self._tasks:
+            self._progress.advance(self._tasks[phase])
+
+
+def _warn(message: str) -> None:
+    errors.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def _print(report: ScanReport, output: ScanFormat) -> None:
+    if output is ScanFormat.table:
+        scan_table.print_report(console, report)
+        return
+    if output is ScanFormat.markdown:
+        text = scan_markdown.render(report)
+    else:
+        data = (
+            scan_sarif.sarif_log(report)
+            if output is ScanFormat.sarif
+            else scan_json.report_list(report)
+        )
+        text = json.dumps(data, indent=2, ensure_ascii=False)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def scan(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Package names, NAME or NAME==VERSION (read from this environment when "
+            "installed in that version, else from the index).",
+            show_default=False,
+        ),
+    ] = None,
+    requirement: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "-r",
+            "--requirement",
+            help="A pip requirement file (repeatable); -r includes are followed.",
+            show_default=False,
+        ),
+    ] = None,
+    lock: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A lock file (repeatable): pylock.toml, pylock.NAME.toml, uv.lock, poetry.lock.",
+            show_default=False,
+        ),
+    ] = None,
+    dist: Annotated[
+        list[Path] | None,
+        typer.Option(help="A wheel or sdist file (repeatable).", show_default=False),
+    ] = None,
+    installed: Annotated[
+        bool, typer.Option("--installed", help="Every distribution installed in this environment.")
+    ] = False,
+    index_url: Annotated[
+        str, typer.Option(help="Base URL of an index speaking PyPI's JSON API.")
+    ] = DEFAULT_INDEX_URL,
+    output: Annotated[
+        ScanFormat, typer.Option("--format", help="Output format.")
+    ] = ScanFormat.table,
+    fail_on: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of verdicts that make the run exit 1: 'dangerous' (expiring, "
+            "redemption, pending_delete, available, reregistered, for_sale), any verdict such as "
+            "unknown or unparseable, 'all' or 'none'.",
+        ),
+    ] = "dangerous",
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where answers are cached (default: $XDG_CACHE_HOME/lapsewatch/scan).",
+            show_default=False,
+        ),
+    ] = None,
+    cache_ttl: Annotated[
+        float, typer.Option(min=0.0, help="Hours a cached answer is reused.")
+    ] = 24.0,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither read nor write the cache.")
+    ] = False,
+) -> None:
+    """Check the maintainer addresses of Python packages for lapsing or taken-over domains.
+
+    Exit codes: 0 nothing in --fail-on was found, 1 something was, 2 bad input.
+    """
+    settings = load_settings()
+    try:
+        failing = parse_fail_on(fail_on)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    try:
+        index = check_index_url(index_url)
+    except ValueError as exc:
+        raise fail(f"--index-url: {exc}") from None
+    try:
+        free = domains.load_free_providers(settings.free_providers_file)
+    except (OSError, domains.DomainError) as exc:
+        raise fail(f"LAPSEWATCH_FREE_PROVIDERS: {exc}") from None
+    if not (names or requirement or lock or dist or installed):
+        raise fail(
+            "nothing to scan: give package names, -r FILE, --lock FILE, --dist FILE or --installed"
+        )
+    try:
+        inputs = collect(
+            requirements=requirement or (),
+            locks=lock or (),
+            dists=dist or (),
+            names=names or (),
+            include_installed=installed,
+            index_url=index,
+        )
+    except InputError as exc:
+        raise fail(str(exc)) from None
+
+    cache = None
+    if not no_cache:
+        cache = DiskCache(cache_dir or default_cache_dir(), cache_ttl * 3600.0, warn=_warn)
+    options = ScanOptions(settings, index_url=index, cache=cache, free_providers=free)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=errors,
+        transient=True,
+        disable=not errors.is_terminal,
+    )
+    with progress:
+        report = run_scan(inputs, options, _Bar(progress))
+
+    for note in report.notes:
+        errors.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    for message in (report.index_message, report.offline_message):
+        if message:
+            _warn(message)
+    _print(report, output)
+    raise typer.Exit(EXIT_DANGEROUS if report.failing(failing) else EXIT_OK)

@@ -1,0 +1,236 @@
+"""Findings: one per package and address, with a verdict-like status and its reason.
+
+The statuses are the eight verdicts plus what only a scan can meet: a free
+provider (not checked), an unparseable address, a package with no address, a
+package the index does not have, and an index that could not be read. Joining
+packages with the domain observations happens here, and only here; the output
+formats just print what this module produced.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from lapsewatch.scan.addresses import Extracted
+from lapsewatch.scan.packages import Origin, PackageMetadata
+from lapsewatch.sources import Observation
+from lapsewatch.verdict import DANGEROUS, decide
+
+__all__ = [
+    "DANGEROUS_STATUSES",
+    "Finding",
+    "ScanReport",
+    "Status",
+    "finding_for_package_error",
+    "findings_for_package",
+    "parse_fail_on",
+]
+
+
+class Status(StrEnum):
+    REGISTERED = "registered"
+    EXPIRING = "expiring"
+    REDEMPTION = "redemption"
+    PENDING_DELETE = "pending_delete"
+    AVAILABLE = "available"
+    REREGISTERED = "reregistered"
+    FOR_SALE = "for_sale"
+    UNKNOWN = "unknown"
+    FREE_PROVIDER = "free_provider"
+    """A well-known mail provider: its domain does not lapse, so it is not checked."""
+    UNPARSEABLE = "unparseable"
+    """Obfuscated, malformed or not an address: reported as written, never guessed."""
+    NO_ADDRESS = "no_address"
+    NOT_FOUND = "not_found"
+    """The index has no such package (or version): a typo, a private or a removed package."""
+    METADATA_ERROR = "metadata_error"
+    """The index could not be read (offline, HTTP error): nothing was checked."""
+
+    @property
+    def dangerous(self) -> bool:
+        return self in DANGEROUS_STATUSES
+
+    @property
+    def severity(self) -> int:
+        """0 dangerous, 1 could not tell, 2 unparseable, 3 nothing wrong: for sorting reports."""
+        if self.dangerous:
+            return 0
+        if self.unchecked:
+            return 1
+        return 2 if self is Status.UNPARSEABLE else 3
+
+    @property
+    def unchecked(self) -> bool:
+        """Whether this says "could not tell" rather than something about a domain."""
+        return self in (Status.UNKNOWN, Status.NOT_FOUND, Status.METADATA_ERROR)
+
+
+DANGEROUS_STATUSES = frozenset(Status(v.value) for v in DANGEROUS)
+_ALIASES: dict[str, frozenset[Status]] = {
+    "dangerous": DANGEROUS_STATUSES,
+    "none": frozenset(),
+    "all": frozenset(Status),
+}
+
+
+def parse_fail_on(text: str) -> frozenset[Status]:
+    """``--fail-on``: a comma list of statuses and the aliases dangerous, none, all."""
+    chosen: set[Status] = set()
+    for word in (w.strip().lower().replace("-", "_") for w in text.split(",")):
+        if not word:
+            continue
+        if word in _ALIASES:
+            chosen |= _ALIASES[word]
+            continue
+        try:
+            chosen.add(Status(word))
+        except ValueError:
+            known = ", ".join([*_ALIASES, *Status])
+            raise ValueError(f"--fail-on: unknown status {word!r}; known: {known}") from None
+    return frozenset(chosen)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One package and one address (or one package-level problem)."""
+
+    package: str
+    version: str | None
+    status: Status
+    reason: str
+    address: str | None = None
+    """Canonical address; the text as written for ``unparseable``; ``None`` when none."""
+    domain: str | None = None
+    fields: tuple[str, ...] = ()
+    """Metadata fields the address appeared in, e.g. ``("author_email",)``."""
+    free_provider: bool = False
+    decided_by: str | None = None
+    published_at: datetime | None = None
+    origins: tuple[Origin, ...] = ()
+    observations: tuple[Observation, ...] = ()
+
+    @property
+    def dangerous(self) -> bool:
+        return self.status.dangerous
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """Everything a scan found, and what the formats need to summarise it."""
+
+    findings: tuple[Finding, ...]
+    notes: tuple[str, ...] = ()
+    packages: int = 0
+    domains_asked: int = 0
+    domains_cached: int = 0
+    unreachable_domains: tuple[str, ...] = ()
+    """Domains for which no status source answered at all (offline?)."""
+
+    def failing(self, statuses: frozenset[Status]) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.status in statuses)
+
+    def counts(self) -> Counter[Status]:
+        return Counter(f.status for f in self.findings)
+
+    @property
+    def offline_message(self) -> str | None:
+        """The one line that says "nothing could be checked, probably offline"."""
+        count = len(self.unreachable_domains)
+        if not count:
+            return None
+        noun = "domain" if count == 1 else "domains"
+        return f"{count} {noun} could not be checked: no status source answered (offline?)"
+
+    @property
+    def index_message(self) -> str | None:
+        """The line that says how many packages the index could not give, and why."""
+        failed = [f for f in self.findings if f.status is Status.METADATA_ERROR]
+        if not failed:
+            return None
+        noun = "package" if len(failed) == 1 else "packages"
+        return f"{len(failed)} {noun} could not be read from the index ({failed[0].reason})"
+
+
+def _key(found: Extracted) -> str:
+    return found.address.lower() if found.parsed is not None else found.text
+
+
+def findings_for_package(
+    package: PackageMetadata,
+    extracted: Sequence[Extracted],
+    observations: Mapping[str, tuple[Observation, ...]],
+    *,
+    now: datetime,
+) -> list[Finding]:
+    """One finding per distinct address of ``package`` (fields merged), or ``no_address``."""
+    if not extracted:
+        return [
+            Finding(
+                package.name,
+                package.version,
+                Status.NO_ADDRESS,
+                "no address in Author-email, Maintainer-email, Author or Maintainer",
+                origins=package.origins,
+            )
+        ]
+    grouped: dict[str, list[Extracted]] = {}
+    for item in extracted:
+        grouped.setdefault(_key(item), []).append(item)
+    return [
+        _finding(package, items[0], tuple(dict.fromkeys(i.field for i in items)), observations, now)
+        for items in grouped.values()
+    ]
+
+
+def _finding(
+    package: PackageMetadata,
+    item: Extracted,
+    fields: tuple[str, ...],
+    observations: Mapping[str, tuple[Observation, ...]],
+    now: datetime,
+) -> Finding:
+    parsed = item.parsed
+    domain = parsed.domain if parsed else None
+    seen: tuple[Observation, ...] = ()
+    decided_by = None
+    if parsed is None:
+        status, reason = Status.UNPARSEABLE, item.problem or "not an email address"
+    elif parsed.free_provider:
+        status = Status.FREE_PROVIDER
+        reason = f"{parsed.domain} is a well-known mail provider; not checked"
+    else:
+        seen = observations.get(parsed.domain, ())
+        decision = decide(parsed.domain, seen, now=now, verified_at=package.published_at)
+        status, reason = Status(decision.verdict.value), decision.reason
+        decided_by = decision.decided_by
+        if status is Status.REREGISTERED and decision.registered_at and package.published_at:
+            reason = (
+                f"RDAP: registered {decision.registered_at.date()}, after {package.name} "
+                f"{package.version} was published with this address on "
+                f"{package.published_at.date()}"
+            )
+    return Finding(
+        package.name,
+        package.version,
+        status,
+        reason,
+        address=item.address,
+        domain=domain,
+        fields=fields,
+        free_provider=bool(parsed and parsed.free_provider),
+        decided_by=decided_by,
+        published_at=package.published_at,
+        origins=package.origins,
+        observations=seen,
+    )
+
+
+def finding_for_package_error(
+    name: str, version: str | None, status: Status, reason: str, origins: Iterable[Origin]
+) -> Finding:
+    """A package whose metadata could not be had: ``not_found`` or ``metadata_error``."""
+    return Finding(name, version, status, reason, origins=tuple(origins))

@@ -1,0 +1,186 @@
+"""One scan: inputs → metadata → addresses → each distinct domain checked once → findings.
+
+The phases run one after the other (all metadata first) so every domain is
+known before any is checked, and a domain shared by fifty packages is asked
+about once. Progress is reported through a two-method protocol so the command
+can draw a bar and tests can stay silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import httpx
+from packaging.utils import canonicalize_name
+
+from lapsewatch.config import Settings
+from lapsewatch.domains import FreeProviders
+from lapsewatch.scan.addresses import extract
+from lapsewatch.scan.cache import DiskCache
+from lapsewatch.scan.checker import check_domains
+from lapsewatch.scan.findings import (
+    Finding,
+    ScanReport,
+    Status,
+    finding_for_package_error,
+    findings_for_package,
+)
+from lapsewatch.scan.index import DEFAULT_INDEX_URL, IndexAnswer, IndexClient, IndexOutcome
+from lapsewatch.scan.inputs import ScanInputs
+from lapsewatch.scan.packages import Origin, PackageMetadata, PackageRef
+from lapsewatch.sources import USER_AGENT
+
+__all__ = ["Phase", "Progress", "ScanOptions", "run_scan", "scan"]
+
+Phase = Literal["metadata", "domains"]
+
+
+class Progress(Protocol):
+    def start(self, phase: Phase, total: int) -> None: ...
+    def advance(self, phase: Phase) -> None: ...
+
+
+class _Silent:
+    def start(self, phase: Phase, total: int) -> None:
+        pass
+
+    def advance(self, phase: Phase) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    settings: Settings
+    index_url: str = DEFAULT_INDEX_URL
+    cache: DiskCache | None = None
+    free_providers: FreeProviders | None = None
+    index_concurrency: int = 10
+    index_timeout: float = 30.0
+    """Seconds for one index answer (project pages of big packages are large)."""
+    now: datetime | None = None
+
+
+def scan(inputs: ScanInputs, options: ScanOptions, progress: Progress | None = None) -> ScanReport:
+    """Synchronous entry point for the command."""
+    return asyncio.run(run_scan(inputs, options, progress))
+
+
+async def run_scan(
+    inputs: ScanInputs, options: ScanOptions, progress: Progress | None = None
+) -> ScanReport:
+    progress = progress or _Silent()
+    now = options.now or datetime.now(UTC)
+    refs = _distinct_refs(inputs.refs)
+    answers = await _fetch(refs, options, progress)
+
+    packages: dict[tuple[str, str | None], PackageMetadata] = {}
+    findings: list[Finding] = []
+    for answer, origins in zip(answers, refs.values(), strict=True):
+        if answer.metadata is not None:
+            _add(packages, answer.metadata.with_origins(*origins))
+            continue
+        status = Status.METADATA_ERROR
+        if answer.outcome is IndexOutcome.NOT_FOUND:
+            status = Status.NOT_FOUND
+        findings.append(
+            finding_for_package_error(
+                answer.ref.name, answer.ref.version, status, answer.detail, origins
+            )
+        )
+    for meta in inputs.local:
+        _add(packages, meta)
+
+    addresses = {
+        key: [
+            found
+            for field, value in meta.address_fields()
+            for found in extract(field, value, free_providers=options.free_providers)
+        ]
+        for key, meta in packages.items()
+    }
+    domains = sorted(
+        {
+            item.parsed.domain
+            for items in addresses.values()
+            for item in items
+            if item.parsed is not None and not item.parsed.free_provider
+        }
+    )
+    progress.start("domains", len(domains))
+    checks = await check_domains(
+        domains,
+        options.settings,
+        cache=options.cache,
+        on_done=lambda _domain: progress.advance("domains"),
+    )
+    for key, meta in packages.items():
+        findings.extend(findings_for_package(meta, addresses[key], checks.observations, now=now))
+    findings.sort(key=_order)
+    unreachable = tuple(
+        domain
+        for domain, seen in sorted(checks.observations.items())
+        if seen and not any(o.answered for o in seen)
+    )
+    return ScanReport(
+        findings=tuple(findings),
+        notes=(*inputs.notes, *checks.notes),
+        packages=len(packages) + sum(1 for a in answers if a.metadata is None),
+        domains_asked=checks.asked,
+        domains_cached=checks.cached,
+        unreachable_domains=unreachable,
+    )
+
+
+def _distinct_refs(refs: Sequence[PackageRef]) -> dict[PackageRef, list[Origin]]:
+    """One lookup per (name, version), remembering every place that named it."""
+    first: dict[tuple[str, str | None], PackageRef] = {}
+    origins: dict[PackageRef, list[Origin]] = {}
+    for ref in refs:
+        kept = first.setdefault(ref.key, ref)
+        origins.setdefault(kept, []).append(ref.origin)
+    return origins
+
+
+async def _fetch(
+    refs: dict[PackageRef, list[Origin]], options: ScanOptions, progress: Progress
+) -> list[IndexAnswer]:
+    progress.start("metadata", len(refs))
+    if not refs:
+        return []
+    settings = options.settings
+    timeout = httpx.Timeout(options.index_timeout, connect=min(settings.timeout, 10.0))
+    async with httpx.AsyncClient(
+        timeout=timeout, follow_redirects=True, headers={"User-Agent": USER_AGENT}
+    ) as client:
+        index = IndexClient(
+            options.index_url,
+            client,
+            cache=options.cache,
+            attempts=settings.attempts,
+            concurrency=options.index_concurrency,
+            max_retry_after=settings.max_retry_after,
+        )
+
+        async def one(ref: PackageRef) -> IndexAnswer:
+            answer = await index.fetch(ref)
+            progress.advance("metadata")
+            return answer
+
+        return list(await asyncio.gather(*(one(ref) for ref in refs)))
+
+
+def _add(packages: dict[tuple[str, str | None], PackageMetadata], meta: PackageMetadata) -> None:
+    """Merge a package seen twice (e.g. in a lock file and installed) into one entry."""
+    known = packages.get(meta.key)
+    if known is None:
+        packages[meta.key] = meta
+    else:
+        packages[meta.key] = known.with_origins(*meta.origins)
+
+
+def _order(finding: Finding) -> tuple[str, str, str]:
+    return canonicalize_name(finding.package), finding.version or "", finding.address or ""

@@ -70,7 +70,7 @@ def fresh(database_url: str) -> Engine:
     return engine
 
 
-def reference_state(world: World, tmp_path: Path) -> dict[str, object]:
+def reference_state(world: World, tmp_path: Path) -> dict[str, Any]:
     url = f"sqlite:///{tmp_path / 'reference.db'}"
     engine = fresh(url)
     run = subprocess.run(
@@ -117,7 +117,7 @@ def test_sigkill_mid_cycle(world: World, database_url: str, tmp_path: Path) -> N
     )
     assert rerun.returncode == 0, rerun.stderr
     assert_same(state(engine), expected)
-    unverified_events = [e for e in expected["events"] if e[0] == "email.unverified"]  # type: ignore[union-attr]
+    unverified_events = [e for e in expected["events"] if e[0] == "email.unverified"]
     assert len(unverified_events) == len(EXPECTED_UNVERIFIED)
     engine.dispose()
 
@@ -163,6 +163,7 @@ def test_celery_worker_killed_mid_task(
 
     first = start_worker("first")
     second: subprocess.Popen[bytes] | None = None
+    third: subprocess.Popen[bytes] | None = None
     try:
         time.sleep(2)  # let the first worker connect before there is work
         queued = subprocess.run(
@@ -193,7 +194,7 @@ def test_celery_worker_killed_mid_task(
         for process in (second, third):
             process.wait(timeout=20)
     finally:
-        for process in (first, second):
+        for process in (first, second, third):
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))

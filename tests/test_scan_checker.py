@@ -85,19 +85,6 @@ def test_skipped_domains_do_not_open_the_breaker() -> None:
     assert inner.calls == 10
 
 
-class Denying(Source):
-    name = "dns"
-
-    async def observe(self, domain: str) -> Observation:
-        return Observation(self.name, domain, Outcome.ANSWERED, "NXDOMAIN", found=False)
-
-
-def test_a_resolver_that_denies_example_com_is_not_believed() -> None:
-    note = asyncio.run(checker._lying_resolver(Denying()))
-    assert note is not None
-    assert "example.com" in note
-
-
 def test_observations_survive_the_cache(world: World, tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 3600)
     first = asyncio.run(checker.check_domains(["caught.test"], settings_for(world), cache=cache))

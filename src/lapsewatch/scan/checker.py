@@ -47,8 +47,6 @@ __all__ = ["DomainChecks", "check_domains", "observation_from_dict"]
 CACHE_NAMESPACE = "domains"
 BREAKER_THRESHOLD = 3
 """Failures, without a single answer, after which a source is given up for the scan."""
-CANARY_DOMAINS = ("example.com", "iana.org")
-"""Registered for good (RFC 2606, IANA): a resolver that denies both is not telling the truth."""
 PROBE_TIMEOUT = 2.0
 """Seconds a DNS server gets to answer the trivial probe query (a root NS lookup)."""
 UNKNOWN_TTL = 3600.0
@@ -244,17 +242,6 @@ async def _dns_unreachable(settings: Settings) -> str | None:
     return f"no DNS server answered a test query ({shown}): DNS is not used in this scan"
 
 
-async def _lying_resolver(dns: Source) -> str | None:
-    """A note when the system resolver denies names that exist, else ``None``."""
-    answers = await asyncio.gather(*(dns.observe(name) for name in CANARY_DOMAINS))
-    if all(a.answered and a.found is False for a in answers):
-        return (
-            f"the system DNS resolver says {' and '.join(CANARY_DOMAINS)} do not exist "
-            "(offline, or a filtering resolver?): DNS answers are not used in this scan"
-        )
-    return None
-
-
 async def _usable(source: Source, settings: Settings, notes: list[str]) -> Source:
     """The source itself, or a stand-in when a quick first look shows it cannot work."""
     why: str | None = None
@@ -264,9 +251,8 @@ async def _usable(source: Source, settings: Settings, notes: list[str]) -> Sourc
         except BootstrapError as exc:
             why = f"RDAP bootstrap unavailable ({exc}): RDAP is not used in this scan"
     elif source.name == "dns":
+        # A resolver that denies everything is caught by the DNS source itself.
         why = await _dns_unreachable(settings)
-        if why is None and not settings.dns_nameservers:
-            why = await _lying_resolver(source)
     if why is None:
         return source
     notes.append(why)

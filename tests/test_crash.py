@@ -194,9 +194,9 @@ def test_celery_worker_killed_mid_task(
         for process in (second, third):
             process.wait(timeout=20)
     finally:
-        for process in (first, second, third):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+        for leftover in (first, second, third):
+            if leftover is not None and leftover.poll() is None:
+                os.killpg(leftover.pid, signal.SIGKILL)
     logs = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
     assert checked(engine) == total_domains(engine), logs[-3000:]
     assert_same(state(engine), expected)

@@ -18,6 +18,7 @@ import typer
 
 from lapsewatch import domains, lookup
 from lapsewatch.commands import check as check_command
+from lapsewatch.commands import report as report_command
 from lapsewatch.commands import scan as scan_command
 from lapsewatch.commands import worker as worker_command
 from lapsewatch.commands._common import (
@@ -27,6 +28,7 @@ from lapsewatch.commands._common import (
     fail,
     load_settings,
 )
+from lapsewatch.commands.accounts import accounts_app
 from lapsewatch.config import Settings
 from lapsewatch.dates import parse_datetime
 from lapsewatch.formats import json as json_format
@@ -46,6 +48,8 @@ app = typer.Typer(
 app.command()(check_command.check)
 app.command()(worker_command.worker)
 app.command()(scan_command.scan)
+app.add_typer(accounts_app, name="accounts")
+app.command()(report_command.report)
 bootstrap_app = typer.Typer(help="The RDAP bootstrap file (which server answers for a TLD).")
 app.add_typer(bootstrap_app, name="rdap-bootstrap")
 

@@ -1,0 +1,230 @@
+"""The admin's overview: where the addresses stand and which accounts are exposed.
+
+Pure queries into frozen dataclasses; the formats print them. Every figure is
+an aggregate computed by the database (``GROUP BY``, ``count``), so the report
+costs a few index scans however many million addresses there are, and nothing
+here loops over rows in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, Exists, and_, case, exists, func, or_, select
+
+from lapsewatch.store.models import Account, Domain, Email
+
+__all__ = [
+    "NEVER_CHECKED",
+    "AddressCounts",
+    "AtRisk",
+    "DueDomain",
+    "Report",
+    "build_report",
+]
+
+NEVER_CHECKED = "never_checked"
+"""The key for domains without a verdict yet in ``domains_by_verdict``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AddressCounts:
+    """Every address falls in exactly one of the four states; they add up to ``total``."""
+
+    total: int
+    verified: int
+    unverified_by_lapsewatch: int
+    """Unverified because their domain got a dangerous verdict (``unverify_reason`` set)."""
+    never_verified: int
+    """Not verified and no known verification date."""
+    unverified_other: int
+    """Not verified, verified once, not by lapsewatch's doing (e.g. the registry's)."""
+    free_provider: int
+    """Of ``total``, those at well-known free providers (never checked)."""
+    free_provider_verified: int
+
+
+@dataclass(frozen=True, slots=True)
+class DueDomain:
+    domain: str
+    next_due_at: datetime | None
+    """``None``: never checked, due now."""
+    last_verdict: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AtRisk:
+    """An account one lapsed domain away from takeover: its only way back in is that address."""
+
+    username: str
+    address: str
+    domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    generated_at: datetime
+    addresses: AddressCounts
+    unverified_by_reason: tuple[tuple[str, int], ...]
+    """(verdict, addresses), most frequent first."""
+    domains_total: int
+    domains_by_verdict: tuple[tuple[str, int], ...]
+    """(verdict or ``never_checked``, domains), most frequent first."""
+    domains_due: int
+    """Domains behind a verified address whose check is due now."""
+    next_due: tuple[DueDomain, ...]
+    accounts_at_risk: tuple[AtRisk, ...]
+    """The first ``at_risk_limit`` by username."""
+    accounts_at_risk_total: int
+
+
+def build_report(
+    bind: Engine | Connection,
+    *,
+    now: datetime | None = None,
+    next_due_limit: int = 10,
+    at_risk_limit: int = 50,
+) -> Report:
+    """Compute the report in one read transaction (a consistent snapshot)."""
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            return build_report(
+                conn, now=now, next_due_limit=next_due_limit, at_risk_limit=at_risk_limit
+            )
+    now = now or datetime.now(UTC)
+    with bind.begin():
+        domains_total, by_verdict = _domains_by_verdict(bind)
+        at_risk, at_risk_total = _accounts_at_risk(bind, at_risk_limit)
+        return Report(
+            generated_at=now,
+            addresses=_address_counts(bind),
+            unverified_by_reason=_unverified_by_reason(bind),
+            domains_total=domains_total,
+            domains_by_verdict=by_verdict,
+            domains_due=_domains_due(bind, now),
+            next_due=_next_due(bind, next_due_limit),
+            accounts_at_risk=at_risk,
+            accounts_at_risk_total=at_risk_total,
+        )
+
+
+def _address_counts(conn: Connection) -> AddressCounts:
+    by_lapsewatch = Email.unverify_reason.is_not(None).label("by_lapsewatch")
+    undated = Email.verified_at.is_(None).label("undated")
+    query = select(Email.verified, by_lapsewatch, undated, Email.free_provider, func.count())
+    query = query.group_by(Email.verified, by_lapsewatch, undated, Email.free_provider)
+    counts = dict.fromkeys(
+        ("total", "verified", "lapsewatch", "never", "other", "free", "free_verified"), 0
+    )
+    for verified, lapsewatch, no_date, free, count in conn.execute(query):
+        counts["total"] += count
+        if verified:
+            state = "verified"
+        elif lapsewatch:
+            state = "lapsewatch"
+        else:
+            state = "never" if no_date else "other"
+        counts[state] += count
+        if free:
+            counts["free"] += count
+            counts["free_verified"] += count if verified else 0
+    return AddressCounts(
+        total=counts["total"],
+        verified=counts["verified"],
+        unverified_by_lapsewatch=counts["lapsewatch"],
+        never_verified=counts["never"],
+        unverified_other=counts["other"],
+        free_provider=counts["free"],
+        free_provider_verified=counts["free_verified"],
+    )
+
+
+def _unverified_by_reason(conn: Connection) -> tuple[tuple[str, int], ...]:
+    count = func.count().label("n")
+    query = (
+        select(Email.unverify_reason, count)
+        .where(Email.verified.is_(False), Email.unverify_reason.is_not(None))
+        .group_by(Email.unverify_reason)
+        .order_by(count.desc(), Email.unverify_reason)
+    )
+    return tuple((str(reason), int(n)) for reason, n in conn.execute(query))
+
+
+def _domains_by_verdict(conn: Connection) -> tuple[int, tuple[tuple[str, int], ...]]:
+    count = func.count().label("n")
+    query = select(Domain.last_verdict, count).group_by(Domain.last_verdict)
+    rows = [(verdict or NEVER_CHECKED, int(n)) for verdict, n in conn.execute(query)]
+    rows.sort(key=lambda row: (-row[1], row[0]))
+    return sum(n for _, n in rows), tuple(rows)
+
+
+def _behind_verified_address() -> Exists:
+    """The schedule's scope: a domain is checked while a verified address depends on it."""
+    return exists().where(Email.domain == Domain.name, Email.verified.is_(True))
+
+
+def _domains_due(conn: Connection, now: datetime) -> int:
+    query = select(func.count()).where(
+        or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now),
+        _behind_verified_address(),
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def _next_due(conn: Connection, limit: int) -> tuple[DueDomain, ...]:
+    """Never-checked domains first (due now), then by due date.
+
+    Two queries instead of ``NULLS FIRST`` so that each can walk the
+    ``next_due_at`` index on both SQLite and PostgreSQL.
+    """
+    columns = (Domain.name, Domain.next_due_at, Domain.last_verdict)
+    scope = _behind_verified_address()
+    rows = list(
+        conn.execute(
+            select(*columns)
+            .where(Domain.next_due_at.is_(None), scope)
+            .order_by(Domain.name)
+            .limit(limit)
+        )
+    )
+    if len(rows) < limit:
+        rows += conn.execute(
+            select(*columns)
+            .where(Domain.next_due_at.is_not(None), scope)
+            .order_by(Domain.next_due_at, Domain.name)
+            .limit(limit - len(rows))
+        )
+    return tuple(DueDomain(name, due, verdict) for name, due, verdict in rows)
+
+
+def _accounts_at_risk(conn: Connection, limit: int) -> tuple[tuple[AtRisk, ...], int]:
+    """No 2FA and a single verified address, on a custom (not free-provider) domain.
+
+    With one verified address a password reset can only go there: whoever
+    buys that domain once it lapses owns the account.
+    """
+    single = (
+        select(
+            Email.account_id,
+            func.min(Email.address).label("address"),
+            func.min(Email.domain).label("domain"),
+        )
+        .where(Email.verified.is_(True))
+        .group_by(Email.account_id)
+        .having(
+            and_(
+                func.count() == 1,
+                func.max(case((Email.free_provider.is_(True), 1), else_=0)) == 0,
+            )
+        )
+        .subquery()
+    )
+    at_risk = (
+        select(Account.username, single.c.address, single.c.domain)
+        .join(single, single.c.account_id == Account.id)
+        .where(Account.totp_enabled.is_(False))
+    )
+    total = conn.execute(select(func.count()).select_from(at_risk.subquery())).scalar_one()
+    rows = conn.execute(at_risk.order_by(Account.username).limit(limit))
+    return tuple(AtRisk(*row) for row in rows), int(total)

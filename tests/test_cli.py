@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -130,19 +131,38 @@ def test_help_lists_the_commands() -> None:
         assert command in result.stdout
 
 
-def test_demo_runs_offline() -> None:
-    result = lapsewatch("demo", "--format", "json")
+def test_demo_runs_the_main_job_offline(tmp_path: Path) -> None:
+    """Import a registry into SQLite, one check cycle against the world, the report."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = lapsewatch("demo", "--database", url, "--format", "json")
     assert result.returncode == 0, result.stderr
-    verdicts = {d["domain"]: d["verdict"] for d in json.loads(result.stdout)}
+    data = json.loads(result.stdout)
+    verdicts = {d["domain"]: d["verdict"] for d in data["domains"]}
     assert verdicts["alive.test"] == "registered"
     assert verdicts["caught.test"] == "reregistered"
     assert verdicts["redeeming.test"] == "redemption"
+    assert verdicts["rdap-broken.test"] == "unknown"
+    assert data["cycle"]["unverified"] == data["report"]["addresses"]["unverified_by_lapsewatch"]
+    shown = lapsewatch(
+        "accounts", "show", "bob", "--format", "json", env={"LAPSEWATCH_DATABASE_URL": url}
+    )
+    emails = {e["address"]: e for e in json.loads(shown.stdout)["emails"]}
+    assert emails["bob@redeeming.test"]["verified"] is False
+    assert emails["bob@redeeming.test"]["unverify_reason"] == "redemption"
+    assert emails["bob@proton.me"]["verified"] is True
+
+
+def test_demo_all_domains() -> None:
+    result = lapsewatch("demo", "--all-domains", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    verdicts = {d["domain"]: d["verdict"] for d in json.loads(result.stdout)}
+    assert verdicts["caught.test"] == "reregistered"
     assert verdicts["rdap-slow.test"] == "unknown"
 
 
 @pytest.mark.nsd
 def test_demo_with_nsd(require_nsd: None) -> None:
-    result = lapsewatch("demo", "--dns", "nsd", "--format", "json")
+    result = lapsewatch("demo", "--all-domains", "--dns", "nsd", "--format", "json")
     assert result.returncode == 0, result.stderr
     verdicts = {d["domain"]: d["verdict"] for d in json.loads(result.stdout)}
     assert verdicts["vacant.test"] == "available"

@@ -7,9 +7,7 @@ Exit codes: 0 trusted, 1 dangerous verdict, 2 bad input or configuration,
 from __future__ import annotations
 
 import asyncio
-import enum
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import httpx
@@ -18,6 +16,7 @@ import typer
 
 from lapsewatch import domains, lookup
 from lapsewatch.commands import check as check_command
+from lapsewatch.commands import demo as demo_command
 from lapsewatch.commands import report as report_command
 from lapsewatch.commands import scan as scan_command
 from lapsewatch.commands import worker as worker_command
@@ -35,7 +34,7 @@ from lapsewatch.formats import json as json_format
 from lapsewatch.formats import table as table_format
 
 if TYPE_CHECKING:
-    from lapsewatch.world import World
+    pass
 
 __all__ = ["app", "exit_code", "main"]
 
@@ -50,6 +49,7 @@ app.command()(worker_command.worker)
 app.command()(scan_command.scan)
 app.add_typer(accounts_app, name="accounts")
 app.command()(report_command.report)
+app.command()(demo_command.demo)
 bootstrap_app = typer.Typer(help="The RDAP bootstrap file (which server answers for a TLD).")
 app.add_typer(bootstrap_app, name="rdap-bootstrap")
 
@@ -110,67 +110,6 @@ def domain(
     else:
         table_format.print_domain_report(console, report)
     raise typer.Exit(exit_code(report.decision.verdict))
-
-
-class DnsKind(enum.StrEnum):
-    builtin = "builtin"
-    nsd = "nsd"
-
-
-@app.command()
-def demo(
-    world: Annotated[
-        bool, typer.Option("--world", help="Only start the local world and print its settings.")
-    ] = False,
-    scenario: Annotated[
-        Path | None, typer.Option(help="Scenario file (TOML); default: the shipped demo.")
-    ] = None,
-    dns: Annotated[DnsKind, typer.Option(help="DNS server for the world.")] = DnsKind.builtin,
-    latency: Annotated[
-        float, typer.Option(min=0, help="With --world: seconds added to every answer.")
-    ] = 0.0,
-    rate_limit: Annotated[
-        float | None,
-        typer.Option(min=0.1, help="With --world: requests/s each server admits (429 above)."),
-    ] = None,
-    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
-) -> None:
-    """Start a local world (RDAP, DNS, Fastly on loopback) and check every domain in it."""
-    from lapsewatch import demo as story
-    from lapsewatch.world import NsdError, ScenarioError, World, demo_scenario, load_scenario
-
-    try:
-        loaded = load_scenario(scenario) if scenario else demo_scenario()
-    except (ScenarioError, OSError) as exc:
-        raise fail(str(exc)) from None
-    try:
-        if world:
-            _serve_world(World(loaded, dns=dns.value, latency=latency, rate_limit=rate_limit))
-            return
-        verified_at, reports = story.run_story(loaded, dns=dns.value)
-    except NsdError as exc:
-        raise fail(str(exc)) from None
-    if output is Format.json:
-        console.print_json(json_format.dumps([json_format.domain_report(r) for r in reports]))
-        return
-    table_format.print_story(console, reports, loaded, verified_at)
-
-
-def _serve_world(world: World) -> None:
-    """Run the world until Ctrl-C, printing the settings that point lapsewatch at it."""
-    import time
-
-    with world:
-        console.print("[bold]The local world is running.[/] In another shell:\n")
-        for key, value in sorted(world.env().items()):
-            console.print(f"export {key}={value}", highlight=False, soft_wrap=True)
-        console.print(f"\nDomains: {', '.join(sorted(world.scenario.domains))}", highlight=False)
-        console.print("Then try: lapsewatch domain m@redeeming.test\nCtrl-C stops the world.")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            console.print("stopped")
 
 
 @bootstrap_app.command("update")

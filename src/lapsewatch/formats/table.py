@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -14,7 +16,16 @@ from lapsewatch.lookup import DomainReport
 from lapsewatch.verdict import Verdict
 from lapsewatch.world.scenario import Scenario
 
-__all__ = ["print_domain_report", "print_story", "verdict_style"]
+__all__ = ["print_domain_outcomes", "print_domain_report", "print_story", "verdict_style"]
+
+
+class DomainOutcomeLike(Protocol):
+    @property
+    def domain(self) -> str: ...
+    @property
+    def verdict(self) -> str | None: ...
+    @property
+    def reason(self) -> str | None: ...
 
 
 def verdict_style(verdict: Verdict) -> str:
@@ -89,3 +100,18 @@ def print_story(
         f"{len(reports) - dangerous - unknown} registered.",
         highlight=False,
     )
+
+
+def print_domain_outcomes(console: Console, outcomes: Sequence[DomainOutcomeLike]) -> None:
+    """Each domain of the registry with its verdict after the cycle."""
+    table = Table(header_style="bold")
+    for column in ("domain", "verdict", "reason"):
+        table.add_column(column, overflow="fold")
+    for outcome in outcomes:
+        verdict = Verdict(outcome.verdict) if outcome.verdict else None
+        table.add_row(
+            outcome.domain,
+            Text(verdict.value, style=verdict_style(verdict)) if verdict else Text("not checked"),
+            outcome.reason or "",
+        )
+    console.print(table)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from lapsewatch.store import Event, make_engine, make_sessionmaker
 from lapsewatch.world import World, demo_scenario
 from tests.cycle_support import NOW, state
+from tests.mail_support import MailServer
 
 EXPECTED = {  # address -> (verified after the cycle, unverify_reason)
     "alice@alive.test": (True, None),
@@ -40,7 +41,9 @@ def world() -> Iterator[World]:
         yield running
 
 
-def lapsewatch(world: World, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def lapsewatch(
+    world: World, database_url: str, *args: str, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
     env.update(world.env())
     env.update(
@@ -49,6 +52,7 @@ def lapsewatch(world: World, database_url: str, *args: str) -> subprocess.Comple
             "LAPSEWATCH_TIMEOUT": "0.5",
             "LAPSEWATCH_ATTEMPTS": "2",
             "LAPSEWATCH_MAX_RETRY_AFTER": "1",
+            **(extra or {}),
         }
     )
     return subprocess.run(
@@ -117,4 +121,31 @@ def test_import_check_show_report_again(world: World, database_url: str) -> None
     assert [e for e in after["events"] if e[0].startswith("email.")] == [
         e for e in before["events"] if e[0].startswith("email.")
     ]
+
+    # The notices go out over SMTP, to the addresses still verified.
+    with MailServer() as smtp:
+        sent = lapsewatch(
+            world,
+            database_url,
+            "notify",
+            "--format",
+            "json",
+            extra={"LAPSEWATCH_SMTP_URL": smtp.url},
+        )
+        assert sent.returncode == 0, sent.stderr
+        bob = smtp.wait_for("bob@proton.me", 1)
+        assert "bob@redeeming.test" in bob[0].body
+        assert "redemption" in bob[0].body
+        assert smtp.inbox("bob@redeeming.test") == []  # never to the lapsed domain
+        frank = smtp.wait_for("frank@alive.test", 1)
+        assert any("frank@parked.test" in m.body for m in frank)
+        again = lapsewatch(
+            world,
+            database_url,
+            "notify",
+            "--format",
+            "json",
+            extra={"LAPSEWATCH_SMTP_URL": smtp.url},
+        )
+        assert json.loads(again.stdout)["sent"] == 0  # each notice once
     engine.dispose()

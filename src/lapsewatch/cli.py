@@ -17,6 +17,7 @@ import typer
 from lapsewatch import domains, lookup
 from lapsewatch.commands import check as check_command
 from lapsewatch.commands import demo as demo_command
+from lapsewatch.commands import notify as notify_command
 from lapsewatch.commands import report as report_command
 from lapsewatch.commands import scan as scan_command
 from lapsewatch.commands import worker as worker_command
@@ -50,6 +51,7 @@ app.command()(scan_command.scan)
 app.add_typer(accounts_app, name="accounts")
 app.command()(report_command.report)
 app.command()(demo_command.demo)
+app.command()(notify_command.notify)
 bootstrap_app = typer.Typer(help="The RDAP bootstrap file (which server answers for a TLD).")
 app.add_typer(bootstrap_app, name="rdap-bootstrap")
 

@@ -1,0 +1,222 @@
+"""``lapsewatch admin ...``: what an operator needs to bootstrap the web app.
+
+Admins, API keys and webhooks are made here, on the server, and never through
+the web: the first admin cannot be made by a web page nobody can log into yet,
+and a key shown in a terminal never crosses the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from sqlalchemy import Engine, select
+
+from lapsewatch.accounts.errors import AccountError
+from lapsewatch.accounts.events import record
+from lapsewatch.accounts.passwords import Passwords, check_policy
+from lapsewatch.accounts.service import _check_username
+from lapsewatch.accounts.settings import AccountSettings
+from lapsewatch.commands._common import Format, console, fail, load_settings
+from lapsewatch.commands.accounts import open_store
+from lapsewatch.dates import isoformat
+from lapsewatch.formats import json as json_format
+from lapsewatch.store import Account, make_sessionmaker
+from lapsewatch.web.apikeys import KeyNameTaken, create_api_key, list_api_keys, revoke_api_key
+from lapsewatch.web.webhooks import (
+    InvalidWebhookUrl,
+    add_webhook,
+    deliver_webhooks,
+    list_webhooks,
+    remove_webhook,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["admin_app"]
+
+ACTOR = "cli"
+
+admin_app = typer.Typer(
+    help="Operate the web app: admins, API keys for registries, webhooks.",
+    no_args_is_help=True,
+)
+webhook_app = typer.Typer(help="Webhooks told (HMAC-signed) of every unverification.")
+admin_app.add_typer(webhook_app, name="webhook")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _plain(item: DataclassInstance) -> dict[str, object]:
+    """A dataclass as JSON-ready values (dates as ISO 8601)."""
+    values = dataclasses.asdict(item)
+    return {k: isoformat(v) if isinstance(v, datetime) else v for k, v in values.items()}
+
+
+def _store() -> Engine:
+    return open_store(load_settings())
+
+
+def _set_admin(username: str, value: bool) -> None:
+    engine = _store()
+    with make_sessionmaker(engine).begin() as session:
+        account = session.scalar(select(Account).where(Account.username == username))
+        if account is None:
+            raise fail(f"no account is named {username!r}")
+        if account.is_admin != value:
+            account.is_admin = value
+            record(
+                session,
+                at=_now(),
+                actor=ACTOR,
+                kind="account.admin_granted" if value else "account.admin_revoked",
+                account_id=account.id,
+                after={"is_admin": value},
+            )
+    console.print(f"{username} is {'now' if value else 'no longer'} an admin", highlight=False)
+
+
+@admin_app.command("create-admin")
+def create_admin(
+    username: Annotated[str, typer.Argument(help="The new admin's username.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            help="Asked for when not given.",
+        ),
+    ],
+) -> None:
+    """Create an admin account (no address yet: add and verify one on its security page)."""
+    minimum = AccountSettings.min_password_length
+    try:
+        username = _check_username(username)
+        check_policy(password, username=username, minimum=minimum, maximum=1024)
+    except AccountError as exc:
+        raise fail(str(exc)) from None
+    engine = _store()
+    password_hash = Passwords().hash(password)
+    with make_sessionmaker(engine).begin() as session:
+        if session.scalar(select(Account.id).where(Account.username == username)) is not None:
+            raise fail(f"{username!r} exists; make it an admin with: lapsewatch admin grant")
+        account = Account(
+            username=username,
+            created_at=_now(),
+            password_hash=password_hash,
+            projects=[],
+            is_admin=True,
+        )
+        session.add(account)
+        session.flush()
+        record(session, at=_now(), actor=ACTOR, kind="account.created", account_id=account.id)
+        record(
+            session,
+            at=_now(),
+            actor=ACTOR,
+            kind="account.admin_granted",
+            account_id=account.id,
+            after={"is_admin": True},
+        )
+    console.print(f"admin {username} created; sign in at /account/login", highlight=False)
+
+
+@admin_app.command("grant")
+def grant(username: Annotated[str, typer.Argument(help="An existing account.")]) -> None:
+    """Make an existing account an admin."""
+    _set_admin(username, True)
+
+
+@admin_app.command("revoke")
+def revoke(username: Annotated[str, typer.Argument(help="An admin account.")]) -> None:
+    """Take the admin role away (effective on the account's next request)."""
+    _set_admin(username, False)
+
+
+@admin_app.command("api-key")
+def api_key(
+    name: Annotated[str, typer.Argument(help="Who the key is for, e.g. a registry.")],
+) -> None:
+    """Make an API key; it is printed once and only its hash is kept."""
+    if not name.strip() or len(name) > 100:
+        raise fail("a key name has 1 to 100 characters")
+    try:
+        key = create_api_key(_store(), name.strip(), now=_now())
+    except KeyNameTaken as exc:
+        raise fail(str(exc)) from None
+    console.print(key, highlight=False, soft_wrap=True)
+
+
+@admin_app.command("revoke-api-key")
+def revoke_key(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke an API key at once."""
+    if not revoke_api_key(_store(), name, now=_now()):
+        raise fail(f"no live API key is named {name!r}")
+    console.print(f"API key {name!r} revoked", highlight=False)
+
+
+@admin_app.command("api-keys")
+def api_keys(
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """List API keys (names and dates; the keys themselves are not kept)."""
+    keys = list_api_keys(_store())
+    if output is Format.json:
+        console.print_json(json_format.dumps([_plain(k) for k in keys]))
+        return
+    for key in keys:
+        state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "live"
+        console.print(f"{key.name}\tcreated {key.created_at:%Y-%m-%d}\t{state}", highlight=False)
+
+
+@webhook_app.command("add")
+def webhook_add(url: Annotated[str, typer.Argument(help="An http(s) URL to POST to.")]) -> None:
+    """Register a webhook; its signing secret is printed once."""
+    try:
+        hook = add_webhook(_store(), url, now=_now())
+    except InvalidWebhookUrl as exc:
+        raise fail(str(exc)) from None
+    console.print(f"webhook {hook.id}: {hook.url}\nsecret: {hook.secret}", highlight=False)
+
+
+@webhook_app.command("list")
+def webhook_list(
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """The active webhooks."""
+    hooks = list_webhooks(_store())
+    if output is Format.json:
+        console.print_json(json_format.dumps([_plain(h) for h in hooks]))
+        return
+    for hook in hooks:
+        console.print(f"{hook.id}\t{hook.url}\tsince {hook.created_at:%Y-%m-%d}", highlight=False)
+
+
+@webhook_app.command("remove")
+def webhook_remove(webhook_id: Annotated[int, typer.Argument(help="The webhook's id.")]) -> None:
+    """Stop a webhook (its delivery history is kept)."""
+    if not remove_webhook(_store(), webhook_id):
+        raise fail(f"no active webhook has the id {webhook_id}")
+    console.print(f"webhook {webhook_id} stopped", highlight=False)
+
+
+@admin_app.command("deliver-webhooks")
+def deliver(
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+) -> None:
+    """Queue and send webhook deliveries once (run it from cron, or use serve's loop)."""
+    summary = deliver_webhooks(_store())
+    if output is Format.json:
+        console.print_json(json_format.dumps(dataclasses.asdict(summary)))
+        return
+    console.print(
+        f"queued {summary.queued}, delivered {summary.delivered}, "
+        f"failed {summary.failed} (will retry), gave up {summary.gave_up}",
+        highlight=False,
+    )

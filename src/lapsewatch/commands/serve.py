@@ -1,0 +1,54 @@
+"""``lapsewatch serve``: the web app (account pages, admin dashboard, JSON API) under uvicorn."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from lapsewatch.accounts.settings import AccountSettings
+from lapsewatch.commands._common import errors, fail, load_settings
+from lapsewatch.commands.accounts import database_error
+from lapsewatch.config import ConfigError
+
+__all__ = ["serve"]
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    webhooks_every: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds between webhook delivery runs; 0 turns them off."),
+    ] = 60.0,
+) -> None:
+    """Run the web app: sign-up, login, 2FA, security page, admin dashboard, JSON API.
+
+    Configured by LAPSEWATCH_DATABASE_URL, LAPSEWATCH_SECRET_KEY (signs session
+    cookies; set it, or every restart signs everybody out), LAPSEWATCH_BASE_URL
+    (the public address, used in mailed links), LAPSEWATCH_SMTP_URL and
+    LAPSEWATCH_MAIL_FROM. Behind a reverse proxy, keep --host 127.0.0.1.
+    """
+    import uvicorn
+
+    from lapsewatch.web.app import create_app_from_env
+
+    load_settings()  # a bad variable is reported here, not as a traceback
+    try:
+        account_settings = AccountSettings.from_env()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if account_settings.secret_key_generated:
+        errors.print(
+            "[yellow]warning:[/] LAPSEWATCH_SECRET_KEY is not set; sessions end when the "
+            "server stops",
+            highlight=False,
+        )
+    try:
+        app = create_app_from_env(webhooks_every=webhooks_every or None)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise fail(f"could not open the database: {database_error(exc)}") from None
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)

@@ -1,0 +1,88 @@
+"""API keys for registries: made once, shown once, stored only as SHA-256.
+
+A key is 256 random bits, so a plain (unsalted) SHA-256 is enough: there is
+nothing to guess, and a leaked table of hashes opens nothing. Lookup by hash
+is one indexed query, fast enough to run on every API request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+
+from lapsewatch.store.db import make_sessionmaker
+from lapsewatch.store.models import ApiKey
+
+__all__ = [
+    "ApiKeyInfo",
+    "KeyNameTaken",
+    "authenticate",
+    "create_api_key",
+    "hash_key",
+    "list_api_keys",
+    "revoke_api_key",
+]
+
+PREFIX = "lw_"
+"""Makes a leaked key recognisable to secret scanners."""
+
+
+class KeyNameTaken(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    id: int
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def create_api_key(engine: Engine, name: str, *, now: datetime) -> str:
+    """A new key named ``name``; the only time the key itself is ever seen."""
+    key = PREFIX + secrets.token_urlsafe(32)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            session.add(ApiKey(name=name, key_hash=hash_key(key), created_at=now))
+    except IntegrityError:
+        raise KeyNameTaken(f"an API key named {name!r} exists already") from None
+    return key
+
+
+def authenticate(engine: Engine, key: str) -> ApiKeyInfo | None:
+    """The key's record if it exists and is not revoked."""
+    if not key or len(key) > 200:
+        return None
+    with make_sessionmaker(engine)() as session:
+        row = session.scalar(
+            select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        )
+        return None if row is None else ApiKeyInfo(row.id, row.name, row.created_at, None)
+
+
+def revoke_api_key(engine: Engine, name: str, *, now: datetime) -> bool:
+    """Revoke the key named ``name``; ``False`` if there is no such live key."""
+    with make_sessionmaker(engine).begin() as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.name == name))
+        if row is None or row.revoked_at is not None:
+            return False
+        row.revoked_at = now
+        return True
+
+
+def list_api_keys(engine: Engine) -> list[ApiKeyInfo]:
+    with make_sessionmaker(engine)() as session:
+        return [
+            ApiKeyInfo(row.id, row.name, row.created_at, row.revoked_at)
+            for row in session.scalars(select(ApiKey).order_by(ApiKey.name))
+        ]

@@ -1,0 +1,46 @@
+"""What every request handler needs, built once by ``create_app`` and kept on ``app.state``.
+
+One object instead of module globals, so several apps (tests: one per database)
+can live in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from fastapi import Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from lapsewatch.accounts.domaincheck import DomainChecker
+from lapsewatch.accounts.service import AccountService
+from lapsewatch.config import Settings
+from lapsewatch.domains import FreeProviders
+from lapsewatch.schedule import Policy
+
+__all__ = ["WebContext", "get_context"]
+
+
+@dataclass(frozen=True)
+class WebContext:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    accounts: AccountService
+    settings: Settings
+    """The check cycle's settings (sources, schedule) for "check this domain now"."""
+    checker: DomainChecker
+    policy: Policy
+    free_providers: FreeProviders
+    clock: Callable[[], datetime]
+    secret_key: str
+    """Signs session cookies and session stamps (``LAPSEWATCH_SECRET_KEY``)."""
+    secure_cookies: bool
+    """Served over HTTPS (the base URL says so): cookies get the ``Secure`` flag."""
+
+
+def get_context(request: Request) -> WebContext:
+    context = request.app.state.context
+    assert isinstance(context, WebContext)
+    return context

@@ -1,0 +1,488 @@
+"""The account pages: sign-up, verification, login with 2FA, the security page,
+password reset and recovery.
+
+Handlers are thin: each calls one :class:`AccountService` method and renders its
+answer, so the rules (who may reset what, rate limits, no enumeration) live in
+one place and the pages cannot weaken them. Handlers are plain ``def``: FastAPI
+runs them in a thread pool, so Argon2 and SMTP never block the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, Response
+
+from lapsewatch.accounts.errors import AccountError, LoginRequired, RateLimited, WeakPassword
+from lapsewatch.accounts.results import LoginStatus
+from lapsewatch.accounts.totp import provisioning_uri
+from lapsewatch.mail.messages import RESET_PASSWORD_PATH, VERIFY_EMAIL_PATH
+from lapsewatch.web.context import WebContext, get_context
+from lapsewatch.web.render import flash, redirect, render
+from lapsewatch.web.security import (
+    Viewer,
+    client_of,
+    csrf_protect,
+    current_viewer,
+    log_in,
+    log_out,
+    refresh_stamp,
+    require_user,
+    safe_next,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(dependencies=[Depends(csrf_protect)], include_in_schema=False)
+
+Ctx = Annotated[WebContext, Depends(get_context)]
+User = Annotated[Viewer, Depends(require_user)]
+MaybeUser = Annotated[Viewer | None, Depends(current_viewer)]
+Text = Annotated[str, Form()]
+
+PENDING_LOGIN_SECONDS = 300
+"""How long the 2FA step may follow the password step."""
+_MAX_TOKEN = 512
+
+
+def _retry_after(exc: RateLimited, context: WebContext) -> dict[str, str]:
+    if exc.retry_after is None:
+        return {}
+    seconds = max(1, int((exc.retry_after - context.clock()).total_seconds()) + 1)
+    return {"Retry-After": str(seconds)}
+
+
+def _refused(
+    request: Request,
+    context: WebContext,
+    template: str,
+    exc: AccountError,
+    values: dict[str, Any],
+) -> HTMLResponse:
+    """The same form again with the service's message: 429 when rate-limited, else 400."""
+    limited = isinstance(exc, RateLimited)
+    return render(
+        request,
+        template,
+        {**values, "error": str(exc)},
+        status_code=429 if limited else 400,
+        headers=_retry_after(exc, context) if isinstance(exc, RateLimited) else None,
+    )
+
+
+def _message(
+    request: Request, title: str, message: str, *, status_code: int = 200, **links: str
+) -> HTMLResponse:
+    return render(
+        request,
+        "message.html",
+        {"title": title, "message": message, "links": links},
+        status_code=status_code,
+    )
+
+
+# ------------------------------------------------------------------------------- home
+
+
+@router.get("/")
+def home(request: Request, viewer: MaybeUser) -> Response:
+    if viewer is not None:
+        return redirect("/admin" if viewer.is_admin else "/account/security")
+    return render(request, "home.html")
+
+
+# ---------------------------------------------------------------------------- sign-up
+
+
+@router.get("/account/sign-up")
+def sign_up_form(request: Request, viewer: MaybeUser) -> Response:
+    if viewer is not None:
+        return redirect("/account/security")
+    return render(request, "sign_up.html", {"values": {}})
+
+
+@router.post("/account/sign-up")
+def sign_up(
+    request: Request,
+    context: Ctx,
+    username: Text = "",
+    email: Text = "",
+    password: Text = "",
+    confirm: Text = "",
+) -> Response:
+    values = {"username": username, "email": email}
+    if password != confirm:
+        return render(
+            request,
+            "sign_up.html",
+            {"values": values, "error": "the two passwords differ"},
+            status_code=400,
+        )
+    try:
+        result = context.accounts.sign_up(username, password, email, client=client_of(request))
+    except AccountError as exc:
+        return _refused(request, context, "sign_up.html", exc, {"values": values})
+    log_in(request, context, result.account_id)
+    if result.verification_sent:
+        flash(request, f"Welcome! We sent a verification link to {result.address}.", "success")
+    else:
+        flash(
+            request,
+            f"Your account is ready, but the mail to {result.address} could not be sent. "
+            "Ask for a new link below.",
+            "warning",
+        )
+    return redirect("/account/security")
+
+
+# ----------------------------------------------------------------------- verification
+
+
+@router.get(VERIFY_EMAIL_PATH)
+def verify_email_form(request: Request, viewer: MaybeUser, token: str = "") -> Response:
+    """Only a button: mail scanners follow links, and must not spend the token."""
+    return render(request, "verify_email.html", {"token": token[:_MAX_TOKEN]})
+
+
+@router.post(VERIFY_EMAIL_PATH)
+def verify_email(request: Request, context: Ctx, viewer: MaybeUser, token: Text = "") -> Response:
+    try:
+        result = context.accounts.verify_email(
+            token[:_MAX_TOKEN], session_account_id=viewer.account_id if viewer else None
+        )
+    except LoginRequired as exc:
+        back = f"{VERIFY_EMAIL_PATH}?token={token[:_MAX_TOKEN]}"
+        login = "/account/login?next=" + quote(back, safe="/")
+        return _message(
+            request,
+            "Sign in first",
+            f"This address was unverified because its domain lapsed; {exc}.",
+            status_code=403,
+            **{"Sign in": login},
+        )
+    except AccountError as exc:
+        return _message(
+            request,
+            "This link does not work",
+            str(exc),
+            status_code=400,
+            **{"Your account": "/account/security"},
+        )
+    return render(request, "verified.html", {"result": result})
+
+
+# ------------------------------------------------------------------------------ login
+
+
+@router.get("/account/login")
+def login_form(request: Request, viewer: MaybeUser, next: str = "") -> Response:
+    if viewer is not None:
+        return redirect(safe_next(next))
+    return render(request, "login.html", {"next": safe_next(next), "username": ""})
+
+
+@router.post("/account/login")
+def login(
+    request: Request,
+    context: Ctx,
+    username: Text = "",
+    password: Text = "",
+    next: Text = "",
+) -> Response:
+    target = safe_next(next)
+    try:
+        result = context.accounts.login(username, password, client=client_of(request))
+    except AccountError as exc:
+        return _refused(request, context, "login.html", exc, {"next": target, "username": username})
+    if result.status is LoginStatus.SECOND_FACTOR_REQUIRED:
+        log_out(request)
+        request.session["pending"] = {
+            "uid": result.account_id,
+            "at": int(time.time()),
+            "next": target,
+        }
+        return redirect("/account/login/2fa")
+    log_in(request, context, result.account_id)
+    return redirect(target)
+
+
+def _pending(request: Request) -> dict[str, Any] | None:
+    pending = request.session.get("pending")
+    if (
+        isinstance(pending, dict)
+        and isinstance(pending.get("uid"), int)
+        and isinstance(pending.get("at"), int)
+        and time.time() - pending["at"] < PENDING_LOGIN_SECONDS
+    ):
+        return pending
+    request.session.pop("pending", None)
+    return None
+
+
+@router.get("/account/login/2fa")
+def second_factor_form(request: Request) -> Response:
+    if _pending(request) is None:
+        return redirect("/account/login")
+    return render(request, "login_2fa.html")
+
+
+@router.post("/account/login/2fa")
+def second_factor(
+    request: Request, context: Ctx, code: Text = "", recovery_code: Text = ""
+) -> Response:
+    pending = _pending(request)
+    if pending is None:
+        flash(request, "That took too long; sign in again.", "warning")
+        return redirect("/account/login")
+    try:
+        result = context.accounts.complete_login(
+            pending["uid"],
+            totp_code=code.strip() or None,
+            recovery_code=None if code.strip() else recovery_code.strip() or None,
+            client=client_of(request),
+        )
+    except AccountError as exc:
+        return _refused(request, context, "login_2fa.html", exc, {})
+    log_in(request, context, result.account_id)
+    if result.used_recovery_code:
+        flash(
+            request,
+            f"You signed in with a recovery code; {result.recovery_codes_left} left. "
+            "Make new ones on the two-factor page if you lost your authenticator.",
+            "warning",
+        )
+    return redirect(safe_next(str(pending.get("next", ""))))
+
+
+@router.post("/account/logout")
+def logout(request: Request) -> Response:
+    log_out(request)
+    flash(request, "You are signed out.")
+    return redirect("/")
+
+
+# ---------------------------------------------------------------------------- 2FA
+
+
+@router.get("/account/2fa")
+def totp_page(request: Request, context: Ctx, viewer: User) -> Response:
+    overview = context.accounts.security_overview(viewer.account_id)
+    if overview.totp_enabled:
+        return render(request, "totp_manage.html", {"overview": overview})
+    return _totp_setup(request, context, viewer)
+
+
+def _totp_setup(
+    request: Request,
+    context: WebContext,
+    viewer: Viewer,
+    *,
+    error: str | None = None,
+) -> HTMLResponse:
+    """The pending secret stays in the session until confirmed, so a reload keeps it."""
+    secret = request.session.get("totp_secret")
+    if isinstance(secret, str):
+        uri = provisioning_uri(secret, viewer.username)
+    else:
+        setup = context.accounts.begin_totp_setup(viewer.account_id)
+        secret, uri = setup.secret, setup.provisioning_uri
+        request.session["totp_secret"] = secret
+    grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+    return render(
+        request,
+        "totp_setup.html",
+        {"secret": secret, "grouped": grouped, "uri": uri, "error": error},
+        status_code=400 if error else 200,
+    )
+
+
+@router.post("/account/2fa")
+def totp_confirm(request: Request, context: Ctx, viewer: User, code: Text = "") -> Response:
+    secret = request.session.get("totp_secret")
+    if not isinstance(secret, str):
+        flash(request, "Start the set-up again.", "warning")
+        return redirect("/account/2fa")
+    try:
+        codes = context.accounts.confirm_totp(viewer.account_id, secret, code)
+    except AccountError as exc:
+        return _totp_setup(request, context, viewer, error=str(exc))
+    request.session.pop("totp_secret", None)
+    return render(request, "recovery_codes.html", {"codes": codes.codes, "first": True})
+
+
+@router.post("/account/2fa/disable")
+def totp_disable(request: Request, context: Ctx, viewer: User, password: Text = "") -> Response:
+    try:
+        context.accounts.disable_totp(viewer.account_id, password)
+    except AccountError as exc:
+        flash(request, str(exc), "error")
+        return redirect("/account/2fa")
+    flash(request, "Two-factor authentication is off.", "warning")
+    return redirect("/account/security")
+
+
+@router.post("/account/2fa/recovery-codes")
+def recovery_codes(request: Request, context: Ctx, viewer: User, password: Text = "") -> Response:
+    try:
+        codes = context.accounts.regenerate_recovery_codes(viewer.account_id, password)
+    except AccountError as exc:
+        flash(request, str(exc), "error")
+        return redirect("/account/2fa")
+    return render(request, "recovery_codes.html", {"codes": codes.codes, "first": False})
+
+
+# ----------------------------------------------------------------------- security page
+
+
+@router.get("/account/security")
+def security(request: Request, context: Ctx, viewer: User) -> Response:
+    overview = context.accounts.security_overview(viewer.account_id)
+    return render(request, "security.html", {"overview": overview})
+
+
+def _act(request: Request, done: str, action: Any) -> Response:
+    """Run one address action; its outcome (or refusal) is shown on the security page."""
+    try:
+        message = action()
+    except AccountError as exc:
+        flash(request, str(exc), "error")
+    else:
+        flash(request, message or done, "success")
+    return redirect("/account/security")
+
+
+@router.post("/account/emails")
+def add_email(request: Request, context: Ctx, viewer: User, address: Text = "") -> Response:
+    def add() -> str:
+        added = context.accounts.add_email(viewer.account_id, address)
+        if added.verification_sent:
+            return f"We sent a verification link to {added.address}."
+        return f"{added.address} was added, but the mail could not be sent; ask again."
+
+    return _act(request, "", add)
+
+
+@router.post("/account/emails/{email_id}/remove")
+def remove_email(request: Request, context: Ctx, viewer: User, email_id: int) -> Response:
+    return _act(
+        request,
+        "The address was removed.",
+        lambda: context.accounts.remove_email(viewer.account_id, email_id),
+    )
+
+
+@router.post("/account/emails/{email_id}/primary")
+def make_primary(request: Request, context: Ctx, viewer: User, email_id: int) -> Response:
+    return _act(
+        request,
+        "That address is now your primary address.",
+        lambda: context.accounts.set_primary(viewer.account_id, email_id),
+    )
+
+
+@router.post("/account/emails/{email_id}/verify")
+def reverify(request: Request, context: Ctx, viewer: User, email_id: int) -> Response:
+    def ask() -> str:
+        sent = context.accounts.request_reverification(viewer.account_id, email_id)
+        if sent.sent:
+            return f"We sent a verification link to {sent.address}. Open it while signed in."
+        return f"The mail to {sent.address} could not be sent; try again later."
+
+    return _act(request, "", ask)
+
+
+@router.post("/account/password")
+def change_password(
+    request: Request,
+    context: Ctx,
+    viewer: User,
+    current: Text = "",
+    password: Text = "",
+    confirm: Text = "",
+) -> Response:
+    if password != confirm:
+        flash(request, "The two new passwords differ.", "error")
+        return redirect("/account/security")
+    try:
+        context.accounts.change_password(viewer.account_id, current, password)
+    except AccountError as exc:
+        flash(request, str(exc), "error")
+        return redirect("/account/security")
+    refresh_stamp(request, context, viewer.account_id)
+    flash(request, "Your password was changed; other sessions were signed out.", "success")
+    return redirect("/account/security")
+
+
+# ----------------------------------------------------------------------- password reset
+
+
+@router.get("/account/forgot-password")
+def forgot_password_form(request: Request) -> Response:
+    return render(request, "forgot_password.html", {"answer": None})
+
+
+@router.post("/account/forgot-password")
+def forgot_password(request: Request, context: Ctx, identifier: Text = "") -> Response:
+    """One answer for every input: existing or not, verified or not, rate-limited or not."""
+    answer = context.accounts.request_password_reset(identifier, client=client_of(request))
+    return render(request, "forgot_password.html", {"answer": answer.message})
+
+
+@router.get(RESET_PASSWORD_PATH)
+def reset_password_form(request: Request, context: Ctx, token: str = "") -> Response:
+    try:
+        info = context.accounts.check_reset_token(token[:_MAX_TOKEN])
+    except AccountError as exc:
+        return _dead_reset_link(request, str(exc))
+    return render(request, "reset_password.html", {"token": token[:_MAX_TOKEN], "info": info})
+
+
+def _dead_reset_link(request: Request, why: str) -> HTMLResponse:
+    return _message(
+        request,
+        "This reset link does not work",
+        f"{why}. Reset links work once, for a short time, and only while the address "
+        "they were sent to is still verified.",
+        status_code=400,
+        **{
+            "Ask for a new link": "/account/forgot-password",
+            "Other ways back in": "/account/recover",
+        },
+    )
+
+
+@router.post(RESET_PASSWORD_PATH)
+def reset_password(
+    request: Request, context: Ctx, token: Text = "", password: Text = "", confirm: Text = ""
+) -> Response:
+    token = token[:_MAX_TOKEN]
+    try:
+        info = context.accounts.check_reset_token(token)
+    except AccountError as exc:
+        return _dead_reset_link(request, str(exc))
+    values = {"token": token, "info": info}
+    if password != confirm:
+        return render(
+            request,
+            "reset_password.html",
+            {**values, "error": "the two passwords differ"},
+            status_code=400,
+        )
+    try:
+        context.accounts.reset_password(token, password)
+    except AccountError as exc:
+        if isinstance(exc, WeakPassword):
+            return _refused(request, context, "reset_password.html", exc, values)
+        return _dead_reset_link(request, str(exc))
+    log_out(request)
+    flash(request, "Your password was changed. Sign in with the new one.", "success")
+    return redirect("/account/login")
+
+
+@router.get("/account/recover")
+def recover(request: Request) -> Response:
+    """For an account whose only address was unverified: what still works."""
+    return render(request, "recover.html")

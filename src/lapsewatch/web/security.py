@@ -1,0 +1,277 @@
+"""Sessions, CSRF tokens, roles and response headers: everything that decides who
+may do what in the browser.
+
+* The session is a signed cookie (Starlette's ``SessionMiddleware``, keyed by a
+  key derived from ``LAPSEWATCH_SECRET_KEY``): HttpOnly, SameSite=Lax, Secure
+  behind HTTPS. It holds the account id and a *stamp* derived from the password
+  hash, so changing or resetting the password ends every other session.
+* Every state-changing form carries a synchronizer token kept in the session;
+  a POST without it, or with another one, is refused with 403.
+* Roles are read from the database on every request, never from the cookie:
+  an admin who is demoted loses the dashboard at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, HTTPException, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lapsewatch.store.models import Account
+from lapsewatch.web.context import WebContext, get_context
+
+__all__ = [
+    "CSRF_FIELD",
+    "SESSION_COOKIE",
+    "LoginRedirect",
+    "SecurityHeaders",
+    "Viewer",
+    "client_of",
+    "csrf_protect",
+    "csrf_token",
+    "current_viewer",
+    "log_in",
+    "log_out",
+    "refresh_stamp",
+    "require_admin",
+    "require_user",
+    "safe_next",
+    "session_key",
+]
+
+SESSION_COOKIE = "lapsewatch_session"
+SESSION_MAX_AGE = 12 * 3600
+"""Seconds a login lasts; the signature carries the time, so an old cookie is refused."""
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "img-src 'self' data:",
+        "style-src 'self'",
+        "script-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+
+
+def session_key(secret_key: str) -> str:
+    """The cookie-signing key: derived, so the rate limiter's use of the secret is separate."""
+    return hmac.new(secret_key.encode(), b"lapsewatch web session", hashlib.sha256).hexdigest()
+
+
+# ------------------------------------------------------------------------------ headers
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response (pure ASGI: no body buffering).
+
+    ``Referrer-Policy: no-referrer`` matters here: verification and reset links
+    carry their token in the URL, which must not leak to any other site.
+    Pages are ``no-store`` because they show recovery codes and TOTP secrets.
+    """
+
+    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                extra = [
+                    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"cross-origin-opener-policy", b"same-origin"),
+                    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+                ]
+                if not static:
+                    extra.append((b"cache-control", b"no-store"))
+                if self.hsts:
+                    extra.append((b"strict-transport-security", b"max-age=31536000"))
+                headers += [(name, value) for name, value in extra if name not in present]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# --------------------------------------------------------------------------------- CSRF
+
+
+def csrf_token(request: Request) -> str:
+    """This session's form token, made on first use (anonymous visitors get one too)."""
+    token = request.session.get("csrf")
+    if not isinstance(token, str) or len(token) < 32:
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return token
+
+
+async def csrf_protect(request: Request) -> None:
+    """Refuse (403) any unsafe request whose form lacks this session's token."""
+    if request.method in SAFE_METHODS:
+        return
+    expected = request.session.get("csrf")
+    sent: Any = None
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        sent = (await request.form()).get(CSRF_FIELD)
+    if not (
+        isinstance(expected, str)
+        and isinstance(sent, str)
+        and hmac.compare_digest(sent.encode(), expected.encode())
+    ):
+        raise HTTPException(
+            status_code=403,
+            detail="This form has expired or did not come from this site. "
+            "Go back, reload the page and try again.",
+        )
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The logged-in account, as read from the database for this request."""
+
+    account_id: int
+    username: str
+    is_admin: bool
+
+
+class LoginRedirect(Exception):
+    """Raised for an anonymous visitor on a page that needs a login; becomes a 303."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+    @property
+    def location(self) -> str:
+        return "/account/login?next=" + quote(self.next_path, safe="/")
+
+
+def _stamp(secret_key: str, account_id: int, password_hash: str | None) -> str:
+    """Changes whenever the password does: a session made before a reset dies."""
+    material = f"{account_id}:{password_hash or ''}".encode()
+    return hmac.new(secret_key.encode(), material, hashlib.sha256).hexdigest()[:32]
+
+
+def log_in(request: Request, context: WebContext, account_id: int) -> None:
+    """Start a fresh session for ``account_id`` (a new CSRF token: no session fixation)."""
+    with context.sessions() as session:
+        account = session.get(Account, account_id)
+        password_hash = account.password_hash if account is not None else None
+    request.session.clear()
+    request.session.update(
+        {
+            "uid": account_id,
+            "stamp": _stamp(context.secret_key, account_id, password_hash),
+            "since": int(time.time()),
+            "csrf": secrets.token_urlsafe(32),
+        }
+    )
+
+
+def refresh_stamp(request: Request, context: WebContext, account_id: int) -> None:
+    """Keep *this* session after its own password change (the others end)."""
+    with context.sessions() as session:
+        account = session.get(Account, account_id)
+        if account is not None:
+            request.session["stamp"] = _stamp(context.secret_key, account_id, account.password_hash)
+
+
+def log_out(request: Request) -> None:
+    request.session.clear()
+
+
+def current_viewer(
+    request: Request, context: Annotated[WebContext, Depends(get_context)]
+) -> Viewer | None:
+    """The logged-in account, or ``None``; also kept on ``request.state`` for the templates."""
+    if hasattr(request.state, "viewer"):
+        cached = request.state.viewer
+        return cached if isinstance(cached, Viewer) else None
+    viewer: Viewer | None = None
+    uid = request.session.get("uid")
+    if isinstance(uid, int):
+        with context.sessions() as session:
+            account = session.get(Account, uid)
+            if account is not None and hmac.compare_digest(
+                str(request.session.get("stamp", "")),
+                _stamp(context.secret_key, account.id, account.password_hash),
+            ):
+                viewer = Viewer(account.id, account.username, account.is_admin)
+        if viewer is None:  # deleted account or password changed elsewhere
+            request.session.pop("uid", None)
+            request.session.pop("stamp", None)
+    request.state.viewer = viewer
+    return viewer
+
+
+def _here(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def require_user(
+    request: Request, viewer: Annotated[Viewer | None, Depends(current_viewer)]
+) -> Viewer:
+    """The logged-in account; anonymous visitors are sent to the login page."""
+    if viewer is None:
+        raise LoginRedirect(_here(request) if request.method == "GET" else "/account/security")
+    return viewer
+
+
+def require_admin(
+    request: Request, viewer: Annotated[Viewer | None, Depends(current_viewer)]
+) -> Viewer:
+    """An admin: anonymous visitors go to the login page, other accounts get 403."""
+    if viewer is None:
+        raise LoginRedirect(_here(request) if request.method == "GET" else "/admin")
+    if not viewer.is_admin:
+        raise HTTPException(status_code=403, detail="This page is for administrators only.")
+    return viewer
+
+
+def safe_next(value: str | None, default: str = "/account/security") -> str:
+    """A local path to go to after login; anything else (another site) becomes ``default``."""
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith(("//", "/\\"))
+        or any(c in value for c in "\r\n\t\\")
+    ):
+        return default
+    return value
+
+
+def client_of(request: Request) -> str | None:
+    """The client's address as the server saw it (rate limits are per client).
+
+    uvicorn (so ``lapsewatch serve``) takes it from ``X-Forwarded-For`` when the
+    request comes from a trusted proxy (``FORWARDED_ALLOW_IPS``, 127.0.0.1 by
+    default), so behind a local reverse proxy this is the visitor, not the proxy.
+    """
+    return request.client.host if request.client is not None else None

@@ -1,0 +1,338 @@
+"""Webhooks: tell a registry, by a signed HTTP POST, that an address was unverified.
+
+Built as an outbox so nothing is lost and nothing blocks the check cycle:
+
+1. :func:`deliver_webhooks` first *queues* one ``webhook_deliveries`` row per
+   (active webhook, ``email.unverified`` event since the webhook was made). The
+   pair is unique in the database, so two runs at once queue each pair once.
+2. It then *claims* each due row (a conditional update, so two runs never send
+   the same row at once), POSTs it, and records the outcome. A failure is
+   retried with exponential backoff (1 min, 2, 4 … capped at 6 h) and given up
+   after :data:`MAX_ATTEMPTS`.
+
+Run it periodically (``lapsewatch admin deliver-webhooks``, or
+``lapsewatch serve --webhooks-every 60``). Receivers must check the signature:
+``X-Lapsewatch-Signature: sha256=<hex>`` is HMAC-SHA256 with the webhook's
+secret over ``"<X-Lapsewatch-Timestamp>." + raw body`` (see
+:func:`verify_signature`), and should refuse old timestamps (replays).
+Delivery is at least once: deduplicate on ``event_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import Engine, and_, exists, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from lapsewatch.dates import isoformat
+from lapsewatch.store.db import make_sessionmaker
+from lapsewatch.store.models import Account, Email, Event, Webhook, WebhookDelivery
+
+__all__ = [
+    "DELIVERY_HEADER",
+    "EVENT_HEADER",
+    "EVENT_KIND",
+    "MAX_ATTEMPTS",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "DeliverySummary",
+    "InvalidWebhookUrl",
+    "NewWebhook",
+    "WebhookInfo",
+    "add_webhook",
+    "backoff",
+    "deliver_webhooks",
+    "list_webhooks",
+    "remove_webhook",
+    "sign",
+    "verify_signature",
+]
+
+log = logging.getLogger(__name__)
+
+EVENT_KIND = "email.unverified"
+SIGNATURE_HEADER = "X-Lapsewatch-Signature"
+TIMESTAMP_HEADER = "X-Lapsewatch-Timestamp"
+EVENT_HEADER = "X-Lapsewatch-Event"
+DELIVERY_HEADER = "X-Lapsewatch-Delivery"
+MAX_ATTEMPTS = 12
+"""About a day and a half of retries before a delivery is given up."""
+FIRST_RETRY = timedelta(minutes=1)
+LONGEST_RETRY = timedelta(hours=6)
+CLAIM = timedelta(minutes=5)
+"""A claimed row is due again after this if its sender died mid-request."""
+MAX_URL = 2000
+
+
+class InvalidWebhookUrl(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class WebhookInfo:
+    id: int
+    url: str
+    active: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewWebhook(WebhookInfo):
+    secret: str
+    """Shown once, when the webhook is made; signs every delivery."""
+
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    queued: int = 0
+    delivered: int = 0
+    failed: int = 0
+    """Attempts that failed and will be retried."""
+    gave_up: int = 0
+
+
+# ------------------------------------------------------------------------ registration
+
+
+def check_url(url: str) -> str:
+    """An absolute ``http(s)://`` URL with a host, or :class:`InvalidWebhookUrl`."""
+    url = url.strip()
+    if not url or len(url) > MAX_URL or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise InvalidWebhookUrl("a webhook URL is an http:// or https:// URL without spaces")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidWebhookUrl(f"not a usable URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise InvalidWebhookUrl("a webhook URL is an http:// or https:// URL with a host")
+    return url
+
+
+def add_webhook(engine: Engine, url: str, *, now: datetime) -> NewWebhook:
+    url = check_url(url)
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    with make_sessionmaker(engine).begin() as session:
+        hook = Webhook(url=url, secret=secret, created_at=now, active=True)
+        session.add(hook)
+        session.flush()
+        return NewWebhook(hook.id, hook.url, True, hook.created_at, secret)
+
+
+def list_webhooks(engine: Engine, *, include_inactive: bool = False) -> list[WebhookInfo]:
+    with make_sessionmaker(engine)() as session:
+        query = select(Webhook).order_by(Webhook.id)
+        if not include_inactive:
+            query = query.where(Webhook.active.is_(True))
+        return [WebhookInfo(h.id, h.url, h.active, h.created_at) for h in session.scalars(query)]
+
+
+def remove_webhook(engine: Engine, webhook_id: int) -> bool:
+    """Deactivate (kept for the delivery history); ``False`` if no such active webhook."""
+    with make_sessionmaker(engine).begin() as session:
+        hook = session.get(Webhook, webhook_id)
+        if hook is None or not hook.active:
+            return False
+        hook.active = False
+        return True
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``X-Lapsewatch-Signature`` value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify_signature(
+    secret: str,
+    *,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    now: datetime | None = None,
+    tolerance: timedelta = timedelta(minutes=5),
+) -> bool:
+    """What a receiver does: the signature matches and the timestamp is recent."""
+    if not timestamp.isdigit():
+        return False
+    sent = int(timestamp)
+    now_ts = (now or datetime.now(UTC)).timestamp()
+    if abs(now_ts - sent) > tolerance.total_seconds():
+        return False
+    return hmac.compare_digest(sign(secret, sent, body), signature)
+
+
+# -------------------------------------------------------------------------- delivery
+
+
+def backoff(attempts: int) -> timedelta:
+    """Wait before the next try after ``attempts`` failed ones: 1, 2, 4 … minutes, ≤ 6 h."""
+    wait: timedelta = FIRST_RETRY * (2 ** max(attempts - 1, 0))
+    return min(wait, LONGEST_RETRY)
+
+
+def queue_deliveries(session: Session, *, now: datetime) -> int:
+    """One row per active webhook and unverification since it was made; never twice."""
+    candidates = (
+        select(Webhook.id, Event.id, literal(0), literal(now, WebhookDelivery.next_attempt_at.type))
+        .join(Event, and_(Event.kind == EVENT_KIND, Event.at >= Webhook.created_at))
+        .where(
+            Webhook.active.is_(True),
+            ~exists().where(
+                WebhookDelivery.webhook_id == Webhook.id, WebhookDelivery.event_id == Event.id
+            ),
+        )
+    )
+    columns = ["webhook_id", "event_id", "attempts", "next_attempt_at"]
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = (
+        insert(WebhookDelivery)
+        .from_select(columns, candidates)
+        .on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
+    )
+    return len(session.execute(statement.returning(WebhookDelivery.id)).all())
+
+
+def _payload(session: Session, delivery: WebhookDelivery) -> dict[str, Any] | None:
+    event = session.get(Event, delivery.event_id)
+    if event is None:
+        return None
+    email = session.get(Email, event.email_id) if event.email_id is not None else None
+    account = session.get(Account, event.account_id) if event.account_id is not None else None
+    before, after = event.before or {}, event.after or {}
+    return {
+        "type": event.kind,
+        "event_id": event.id,
+        "delivery_id": delivery.id,
+        "occurred_at": isoformat(event.at),
+        "address": email.address if email is not None else None,
+        "username": account.username if account is not None else None,
+        "domain": event.domain,
+        "verdict": after.get("verdict"),
+        "reason": event.reason,
+        "verified_at": before.get("verified_at"),
+        "domain_registered_at": after.get("registered_at"),
+        "domain_expires_at": after.get("expires_at"),
+    }
+
+
+def _claim(session: Session, delivery_id: int, due_at: datetime, now: datetime) -> bool:
+    claimed = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.next_attempt_at == due_at,
+            WebhookDelivery.delivered_at.is_(None),
+        )
+        .values(next_attempt_at=now + CLAIM)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _post(
+    client: httpx.Client, url: str, secret: str, body: bytes, now: datetime, delivery_id: int
+) -> str | None:
+    """POST once; ``None`` on a 2xx answer, else why it failed."""
+    timestamp = int(now.timestamp())
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+        TIMESTAMP_HEADER: str(timestamp),
+        EVENT_HEADER: EVENT_KIND,
+        DELIVERY_HEADER: str(delivery_id),
+    }
+    try:
+        response = client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    if 200 <= response.status_code < 300:
+        return None
+    return f"HTTP {response.status_code}"
+
+
+def deliver_webhooks(
+    engine: Engine,
+    *,
+    now: datetime | None = None,
+    client: httpx.Client | None = None,
+    limit: int = 200,
+    timeout: float = 10.0,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> DeliverySummary:
+    """Queue new deliveries, then send up to ``limit`` due ones (one pass; call it often)."""
+    now = now or datetime.now(UTC)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        queued = queue_deliveries(session, now=now)
+    with sessions() as session:
+        due = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .where(
+                Webhook.active.is_(True),
+                WebhookDelivery.delivered_at.is_(None),
+                WebhookDelivery.attempts < max_attempts,
+                WebhookDelivery.next_attempt_at <= now,
+            )
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(limit)
+        ).all()
+    own_client = client is None
+    http = client or httpx.Client(
+        timeout=timeout, follow_redirects=False, headers={"User-Agent": "lapsewatch-webhooks/1"}
+    )
+    delivered = failed = gave_up = 0
+    try:
+        for delivery_id, due_at in due:
+            with sessions.begin() as session:
+                if not _claim(session, delivery_id, due_at, now):
+                    continue  # another sender has it
+                delivery = session.get(WebhookDelivery, delivery_id)
+                assert delivery is not None
+                hook = session.get(Webhook, delivery.webhook_id)
+                assert hook is not None
+                payload = _payload(session, delivery)
+                url, secret = hook.url, hook.secret
+            body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+            error = (
+                "the event no longer exists"
+                if payload is None
+                else _post(http, url, secret, body, now, delivery_id)
+            )
+            with sessions.begin() as session:
+                delivery = session.get(WebhookDelivery, delivery_id)
+                assert delivery is not None
+                delivery.attempts += 1
+                if error is None:
+                    delivery.delivered_at = now
+                    delivery.last_error = None
+                    delivered += 1
+                    continue
+                delivery.last_error = error
+                delivery.next_attempt_at = now + backoff(delivery.attempts)
+                if delivery.attempts >= max_attempts or payload is None:
+                    delivery.attempts = max(delivery.attempts, max_attempts)
+                    gave_up += 1
+                    log.warning("gave up delivering %s to %s: %s", delivery_id, url, error)
+                else:
+                    failed += 1
+    finally:
+        if own_client:
+            http.close()
+    return DeliverySummary(queued, delivered, failed, gave_up)

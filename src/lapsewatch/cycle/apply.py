@@ -1,16 +1,29 @@
-"""Apply one domain's verdict in one transaction: evidence, schedule, unverify,
+"""Apply a domain's verdict inside a transaction: evidence, schedule, unverify,
 events, notices. Idempotent: applying the same result twice changes nothing more.
 
-A crash at any point leaves either all of a domain's changes or none of them, so
-a restarted cycle simply checks the domains that are still due.
+:func:`apply_result` applies one result; :func:`apply_results` applies a batch
+with one statement per kind of row (the cycle's writer commits a batch per
+transaction). A crash at any point leaves either all of a transaction's changes
+or none of them, so a restarted cycle simply checks the domains still due.
+
+Evidence: every observation is stored with the raw answer it came from, except
+that for a domain found healthy (``registered``) only the first
+:data:`HEALTHY_EVIDENCE_LIMIT` characters are kept. What a healthy answer says
+is in the row's own columns (status tokens, dates, the one-line detail); the
+raw text matters when a domain is judged dangerous or cannot be judged, and
+then it is kept whole (up to the sources' own cap). Storing every registry's
+full JSON for every healthy domain of every cycle would make evidence most of
+the database's size and of its write traffic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -19,13 +32,22 @@ from sqlalchemy.orm import Session
 
 from lapsewatch.dates import isoformat
 from lapsewatch.schedule import Policy, next_check
-from lapsewatch.sources.interface import Observation
+from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.store.models import Domain, Email, Event, Notice, ObservationRow
 from lapsewatch.verdict import Decision, Verdict
 
-__all__ = ["CheckResult", "apply_result", "would_unverify"]
+__all__ = [
+    "HEALTHY_EVIDENCE_LIMIT",
+    "CheckResult",
+    "apply_result",
+    "apply_results",
+    "stored_evidence",
+    "would_unverify",
+]
 
 ACTOR = "cycle"
+HEALTHY_EVIDENCE_LIMIT = 1024
+"""Characters of raw evidence kept per observation of a domain judged ``registered``."""
 
 
 @dataclass(frozen=True)
@@ -79,63 +101,173 @@ def _notice_text(email: Email, decision: Decision) -> tuple[str, str]:
     return subject, body
 
 
+def stored_evidence(observation: Observation, verdict: Verdict) -> str:
+    """The evidence kept for an observation (see the module's docstring)."""
+    text = observation.evidence
+    if verdict is not Verdict.REGISTERED or len(text) <= HEALTHY_EVIDENCE_LIMIT:
+        return text
+    left = len(text) - HEALTHY_EVIDENCE_LIMIT
+    return f"{text[:HEALTHY_EVIDENCE_LIMIT]}\n[... {left} more characters not kept: healthy]"
+
+
+def _observation_values(result: CheckResult) -> list[dict[str, Any]]:
+    verdict = result.decision.verdict
+    return [
+        {
+            "domain": result.domain,
+            "source": o.source,
+            "outcome": o.outcome.value,
+            "detail": o.detail,
+            "found": o.found,
+            "status": list(o.status),
+            "registered_at": o.registered_at,
+            "expires_at": o.expires_at,
+            "evidence": stored_evidence(o, verdict),
+            "observed_at": o.observed_at,
+        }
+        for o in result.observations
+    ]
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What the ``domains`` row said before this result."""
+
+    consecutive_failures: int
+    last_verdict: str | None
+    registered_at: datetime | None
+    expires_at: datetime | None
+
+
+def _next_state(
+    known: _Known, result: CheckResult, policy: Policy
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The domain row's new values, and the ``domain.verdict_changed`` event (or None)."""
+    decision, now = result.decision, result.checked_at
+    failures = known.consecutive_failures + 1 if decision.verdict is Verdict.UNKNOWN else 0
+    registered_at, expires_at = known.registered_at, known.expires_at
+    if any(o.source == "rdap" and o.outcome is Outcome.ANSWERED for o in result.observations):
+        # Only the registry's record moves the known dates.
+        registered_at = decision.registered_at or registered_at
+        expires_at = decision.expires_at
+    values: dict[str, Any] = {
+        "consecutive_failures": failures,
+        "last_checked_at": now,
+        "last_verdict": decision.verdict.value,
+        "last_reason": decision.reason,
+        "registered_at": registered_at,
+        "expires_at": expires_at,
+        "next_due_at": next_check(
+            policy, now=now, verdict=decision.verdict, expires_at=expires_at, failures=failures
+        ),
+        "lease_until": None,
+    }
+    previous = known.last_verdict
+    event: dict[str, Any] | None = None
+    if previous != decision.verdict.value and (
+        decision.verdict.dangerous or (previous is not None and Verdict(previous).dangerous)
+    ):
+        event = {
+            "at": now,
+            "actor": ACTOR,
+            "kind": "domain.verdict_changed",
+            "account_id": None,
+            "email_id": None,
+            "domain": result.domain,
+            "before": {"verdict": previous},
+            "after": {"verdict": decision.verdict.value, "decided_by": decision.decided_by},
+            "reason": decision.reason,
+            "key": None,
+        }
+    return values, event
+
+
 def apply_result(session: Session, result: CheckResult, *, policy: Policy) -> int:
     """Apply inside the caller's transaction; return how many addresses were unverified."""
-    decision, now = result.decision, result.checked_at
     domain = session.get(Domain, result.domain, with_for_update=True)
     if domain is None:
         domain = Domain(name=result.domain, consecutive_failures=0)
         session.add(domain)
-    session.add_all(
-        ObservationRow(
-            domain=result.domain,
-            source=o.source,
-            outcome=o.outcome.value,
-            detail=o.detail,
-            found=o.found,
-            status=list(o.status),
-            registered_at=o.registered_at,
-            expires_at=o.expires_at,
-            evidence=o.evidence,
-            observed_at=o.observed_at,
-        )
-        for o in result.observations
+    session.add_all(ObservationRow(**values) for values in _observation_values(result))
+    known = _Known(
+        domain.consecutive_failures or 0,
+        domain.last_verdict,
+        domain.registered_at,
+        domain.expires_at,
     )
-    failed = decision.verdict is Verdict.UNKNOWN
-    previous = domain.last_verdict
-    if previous != decision.verdict.value and (
-        decision.verdict.dangerous or (previous is not None and Verdict(previous).dangerous)
-    ):
-        session.add(
-            Event(
-                at=now,
-                actor=ACTOR,
-                kind="domain.verdict_changed",
-                domain=result.domain,
-                before={"verdict": previous},
-                after={"verdict": decision.verdict.value, "decided_by": decision.decided_by},
-                reason=decision.reason,
-            )
-        )
-    domain.consecutive_failures = (domain.consecutive_failures or 0) + 1 if failed else 0
-    domain.last_checked_at = now
-    domain.last_verdict = decision.verdict.value
-    domain.last_reason = decision.reason
-    rdap = next((o for o in result.observations if o.source == "rdap" and o.answered), None)
-    if rdap is not None:  # only the registry's record moves the known dates
-        domain.registered_at = decision.registered_at or domain.registered_at
-        domain.expires_at = decision.expires_at
-    domain.next_due_at = next_check(
-        policy,
-        now=now,
-        verdict=decision.verdict,
-        expires_at=domain.expires_at,
-        failures=domain.consecutive_failures,
-    )
-    domain.lease_until = None
-    if not decision.verdict.dangerous:
+    values, event = _next_state(known, result, policy)
+    if event is not None:
+        session.add(Event(**event))
+    for key, value in values.items():
+        setattr(domain, key, value)
+    if not result.decision.verdict.dangerous:
         return 0
     return _unverify(session, result)
+
+
+_DOMAINS = cast(Table, Domain.__table__)
+_OBSERVATIONS = cast(Table, ObservationRow.__table__)
+_EVENTS = cast(Table, Event.__table__)
+
+
+def apply_results(session: Session, results: Sequence[CheckResult], *, policy: Policy) -> list[int]:
+    """Apply a batch inside the caller's transaction, as :func:`apply_result` would one
+    by one; return how many addresses each result unverified.
+
+    The domain rows are read (and, on PostgreSQL, locked, in name order) in one
+    query, and observations, domain updates and events written with one
+    statement each; only a dangerous verdict takes the per-address path.
+    """
+    if len({r.domain for r in results}) != len(results):  # the same domain twice: in order
+        return [apply_result(session, result, policy=policy) for result in results]
+    columns = _DOMAINS.c
+    rows = session.execute(
+        select(
+            columns.name,
+            columns.consecutive_failures,
+            columns.last_verdict,
+            columns.registered_at,
+            columns.expires_at,
+        )
+        .where(columns.name.in_(sorted(r.domain for r in results)))
+        .order_by(columns.name)
+        .with_for_update()
+    ).all()
+    known = {row[0]: _Known(row[1] or 0, row[2], row[3], row[4]) for row in rows}
+    new: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
+    observations: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for result in results:
+        before = known.get(result.domain)
+        values, event = _next_state(before or _Known(0, None, None, None), result, policy)
+        if before is None:
+            new.append({"name": result.domain, **values})
+        else:
+            changed.append({"b_name": result.domain, **{f"b_{k}": v for k, v in values.items()}})
+        observations.extend(_observation_values(result))
+        if event is not None:
+            events.append(event)
+    if new:
+        session.execute(insert(_DOMAINS), new)
+    if changed:
+        session.execute(_update_domain(changed[0]), changed)
+    if observations:
+        session.execute(insert(_OBSERVATIONS), observations)
+    if events:
+        session.execute(insert(_EVENTS), events)
+    return [
+        _unverify(session, result) if result.decision.verdict.dangerous else 0 for result in results
+    ]
+
+
+def _update_domain(example: dict[str, Any]) -> Any:
+    keys = [k.removeprefix("b_") for k in example if k != "b_name"]
+    return (
+        update(_DOMAINS)
+        .where(_DOMAINS.c.name == bindparam("b_name"))
+        .values({key: bindparam(f"b_{key}") for key in keys})
+    )
 
 
 def _unverify(session: Session, result: CheckResult) -> int:

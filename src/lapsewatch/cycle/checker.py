@@ -4,9 +4,10 @@ source under its own rate limit and concurrency cap."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Final
 
 from lapsewatch.config import Settings
 from lapsewatch.cycle.apply import CheckResult
@@ -15,7 +16,7 @@ from lapsewatch.cycle.limits import Limited
 from lapsewatch.sources import Source, open_sources
 from lapsewatch.verdict import decide
 
-__all__ = ["Checker", "open_checker"]
+__all__ = ["Checker", "open_checker", "source_counts"]
 
 
 class Checker:
@@ -34,20 +35,50 @@ class Checker:
         return CheckResult(due.name, due.earliest_verified_at, observations, decision, checked_at)
 
     async def check_many(
-        self, due: Iterable[DueDomain], now: datetime | None = None
-    ) -> AsyncIterator[CheckResult]:
-        """Results in completion order, with at most ``in_flight`` domains open at once."""
-        pending: set[asyncio.Task[CheckResult]] = set()
-        for item in due:
-            if len(pending) >= self._in_flight:
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    yield task.result()
-            pending.add(asyncio.create_task(self.check_one(item, now)))
-        while pending:
-            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
-                yield task.result()
+        self, due: Iterable[DueDomain] | AsyncIterable[DueDomain], now: datetime | None = None
+    ) -> AsyncGenerator[CheckResult]:
+        """Results in completion order, with at most ``in_flight`` domains open at once.
+
+        ``due`` is read only as fast as results are taken: a slow consumer slows
+        the checks down instead of letting results pile up (bounded memory).
+        Close the iterator (``contextlib.aclosing``) to stop early.
+        """
+        items = _aiter(due)
+        taking = asyncio.Lock()
+        results: asyncio.Queue[CheckResult | BaseException | object] = asyncio.Queue(
+            maxsize=self._in_flight
+        )
+
+        async def work() -> None:
+            try:
+                while True:
+                    async with taking:
+                        item = await anext(items, None)
+                    if item is None:
+                        break
+                    await results.put(await self.check_one(item, now))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to the consumer, which raises it
+                await results.put(exc)
+            await results.put(_FINISHED)
+
+        workers = [asyncio.create_task(work()) for _ in range(self._in_flight)]
+        running = len(workers)
+        try:
+            while running:
+                got = await results.get()
+                if got is _FINISHED:
+                    running -= 1
+                elif isinstance(got, BaseException):
+                    raise got
+                else:
+                    assert isinstance(got, CheckResult)
+                    yield got
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
 
 def limit_sources(sources: list[Source], settings: Settings) -> list[Limited]:
@@ -62,3 +93,22 @@ async def open_checker(settings: Settings) -> AsyncIterator[Checker]:
     async with open_sources(settings) as sources:
         limited = limit_sources(sources, settings)
         yield Checker(limited, in_flight=settings.concurrency * 2)
+
+
+def source_counts(checker: Checker) -> dict[str, dict[str, int]]:
+    """Requests let through and "too many requests" answers, per source."""
+    return {
+        s.name: {"requests": s.requests, "rate_limited": s.rate_limited} for s in checker.sources
+    }
+
+
+_FINISHED: Final = object()
+
+
+async def _aiter(items: Iterable[DueDomain] | AsyncIterable[DueDomain]) -> AsyncIterator[DueDomain]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

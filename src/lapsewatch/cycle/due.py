@@ -1,17 +1,30 @@
 """Which domains are due: behind at least one verified, non-free address, and
-never checked or past their next due time. Oldest first, in a bounded batch."""
+never checked or past their next due time. Oldest first, in a bounded batch
+(:func:`select_due`) or streamed page by page for a whole cycle (:func:`due_pages`)."""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from lapsewatch.store.models import Domain, Email
 
-__all__ = ["DueDomain", "select_due"]
+__all__ = ["DueDomain", "count_due", "due_pages", "select_due", "stream_due"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +67,210 @@ def select_due(
     if limit is not None:
         query = query.limit(limit)
     return [DueDomain(name, earliest) for name, earliest in session.execute(query)]
+
+
+_AnySelect = Select[*tuple[Any, ...]]
+
+DEFAULT_PAGE = 2000
+"""Due domains read per query while streaming: bounded memory, short read transactions."""
+
+
+def _behind(names: list[str]) -> Select[str, datetime | None]:
+    """For these domains: the oldest verification of a verified, non-free address."""
+    return (
+        select(Email.domain, func.min(Email.verified_at))
+        .where(Email.domain.in_(names), Email.verified.is_(True), Email.free_provider.is_(False))
+        .group_by(Email.domain)
+    )
+
+
+def due_pages(
+    engine: Engine,
+    *,
+    now: datetime,
+    limit: int | None,
+    everything: bool = False,
+    page: int = DEFAULT_PAGE,
+) -> Generator[list[DueDomain]]:
+    """What :func:`select_due` selects, read page by page instead of all at once.
+
+    Each page is its own short query (keyset pagination), so memory stays
+    bounded however many domains are due, no read transaction is held open
+    while the results are written (SQLite's WAL can be checkpointed), and
+    domains applied meanwhile are never read twice. The order is
+    :func:`select_due`'s: domains never checked (or whose row is missing) by
+    name, then the oldest due. With ``everything``, every domain is read by
+    name instead (due times change as domains are applied, so ordering by them
+    would meet a domain twice).
+    """
+    left = limit
+
+    def take(found: list[DueDomain]) -> list[DueDomain]:
+        nonlocal left
+        if left is not None:
+            found = found[:left]
+            left -= len(found)
+        return found
+
+    for phase in _phases(now, everything, engine.dialect.name):
+        streams = [_Stream(query) for query in phase]
+        while left is None or left > 0:
+            with engine.connect() as connection:
+                names = _merge(connection, streams, page)
+                if not names:
+                    break
+                found = _still_behind(connection, names)
+            found = take(found)
+            if found:
+                yield found
+
+
+def stream_due(
+    engine: Engine,
+    *,
+    now: datetime,
+    limit: int | None,
+    everything: bool = False,
+    page: int = DEFAULT_PAGE,
+) -> Iterator[DueDomain]:
+    """:func:`due_pages`, one domain at a time."""
+    for found in due_pages(engine, now=now, limit=limit, everything=everything, page=page):
+        yield from found
+
+
+def count_due(engine: Engine, *, now: datetime, everything: bool = False) -> int:
+    """How many domains :func:`due_pages` would yield (without a limit)."""
+    behind = (
+        select(Email.id)
+        .where(
+            Email.domain == Domain.name,
+            Email.verified.is_(True),
+            Email.free_provider.is_(False),
+        )
+        .exists()
+    )
+    rows = select(func.count()).select_from(Domain).where(behind, _not_leased(now))
+    if not everything:
+        rows = rows.where(or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now))
+    orphans = select(func.count(func.distinct(Email.domain))).where(
+        Email.verified.is_(True),
+        Email.free_provider.is_(False),
+        ~select(Domain.name).where(Domain.name == Email.domain).exists(),
+    )
+    with engine.connect() as connection:
+        return (connection.scalar(rows) or 0) + (connection.scalar(orphans) or 0)
+
+
+def _not_leased(now: datetime) -> ColumnElement[bool]:
+    return or_(Domain.lease_until.is_(None), Domain.lease_until < now)
+
+
+_Query = Callable[[tuple[Any, ...] | None, int], _AnySelect]
+
+
+class _Stream:
+    """One keyset-paginated query (rows start with a name), read ahead a page at a time."""
+
+    def __init__(self, query: _Query) -> None:
+        self.query = query
+        self.buffer: deque[tuple[Any, ...]] = deque()
+        self.key: tuple[Any, ...] | None = None
+        self.done = False
+
+    def fill(self, connection: Connection, page: int) -> None:
+        if self.done or len(self.buffer) >= page:
+            return
+        rows = [tuple(row) for row in connection.execute(self.query(self.key, page))]
+        self.buffer.extend(rows)
+        if rows:
+            self.key = rows[-1]
+        self.done = len(rows) < page  # a short page: nothing more (re-asking would rescan)
+
+
+def _merge(connection: Connection, streams: list[_Stream], page: int) -> list[str]:
+    """The next ``page`` names of the streams, merged by name (one stream: its order)."""
+    for stream in streams:
+        stream.fill(connection, page)
+    if len(streams) == 1:
+        buffer = streams[0].buffer
+        return [buffer.popleft()[0] for _ in range(min(page, len(buffer)))]
+    names: list[str] = []
+    while len(names) < page:
+        ready = [s for s in streams if s.buffer]
+        if not ready:
+            break
+        first = min(ready, key=lambda s: str(s.buffer[0][0]))
+        name = first.buffer.popleft()[0]
+        if not names or names[-1] != name:
+            names.append(name)
+        if not first.buffer:
+            first.fill(connection, page)
+    return names
+
+
+def _still_behind(connection: Connection, names: list[str]) -> list[DueDomain]:
+    """The domains among ``names`` still behind a verified, non-free address, in order."""
+    earliest: dict[str, datetime | None] = dict(connection.execute(_behind(names)).all())
+    return [DueDomain(name, earliest[name]) for name in names if name in earliest]
+
+
+def _phases(now: datetime, everything: bool, dialect: str) -> list[tuple[_Query, ...]]:
+    def orphans(key: tuple[Any, ...] | None, page: int) -> _AnySelect:
+        # Addresses whose domain has no row (added by another path): due at once.
+        query = (
+            select(Email.domain)
+            .where(
+                Email.verified.is_(True),
+                Email.free_provider.is_(False),
+                ~select(Domain.name).where(Domain.name == Email.domain).exists(),
+            )
+            .group_by(Email.domain)
+            .order_by(Email.domain)
+            .limit(page)
+        )
+        if key is not None:
+            query = query.where(Email.domain > key[0])
+        return query
+
+    def by_name(*conditions: ColumnElement[bool]) -> _Query:
+        def query(key: tuple[Any, ...] | None, page: int) -> _AnySelect:
+            statement = (
+                select(Domain.name)
+                .where(_not_leased(now), *conditions)
+                .order_by(Domain.name)
+                .limit(page)
+            )
+            if key is not None:
+                statement = statement.where(Domain.name > key[0])
+            return statement
+
+        return query
+
+    def oldest_due(key: tuple[Any, ...] | None, page: int) -> _AnySelect:
+        statement = (
+            select(Domain.name, Domain.next_due_at)
+            .where(_not_leased(now), Domain.next_due_at.is_not(None), Domain.next_due_at <= now)
+            .order_by(Domain.next_due_at, Domain.name)
+            .limit(page)
+        )
+        if key is not None:
+            name, due_at = key
+            statement = statement.where(
+                Domain.next_due_at >= due_at,
+                or_(Domain.next_due_at > due_at, Domain.name > name),
+            )
+        return statement
+
+    # Each phase's streams are merged by name.
+    if everything:
+        return [(orphans, by_name())]
+    return [(orphans, by_name(_never_checked(dialect))), (oldest_due,)]
+
+
+def _never_checked(dialect: str) -> ColumnElement[bool]:
+    """``next_due_at IS NULL``; on SQLite written so that it walks the primary key in
+    name order rather than sorting every never-checked domain for each page (a
+    unary ``+`` keeps SQLite from using the ``next_due_at`` index for it)."""
+    if dialect == "sqlite":
+        return literal_column("+domains.next_due_at").is_(None).self_group()
+    return Domain.next_due_at.is_(None)

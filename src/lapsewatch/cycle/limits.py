@@ -9,38 +9,65 @@ from aiolimiter import AsyncLimiter
 
 from lapsewatch.sources.interface import Observation, Source
 
-__all__ = ["Limited"]
+__all__ = ["BURST_SECONDS", "Limited"]
+
+BURST_SECONDS = 0.1
+"""The most a source gets in one burst, in seconds' worth of its rate.
+
+A server's own limiter usually allows a full second's burst. Ours allows a tenth
+of that, so that at full speed the server's bucket stays almost full and the
+jitter of the network (answers that arrive bunched) never tips it over."""
 
 
 class Limited(Source):
     """Wraps a source: at most ``rate`` requests a second, ``concurrency`` at once.
 
-    When an answer carries ``Retry-After``, every further request to that source
-    waits until then: one 429 slows the whole source down, not just one domain.
+    Every request on the wire passes the limiter, retries included: a source that
+    ``paces_requests`` calls back (:meth:`request`) before each one it sends;
+    any other source is counted once per observation. When a source answers 429
+    (or REFUSED), every further request to it waits for its ``Retry-After``: one
+    429 slows the whole source down, not just one domain.
     """
 
     def __init__(self, inner: Source, *, rate: float, concurrency: int) -> None:
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]  # per-instance, mirrors the inner source
-        # Allow a burst of at most one second's worth, so the ceiling is respected.
-        self._limiter = (
-            AsyncLimiter(max(rate, 1.0), 1.0) if rate >= 1 else AsyncLimiter(1, 1 / rate)
-        )
+        burst = max(1.0, rate * BURST_SECONDS)
+        self._limiter = AsyncLimiter(burst, burst / rate)
         self._slots = asyncio.Semaphore(concurrency)
         self._not_before = 0.0
+        self._paced = inner.paces_requests
+        if self._paced:
+            inner.pacer = self
         self.requests = 0
+        """Requests let through (each attempt of a retried request counts)."""
         self.rate_limited = 0
+        """Answers that said "too many requests" (429, or DNS REFUSED)."""
+
+    async def request(self) -> None:
+        """Wait for the limiter and for any ``Retry-After`` pause; count the request."""
+        await self._pause()
+        await self._limiter.acquire()
+        await self._pause()  # a 429 may have come in while we queued
+        self.requests += 1
+
+    async def _pause(self) -> None:
+        while (wait := self._not_before - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+
+    def refused(self, retry_after: float | None) -> None:
+        self.rate_limited += 1
+        if retry_after:
+            self._not_before = max(self._not_before, time.monotonic() + retry_after)
 
     async def observe(self, domain: str) -> Observation:
         async with self._slots:
-            while (wait := self._not_before - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
-            async with self._limiter:
-                self.requests += 1
-                observation = await self.inner.observe(domain)
+            if self._paced:
+                return await self.inner.observe(domain)
+            await self.request()
+            observation = await self.inner.observe(domain)
         if observation.retry_after:
-            self.rate_limited += 1
-            self._not_before = max(self._not_before, time.monotonic() + observation.retry_after)
+            self.refused(observation.retry_after)
         return observation
 
     async def aclose(self) -> None:

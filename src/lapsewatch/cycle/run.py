@@ -1,30 +1,64 @@
-"""One check cycle in this process: select a bounded batch of due domains, check
-them concurrently, apply each verdict in its own transaction as it arrives."""
+"""One check cycle in this process: stream the due domains, check them concurrently,
+apply the verdicts on one writer thread as they arrive, a batch per transaction.
+
+Memory stays bounded however many domains are due: they are read a page at a
+time (:func:`~lapsewatch.cycle.due.due_pages`), at most ``2 x concurrency``
+domains are being checked, and at most :data:`WRITER_CAPACITY` results wait for
+the writer; when the database falls behind, the checks wait for it.
+
+The writer commits what arrived within :data:`LINGER` seconds of a batch's
+first result, at most :data:`MAX_BATCH` results in one transaction: a handful
+of commits a second under load, each result committed within a fraction of a
+second when they trickle in. A crash loses only results not yet committed;
+their domains are still due and the next run checks them. A committed batch
+is whole, and applying is idempotent, so nothing is applied twice.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import queue
+import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from lapsewatch.config import Settings
-from lapsewatch.cycle.apply import CheckResult, apply_result, would_unverify
-from lapsewatch.cycle.checker import open_checker
-from lapsewatch.cycle.due import DueDomain, select_due
+from lapsewatch.cycle.apply import CheckResult, apply_result, apply_results, would_unverify
+from lapsewatch.cycle.checker import open_checker, source_counts
+from lapsewatch.cycle.due import DueDomain, count_due, due_pages, select_due
 from lapsewatch.schedule import Policy
 from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.verdict import Verdict
 
-__all__ = ["CycleSummary", "run_cycle", "select_batch"]
+__all__ = [
+    "LINGER",
+    "MAX_BATCH",
+    "WRITER_CAPACITY",
+    "CycleSummary",
+    "check_and_apply",
+    "run_cycle",
+    "select_batch",
+]
 
 DEFAULT_BATCH = 10_000
+MAX_BATCH = 500
+"""Most results applied in one transaction."""
+LINGER = 0.2
+"""Seconds the writer waits for more results after the first of a batch: a few
+commits a second, however fast results come (and at most that long for a result
+to be committed)."""
+WRITER_CAPACITY = 2_000
+"""Most results waiting for the writer before the checks wait for it."""
 
 
 @dataclass
@@ -34,6 +68,9 @@ class CycleSummary:
     unverified: int = 0
     errors: int = 0
     dry_run: bool = False
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per source: requests let through and "too many requests" answers (not in
+    :meth:`to_dict`, whose shape the CLI's JSON output promises)."""
 
     def add(self, result: CheckResult, unverified: int) -> None:
         self.checked += 1
@@ -54,6 +91,7 @@ class CycleSummary:
 def select_batch(
     engine: Engine, *, now: datetime, limit: int | None, everything: bool
 ) -> list[DueDomain]:
+    """The due domains as one list (small batches; a cycle streams them instead)."""
     with make_sessionmaker(engine)() as session:
         return select_due(session, now=now, limit=limit, everything=everything)
 
@@ -69,52 +107,184 @@ def run_cycle(
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[CheckResult, int], None] | None = None,
 ) -> CycleSummary:
-    """Check the due domains once; ``now`` fixes the clock (tests)."""
+    """Check the due domains once; ``now`` fixes the clock (tests).
+
+    ``on_start`` gets the number of due domains first; ``on_result`` is called
+    for every result once it is committed (from the writer thread).
+    """
     now_at_start = now or datetime.now(UTC)
-    batch = select_batch(engine, now=now_at_start, limit=limit, everything=everything)
     if on_start:
-        on_start(len(batch))
+        total = count_due(engine, now=now_at_start, everything=everything)
+        on_start(total if limit is None else min(total, limit))
+    pages = due_pages(engine, now=now_at_start, limit=limit, everything=everything)
     return asyncio.run(
-        _check_and_apply(settings, engine, batch, dry_run=dry_run, now=now, on_result=on_result)
+        check_and_apply(settings, engine, pages, dry_run=dry_run, now=now, on_result=on_result)
     )
 
 
-async def _check_and_apply(
+async def check_and_apply(
     settings: Settings,
     engine: Engine,
-    batch: list[DueDomain],
+    due: Generator[list[DueDomain]] | list[DueDomain],
     *,
-    dry_run: bool,
-    now: datetime | None,
-    on_result: Callable[[CheckResult, int], None] | None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    on_result: Callable[[CheckResult, int], None] | None = None,
 ) -> CycleSummary:
+    """Check ``due`` (pages of due domains, or a list) and apply every result."""
+    pages = due if not isinstance(due, list) else (page for page in [due])
     summary = CycleSummary(dry_run=dry_run)
-    sessions = make_sessionmaker(engine)
-    policy = Policy.from_settings(settings)
-
-    def write(result: CheckResult) -> int:
-        if dry_run:
-            with sessions() as session:
-                return would_unverify(session, result)
-        with sessions.begin() as session:
-            return apply_result(session, result, policy=policy)
-
-    # One writer thread: the database sees one writer, the event loop never blocks on it.
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsewatch-writer") as writer:
-        pending: list[asyncio.Future[int]] = []
-
-        def record(result: CheckResult, future: asyncio.Future[int]) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return
-            summary.add(result, future.result())
-            if on_result:
-                on_result(result, future.result())
-
-        async with open_checker(settings) as checker:
-            async for result in checker.check_many(batch, now):
-                future = loop.run_in_executor(writer, write, result)
-                future.add_done_callback(functools.partial(record, result))
-                pending.append(future)
-        await asyncio.gather(*pending)
+    writer = _Writer(
+        make_sessionmaker(engine),
+        Policy.from_settings(settings),
+        dry_run=dry_run,
+        summary=summary,
+        on_result=on_result,
+    )
+    try:
+        # Pages are read on their own thread: the event loop never waits for the database.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsewatch-due") as reader:
+            try:
+                async with open_checker(settings) as checker:
+                    try:
+                        items = _read(pages, reader)
+                        async with aclosing(checker.check_many(items, now)) as results:
+                            async for result in results:
+                                await writer.put(result)
+                    finally:
+                        summary.sources = source_counts(checker)
+                await writer.close()
+            finally:
+                writer.abandon()
+    finally:
+        pages.close()  # after the reader thread is done with it
     return summary
+
+
+async def _read(
+    pages: Generator[list[DueDomain]], reader: ThreadPoolExecutor
+) -> AsyncIterator[DueDomain]:
+    """The domains of ``pages``, the next page read while this one is being checked."""
+    loop = asyncio.get_running_loop()
+    upcoming = loop.run_in_executor(reader, next, pages, None)
+    while (page := await upcoming) is not None:
+        upcoming = loop.run_in_executor(reader, next, pages, None)
+        for item in page:
+            yield item
+
+
+class _Writer:
+    """Applies results on its own thread (the database sees one writer), in batches."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        policy: Policy,
+        *,
+        dry_run: bool,
+        summary: CycleSummary,
+        on_result: Callable[[CheckResult, int], None] | None,
+    ) -> None:
+        self._sessions = sessions
+        self._policy = policy
+        self._dry_run = dry_run
+        self._summary = summary
+        self._on_result = on_result
+        self._loop = asyncio.get_running_loop()
+        self._room = asyncio.Semaphore(WRITER_CAPACITY)
+        self._queue: queue.SimpleQueue[CheckResult | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lapsewatch-writer", daemon=True)
+        self._thread.start()
+
+    async def put(self, result: CheckResult) -> None:
+        """Queue a result; waits while :data:`WRITER_CAPACITY` results are pending."""
+        self._raise()
+        await self._room.acquire()
+        self._raise()
+        self._queue.put(result)
+
+    async def close(self) -> None:
+        """Wait until everything queued is committed; raise the writer's error, if any."""
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._raise()
+
+    def abandon(self) -> None:
+        """After an error elsewhere: let the thread finish what it holds, then stop."""
+        if self._thread.is_alive():
+            self._stop.set()
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _release(self, count: int) -> None:
+        for _ in range(count):
+            self._room.release()
+
+    def _run(self) -> None:
+        finished = False
+        while not finished:
+            results: list[CheckResult] = []
+            item = self._queue.get()
+            deadline = time.monotonic() + LINGER
+            while item is not None:
+                results.append(item)
+                if len(results) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            finished = item is None
+            if not results or self._stop.is_set():
+                continue
+            try:
+                counts = self._write(results)
+                for result, count in zip(results, counts, strict=True):
+                    self._summary.add(result, count)
+                    if self._on_result is not None:
+                        self._on_result(result, count)
+            except BaseException as exc:
+                self.error = exc
+                # Wake a put() waiting for room, so that it sees the error.
+                self._loop.call_soon_threadsafe(self._release, WRITER_CAPACITY)
+                return
+            self._loop.call_soon_threadsafe(self._release, len(results))
+
+    def _write(self, results: list[CheckResult]) -> list[int]:
+        if self._dry_run:
+            with self._sessions() as session:
+                return [would_unverify(session, result) for result in results]
+        try:
+            with self._sessions.begin() as session:
+                _lock_for_writing(session)
+                return apply_results(session, results, policy=self._policy)
+        except SQLAlchemyError:
+            pass
+        # The batch was rolled back as a whole. Once more, one domain per transaction
+        # as before batching: a conflict with another writer (a deadlock, a unique
+        # key) stays with its domain, and a database that is down fails again.
+        counts = []
+        for result in results:
+            with self._sessions.begin() as session:
+                _lock_for_writing(session)
+                counts.append(apply_result(session, result, policy=self._policy))
+        return counts
+
+
+def _lock_for_writing(session: Session) -> None:
+    """SQLite: take the write lock before reading what we will update.
+
+    A deferred transaction that reads, then writes after another connection
+    committed, fails at once (a WAL snapshot cannot be upgraded); ``BEGIN
+    IMMEDIATE`` waits for the lock instead, under the busy timeout. PostgreSQL
+    locks the rows themselves (``SELECT … FOR UPDATE``).
+    """
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

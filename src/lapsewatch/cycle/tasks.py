@@ -21,10 +21,8 @@ from celery import Celery
 from sqlalchemy import Engine, or_, update
 
 from lapsewatch.config import Settings
-from lapsewatch.cycle.apply import apply_result
-from lapsewatch.cycle.checker import open_checker
-from lapsewatch.cycle.due import select_due
-from lapsewatch.schedule import Policy
+from lapsewatch.cycle.due import select_due, stream_due
+from lapsewatch.cycle.run import check_and_apply
 from lapsewatch.store.db import make_engine, make_sessionmaker
 from lapsewatch.store.models import Domain
 
@@ -80,14 +78,19 @@ def enqueue_due(
     settings: Settings, engine: Engine, *, limit: int | None, everything: bool = False
 ) -> Queued:
     configure(settings)
-    with make_sessionmaker(engine)() as session:
-        due = select_due(session, now=datetime.now(UTC), limit=limit, everything=everything)
-    names = [d.name for d in due]
     size = settings.chunk_size
-    chunks = [names[i : i + size] for i in range(0, len(names), size)]
-    for chunk in chunks:
+    domains = tasks = 0
+    chunk: list[str] = []
+    # Streamed: a registry of tens of millions of domains is never in memory at once.
+    for due in stream_due(engine, now=datetime.now(UTC), limit=limit, everything=everything):
+        chunk.append(due.name)
+        if len(chunk) == size:
+            check_domains.delay(chunk, everything)
+            domains, tasks, chunk = domains + len(chunk), tasks + 1, []
+    if chunk:
         check_domains.delay(chunk, everything)
-    return Queued(len(names), len(chunks))
+        domains, tasks = domains + len(chunk), tasks + 1
+    return Queued(domains, tasks)
 
 
 def claim(
@@ -134,7 +137,6 @@ async def _check_claimed(settings: Settings, engine: Engine, names: list[str]) -
     if not names:
         return 0, 0
     sessions = make_sessionmaker(engine)
-    policy = Policy.from_settings(settings)
     with sessions() as session:
         # everything=True: we hold the lease, so due-ness was settled by the claim.
         due = select_due(
@@ -145,10 +147,6 @@ async def _check_claimed(settings: Settings, engine: Engine, names: list[str]) -
             names=names,
             include_leased=True,
         )
-    checked = unverified = 0
-    async with open_checker(settings) as checker:
-        async for result in checker.check_many(due):
-            with sessions.begin() as session:
-                unverified += apply_result(session, result, policy=policy)
-            checked += 1
-    return checked, unverified
+    # The same writer as a cycle in one process: batches per transaction, on its own thread.
+    summary = await check_and_apply(settings, engine, due)
+    return summary.checked, summary.unverified

@@ -9,6 +9,7 @@ import httpx
 
 from lapsewatch import __version__
 from lapsewatch.config import Settings
+from lapsewatch.sources._client import open_client
 from lapsewatch.sources.dns import DnsSource
 from lapsewatch.sources.fastly import FastlySource
 from lapsewatch.sources.interface import Observation, Outcome, Source, SourceError
@@ -64,12 +65,12 @@ def build_sources(settings: Settings, client: httpx.AsyncClient) -> list[Source]
 @asynccontextmanager
 async def open_sources(settings: Settings) -> AsyncIterator[list[Source]]:
     """Sources with an HTTP client that is closed afterwards."""
-    timeout = httpx.Timeout(settings.timeout)
-    async with httpx.AsyncClient(
-        timeout=timeout,
-        follow_redirects=True,
-        headers={"User-Agent": USER_AGENT},
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    # Enough connections for every HTTP source's requests in flight, kept alive.
+    http_sources = sum(name in ("rdap", "fastly") for name in settings.sources)
+    async with open_client(
+        timeout=settings.timeout,
+        max_connections=max(20, settings.concurrency * http_sources),
+        user_agent=USER_AGENT,
     ) as client:
         sources = build_sources(settings, client)
         try:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 import httpx
 import stamina
 
+from lapsewatch.sources.interface import Pacer
+
 __all__ = ["RETRY_STATUSES", "describe_transport_error", "get", "retry_after_seconds"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -45,6 +47,7 @@ async def get(
     headers: Mapping[str, str] | None = None,
     attempts: int,
     max_retry_after: float,
+    pacer: Pacer | None = None,
 ) -> httpx.Response:
     """GET, retrying network errors, 429 and 5xx at most ``attempts`` times.
 
@@ -52,6 +55,9 @@ async def get(
     a longer wait is handed back to the caller (as the last response) so the
     scheduler, not this request, does the waiting. Transport errors on the last
     attempt propagate; an HTTP error status on the last attempt is returned.
+
+    Every attempt, not just the first, waits for the ``pacer`` first, and every
+    429 is reported to it: retries never get around the source's rate limit.
     """
 
     def backoff(exc: Exception) -> bool | float:
@@ -69,7 +75,11 @@ async def get(
             on=backoff, attempts=attempts, timeout=None, wait_initial=0.2, wait_max=5.0
         ):
             with attempt:
+                if pacer is not None:
+                    await pacer.request()
                 response = await client.get(url, params=params, headers=headers)
+                if pacer is not None and response.status_code == 429:
+                    pacer.refused(retry_after_seconds(response))
                 if response.status_code in RETRY_STATUSES:
                     raise _RetryableStatus(response)
                 return response

@@ -55,6 +55,7 @@ class DnsSource(Source):
     """Ask for the domain's NS records at the configured resolvers."""
 
     name = "dns"
+    paces_requests = True
 
     def __init__(
         self,
@@ -90,6 +91,8 @@ class DnsSource(Source):
                     continue
             if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 return self._interpret(domain, response, f"{host}:{port}")
+            if rcode == dns.rcode.REFUSED and self.pacer is not None:
+                self.pacer.refused(None)  # how a rate-limited server says 429
             failures.append(f"{dns.rcode.to_text(rcode)} from {host}:{port}")
         return Observation.error(self.name, domain, "; ".join(dict.fromkeys(failures)))
 
@@ -125,8 +128,12 @@ class DnsSource(Source):
         self, domain: str, host: str, port: int, rdtype: dns.rdatatype.RdataType = dns.rdatatype.NS
     ) -> dns.message.Message:
         query = dns.message.make_query(domain, rdtype)
+        if self.pacer is not None:
+            await self.pacer.request()
         response = await dns.asyncquery.udp(query, host, port=port, timeout=self._timeout)
         if response.flags & dns.flags.TC:
+            if self.pacer is not None:
+                await self.pacer.request()
             response = await dns.asyncquery.tcp(query, host, port=port, timeout=self._timeout)
         return response
 

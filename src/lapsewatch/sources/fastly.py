@@ -47,6 +47,7 @@ class FastlySource(Source):
     """Ask Fastly's status endpoint; used only when an API key is configured."""
 
     name = "fastly"
+    paces_requests = True
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class FastlySource(Source):
                 headers={"Fastly-Key": self._key, "Accept": "application/json"},
                 attempts=self._attempts,
                 max_retry_after=self._max_retry_after,
+                pacer=self.pacer,
             )
         except httpx.TransportError as exc:
             timeout = self._client.timeout.read or 0.0

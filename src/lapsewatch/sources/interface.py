@@ -14,11 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from lapsewatch.dates import isoformat
 
-__all__ = ["EVIDENCE_LIMIT", "Observation", "Outcome", "Source", "SourceError"]
+__all__ = ["EVIDENCE_LIMIT", "Observation", "Outcome", "Pacer", "Source", "SourceError"]
 
 EVIDENCE_LIMIT = 64 * 1024
 """Characters of a raw answer kept as evidence; enough for any sane RDAP record."""
@@ -103,10 +103,27 @@ def truncate(text: str) -> str:
     return text[:EVIDENCE_LIMIT] + f"\n[... {len(text) - EVIDENCE_LIMIT} more characters]"
 
 
+class Pacer(Protocol):
+    """A rate limiter that sees every request a source puts on the wire, retries included."""
+
+    async def request(self) -> None:
+        """Wait until one more request may go out (rate limit, ``Retry-After`` pause)."""
+
+    def refused(self, retry_after: float | None) -> None:
+        """The source said "too many requests" (HTTP 429, DNS REFUSED); ``retry_after``
+        seconds, when it said how long, pause every request to it."""
+
+
 class Source(ABC):
     """A domain status source. Implementations must not touch the store."""
 
     name: ClassVar[str]
+    paces_requests: ClassVar[bool] = False
+    """Whether :meth:`observe` calls :attr:`pacer` before every request it sends (so a
+    limiter must not count the observation itself as one request)."""
+    pacer: Pacer | None = None
+    """Set by a rate limiter (``lapsewatch.cycle.limits.Limited``) on a source that
+    ``paces_requests``."""
 
     @abstractmethod
     async def observe(self, domain: str) -> Observation:

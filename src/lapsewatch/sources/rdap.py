@@ -107,6 +107,7 @@ class RdapSource(Source):
     """Ask the registry's RDAP server found through the bootstrap file."""
 
     name = "rdap"
+    paces_requests = True
 
     def __init__(
         self,
@@ -151,6 +152,7 @@ class RdapSource(Source):
                 headers={"Accept": "application/rdap+json, application/json"},
                 attempts=self._attempts,
                 max_retry_after=self._max_retry_after,
+                pacer=self.pacer,
             )
         except httpx.TransportError as exc:
             timeout = self._client.timeout.read or 0.0

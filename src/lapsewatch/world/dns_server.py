@@ -31,6 +31,7 @@ import dns.zone
 from lapsewatch.world.live import LiveScenario, RequestCounter
 from lapsewatch.world.pacing import Pacing
 from lapsewatch.world.scenario import DnsFault, Scenario
+from lapsewatch.world.zone import Delegation, delegation, has_descendants
 
 __all__ = ["BuiltinDnsServer", "answer", "bind_udp_tcp"]
 
@@ -39,8 +40,18 @@ log = logging.getLogger(__name__)
 _IN = dns.rdataclass.IN
 
 
-def answer(query: dns.message.Message, zones: dict[str, dns.zone.Zone]) -> dns.message.Message:
-    """The authoritative answer to ``query`` from ``zones`` (pure, no faults)."""
+def answer(
+    query: dns.message.Message,
+    zones: dict[str, dns.zone.Zone],
+    scenario: Scenario | None = None,
+) -> dns.message.Message:
+    """The authoritative answer to ``query`` from ``zones`` (pure, no faults).
+
+    ``zones`` are either complete (``build_zones``), or, with the ``scenario``
+    they come from, only their apex (``build_apex_zones``): the delegation of
+    the scenario's domain is then made when asked, including the domains a
+    ``default_state`` world makes up. Both give the same answers.
+    """
     response = dns.message.make_response(query)
     if query.opcode() != dns.opcode.QUERY:
         response.set_rcode(dns.rcode.NOTIMP)
@@ -63,6 +74,13 @@ def answer(query: dns.message.Message, zones: dict[str, dns.zone.Zone]) -> dns.m
         response.authority.append(_rrset(cut, ns))
         _add_glue(response, zone, [ns])
         return response
+    made_up = _scenario_delegation(zone, qname, scenario)
+    if made_up is not None:
+        cut, ns, glue = made_up
+        if cut != qname or qtype != dns.rdatatype.DS:
+            response.authority.append(_rrset(cut, ns))
+            response.additional.extend(_rrset(name, a) for name, a in glue)
+            return response
     response.flags |= dns.flags.AA
     node = zone.get_node(qname)
     if node is not None:
@@ -75,7 +93,7 @@ def answer(query: dns.message.Message, zones: dict[str, dns.zone.Zone]) -> dns.m
             response.answer.extend(_rrset(qname, rdataset) for rdataset in found)
             _add_glue(response, zone, [r for r in found if r.rdtype == dns.rdatatype.NS])
             return response
-    elif not any(name.is_subdomain(qname) for name in zone.nodes):  # not even an empty non-terminal
+    elif made_up is None and not has_descendants(zone, qname):  # not an empty non-terminal
         response.set_rcode(dns.rcode.NXDOMAIN)
     soa = zone.get_rdataset(origin, dns.rdatatype.SOA)
     assert soa is not None
@@ -115,6 +133,23 @@ def _delegation(zone: dns.zone.Zone, qname: dns.name.Name, qtype: int) -> dns.na
         if zone.get_rdataset(name, dns.rdatatype.NS) is not None:
             return name
     return None
+
+
+def _scenario_delegation(
+    zone: dns.zone.Zone, qname: dns.name.Name, scenario: Scenario | None
+) -> Delegation | None:
+    """The delegation of the scenario's domain at or above ``qname``, if it is delegated."""
+    if scenario is None:
+        return None
+    origin = zone.origin
+    assert origin is not None
+    depth = len(origin) + 1
+    if len(qname) < depth:
+        return None
+    domain = scenario.domain(qname.split(depth)[1].to_text(omit_final_dot=True))
+    if domain is None or not domain.delegated:
+        return None
+    return delegation(domain)
 
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
@@ -248,7 +283,7 @@ class BuiltinDnsServer:
             response = dns.message.make_response(query)
             response.set_rcode(dns.rcode.SERVFAIL)
         else:
-            response = answer(query, snapshot.zones)
+            response = answer(query, snapshot.apex_zones, snapshot.scenario)
         limit = 65535 if tcp else max(512, query.payload if query.edns >= 0 else 512)
         try:
             return response.to_wire(max_size=limit)

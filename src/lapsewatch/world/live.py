@@ -10,11 +10,12 @@ import threading
 from collections import Counter as _Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import dns.zone
 
 from lapsewatch.world.scenario import DomainScenario, Scenario
-from lapsewatch.world.zone import build_zones
+from lapsewatch.world.zone import build_apex_zones, build_zones
 
 __all__ = ["LiveScenario", "RequestCounter", "Snapshot"]
 
@@ -56,8 +57,17 @@ class Snapshot:
     """One consistent view: the scenario, its zones and their SOA serial."""
 
     scenario: Scenario
-    zones: dict[str, dns.zone.Zone]
     serial: int
+
+    @cached_property
+    def apex_zones(self) -> dict[str, dns.zone.Zone]:
+        """The zones without delegations: the builtin server makes those from the scenario."""
+        return build_apex_zones(self.scenario, self.serial)
+
+    @cached_property
+    def zones(self) -> dict[str, dns.zone.Zone]:
+        """The complete zones (for NSD), built on first use: a big world's take a while."""
+        return build_zones(self.scenario, self.serial)
 
 
 Listener = Callable[[Snapshot], None]
@@ -69,7 +79,7 @@ class LiveScenario:
     def __init__(self, scenario: Scenario) -> None:
         self._lock = threading.Lock()
         serial = int(scenario.now.timestamp()) % 2**32
-        self._snapshot = Snapshot(scenario, build_zones(scenario, serial), serial)
+        self._snapshot = Snapshot(scenario, serial)
         self._listeners: list[Listener] = []
 
     @property
@@ -93,6 +103,6 @@ class LiveScenario:
         with self._lock:  # serialises writers; readers never wait
             scenario = edit(self._snapshot.scenario)
             serial = (self._snapshot.serial + 1) % 2**32
-            self._snapshot = Snapshot(scenario, build_zones(scenario, serial), serial)
+            self._snapshot = Snapshot(scenario, serial)
             for listener in self._listeners:
                 listener(self._snapshot)

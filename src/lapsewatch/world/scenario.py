@@ -113,8 +113,10 @@ _DOMAIN_KEYS = frozenset(
         "fastly_status",
     }
 )
-_WORLD_KEYS = frozenset({"rdap_missing_tlds", "description"})
+_WORLD_KEYS = frozenset({"rdap_missing_tlds", "description", "default_state", "tlds"})
 _RESERVED_LABEL = "nic"
+_TEMPLATE_LABEL = "default"
+"""Stands for the name in the per-TLD template of ``default_state`` domains."""
 """``nic.<tld>`` holds the TLD's own name server (see ``zone.py``), so no scenario may use it."""
 
 
@@ -252,15 +254,35 @@ def _choice(data: Mapping[str, object], key: str, where: str) -> Any:
 
 @dataclass(frozen=True)
 class Scenario:
-    """The whole world: its domains by name, the TLDs it serves, and the ``now`` it used."""
+    """The whole world: its domains by name, the TLDs it serves, and the ``now`` it used.
+
+    With ``default_state`` (``[world] default_state = "registered"``), every name
+    directly under a served TLD that is not listed reads as a domain in that
+    state, with that state's defaults, in RDAP, the builtin DNS server and
+    Fastly. It is made up when asked for, so a world of millions of domains
+    costs no more to load than its few listed exceptions. (NSD serves only the
+    listed domains: it reads zone files, see ``zone.py``.)
+    """
 
     domains: Mapping[str, DomainScenario]
     tlds: tuple[str, ...]
-    """Every TLD served in DNS (domains' TLDs plus ``rdap_missing_tlds``), sorted."""
+    """Every TLD served in DNS (domains' TLDs, ``rdap_missing_tlds`` and ``[world] tlds``),
+    sorted."""
     rdap_missing_tlds: frozenset[str] = frozenset()
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     source: str = "<scenario>"
     description: str = ""
+    default_state: State | None = None
+    """The state of every unlisted ``label.<served TLD>``; ``None``: unlisted names do not exist."""
+
+    def __post_init__(self) -> None:
+        templates: dict[str, DomainScenario] = {}
+        if self.default_state is not None:
+            for tld in self.tlds:
+                templates[tld] = DomainScenario.make(
+                    f"{_TEMPLATE_LABEL}.{tld}", self.default_state, now=self.now
+                )
+        object.__setattr__(self, "_templates", templates)
 
     @property
     def rdap_tlds(self) -> tuple[str, ...]:
@@ -268,7 +290,25 @@ class Scenario:
         return tuple(t for t in self.tlds if t not in self.rdap_missing_tlds)
 
     def domain(self, name: str) -> DomainScenario | None:
-        return self.domains.get(name.lower().rstrip("."))
+        """The listed domain, or the default one made up for an unlisted ``label.tld``."""
+        key = name.lower().rstrip(".")
+        found = self.domains.get(key)
+        if found is not None or self.default_state is None:
+            return found
+        return self.default_domain(key)
+
+    def default_domain(self, name: str) -> DomainScenario | None:
+        """What an unlisted ``name`` reads as under ``default_state`` (listed or not)."""
+        label, _, tld = name.partition(".")
+        templates: dict[str, DomainScenario] = self._templates  # type: ignore[attr-defined]
+        template = templates.get(tld)
+        if template is None or not label or label == _RESERVED_LABEL or not _LABEL.match(label):
+            return None
+        old = f"{_TEMPLATE_LABEL}.{tld}"
+        nameservers = tuple(
+            ns[: -len(old)] + name if ns.endswith(f".{old}") else ns for ns in template.nameservers
+        )
+        return replace(template, name=name, nameservers=nameservers)
 
     def with_domain(self, domain: DomainScenario) -> Scenario:
         """A copy with ``domain`` added or replaced; its TLD is served from then on."""
@@ -277,7 +317,8 @@ class Scenario:
         return replace(self, domains={**self.domains, domain.name: domain}, tlds=tlds)
 
     def without_domain(self, name: str) -> Scenario:
-        """A copy without ``name`` (which then reads as never registered); TLDs stay served."""
+        """A copy without ``name`` (which then reads as never registered, or as
+        ``default_state`` when the world has one); TLDs stay served."""
         key = name.lower().rstrip(".")
         return replace(self, domains={k: v for k, v in self.domains.items() if k != key})
 
@@ -307,6 +348,17 @@ class Scenario:
         description = world.get("description", "")
         if not isinstance(description, str):
             raise ScenarioError(f"{source}: [world] key 'description': must be a string")
+        served = frozenset(
+            _hostname(t, f"{source}: [world] key 'tlds'")
+            for t in _string_list(world.get("tlds", []), f"{source}: [world] key 'tlds'")
+        )
+        if any("." in t for t in served):
+            raise ScenarioError(f"{source}: [world] key 'tlds': TLDs are one label")
+        default_state: State | None = None
+        if "default_state" in world:
+            default_state = _choice(
+                {"state": world["default_state"]}, "state", f"{source}: [world] default_state"
+            )
         tables = data.get("domains", [])
         if not isinstance(tables, list):
             raise ScenarioError(f"{source}: 'domains' must be an array of tables ([[domains]])")
@@ -320,8 +372,8 @@ class Scenario:
                 raise ScenarioError(f"{where}: domain {domain.name!r} is listed twice")
             _check_reserved(domain.name, source)
             domains[domain.name] = domain
-        tlds = tuple(sorted({d.tld for d in domains.values()} | missing))
-        return cls(domains, tlds, missing, now, source, description)
+        tlds = tuple(sorted({d.tld for d in domains.values()} | missing | served))
+        return cls(domains, tlds, missing, now, source, description, default_state)
 
 
 def parse_scenario(text: str, *, now: datetime | None = None, source: str = "<string>") -> Scenario:

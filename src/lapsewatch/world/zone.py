@@ -2,24 +2,58 @@
 
 Both DNS back ends answer from exactly these zones (the builtin server reads the
 dnspython objects, NSD reads ``zone_text``), so they agree on the wire.
+
+The builtin server does not hold every delegation in memory: it answers from
+the zones' apex records (:func:`build_apex_zones`: SOA, NS and the TLD server's
+address) plus :func:`delegation` of the scenario's domain, made when asked —
+the same records :func:`build_zones` writes for NSD, so a world of a million
+domains starts at once. A ``default_state`` world's unlisted domains exist only
+that way: NSD, which reads zone files, serves the listed domains alone and
+answers NXDOMAIN for the rest.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Iterable, MutableMapping
+
 import dns.name
+import dns.node
 import dns.rdata
 import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
+import dns.rdtypes.ANY.NS
+import dns.rrset
 import dns.zone
 
-from lapsewatch.world.scenario import Scenario
+from lapsewatch.world.scenario import DomainScenario, Scenario
 
-__all__ = ["LOOPBACK", "NS_TTL", "SOA_MINIMUM", "apex_nameserver", "build_zones", "zone_text"]
+__all__ = [
+    "LOOPBACK",
+    "NS_TTL",
+    "SOA_MINIMUM",
+    "Delegation",
+    "apex_nameserver",
+    "build_apex_zones",
+    "build_zones",
+    "delegation",
+    "has_descendants",
+    "zone_text",
+]
 
 LOOPBACK = "127.0.0.1"
 NS_TTL = 3600
 SOA_MINIMUM = 60
 """Negative-answer TTL: short, because a world's domains change state while it runs."""
+
+_IN = dns.rdataclass.IN
+_LOOPBACK_A = dns.rdata.from_text(_IN, dns.rdatatype.A, LOOPBACK)
+
+Glue = list[tuple[dns.name.Name, dns.rdataset.Rdataset]]
+Delegation = tuple[dns.name.Name, dns.rdataset.Rdataset, Glue]
+"""The zone cut's name, its NS set, and the glue (name, A set) of in-bailiwick servers."""
 
 
 def apex_nameserver(tld: str) -> str:
@@ -28,11 +62,36 @@ def apex_nameserver(tld: str) -> str:
 
 
 def build_zones(scenario: Scenario, serial: int) -> dict[str, dns.zone.Zone]:
-    """One zone per served TLD, keyed by TLD."""
-    return {tld: _build_zone(scenario, tld, serial) for tld in scenario.tlds}
+    """One zone per served TLD, keyed by TLD, with every listed delegated domain."""
+    by_tld: dict[str, list[DomainScenario]] = {tld: [] for tld in scenario.tlds}
+    for domain in scenario.domains.values():
+        if domain.delegated and domain.tld in by_tld:
+            by_tld[domain.tld].append(domain)
+    return {tld: _build_zone(tld, by_tld[tld], serial) for tld in scenario.tlds}
 
 
-def _build_zone(scenario: Scenario, tld: str, serial: int) -> dns.zone.Zone:
+def build_apex_zones(scenario: Scenario, serial: int) -> dict[str, dns.zone.Zone]:
+    """The same zones without their delegations (see the module's docstring)."""
+    return {tld: _build_zone(tld, (), serial) for tld in scenario.tlds}
+
+
+def delegation(domain: DomainScenario) -> Delegation:
+    """The records a TLD zone holds for a delegated domain."""
+    owner = dns.name.from_text(domain.name)
+    ns = dns.rdataset.Rdataset(_IN, dns.rdatatype.NS, ttl=NS_TTL)
+    glue: Glue = []
+    for host in domain.nameservers:
+        target = dns.name.from_text(host)
+        # The constructor, not from_text(): a million of these must be cheap.
+        ns.add(dns.rdtypes.ANY.NS.NS(_IN, dns.rdatatype.NS, target))  # type: ignore[no-untyped-call]
+        if target.is_subdomain(owner) and target != owner:  # in-bailiwick: the registry holds glue
+            a = dns.rdataset.Rdataset(_IN, dns.rdatatype.A, ttl=NS_TTL)
+            a.add(_LOOPBACK_A)
+            glue.append((target, a))
+    return owner, ns, glue
+
+
+def _build_zone(tld: str, domains: Iterable[DomainScenario], serial: int) -> dns.zone.Zone:
     origin = dns.name.from_text(tld)
     zone = dns.zone.Zone(origin, relativize=False)
     apex_ns = apex_nameserver(tld)
@@ -40,14 +99,28 @@ def _build_zone(scenario: Scenario, tld: str, serial: int) -> dns.zone.Zone:
     _add(zone, tld, "SOA", soa)
     _add(zone, tld, "NS", f"{apex_ns}.")
     _add(zone, apex_ns, "A", LOOPBACK)
-    for domain in scenario.domains.values():
-        if domain.tld != tld or not domain.delegated:
-            continue
-        for host in domain.nameservers:
-            _add(zone, domain.name, "NS", f"{host}.")
-            if host.endswith(f".{domain.name}"):  # in-bailiwick: the registry holds glue
-                _add(zone, host, "A", LOOPBACK)
+    # Straight into the node table: find_node() per record costs more than the record.
+    nodes = zone.nodes
+    for domain in domains:
+        owner, ns, glue = delegation(domain)
+        _merge(zone, nodes, owner, ns)
+        for name, a in glue:
+            _merge(zone, nodes, name, a)
     return zone
+
+
+def _merge(
+    zone: dns.zone.Zone,
+    nodes: MutableMapping[dns.name.Name, dns.node.Node],
+    name: dns.name.Name,
+    rdataset: dns.rdataset.Rdataset,
+) -> None:
+    node = nodes.get(name)
+    if node is None:
+        node = nodes[name] = zone.node_factory()
+    target = node.find_rdataset(_IN, rdataset.rdtype, create=True)
+    for rdata in rdataset:
+        target.add(rdata, rdataset.ttl)
 
 
 def _add(zone: dns.zone.Zone, owner: str, rdtype: str, text: str) -> None:
@@ -55,6 +128,43 @@ def _add(zone: dns.zone.Zone, owner: str, rdtype: str, text: str) -> None:
     node = zone.find_node(dns.name.from_text(owner), create=True)
     rdataset = node.find_rdataset(dns.rdataclass.IN, rdata.rdtype, create=True)
     rdataset.add(rdata, NS_TTL)
+
+
+_ancestors: dict[int, tuple[weakref.ref[dns.zone.Zone], frozenset[dns.name.Name]]] = {}
+"""By ``id(zone)`` (a zone is not hashable); an entry goes when its zone does."""
+_ancestors_lock = threading.Lock()
+
+
+def has_descendants(zone: dns.zone.Zone, name: dns.name.Name) -> bool:
+    """Whether some name in ``zone`` lies strictly below ``name`` (an empty non-terminal).
+
+    Computed once per zone object (zones are never changed in place, a change
+    builds new ones), so a negative answer does not scan every node.
+    """
+    with _ancestors_lock:
+        entry = _ancestors.get(id(zone))
+    known = entry[1] if entry is not None and entry[0]() is zone else None
+    if known is None:
+        origin = zone.origin
+        assert origin is not None
+        found: set[dns.name.Name] = set()
+        for owner in zone.nodes:
+            parent = owner
+            while parent != origin and len(parent) > len(origin):
+                parent = parent.parent()
+                if parent in found:
+                    break
+                found.add(parent)
+        known = frozenset(found)
+        key = id(zone)
+
+        def forget(_: object) -> None:
+            with _ancestors_lock:
+                _ancestors.pop(key, None)
+
+        with _ancestors_lock:
+            _ancestors[key] = (weakref.ref(zone, forget), known)
+    return name in known
 
 
 def zone_text(zone: dns.zone.Zone) -> str:

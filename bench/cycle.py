@@ -911,6 +911,7 @@ def _cpu_pass(
         unlimited = {
             **env,
             **fast.env,
+            "LAPSEWATCH_SOURCES": env["LAPSEWATCH_SOURCES"],  # the measured cycle's sources
             "LAPSEWATCH_RATE_RDAP": "1000000",
             "LAPSEWATCH_RATE_DNS": "1000000",
             "LAPSEWATCH_CONCURRENCY": "100",

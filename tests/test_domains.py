@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import random
 import re
 import unicodedata
 from importlib.resources import files
 from pathlib import Path
 
+import idna
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from lapsewatch import domains
 from lapsewatch.domains import (
     DomainError,
     EmailDomain,
@@ -469,3 +472,41 @@ def test_free_provider_detection_is_case_and_idna_insensitive(
     assert parse(f"Someone <x@{host}>").free_provider
     assert parse(host).free_provider
     assert host in load_free_providers()
+
+
+# ------------------------------------------------------------- fast paths
+
+
+@given(st.one_of(st.from_regex(r"[a-z0-9-]{1,70}", fullmatch=True), st.text(max_size=12)))
+@example("xn--bcher-kva")
+@example("ab--cd")
+@example("-ab")
+def test_label_fast_path_agrees_with_idna(label: str) -> None:
+    """Plain LDH labels skip ``idna``: same A-label, and refused exactly when idna refuses."""
+    try:
+        expected: str | None = idna.alabel(label).decode("ascii")
+    except ValueError:
+        expected = None
+    try:
+        encoded: str | None = domains._alabel(label, label)
+    except DomainError:
+        encoded = None
+    assert encoded == expected
+
+
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.from_regex(r"[0-9a-fA-F.:%]{1,40}", fullmatch=True),
+        st.ip_addresses().map(str),
+    )
+)
+@example("1.2.3.4")
+@example("\u0661.\u0662.\u0663.\u0664")  # Arabic-Indic digits: not an IP
+def test_ip_fast_path_agrees_with_ipaddress(text: str) -> None:
+    try:
+        ipaddress.ip_address(text)
+        is_ip = True
+    except ValueError:
+        is_ip = False
+    assert (domains._ip_error(text, text) is not None) == is_ip

@@ -7,8 +7,10 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from lapsewatch.config import Settings
 from lapsewatch.domains import parse
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
+from lapsewatch.world import World
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 LONG_AGO = datetime(2019, 5, 1, tzinfo=UTC)
@@ -80,3 +82,15 @@ def state(engine: Engine) -> dict[str, Any]:
         )
         verdicts = {d.name: d.last_verdict for d in session.scalars(select(Domain))}
     return {"emails": emails, "events": events, "notices": notices, "verdicts": verdicts}
+
+
+def settings_for(world: World, **extra: str) -> Settings:
+    """Short timeouts and few attempts: the world's failing domains fail fast."""
+    env = {
+        **world.env(),
+        "LAPSEWATCH_TIMEOUT": "0.5",
+        "LAPSEWATCH_ATTEMPTS": "2",
+        "LAPSEWATCH_MAX_RETRY_AFTER": "1",
+        **extra,
+    }
+    return Settings.from_env(env)

@@ -8,29 +8,17 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, select
 
-from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.notices import recipients
 from lapsewatch.store import Domain, Email, Event, Notice, make_sessionmaker
 from lapsewatch.world import World, demo_scenario
-from tests.cycle_support import ACCOUNTS, EXPECTED_UNVERIFIED, NOW, seed, state
+from tests.cycle_support import ACCOUNTS, EXPECTED_UNVERIFIED, NOW, seed, settings_for, state
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     with World(demo_scenario(now=NOW), hang_seconds=2.0) as running:
         yield running
-
-
-def settings_for(world: World, **extra: str) -> Settings:
-    env = {
-        **world.env(),
-        "LAPSEWATCH_TIMEOUT": "0.5",
-        "LAPSEWATCH_ATTEMPTS": "2",
-        "LAPSEWATCH_MAX_RETRY_AFTER": "1",
-        **extra,
-    }
-    return Settings.from_env(env)
 
 
 def test_every_address_ends_in_the_right_state(world: World, engine: Engine) -> None:

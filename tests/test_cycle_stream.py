@@ -15,7 +15,6 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from lapsewatch.config import Settings
 from lapsewatch.cycle import run as cycle_run
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.apply import (
@@ -33,24 +32,13 @@ from lapsewatch.sources import DnsSource, Observation, Outcome, RdapSource
 from lapsewatch.store import Domain, Email, ObservationRow, make_engine, make_sessionmaker, upgrade
 from lapsewatch.verdict import Verdict
 from lapsewatch.world import World, demo_scenario
-from tests.cycle_support import NOW, seed, state
+from tests.cycle_support import NOW, seed, settings_for, state
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     with World(demo_scenario(now=NOW), hang_seconds=1.0) as running:
         yield running
-
-
-def settings_for(world: World, **extra: str) -> Settings:
-    env = {
-        **world.env(),
-        "LAPSEWATCH_TIMEOUT": "0.5",
-        "LAPSEWATCH_ATTEMPTS": "2",
-        "LAPSEWATCH_MAX_RETRY_AFTER": "1",
-        **extra,
-    }
-    return Settings.from_env(env)
 
 
 def listed(session: Session, *, everything: bool = False) -> list[DueDomain]:

@@ -116,6 +116,7 @@ __all__ = [
     "SignedUp",
     "TotpSetup",
     "VerificationSent",
+    "check_username",
 ]
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class AccountService:
         self, username: str, password: str, email: str, *, client: str | None = None
     ) -> SignedUp:
         """Create an account with one unverified primary address and mail its verification link."""
-        username = _check_username(username)
+        username = check_username(username)
         parsed = self._parse_address(email)
         check_policy(
             password,
@@ -1160,7 +1161,8 @@ def _clean_client(client: str | None) -> str | None:
     return _clean(client, 100) or None
 
 
-def _check_username(username: str) -> str:
+def check_username(username: str) -> str:
+    """The username, trimmed; raises :class:`InvalidUsername` for one sign-up would refuse."""
     username = (username or "").strip()
     if not _USERNAME.match(username):
         raise InvalidUsername(

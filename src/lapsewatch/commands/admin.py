@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select
 from lapsewatch.accounts.errors import AccountError
 from lapsewatch.accounts.events import record
 from lapsewatch.accounts.passwords import Passwords, check_policy
-from lapsewatch.accounts.service import _check_username
+from lapsewatch.accounts.service import check_username
 from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.commands._common import Format, console, fail, load_settings
 from lapsewatch.commands.accounts import open_store
@@ -97,7 +97,7 @@ def create_admin(
     """Create an admin account (no address yet: add and verify one on its security page)."""
     minimum = AccountSettings.min_password_length
     try:
-        username = _check_username(username)
+        username = check_username(username)
         check_policy(password, username=username, minimum=minimum, maximum=1024)
     except AccountError as exc:
         raise fail(str(exc)) from None

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import POSTGRES_URL, postgres_reachable, require_service
+from tests.services import (
+    POSTGRES_URL,
+    REDIS_URL,
+    postgres_reachable,
+    redis_reachable,
+    require_service,
+)
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "cycle.py"
 KEYS = {
@@ -80,3 +86,69 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path, database: str) -> None:
         assert results[key] > 0, key
     assert "of the ceiling" in run.stdout
     assert "speed-up vs baseline" in run.stdout
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_bench_runs_on_celery_workers_at_a_tiny_size(tmp_path: Path) -> None:
+    require_service("PostgreSQL on 127.0.0.1:5432", postgres_reachable())
+    require_service("Redis on 127.0.0.1:6379", redis_reachable())
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--addresses",
+            "2000",
+            "--domains",
+            "400",
+            "--latency",
+            "0",
+            "--rate",
+            "2000",
+            "--baseline-sample",
+            "0",
+            "--cpu-sample",
+            "0",
+            "--source-timeout",
+            "0.5",
+            "--database",
+            "postgresql",
+            "--postgres-url",
+            POSTGRES_URL,
+            "--workers",
+            "2",
+            "--broker-url",
+            REDIS_URL.rsplit("/", 1)[0] + "/14",  # not the bench's default 13, nor the tests' 0, 9
+            "--workdir",
+            str(tmp_path),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    workers = results["runs"]["postgresql-2-workers"]
+    assert workers["workers"] == 2
+    assert 300 < workers["domains_checked"] <= 400
+    assert workers["unverified"] > 0
+    assert len(workers["worker_peak_rss_mb"]) == 2
+    for key in ("cycle_seconds", "domains_per_second", "cpu_seconds", "db_writes_per_second"):
+        assert workers[key] > 0, key
+    assert "postgresql, 2 workers" in run.stdout
+
+
+def test_bench_refuses_workers_on_sqlite() -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH), "--database", "sqlite", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert "--workers needs --database postgresql" in run.stderr

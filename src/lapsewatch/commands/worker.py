@@ -13,7 +13,14 @@ __all__ = ["worker"]
 
 
 def worker(
-    concurrency: Annotated[int, typer.Option(min=1, help="Tasks at once in this worker.")] = 2,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Tasks at once in this worker. Each has its own rate limits: "
+            "N tasks may send N x LAPSEWATCH_RATE_* requests a second.",
+        ),
+    ] = 1,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo or threads.")] = "prefork",
     hostname: Annotated[
         str | None, typer.Option(help="Worker name (unique per machine); default Celery's.")

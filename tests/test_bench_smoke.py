@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,12 +34,10 @@ KEYS = {
 }
 
 
-@pytest.mark.parametrize(
-    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
-def test_bench_runs_at_a_tiny_size(tmp_path: Path, database: str) -> None:
-    if database == "postgresql":
-        require_service("PostgreSQL on 127.0.0.1:5432", postgres_reachable())
+def run_tiny(
+    tmp_path: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """The bench at 2,000 addresses with no latency; its output and its JSON results."""
     out = tmp_path / "results.json"
     run = subprocess.run(
         [
@@ -52,20 +51,15 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path, database: str) -> None:
             "0",
             "--rate",
             "2000",
-            "--baseline-sample",
-            "50",
-            "--cpu-sample",
-            "100",
             "--source-timeout",
             "0.5",
-            "--database",
-            database,
             "--postgres-url",
             POSTGRES_URL,
             "--workdir",
             str(tmp_path),
             "--json",
             str(out),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -73,7 +67,19 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path, database: str) -> None:
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results: dict[str, Any] = json.loads(out.read_text())
+    return run, results
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_bench_runs_at_a_tiny_size(tmp_path: Path, database: str) -> None:
+    if database == "postgresql":
+        require_service("PostgreSQL on 127.0.0.1:5432", postgres_reachable())
+    run, results = run_tiny(
+        tmp_path, "--baseline-sample", "50", "--cpu-sample", "100", "--database", database
+    )
     assert set(results) >= KEYS
     assert results["addresses"] == 2000
     # Every custom domain behind a verified address was checked (a few have none verified).
@@ -93,45 +99,19 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path, database: str) -> None:
 def test_bench_runs_on_celery_workers_at_a_tiny_size(tmp_path: Path) -> None:
     require_service("PostgreSQL on 127.0.0.1:5432", postgres_reachable())
     require_service("Redis on 127.0.0.1:6379", redis_reachable())
-    out = tmp_path / "results.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            "--addresses",
-            "2000",
-            "--domains",
-            "400",
-            "--latency",
-            "0",
-            "--rate",
-            "2000",
-            "--baseline-sample",
-            "0",
-            "--cpu-sample",
-            "0",
-            "--source-timeout",
-            "0.5",
-            "--database",
-            "postgresql",
-            "--postgres-url",
-            POSTGRES_URL,
-            "--workers",
-            "2",
-            "--broker-url",
-            REDIS_URL.rsplit("/", 1)[0] + "/14",  # not the bench's default 13, nor the tests' 0, 9
-            "--workdir",
-            str(tmp_path),
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    run, results = run_tiny(
+        tmp_path,
+        "--baseline-sample",
+        "0",
+        "--cpu-sample",
+        "0",
+        "--database",
+        "postgresql",
+        "--workers",
+        "2",
+        "--broker-url",
+        REDIS_URL.rsplit("/", 1)[0] + "/14",  # not the bench's default 13, nor the tests' 0, 9
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
     workers = results["runs"]["postgresql-2-workers"]
     assert workers["workers"] == 2
     assert 300 < workers["domains_checked"] <= 400

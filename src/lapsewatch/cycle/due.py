@@ -47,7 +47,7 @@ def select_due(
     """Due domains (``everything``: all behind a verified address), never leased ones."""
     verified = (
         select(Email.domain, func.min(Email.verified_at).label("earliest"))
-        .where(Email.verified.is_(True), Email.free_provider.is_(False))
+        .where(*_watched())
         .group_by(Email.domain)
         .subquery()
     )
@@ -59,9 +59,9 @@ def select_due(
         .order_by(Domain.next_due_at.is_not(None), Domain.next_due_at, verified.c.domain)
     )
     if not include_leased:
-        query = query.where(or_(Domain.lease_until.is_(None), Domain.lease_until < now))
+        query = query.where(_not_leased(now))
     if not everything:
-        query = query.where(or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now))
+        query = query.where(_is_due(now))
     if names is not None:
         query = query.where(verified.c.domain.in_(names))
     if limit is not None:
@@ -79,7 +79,7 @@ def _behind(names: list[str]) -> Select[str, datetime | None]:
     """For these domains: the oldest verification of a verified, non-free address."""
     return (
         select(Email.domain, func.min(Email.verified_at))
-        .where(Email.domain.in_(names), Email.verified.is_(True), Email.free_provider.is_(False))
+        .where(Email.domain.in_(names), *_watched())
         .group_by(Email.domain)
     )
 
@@ -140,22 +140,12 @@ def stream_due(
 
 def count_due(engine: Engine, *, now: datetime, everything: bool = False) -> int:
     """How many domains :func:`due_pages` would yield (without a limit)."""
-    behind = (
-        select(Email.id)
-        .where(
-            Email.domain == Domain.name,
-            Email.verified.is_(True),
-            Email.free_provider.is_(False),
-        )
-        .exists()
-    )
+    behind = select(Email.id).where(Email.domain == Domain.name, *_watched()).exists()
     rows = select(func.count()).select_from(Domain).where(behind, _not_leased(now))
     if not everything:
-        rows = rows.where(or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now))
+        rows = rows.where(_is_due(now))
     orphans = select(func.count(func.distinct(Email.domain))).where(
-        Email.verified.is_(True),
-        Email.free_provider.is_(False),
-        ~select(Domain.name).where(Domain.name == Email.domain).exists(),
+        *_watched(), _without_domain_row()
     )
     with engine.connect() as connection:
         return (connection.scalar(rows) or 0) + (connection.scalar(orphans) or 0)
@@ -163,6 +153,19 @@ def count_due(engine: Engine, *, now: datetime, everything: bool = False) -> int
 
 def _not_leased(now: datetime) -> ColumnElement[bool]:
     return or_(Domain.lease_until.is_(None), Domain.lease_until < now)
+
+
+def _is_due(now: datetime) -> ColumnElement[bool]:
+    return or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now)
+
+
+def _watched() -> tuple[ColumnElement[bool], ...]:
+    """An address whose domain is checked: verified, and not at a free provider."""
+    return Email.verified.is_(True), Email.free_provider.is_(False)
+
+
+def _without_domain_row() -> ColumnElement[bool]:
+    return ~select(Domain.name).where(Domain.name == Email.domain).exists()
 
 
 _Query = Callable[[tuple[Any, ...] | None, int], _AnySelect]
@@ -219,11 +222,7 @@ def _phases(now: datetime, everything: bool, dialect: str) -> list[tuple[_Query,
         # Addresses whose domain has no row (added by another path): due at once.
         query = (
             select(Email.domain)
-            .where(
-                Email.verified.is_(True),
-                Email.free_provider.is_(False),
-                ~select(Domain.name).where(Domain.name == Email.domain).exists(),
-            )
+            .where(*_watched(), _without_domain_row())
             .group_by(Email.domain)
             .order_by(Email.domain)
             .limit(page)

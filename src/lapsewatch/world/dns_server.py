@@ -31,7 +31,7 @@ import dns.zone
 from lapsewatch.world.live import LiveScenario, RequestCounter
 from lapsewatch.world.pacing import Pacing
 from lapsewatch.world.scenario import DnsFault, Scenario
-from lapsewatch.world.zone import Delegation, delegation, has_descendants
+from lapsewatch.world.zone import Delegation, delegation
 
 __all__ = ["BuiltinDnsServer", "answer", "bind_udp_tcp"]
 
@@ -93,7 +93,9 @@ def answer(
             response.answer.extend(_rrset(qname, rdataset) for rdataset in found)
             _add_glue(response, zone, [r for r in found if r.rdtype == dns.rdatatype.NS])
             return response
-    elif made_up is None and not has_descendants(zone, qname):  # not an empty non-terminal
+    elif made_up is None and not any(n.is_subdomain(qname) for n in zone.nodes):
+        # Not even an empty non-terminal. The server's zones hold only their apex
+        # (delegations are made when asked), so this looks at a handful of names.
         response.set_rcode(dns.rcode.NXDOMAIN)
     soa = zone.get_rdataset(origin, dns.rdatatype.SOA)
     assert soa is not None

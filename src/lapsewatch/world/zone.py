@@ -14,8 +14,6 @@ answers NXDOMAIN for the rest.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterable, MutableMapping
 
 import dns.name
@@ -39,7 +37,6 @@ __all__ = [
     "build_apex_zones",
     "build_zones",
     "delegation",
-    "has_descendants",
     "zone_text",
 ]
 
@@ -128,43 +125,6 @@ def _add(zone: dns.zone.Zone, owner: str, rdtype: str, text: str) -> None:
     node = zone.find_node(dns.name.from_text(owner), create=True)
     rdataset = node.find_rdataset(dns.rdataclass.IN, rdata.rdtype, create=True)
     rdataset.add(rdata, NS_TTL)
-
-
-_ancestors: dict[int, tuple[weakref.ref[dns.zone.Zone], frozenset[dns.name.Name]]] = {}
-"""By ``id(zone)`` (a zone is not hashable); an entry goes when its zone does."""
-_ancestors_lock = threading.Lock()
-
-
-def has_descendants(zone: dns.zone.Zone, name: dns.name.Name) -> bool:
-    """Whether some name in ``zone`` lies strictly below ``name`` (an empty non-terminal).
-
-    Computed once per zone object (zones are never changed in place, a change
-    builds new ones), so a negative answer does not scan every node.
-    """
-    with _ancestors_lock:
-        entry = _ancestors.get(id(zone))
-    known = entry[1] if entry is not None and entry[0]() is zone else None
-    if known is None:
-        origin = zone.origin
-        assert origin is not None
-        found: set[dns.name.Name] = set()
-        for owner in zone.nodes:
-            parent = owner
-            while parent != origin and len(parent) > len(origin):
-                parent = parent.parent()
-                if parent in found:
-                    break
-                found.add(parent)
-        known = frozenset(found)
-        key = id(zone)
-
-        def forget(_: object) -> None:
-            with _ancestors_lock:
-                _ancestors.pop(key, None)
-
-        with _ancestors_lock:
-            _ancestors[key] = (weakref.ref(zone, forget), known)
-    return name in known
 
 
 def zone_text(zone: dns.zone.Zone) -> str:

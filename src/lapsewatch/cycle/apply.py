@@ -31,9 +31,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from lapsewatch.dates import isoformat
+from lapsewatch.names import address_key
 from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Observation, Outcome
-from lapsewatch.store.models import Domain, Email, Event, Notice, ObservationRow
+from lapsewatch.store.models import (
+    AddressHistory,
+    Domain,
+    Email,
+    Event,
+    Notice,
+    ObservationRow,
+    Token,
+)
 from lapsewatch.verdict import Decision, Verdict
 
 __all__ = [
@@ -137,6 +146,8 @@ class _Known:
     last_verdict: str | None
     registered_at: datetime | None
     expires_at: datetime | None
+    dangerous_at: datetime | None = None
+    dangerous_verdict: str | None = None
 
 
 def _next_state(
@@ -161,6 +172,11 @@ def _next_state(
             policy, now=now, verdict=decision.verdict, expires_at=expires_at, failures=failures
         ),
         "lease_until": None,
+        # Once dangerous, the domain may have changed hands: remembered for good.
+        "dangerous_at": now if decision.verdict.dangerous else known.dangerous_at,
+        "dangerous_verdict": (
+            decision.verdict.value if decision.verdict.dangerous else known.dangerous_verdict
+        ),
     }
     previous = known.last_verdict
     event: dict[str, Any] | None = None
@@ -194,6 +210,8 @@ def apply_result(session: Session, result: CheckResult, *, policy: Policy) -> in
         domain.last_verdict,
         domain.registered_at,
         domain.expires_at,
+        domain.dangerous_at,
+        domain.dangerous_verdict,
     )
     values, event = _next_state(known, result, policy)
     if event is not None:
@@ -228,12 +246,14 @@ def apply_results(session: Session, results: Sequence[CheckResult], *, policy: P
             columns.last_verdict,
             columns.registered_at,
             columns.expires_at,
+            columns.dangerous_at,
+            columns.dangerous_verdict,
         )
         .where(columns.name.in_(sorted(r.domain for r in results)))
         .order_by(columns.name)
         .with_for_update()
     ).all()
-    known = {row[0]: _Known(row[1] or 0, row[2], row[3], row[4]) for row in rows}
+    known = {row[0]: _Known(row[1] or 0, row[2], row[3], row[4], row[5], row[6]) for row in rows}
     new: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     observations: list[dict[str, Any]] = []
@@ -294,6 +314,7 @@ def _unverify(session: Session, result: CheckResult) -> int:
         ).rowcount
         if changed != 1:
             continue  # another worker got there first
+        _remember_unverified(session, email, decision, now)
         event_id = _insert_event(
             session,
             {
@@ -320,6 +341,36 @@ def _unverify(session: Session, result: CheckResult) -> int:
         if event_id is not None:
             _queue_notices(session, email, decision, event_id, now)
     return len(unverified)
+
+
+def _remember_unverified(session: Session, email: Email, decision: Decision, now: datetime) -> None:
+    """Keep the unverify beyond the address row, and kill the links sent to it.
+
+    The history survives the address's removal, so re-adding it (or importing a
+    case variant) cannot wash it clean; an open reset or verification link sent
+    before now may sit in a mailbox that is no longer the owner's.
+    """
+    values = {
+        "address_key": address_key(email.address),
+        "domain": email.domain,
+        "unverified_at": now,
+        "unverify_reason": decision.verdict.value,
+    }
+    changes = {"unverified_at": now, "unverify_reason": decision.verdict.value}
+    statement: PgInsert | SqliteInsert
+    if session.get_bind().dialect.name == "postgresql":
+        statement = pg_insert(AddressHistory).values(**values)
+        statement = statement.on_conflict_do_update(index_elements=["address_key"], set_=changes)
+    else:
+        statement = sqlite_insert(AddressHistory).values(**values)
+        statement = statement.on_conflict_do_update(index_elements=["address_key"], set_=changes)
+    session.execute(statement)
+    session.execute(
+        update(Token)
+        .where(Token.email_id == email.id, Token.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _queue_notices(

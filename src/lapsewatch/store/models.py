@@ -24,10 +24,14 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from lapsewatch.names import address_key, username_key
 
 __all__ = [
     "Account",
+    "AddressHistory",
     "ApiKey",
     "Base",
     "Domain",
@@ -36,6 +40,7 @@ __all__ = [
     "Notice",
     "ObservationRow",
     "RateLimitHit",
+    "RecoveryCode",
     "Token",
     "UTCDateTime",
     "Webhook",
@@ -63,6 +68,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _username_key(context: DefaultExecutionContext) -> str:
+    return username_key(context.get_current_parameters()["username"])
+
+
+def _address_key(context: DefaultExecutionContext) -> str:
+    return address_key(context.get_current_parameters()["address"])
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(
         naming_convention={
@@ -85,6 +98,15 @@ class Account(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(150), unique=True)
+    username_key: Mapped[str] = mapped_column(String(150), unique=True, default=_username_key)
+    """NFKC, case-folded: ``Root`` and ``root`` (even full-width) are one account name."""
+    owner: Mapped[str] = mapped_column(String(100), default="web", server_default="web")
+    """Who may change the account: ``web`` (the web app, its owner's sign-up), ``import``
+    (the CLI importer) or ``api:<key name>``. A push or import touches only its own."""
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Bumped to end every session at once (logout, password change, 2FA turned on)."""
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    """The secret being set up, kept server-side until a code confirms it."""
     totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     projects: Mapped[list[str]] = mapped_column(default=list)
     created_at: Mapped[datetime]
@@ -92,13 +114,24 @@ class Account(Base):
     """Argon2 hash; ``None`` for accounts imported from a registry that keeps its own."""
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     totp_secret: Mapped[str | None] = mapped_column(String(64))
-    """Set once 2FA set-up is confirmed (``totp_enabled``); pending secrets live in the session."""
-    recovery_codes: Mapped[list[str]] = mapped_column(default=list)
-    """Argon2 hashes of the unused recovery codes."""
+    """Set once 2FA set-up is confirmed (``totp_enabled``)."""
 
     emails: Mapped[list[Email]] = relationship(
         back_populates="account", order_by="Email.id", cascade="all, delete-orphan"
     )
+
+
+class RecoveryCode(Base):
+    """One 2FA recovery code (its Argon2 hash); spent by one conditional UPDATE."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    code_hash: Mapped[str] = mapped_column(String(255))
+    used_at: Mapped[datetime | None]
 
 
 class Email(Base):
@@ -106,6 +139,7 @@ class Email(Base):
     __table_args__ = (
         Index("ix_emails_domain_verified", "domain", "verified"),
         UniqueConstraint("address", name="uq_emails_address"),
+        UniqueConstraint("address_key", name="uq_emails_address_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -114,6 +148,8 @@ class Email(Base):
     )
     address: Mapped[str] = mapped_column(String(320))
     """Normalised: local part as given, ASCII host."""
+    address_key: Mapped[str] = mapped_column(String(320), default=_address_key)
+    """``address`` lower-cased: ``CTX@x.test`` and ``ctx@x.test`` are one address."""
     domain: Mapped[str] = mapped_column(String(253))
     """Registrable domain (ASCII)."""
     free_provider: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -141,6 +177,10 @@ class Domain(Base):
     registered_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    dangerous_at: Mapped[datetime | None]
+    """The last check that found the domain dangerous; set once, it marks the domain as one
+    that may have changed hands, so new addresses there need a login-bound link."""
+    dangerous_verdict: Mapped[str | None] = mapped_column(String(32))
     lease_until: Mapped[datetime | None]
     """A worker that claimed the domain holds it until then (distributed checks)."""
 
@@ -160,6 +200,18 @@ class ObservationRow(Base):
     expires_at: Mapped[datetime | None]
     evidence: Mapped[str] = mapped_column(Text, default="")
     observed_at: Mapped[datetime]
+
+
+class AddressHistory(Base):
+    """An address lapsewatch once unverified; kept after the address is removed, so
+    removing and re-adding it (or re-importing a case variant) cannot wash it clean."""
+
+    __tablename__ = "address_history"
+
+    address_key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    domain: Mapped[str] = mapped_column(String(253))
+    unverified_at: Mapped[datetime]
+    unverify_reason: Mapped[str] = mapped_column(String(32))
 
 
 class Event(Base):
@@ -256,6 +308,10 @@ class Webhook(Base):
     url: Mapped[str] = mapped_column(String(2000))
     secret: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime]
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    """The API key that made it, and the only one that sees or deletes it (``None``: the CLI)."""
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.passwords import Passwords
-from lapsewatch.accounts.service import AccountService
+from lapsewatch.accounts.service import AccountService, SignedUp
 from lapsewatch.accounts.settings import AccountSettings, RateLimits
 from lapsewatch.mail.smtp import Mailer, SmtpMailer
 from lapsewatch.schedule import Policy
@@ -66,6 +66,12 @@ class Received:
     @property
     def kind(self) -> str:
         return str(self.message["X-Lapsewatch-Kind"])
+
+
+def created(signed: SignedUp) -> int:
+    """The new account's id (a sign-up with an address already used makes none)."""
+    assert signed.account_id is not None, f"no account was made for {signed.address}"
+    return signed.account_id
 
 
 def token_from(received: Received) -> str:

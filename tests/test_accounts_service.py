@@ -56,6 +56,7 @@ from tests.mail_support import (
     MailServer,
     account_settings,
     closed_port,
+    created,
     make_service,
     token_from,
 )
@@ -117,7 +118,7 @@ def sign_up_verified(
     password: str = PASSWORD,
 ) -> int:
     """An account whose addresses were all verified through their mailed links."""
-    account_id = svc.sign_up(username, password, address).account_id
+    account_id = created(svc.sign_up(username, password, address))
     svc.verify_email(token_from(smtp.inbox(address)[-1]))
     for extra in more:
         svc.add_email(account_id, extra)
@@ -222,8 +223,9 @@ def test_usernames_and_addresses_are_unique_ignoring_case(
     svc.sign_up("alice", PASSWORD, "alice@own.test")
     with pytest.raises(UsernameTaken):
         svc.sign_up("ALICE", PASSWORD, "other@own.test")
-    with pytest.raises(AddressInUse):
-        svc.sign_up("alice2", PASSWORD, "Alice@own.test")
+    taken = svc.sign_up("alice2", PASSWORD, "Alice@own.test")  # no account, no error
+    assert taken.account_id is None
+    assert smtp.inbox("Alice@own.test")[-1].kind == "address_taken"
 
 
 # ------------------------------------------------------------ verification checks domain
@@ -368,13 +370,15 @@ def test_failed_logins_are_limited_per_username_and_per_client(
 def test_totp_setup_login_replay_and_recovery_codes(
     svc: AccountService, smtp: MailServer, clock: Clock, engine: Engine
 ) -> None:
-    account_id = svc.sign_up("alice", PASSWORD, "alice@own.test").account_id
+    account_id = created(svc.sign_up("alice", PASSWORD, "alice@own.test"))
     setup = svc.begin_totp_setup(account_id)
     assert setup.provisioning_uri.startswith("otpauth://totp/lapsewatch:alice?secret=")
     totp = pyotp.TOTP(setup.secret)
     with pytest.raises(InvalidSecondFactor):
-        svc.confirm_totp(account_id, setup.secret, "000000" if totp.at(NOW) != "000000" else "1")
-    codes = svc.confirm_totp(account_id, setup.secret, totp.at(NOW)).codes
+        svc.confirm_totp(account_id, "000000" if totp.at(NOW) != "000000" else "1")
+    confirmed = svc.confirm_totp(account_id, totp.at(NOW))
+    codes = confirmed.codes
+    assert confirmed.session_generation == 1  # turning 2FA on ended the other sessions
     assert len(codes) == 10
     assert len(set(codes)) == 10
     with pytest.raises(TotpAlreadyEnabled):
@@ -383,8 +387,11 @@ def test_totp_setup_login_replay_and_recovery_codes(
         account = session.get(Account, account_id)
         assert account is not None
         assert account.totp_enabled
-        assert all(h.startswith("$argon2id$") for h in account.recovery_codes)
-        assert not any(c in str(account.recovery_codes) for c in codes)
+        assert account.totp_pending_secret is None
+        stored = [c.code_hash for c in account.unused_recovery_codes]
+        assert len(stored) == 10
+        assert all(h.startswith("$argon2id$") for h in stored)
+        assert not any(c in str(stored) for c in codes)
 
     first = svc.login("alice", PASSWORD)
     assert first.status is LoginStatus.SECOND_FACTOR_REQUIRED
@@ -467,8 +474,8 @@ def test_a_lost_race_for_a_name_or_address_is_a_clean_refusal(
     svc: AccountService, smtp: MailServer, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two requests may pass the "is it free?" check together; the database decides."""
-    alice = svc.sign_up("alice", PASSWORD, "alice@own.test").account_id
-    bob = svc.sign_up("bob", PASSWORD, "bob@own.test").account_id
+    alice = created(svc.sign_up("alice", PASSWORD, "alice@own.test"))
+    bob = created(svc.sign_up("bob", PASSWORD, "bob@own.test"))
     monkeypatch.setattr(service_module, "_account_by_username", lambda *_: None)
     monkeypatch.setattr(service_module, "_email_by_address", lambda *_: None)
     with pytest.raises(UsernameTaken):
@@ -483,7 +490,7 @@ def test_a_lost_race_for_a_name_or_address_is_a_clean_refusal(
 
 def test_too_many_addresses(engine: Engine, smtp: MailServer, clock: Clock) -> None:
     svc = make_service(engine, account_settings(smtp.url, max_addresses=2), clock=clock)
-    alice = svc.sign_up("alice", PASSWORD, "a1@own.test").account_id
+    alice = created(svc.sign_up("alice", PASSWORD, "a1@own.test"))
     svc.add_email(alice, "a2@own.test")
     with pytest.raises(TooManyAddresses):
         svc.add_email(alice, "a3@own.test")
@@ -601,8 +608,10 @@ def test_hostile_input_gets_the_ordinary_answers(
             svc.login(identifier, "not the password", client="\x00")
     # Control characters are dropped, not matched around: "ali\0ce" names alice.
     assert len(smtp.inbox("alice@gmail.com")) == 2
+    bob = created(svc.sign_up("bob", PASSWORD, "bob@own.test"))
+    svc.begin_totp_setup(bob)
     with pytest.raises(InvalidSecondFactor):
-        svc.confirm_totp(svc.sign_up("bob", PASSWORD, "bob@own.test").account_id, "A" * 32, "\x00")
+        svc.confirm_totp(bob, "\x00")
 
 
 def test_reset_link_is_single_use_short_lived_and_revokes_the_others(
@@ -686,7 +695,7 @@ def test_reset_takes_the_same_time_whether_or_not_mail_is_sent(
     settings = account_settings(smtp.url, limits=relaxed)
     background = BackgroundMailer(SmtpMailer.from_settings(settings))
     svc = make_service(engine, settings, clock=clock, mailer=background)
-    account_id = svc.sign_up("alice", PASSWORD, "alice@gmail.com").account_id
+    account_id = created(svc.sign_up("alice", PASSWORD, "alice@gmail.com"))
     background.flush()
     svc.verify_email(token_from(smtp.inbox("alice@gmail.com")[0]))
 
@@ -744,7 +753,7 @@ def test_recovery_options_and_security_overview(
     assert "contact support" in options.steps[-1]
 
     setup = svc.begin_totp_setup(alice)
-    svc.confirm_totp(alice, setup.secret, pyotp.TOTP(setup.secret).at(clock()))
+    svc.confirm_totp(alice, pyotp.TOTP(setup.secret).at(clock()))
     options = svc.recovery_options(alice)
     assert options.totp_enabled
     assert options.recovery_codes_left == 10
@@ -784,7 +793,8 @@ def test_mail_failure_does_not_lose_the_account(
     signed = svc.sign_up("alice", PASSWORD, "alice@own.test")
     assert not signed.verification_sent
     up = make_service(engine, replace(down, smtp_url=smtp.url), clock=clock)
-    assert up.request_reverification(signed.account_id, signed.email_id).sent
+    assert signed.email_id is not None
+    assert up.request_reverification(created(signed), signed.email_id).sent
     assert up.verify_email(token_from(smtp.inbox("alice@own.test")[0])).verified
 
 

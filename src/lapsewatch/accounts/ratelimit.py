@@ -2,12 +2,15 @@
 
 Keys are pseudonymised with an HMAC under the secret key: the table then holds
 no usernames, addresses or client IPs, yet the same input always lands on the
-same counter. A limit is checked before the work and a hit is recorded only for
-attempts that were let through, so an attacker who keeps hammering does not
-keep a victim locked out forever: the window drains at the limit's own pace.
+same counter. A hit is recorded only for attempts that were let through, so an
+attacker who keeps hammering does not keep a victim locked out forever: the
+window drains at the limit's own pace.
 
-Two requests racing at the very edge of a limit may both pass; a limit that is
-off by one under contention is still a limit, and it needs no locks.
+Expensive checks (a password, a second factor) *reserve* their hit before the
+work: the hit is committed first, then counted (:meth:`RateLimiter.over`). Of N
+attempts racing, the one whose hit commits k-th counts at least k hits, so no
+more than the limit are ever checked, without locks and on SQLite too. A
+successful attempt gives its hit back (:meth:`RateLimiter.refund`).
 """
 
 from __future__ import annotations
@@ -51,15 +54,32 @@ class RateLimiter:
             return None
         return (oldest or now) + limit.window
 
-    def hit(self, session: Session, key: str, limit: Limit, *, now: datetime) -> None:
-        """Record one attempt and forget this key's attempts that left the window."""
+    def hit(self, session: Session, key: str, limit: Limit, *, now: datetime) -> int:
+        """Record one attempt and forget this key's attempts that left the window; its id."""
         session.execute(
             delete(RateLimitHit).where(
                 RateLimitHit.key == key, RateLimitHit.at <= now - limit.window
             )
         )
-        session.add(RateLimitHit(key=key, at=now))
+        row = RateLimitHit(key=key, at=now)
+        session.add(row)
         session.flush()
+        return row.id
+
+    def over(self, session: Session, key: str, limit: Limit, *, now: datetime) -> bool:
+        """After a reserved (committed) hit: whether this key now holds more than the limit."""
+        count = session.scalar(
+            select(func.count()).where(
+                RateLimitHit.key == key, RateLimitHit.at > now - limit.window
+            )
+        )
+        return int(count or 0) > limit.count
+
+    @staticmethod
+    def refund(session: Session, hit_ids: list[int]) -> None:
+        """Give back reserved hits: the attempt succeeded, or was refused without a check."""
+        if hit_ids:
+            session.execute(delete(RateLimitHit).where(RateLimitHit.id.in_(hit_ids)))
 
     def allow(self, session: Session, key: str, limit: Limit, *, now: datetime) -> bool:
         """Record the attempt and say yes, or record nothing and say no."""

@@ -37,9 +37,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SignedUp:
-    account_id: int
+    """What a sign-up did. Show the same page whatever it says (no enumeration)."""
+
+    account_id: int | None
+    """``None``: the address belongs to an account already; nothing was made and its
+    owner was told by mail. Never tell the visitor."""
     username: str
-    email_id: int
+    email_id: int | None
     address: str
     verification_sent: bool
     """False when the mail server refused: ask again with ``request_reverification``."""
@@ -99,7 +103,7 @@ class LoginResult:
 
 @dataclass(frozen=True)
 class TotpSetup:
-    """Show the URI as a QR code (and the secret as text); keep the secret in the session."""
+    """Show the URI as a QR code (and the secret as text); the store keeps it until confirmed."""
 
     secret: str = field(repr=False)
     provisioning_uri: str = field(repr=False)
@@ -110,6 +114,8 @@ class RecoveryCodes:
     """Shown once; only their hashes are kept."""
 
     codes: tuple[str, ...] = field(repr=False)
+    session_generation: int | None = None
+    """Set when turning 2FA on ended the other sessions: this session's new generation."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,8 @@ RESET_REQUESTED = ResetRequested(
 class PasswordReset:
     account_id: int
     username: str
+    via: str = ""
+    """The verified address the link was sent to."""
 
 
 @dataclass(frozen=True)
@@ -236,7 +244,7 @@ class SecurityOverview:
 def build_recovery_options(account: Account) -> RecoveryOptions:
     """How ``account`` can get back in, from its addresses and 2FA state."""
     verified = tuple(e.address for e in account.emails if e.verified)
-    codes = len(account.recovery_codes) if account.totp_enabled else 0
+    codes = len(account.unused_recovery_codes) if account.totp_enabled else 0
     steps: list[str] = []
     if verified:
         steps.append(

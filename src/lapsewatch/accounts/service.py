@@ -14,19 +14,33 @@ The rules that make the ``ctx`` attack fail, all enforced here:
   re-verification link that its logged-in owner asked for *and* redeems while
   logged in, so whoever now reads the lapsed domain's mail cannot re-verify it;
 * a verification link issued before the address was unverified is dead;
-* an address's domain is checked the moment it is verified.
+* an address lapsewatch once unverified (even if removed since, see
+  ``address_history``), or any address on a domain once found dangerous, gets
+  only such a login-bound link, whoever adds it;
+* an address's domain is checked the moment it is verified, and a registration
+  date newer than the one the store saw before is a re-registration: the
+  verification is refused;
+* an API push or import never touches an account the web app owns (the
+  importer checks ``Account.owner``), and names and addresses are matched by
+  their case-folded keys (:mod:`lapsewatch.names`).
+
+Against a stolen session: every change that guards the account is mailed to
+all its verified addresses, turning 2FA on ends the other sessions, and the web
+app asks for the password again before such changes (:meth:`reauthenticate`).
+Limits on password and code checks are counted *before* the check (see
+:mod:`lapsewatch.accounts.ratelimit`), and a recovery code is spent by one
+conditional UPDATE, so concurrency buys an attacker nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -87,15 +101,18 @@ from lapsewatch.accounts.totp import (
     provisioning_uri,
 )
 from lapsewatch.config import Settings
-from lapsewatch.cycle.apply import apply_result
+from lapsewatch.cycle.apply import CheckResult, apply_result
 from lapsewatch.cycle.due import DueDomain, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.domains import DomainError, FreeProviders, load_free_providers, parse
 from lapsewatch.mail import messages
 from lapsewatch.mail.smtp import BackgroundMailer, Mail, Mailer, MailError, SmtpMailer
+from lapsewatch.names import InvalidName, address_key, username_key
+from lapsewatch.names import check_username as _check_name
 from lapsewatch.schedule import Policy
 from lapsewatch.store.db import make_sessionmaker
-from lapsewatch.store.models import Account, Domain, Email
+from lapsewatch.store.models import Account, AddressHistory, Domain, Email, RecoveryCode, Token
+from lapsewatch.verdict import Verdict
 
 __all__ = [
     "RESET_REQUESTED",
@@ -123,7 +140,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-_USERNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,48}[A-Za-z0-9])?$")
 _MAX_IDENTIFIER = 320
 
 
@@ -196,8 +212,13 @@ class AccountService:
     def sign_up(
         self, username: str, password: str, email: str, *, client: str | None = None
     ) -> SignedUp:
-        """Create an account with one unverified primary address and mail its verification link."""
-        username = check_username(username)
+        """Create an account with one unverified primary address and mail its verification link.
+
+        If the address already belongs to an account, nothing is made and the
+        address gets a mail saying so: the visitor sees the same answer either
+        way, so sign-up tells nobody which addresses have accounts.
+        """
+        username = check_username(username.strip())
         parsed = self._parse_address(email)
         check_policy(
             password,
@@ -216,31 +237,42 @@ class AccountService:
                 self.settings.limits.sign_ups_per_client,
                 now=now,
             ):
-                outcome: AccountError | tuple[int, int, str] = RateLimited(
+                outcome: AccountError | tuple[int, int, str, bool] | None = RateLimited(
                     "too many sign-ups from here; try again later"
                 )
             else:
                 outcome = self._create_account(session, username, password_hash, parsed, now)
         if isinstance(outcome, AccountError):
             raise outcome
-        account_id, email_id, token = outcome
+        if outcome is None:
+            sent = self._send(
+                messages.address_taken_mail(
+                    address=parsed.address,
+                    sign_in_url=messages.link(self.settings.base_url, messages.LOGIN_PATH),
+                )
+            )
+            return SignedUp(None, username, None, parsed.address, sent)
+        account_id, email_id, token, again = outcome
         sent = self._send(
             messages.verification_mail(
                 address=parsed.address,
                 username=username,
                 url=messages.link(self.settings.base_url, messages.VERIFY_EMAIL_PATH, token),
                 ttl=self.settings.verify_token_ttl,
+                again=again,
             )
         )
         return SignedUp(account_id, username, email_id, parsed.address, sent)
 
     def _create_account(
         self, session: Session, username: str, password_hash: str, parsed: _Address, now: datetime
-    ) -> AccountError | tuple[int, int, str]:
+    ) -> AccountError | tuple[int, int, str, bool] | None:
+        """The new account's ids, its link and whether it is login-bound; ``None``: the
+        address is someone else's (the caller mails it instead of saying so)."""
         if _account_by_username(session, username) is not None:
             return UsernameTaken(f"the username {username!r} is taken")
-        if _email_by_address(session, parsed.address) is not None:
-            return AddressInUse("this address is already used by an account")
+        if not self._address_free(session, parsed.address, now):
+            return None
         account = Account(
             username=username, created_at=now, password_hash=password_hash, projects=[]
         )
@@ -256,15 +288,16 @@ class AccountService:
         actor = user_actor(username)
         record(session, at=now, actor=actor, kind="account.created", account_id=account.id)
         self._record_email_added(session, email, actor, now)
+        kind = _verification_kind(session, email)
         token = tokens.issue(
             session,
-            TokenKind.VERIFY_EMAIL,
+            kind,
             account_id=account.id,
             email_id=email.id,
             now=now,
             ttl=self.settings.verify_token_ttl,
         )
-        return account.id, email.id, token
+        return account.id, email.id, token, kind is TokenKind.REVERIFY_EMAIL
 
     def add_email(self, account_id: int, address: str) -> EmailAdded:
         """Add an unverified address to the logged-in account and mail its verification link."""
@@ -274,26 +307,28 @@ class AccountService:
             outcome = self._add_email(session, account_id, parsed, now)
         if isinstance(outcome, AccountError):
             raise outcome
-        email_id, username, token = outcome
+        email_id, username, token, again, notices = outcome
         sent = self._send(
             messages.verification_mail(
                 address=parsed.address,
                 username=username,
                 url=messages.link(self.settings.base_url, messages.VERIFY_EMAIL_PATH, token),
                 ttl=self.settings.verify_token_ttl,
+                again=again,
             )
         )
+        self._send_all(notices)
         return EmailAdded(email_id, parsed.address, sent)
 
     def _add_email(
         self, session: Session, account_id: int, parsed: _Address, now: datetime
-    ) -> AccountError | tuple[int, str, str]:
+    ) -> AccountError | tuple[int, str, str, bool, list[Mail]]:
         account = _account(session, account_id)
         if len(account.emails) >= self.settings.max_addresses:
             return TooManyAddresses(
                 f"an account can have at most {self.settings.max_addresses} addresses"
             )
-        if _email_by_address(session, parsed.address) is not None:
+        if not self._address_free(session, parsed.address, now):
             return AddressInUse("this address is already used by an account")
         if not self._verification_allowed(session, account.id, now):
             return RateLimited("too many verification mails; try again later")
@@ -305,15 +340,17 @@ class AccountService:
         except IntegrityError:
             return AddressInUse("this address is already used by an account")
         self._record_email_added(session, email, user_actor(account.username), now)
+        kind = _verification_kind(session, email)
         token = tokens.issue(
             session,
-            TokenKind.VERIFY_EMAIL,
+            kind,
             account_id=account.id,
             email_id=email.id,
             now=now,
             ttl=self.settings.verify_token_ttl,
         )
-        return email.id, account.username, token
+        notices = self._security_mails(account, "email.added", email.address, now)
+        return email.id, account.username, token, kind is TokenKind.REVERIFY_EMAIL, notices
 
     def remove_email(self, account_id: int, email_id: int) -> None:
         """Remove an address; never the primary, never the last verified one.
@@ -322,6 +359,7 @@ class AccountService:
         back, so it goes only once another address is verified.
         """
         now = self._clock()
+        notices: list[Mail] = []
         with self._sessions.begin() as session:
             account = _account(session, account_id)
             email = _own_email(account, email_id)
@@ -343,9 +381,12 @@ class AccountService:
                     domain=email.domain,
                     before={"address": email.address, "verified": email.verified},
                 )
+                # The removed address hears of it too: it may be the owner's last word.
+                notices = self._security_mails(account, "email.removed", email.address, now)
                 account.emails.remove(email)
         if error is not None:
             raise error
+        self._send_all(notices)
 
     def set_primary(self, account_id: int, email_id: int) -> None:
         """Make a verified address the primary one."""
@@ -370,6 +411,8 @@ class AccountService:
                 before={"primary": old.address if old else None},
                 after={"primary": email.address},
             )
+            notices = self._security_mails(account, "email.primary_changed", email.address, now)
+        self._send_all(notices)
 
     def request_reverification(self, account_id: int, email_id: int) -> VerificationSent:
         """Mail a verification link to that address of the logged-in account.
@@ -388,8 +431,8 @@ class AccountService:
             elif not self._verification_allowed(session, account.id, now):
                 outcome = RateLimited("too many verification mails; try again later")
             else:
-                again = email.unverified_at is not None
-                kind = TokenKind.REVERIFY_EMAIL if again else TokenKind.VERIFY_EMAIL
+                kind = _verification_kind(session, email)
+                again = kind is TokenKind.REVERIFY_EMAIL
                 # Only the newest link works: an older one may sit in a mailbox we doubt.
                 tokens.revoke(
                     session,
@@ -443,11 +486,20 @@ class AccountService:
         """
         now = self._clock()
         due: list[DueDomain] = []
+        known_registration: datetime | None = None
+        notices: list[Mail] = []
         with self._sessions.begin() as session:
             outcome = self._redeem_verification(session, token, session_account_id, now)
+            if isinstance(outcome, EmailVerified) and not outcome.already_verified:
+                account = _account(session, outcome.account_id)
+                notices = self._security_mails(
+                    account, "email.verified", outcome.address, now, skip=outcome.address
+                )
             if isinstance(outcome, EmailVerified) and not (
                 outcome.already_verified or outcome.free_provider
             ):
+                stored = session.get(Domain, outcome.domain)
+                known_registration = stored.registered_at if stored is not None else None
                 # Well-known providers are never checked; for a custom domain the
                 # oldest verification on it decides what counts as a re-registration.
                 due = select_due(
@@ -460,6 +512,7 @@ class AccountService:
                 )
         if isinstance(outcome, AccountError):
             raise outcome
+        self._send_all(notices)
         if not due:
             return outcome
         result = None
@@ -471,6 +524,9 @@ class AccountService:
         with self._sessions.begin() as session:
             if result is not None:
                 apply_result(session, result, policy=self._policy)
+                new_owner = result.decision.registered_at
+                if reregistered_since(known_registration, new_owner):
+                    _refuse_verification(session, outcome, known_registration, result, now)
             else:
                 _make_due(session, outcome.domain, now)
         with self._sessions() as session:
@@ -560,31 +616,46 @@ class AccountService:
         With 2FA on and no code given, the result says ``SECOND_FACTOR_REQUIRED``:
         remember the account id in the session as "password checked" and call
         :meth:`complete_login`. Failures are counted per username and per client
-        (:class:`RateLimited` once over); an unknown username costs the same
-        hashing time as a wrong password and gets the same error.
+        (:class:`RateLimited` once over), each attempt reserved before Argon2 runs;
+        an unknown username costs the same hashing time as a wrong password and
+        gets the same error. An account with 2FA is not locked by wrong passwords
+        for its name (its owner would be the one locked out; the code still guards
+        it); the per-client limit still holds.
         """
         now = self._clock()
-        limits = self.settings.limits
         username = _clean(username, _MAX_IDENTIFIER)
         client = _clean_client(client)
-        keys = [(self._limiter.key("login-user", username), limits.login_per_username)]
-        if client is not None:
-            keys.append((self._limiter.key("login-client", client), limits.login_per_client))
         with self._sessions.begin() as session:
-            blocked = self._blocked(session, keys, now, event_kind="login.rate_limited")
-            account = None if blocked else _account_by_username(session, username)
+            account = _account_by_username(session, username)
+            keys = self._login_keys(username, client, account)
             stored = account.password_hash if account is not None else None
             account_id = account.id if account is not None else None
+            hits, blocked = self._reserve(session, keys, now, event_kind="login.rate_limited")
+        if blocked is None:
+            blocked = self._recount(keys, hits, now)
         if blocked is not None:
             raise blocked
         good = self._passwords.verify(stored, password)
         with self._sessions.begin() as session:
-            outcome = self._after_password(
-                session, account_id, good, password, keys, totp_code, recovery_code, client, now
-            )
+            outcome = self._after_password(session, account_id, good, password, hits, client, now)
         if isinstance(outcome, AccountError):
             raise outcome
+        if outcome.status is LoginStatus.SECOND_FACTOR_REQUIRED and (
+            totp_code is not None or recovery_code is not None
+        ):
+            return self._second_factor(outcome.account_id, totp_code, recovery_code, client)
         return outcome
+
+    def _login_keys(
+        self, username: str, client: str | None, account: Account | None
+    ) -> list[tuple[str, Limit]]:
+        limits = self.settings.limits
+        keys = []
+        if account is None or not account.totp_enabled:
+            keys.append((self._limiter.key("login-user", username), limits.login_per_username))
+        if client is not None:
+            keys.append((self._limiter.key("login-client", client), limits.login_per_client))
+        return keys
 
     def _after_password(
         self,
@@ -592,22 +663,13 @@ class AccountService:
         account_id: int | None,
         good: bool,
         password: str,
-        keys: Sequence[tuple[str, Limit]],
-        totp_code: str | None,
-        recovery_code: str | None,
+        hits: list[int],
         client: str | None,
         now: datetime,
     ) -> AccountError | LoginResult:
-        # Locked: a recovery code given here must not be spent by two logins at once.
-        account = (
-            session.get(Account, account_id, with_for_update=True)
-            if account_id is not None
-            else None
-        )
+        account = session.get(Account, account_id) if account_id is not None else None
         if account is None or not good:
-            for key, limit in keys:
-                self._limiter.hit(session, key, limit, now=now)
-            if account is not None:
+            if account is not None:  # the reserved hits stay: they count the failure
                 record(
                     session,
                     at=now,
@@ -617,17 +679,13 @@ class AccountService:
                     after={"client": client, "reason": "password"},
                 )
             return InvalidCredentials("wrong username or password")
+        self._limiter.refund(session, hits)
         if account.password_hash and self._passwords.needs_rehash(account.password_hash):
             account.password_hash = self._passwords.hash(password)
         if account.totp_enabled:
-            if totp_code is None and recovery_code is None:
-                return LoginResult(
-                    LoginStatus.SECOND_FACTOR_REQUIRED,
-                    account.id,
-                    account.username,
-                    account.is_admin,
-                )
-            return self._second_factor(session, account, totp_code, recovery_code, client, now)
+            return LoginResult(
+                LoginStatus.SECOND_FACTOR_REQUIRED, account.id, account.username, account.is_admin
+            )
         record(
             session,
             at=now,
@@ -647,60 +705,57 @@ class AccountService:
         client: str | None = None,
     ) -> LoginResult:
         """Second step of a 2FA login; call only for an account whose password was just checked."""
-        now = self._clock()
-        client = _clean_client(client)
-        with self._sessions.begin() as session:
-            account = _account(session, account_id, lock=True)
-            outcome: AccountError | LoginResult
-            if not account.totp_enabled:
-                outcome = TotpNotEnabled("two-factor authentication is not enabled")
-            else:
-                outcome = self._second_factor(
-                    session, account, totp_code, recovery_code, client, now
-                )
-        if isinstance(outcome, AccountError):
-            raise outcome
-        return outcome
+        return self._second_factor(account_id, totp_code, recovery_code, _clean_client(client))
 
     def _second_factor(
         self,
-        session: Session,
-        account: Account,
+        account_id: int,
         totp_code: str | None,
         recovery_code: str | None,
         client: str | None,
-        now: datetime,
-    ) -> AccountError | LoginResult:
-        limit = self.settings.limits.second_factor_per_account
-        key = self._limiter.key("second-factor", str(account.id))
-        blocked = self._blocked(session, [(key, limit)], now, event_kind="login.rate_limited")
+    ) -> LoginResult:
+        """Check a TOTP or recovery code: the attempt is reserved under the limit first,
+        a TOTP time step logs in once (a unique event key), and a recovery code is
+        spent by a conditional UPDATE that only one of many racing logins can win."""
+        now = self._clock()
+        key = self._limiter.key("second-factor", str(account_id))
+        keys = [(key, self.settings.limits.second_factor_per_account)]
+        with self._sessions.begin() as session:
+            account = _account(session, account_id)
+            if not account.totp_enabled:
+                raise TotpNotEnabled("two-factor authentication is not enabled")
+            secret = account.totp_secret
+            codes = [(c.id, c.code_hash) for c in account.unused_recovery_codes]
+            hits, blocked = self._reserve(session, keys, now, event_kind="login.rate_limited")
+        if blocked is None:
+            blocked = self._recount(keys, hits, now)
         if blocked is not None:
-            return blocked
-        actor = user_actor(account.username)
-        if totp_code is not None and account.totp_secret:
-            timecode = matching_timecode(account.totp_secret, totp_code, now)
-            # The unique event key refuses a code that already logged in once.
+            raise blocked
+        timecode: int | None = None
+        code_id: int | None = None
+        if totp_code is not None and secret:
+            timecode = matching_timecode(secret, totp_code, now)
+        elif recovery_code is not None:
+            normalized = normalize_recovery_code(recovery_code)
+            if normalized is not None:
+                code_id = next((i for i, h in codes if self._passwords.verify(h, normalized)), None)
+        with self._sessions.begin() as session:
+            account = _account(session, account_id)
+            actor = user_actor(account.username)
+            method = None
             if timecode is not None and record_once(
                 session,
-                key=f"login.totp:{account.id}:{timecode}",
+                key=_totp_step_key(account.id, timecode),
                 at=now,
                 actor=actor,
                 kind="login.succeeded",
                 account_id=account.id,
                 after={"client": client, "method": "totp"},
             ):
-                return self._logged_in(account, used_recovery_code=False)
-        elif recovery_code is not None:
-            normalized = normalize_recovery_code(recovery_code)
-            match = None
-            if normalized is not None:
-                match = next(
-                    (h for h in account.recovery_codes if self._passwords.verify(h, normalized)),
-                    None,
-                )
-            if match is not None:
-                account.recovery_codes = [h for h in account.recovery_codes if h != match]
-                left = len(account.recovery_codes)
+                method = "totp"
+            elif code_id is not None and _spend_recovery_code(session, code_id, now):
+                method = "recovery_code"
+                left = len(account.unused_recovery_codes) - 1
                 record(
                     session,
                     at=now,
@@ -715,46 +770,77 @@ class AccountService:
                     actor=actor,
                     kind="login.succeeded",
                     account_id=account.id,
-                    after={"client": client, "method": "recovery_code"},
+                    after={"client": client, "method": method},
                 )
-                return self._logged_in(account, used_recovery_code=True)
-        self._limiter.hit(session, key, limit, now=now)
-        record(
-            session,
-            at=now,
-            actor=actor,
-            kind="login.failed",
-            account_id=account.id,
-            after={"client": client, "reason": "second_factor"},
-        )
-        return InvalidSecondFactor("wrong or already used code")
+            if method is not None:
+                self._limiter.refund(session, hits)
+                session.expire(account, ["unused_recovery_codes"])
+                return LoginResult(
+                    LoginStatus.OK,
+                    account.id,
+                    account.username,
+                    account.is_admin,
+                    used_recovery_code=method == "recovery_code",
+                    recovery_codes_left=len(account.unused_recovery_codes),
+                )
+            record(
+                session,
+                at=now,
+                actor=actor,
+                kind="login.failed",
+                account_id=account.id,
+                after={"client": client, "reason": "second_factor"},
+            )
+        raise InvalidSecondFactor("wrong or already used code")
 
-    @staticmethod
-    def _logged_in(account: Account, *, used_recovery_code: bool) -> LoginResult:
-        return LoginResult(
-            LoginStatus.OK,
-            account.id,
-            account.username,
-            account.is_admin,
-            used_recovery_code=used_recovery_code,
-            recovery_codes_left=len(account.recovery_codes),
-        )
+    # ---------------------------------------------------------------------------- sessions
+
+    def end_sessions(self, account_id: int) -> int:
+        """End every session of the account (logout, "log out everywhere"); the new
+        generation, which a session that should live on (this one) takes up."""
+        now = self._clock()
+        with self._sessions.begin() as session:
+            account = _account(session, account_id, lock=True)
+            generation = _bump_generation(account)
+            record(
+                session,
+                at=now,
+                actor=user_actor(account.username),
+                kind="sessions.ended",
+                account_id=account.id,
+                after={"session_generation": generation},
+            )
+        return generation
+
+    def reauthenticate(self, account_id: int, password: str) -> None:
+        """Ask for the password again before a change that guards the account; a
+        stolen session cookie alone then cannot make it (raises on a wrong one)."""
+        self._check_password(account_id, password)
 
     # ----------------------------------------------------------------------------- TOTP
 
     def begin_totp_setup(self, account_id: int) -> TotpSetup:
-        """A fresh secret to show; nothing is stored until :meth:`confirm_totp`."""
-        with self._sessions() as session:
-            account = _account(session, account_id)
+        """A fresh secret to show, kept in the store (not the cookie) until confirmed."""
+        with self._sessions.begin() as session:
+            account = _account(session, account_id, lock=True)
             if account.totp_enabled:
                 raise TotpAlreadyEnabled("two-factor authentication is already enabled")
             secret = new_secret()
+            account.totp_pending_secret = secret
             return TotpSetup(secret, provisioning_uri(secret, account.username))
 
-    def confirm_totp(self, account_id: int, secret: str, code: str) -> RecoveryCodes:
-        """Enable 2FA once the app shows a matching code; return the recovery codes (once)."""
+    def confirm_totp(self, account_id: int, code: str) -> RecoveryCodes:
+        """Enable 2FA once the app shows a matching code; return the recovery codes (once).
+
+        The confirming code's time step cannot log in again, and every other
+        session ends: someone holding a stolen session must not stay in once the
+        owner (or they) turn 2FA on.
+        """
         now = self._clock()
-        if matching_timecode(secret, code, now) is None:
+        with self._sessions() as session:
+            pending = _account(session, account_id).totp_pending_secret
+        timecode = matching_timecode(pending, code, now) if pending else None
+        if pending is None or timecode is None:
             raise InvalidSecondFactor("that code does not match; check the app's clock and retry")
         codes = new_recovery_codes(self.settings.recovery_code_count)
         hashes = [self._passwords.hash(normalize_recovery_code(c) or c) for c in codes]
@@ -762,11 +848,16 @@ class AccountService:
             account = _account(session, account_id, lock=True)
             if account.totp_enabled:
                 raise TotpAlreadyEnabled("two-factor authentication is already enabled")
+            if account.totp_pending_secret != pending:
+                raise InvalidSecondFactor("the set-up was restarted; scan the new code")
             account.totp_enabled = True
-            account.totp_secret = secret
-            account.recovery_codes = hashes
-            record(
+            account.totp_secret = pending
+            account.totp_pending_secret = None
+            _replace_recovery_codes(session, account.id, hashes)
+            generation = _bump_generation(account)
+            record_once(
                 session,
+                key=_totp_step_key(account.id, timecode),
                 at=now,
                 actor=user_actor(account.username),
                 kind="totp.enabled",
@@ -774,70 +865,71 @@ class AccountService:
                 before={"totp_enabled": False},
                 after={"totp_enabled": True, "recovery_codes": len(hashes)},
             )
-        return RecoveryCodes(codes)
+            notices = self._security_mails(account, "totp.enabled", "", now)
+        self._send_all(notices)
+        return RecoveryCodes(codes, session_generation=generation)
 
     def disable_totp(self, account_id: int, password: str) -> None:
         """Turn 2FA off; needs the password, so a hijacked session alone cannot."""
         now = self._clock()
+        with self._sessions() as session:
+            if not _account(session, account_id).totp_enabled:
+                raise TotpNotEnabled("two-factor authentication is not enabled")
+        self._check_password(account_id, password)
         with self._sessions.begin() as session:
             account = _account(session, account_id, lock=True)
-            if not account.totp_enabled:
-                raise TotpNotEnabled("two-factor authentication is not enabled")
-            error = self._password_error(session, account, password, now)
-            if error is None:
-                account.totp_enabled = False
-                account.totp_secret = None
-                account.recovery_codes = []
-                record(
-                    session,
-                    at=now,
-                    actor=user_actor(account.username),
-                    kind="totp.disabled",
-                    account_id=account.id,
-                    before={"totp_enabled": True},
-                    after={"totp_enabled": False},
-                )
-        if error is not None:
-            raise error
+            account.totp_enabled = False
+            account.totp_secret = None
+            _replace_recovery_codes(session, account.id, [])
+            record(
+                session,
+                at=now,
+                actor=user_actor(account.username),
+                kind="totp.disabled",
+                account_id=account.id,
+                before={"totp_enabled": True},
+                after={"totp_enabled": False},
+            )
+            notices = self._security_mails(account, "totp.disabled", "", now)
+        self._send_all(notices)
 
     def regenerate_recovery_codes(self, account_id: int, password: str) -> RecoveryCodes:
         """New codes replace all the old ones (after a few were used, or if they leaked)."""
         now = self._clock()
+        with self._sessions() as session:
+            if not _account(session, account_id).totp_enabled:
+                raise TotpNotEnabled("two-factor authentication is not enabled")
+        self._check_password(account_id, password)
         codes = new_recovery_codes(self.settings.recovery_code_count)
         hashes = [self._passwords.hash(normalize_recovery_code(c) or c) for c in codes]
         with self._sessions.begin() as session:
             account = _account(session, account_id, lock=True)
-            if not account.totp_enabled:
-                raise TotpNotEnabled("two-factor authentication is not enabled")
-            error = self._password_error(session, account, password, now)
-            if error is None:
-                before = len(account.recovery_codes)
-                account.recovery_codes = hashes
-                record(
-                    session,
-                    at=now,
-                    actor=user_actor(account.username),
-                    kind="totp.recovery_codes_regenerated",
-                    account_id=account.id,
-                    before={"recovery_codes": before},
-                    after={"recovery_codes": len(hashes)},
-                )
-        if error is not None:
-            raise error
+            before = len(account.unused_recovery_codes)
+            _replace_recovery_codes(session, account.id, hashes)
+            record(
+                session,
+                at=now,
+                actor=user_actor(account.username),
+                kind="totp.recovery_codes_regenerated",
+                account_id=account.id,
+                before={"recovery_codes": before},
+                after={"recovery_codes": len(hashes)},
+            )
+            notices = self._security_mails(account, "totp.recovery_codes_regenerated", "", now)
+        self._send_all(notices)
         return RecoveryCodes(codes)
 
     # ------------------------------------------------------------------------- passwords
 
-    def change_password(self, account_id: int, current_password: str, new_password: str) -> None:
-        """Change a known password; open reset links die with the old password."""
+    def change_password(self, account_id: int, current_password: str, new_password: str) -> int:
+        """Change a known password; open reset links and every other session die with
+        the old password. Returns the new session generation (for this session)."""
         now = self._clock()
-        with self._sessions.begin() as session:
+        with self._sessions() as session:
             account = _account(session, account_id)
             username = account.username
             addresses = tuple(e.address for e in account.emails)
-            error = self._password_error(session, account, current_password, now)
-        if error is not None:
-            raise error
+        self._check_password(account_id, current_password)
         check_policy(
             new_password,
             username=username,
@@ -847,8 +939,9 @@ class AccountService:
         )
         new_hash = self._passwords.hash(new_password)
         with self._sessions.begin() as session:
-            account = _account(session, account_id)
+            account = _account(session, account_id, lock=True)
             account.password_hash = new_hash
+            generation = _bump_generation(account)
             tokens.revoke(session, (TokenKind.PASSWORD_RESET,), account_id=account.id, now=now)
             record(
                 session,
@@ -857,6 +950,9 @@ class AccountService:
                 kind="password.changed",
                 account_id=account.id,
             )
+            notices = self._security_mails(account, "password.changed", "", now)
+        self._send_all(notices)
+        return generation
 
     def request_password_reset(
         self, identifier: str, *, client: str | None = None
@@ -954,6 +1050,11 @@ class AccountService:
         with self._sessions() as session:
             row = tokens.peek(session, (TokenKind.PASSWORD_RESET,), token, now=now)
             account = _account(session, row.account_id)
+            email = session.get(Email, row.email_id) if row.email_id is not None else None
+            if email is None or not email.verified or email.account_id != account.id:
+                raise TokenInvalid(
+                    "this link was sent to an address that is no longer verified; ask for a new one"
+                )
             return ResetTokenInfo(account.username, row.expires_at)
 
     def reset_password(self, token: str, new_password: str) -> PasswordReset:
@@ -973,10 +1074,15 @@ class AccountService:
             maximum=self.settings.max_password_length,
         )
         new_hash = self._passwords.hash(new_password)
+        notices: list[Mail] = []
         with self._sessions.begin() as session:
             outcome = self._redeem_reset(session, token, new_hash, now)
+            if not isinstance(outcome, AccountError):
+                account = _account(session, outcome.account_id)
+                notices = self._security_mails(account, "password.reset", outcome.via, now)
         if isinstance(outcome, AccountError):
             raise outcome
+        self._send_all(notices)
         return outcome
 
     def _redeem_reset(
@@ -993,6 +1099,7 @@ class AccountService:
                 "this link was sent to an address that is no longer verified; ask for a new one"
             )
         account.password_hash = new_hash
+        _bump_generation(account)
         tokens.revoke(session, (TokenKind.PASSWORD_RESET,), account_id=account.id, now=now)
         record(
             session,
@@ -1004,7 +1111,7 @@ class AccountService:
             domain=email.domain,
             after={"via": email.address},
         )
-        return PasswordReset(account.id, account.username)
+        return PasswordReset(account.id, account.username, email.address)
 
     # --------------------------------------------------------------------- what to show
 
@@ -1037,7 +1144,7 @@ class AccountService:
                 account.id,
                 account.username,
                 account.totp_enabled,
-                len(account.recovery_codes) if account.totp_enabled else 0,
+                len(account.unused_recovery_codes) if account.totp_enabled else 0,
                 states,
                 advice,
                 build_recovery_options(account),
@@ -1104,20 +1211,113 @@ class AccountService:
             return RateLimited(f"too many attempts; try again in {wait} minutes", until)
         return None
 
-    def _password_error(
-        self, session: Session, account: Account, password: str, now: datetime
-    ) -> AccountError | None:
-        """Re-check the password of a logged-in account, under the login limit: a
-        stolen session must not become a password-guessing oracle."""
-        limit = self.settings.limits.login_per_username
-        key = self._limiter.key("login-user", account.username)
-        blocked = self._blocked(session, [(key, limit)], now, event_kind="login.rate_limited")
+    def _reserve(
+        self,
+        session: Session,
+        keys: Sequence[tuple[str, Limit]],
+        now: datetime,
+        *,
+        event_kind: str,
+    ) -> tuple[list[int], RateLimited | None]:
+        """Refuse if over a limit, else record one hit per key (committed by the caller
+        before the expensive check, then confirmed by :meth:`_recount`)."""
+        blocked = self._blocked(session, keys, now, event_kind=event_kind)
         if blocked is not None:
-            return blocked
-        if self._passwords.verify(account.password_hash, password):
-            return None
-        self._limiter.hit(session, key, limit, now=now)
-        return InvalidCredentials("wrong password")
+            return [], blocked
+        return [self._limiter.hit(session, key, limit, now=now) for key, limit in keys], None
+
+    def _recount(
+        self, keys: Sequence[tuple[str, Limit]], hits: list[int], now: datetime
+    ) -> RateLimited | None:
+        """After the hits are committed: refuse (and give them back) if racing attempts
+        took the key over its limit."""
+        with self._sessions.begin() as session:
+            over = [
+                limit for key, limit in keys if self._limiter.over(session, key, limit, now=now)
+            ]
+            if not over:
+                return None
+            self._limiter.refund(session, hits)
+        wait = max(1, int(max(limit.window for limit in over).total_seconds() // 60))
+        return RateLimited(f"too many attempts; try again in {wait} minutes", now + over[0].window)
+
+    def _check_password(self, account_id: int, password: str) -> None:
+        """Re-check the password of a logged-in account, under the login limit (reserved
+        first): a stolen session must not become a password-guessing oracle."""
+        now = self._clock()
+        with self._sessions.begin() as session:
+            account = _account(session, account_id)
+            keys = [
+                (
+                    self._limiter.key("login-user", account.username),
+                    self.settings.limits.login_per_username,
+                )
+            ]
+            stored = account.password_hash
+            hits, blocked = self._reserve(session, keys, now, event_kind="login.rate_limited")
+        if blocked is None:
+            blocked = self._recount(keys, hits, now)
+        if blocked is not None:
+            raise blocked
+        if not self._passwords.verify(stored, password):
+            raise InvalidCredentials("wrong password")
+        with self._sessions.begin() as session:
+            self._limiter.refund(session, hits)
+
+    def _address_free(self, session: Session, address: str, now: datetime) -> bool:
+        """Whether ``address`` may be added. An address someone added but never verified,
+        whose link has expired, is dropped: nobody can squat on an address for good."""
+        email = _email_by_address(session, address)
+        if email is None:
+            return True
+        if email.verified or email.verified_at is not None or email.unverified_at is not None:
+            return False
+        open_link = session.scalar(
+            select(
+                exists().where(
+                    Token.email_id == email.id, Token.used_at.is_(None), Token.expires_at > now
+                )
+            )
+        )
+        if open_link:
+            return False
+        record(
+            session,
+            at=now,
+            actor=SYSTEM,
+            kind="email.expired",
+            account_id=email.account_id,
+            domain=email.domain,
+            before={"address": email.address, "verified": False},
+            reason="never verified, and its verification link expired",
+        )
+        session.delete(email)
+        session.flush()
+        return True
+
+    def _security_mails(
+        self, account: Account, kind: str, detail: str, now: datetime, *, skip: str | None = None
+    ) -> list[Mail]:
+        """The mails telling every verified address (and a removed one) of a change."""
+        targets = [e.address for e in account.emails if e.verified and e.address != skip]
+        if kind == "email.removed" and detail not in targets:
+            targets.append(detail)
+        url = messages.link(self.settings.base_url, messages.SECURITY_PATH)
+        return [
+            messages.security_change_mail(
+                address=address,
+                username=account.username,
+                kind=kind,
+                detail=detail,
+                when=now,
+                security_url=url,
+            )
+            for address in targets
+        ]
+
+    def _send_all(self, mails: Sequence[Mail]) -> None:
+        for mail in mails:
+            self._send(mail)
 
     def _send(self, mail: Mail) -> bool:
         try:
@@ -1162,14 +1362,12 @@ def _clean_client(client: str | None) -> str | None:
 
 
 def check_username(username: str) -> str:
-    """The username, trimmed; raises :class:`InvalidUsername` for one sign-up would refuse."""
-    username = (username or "").strip()
-    if not _USERNAME.match(username):
-        raise InvalidUsername(
-            "a username has 1 to 50 letters, digits, '.', '_' or '-', "
-            "and starts and ends with a letter or digit"
-        )
-    return username
+    """The username as stored; raises :class:`InvalidUsername` (the one rule,
+    :func:`lapsewatch.names.check_username`)."""
+    try:
+        return _check_name(username)
+    except InvalidName as exc:
+        raise InvalidUsername(str(exc)) from None
 
 
 def _account(session: Session, account_id: int, *, lock: bool = False) -> Account:
@@ -1187,24 +1385,125 @@ def _own_email(account: Account, email_id: int) -> Email:
 
 
 def _account_by_username(session: Session, username: str) -> Account | None:
-    """Exact match first; otherwise a unique case-insensitive one (``Alice`` is ``alice``)."""
+    """By key: ``Alice`` is ``alice`` (one account per key, a unique index)."""
     if not username:
         return None
-    rows = session.scalars(
-        select(Account).where(func.lower(Account.username) == username.lower())
-    ).all()
-    exact = [a for a in rows if a.username == username]
-    if exact:
-        return exact[0]
-    return rows[0] if len(rows) == 1 else None
+    return session.scalar(select(Account).where(Account.username_key == username_key(username)))
 
 
 def _email_by_address(session: Session, address: str) -> Email | None:
-    rows = session.scalars(select(Email).where(func.lower(Email.address) == address.lower())).all()
-    exact = [e for e in rows if e.address == address]
-    if exact:
-        return exact[0]
-    return rows[0] if rows else None
+    """By key: ``CTX@x.test`` is ``ctx@x.test`` (one row per key, a unique index)."""
+    return session.scalar(select(Email).where(Email.address_key == address_key(address)))
+
+
+def _verification_kind(session: Session, email: Email) -> TokenKind:
+    """A login-bound link for an address that may now be read by someone else: one
+    lapsewatch unverified (even if it was removed since), or any address on a
+    domain once found dangerous. A plain link otherwise."""
+    if email.unverified_at is not None:
+        return TokenKind.REVERIFY_EMAIL
+    if session.get(AddressHistory, address_key(email.address)) is not None:
+        return TokenKind.REVERIFY_EMAIL
+    domain = session.get(Domain, email.domain)
+    if domain is not None and domain.dangerous_at is not None:
+        return TokenKind.REVERIFY_EMAIL
+    return TokenKind.VERIFY_EMAIL
+
+
+def reregistered_since(known: datetime | None, observed: datetime | None) -> bool:
+    """Whether the registry's registration date is newer than the one the store had
+    seen: the domain was registered again, by whoever, since we last looked."""
+    return known is not None and observed is not None and observed > known
+
+
+def _refuse_verification(
+    session: Session,
+    verified: EmailVerified,
+    known: datetime | None,
+    result: CheckResult,
+    now: datetime,
+) -> None:
+    """Undo a verification whose domain was re-registered since the store last saw it,
+    and remember the domain and the address as ones that may have changed hands."""
+    email = session.get(Email, verified.email_id, with_for_update=True)
+    domain = session.get(Domain, verified.domain, with_for_update=True)
+    if domain is not None:
+        domain.dangerous_at = now
+        domain.dangerous_verdict = Verdict.REREGISTERED.value
+    if email is None:
+        return
+    reason = (
+        f"{verified.domain} was registered again on {isoformat(result.decision.registered_at)}, "
+        f"after the registration seen before ({isoformat(known)})"
+    )
+    email.verified = False
+    email.unverified_at = now
+    email.unverify_reason = Verdict.REREGISTERED.value
+    email.unverify_detail = reason
+    key = address_key(email.address)
+    history = session.get(AddressHistory, key)
+    if history is None:
+        session.add(
+            AddressHistory(
+                address_key=key,
+                domain=email.domain,
+                unverified_at=now,
+                unverify_reason=Verdict.REREGISTERED.value,
+            )
+        )
+    else:
+        history.unverified_at = now
+        history.unverify_reason = Verdict.REREGISTERED.value
+    session.execute(
+        update(Token)
+        .where(Token.email_id == email.id, Token.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    record(
+        session,
+        at=now,
+        actor=SYSTEM,
+        kind="email.verification_refused",
+        account_id=email.account_id,
+        email_id=email.id,
+        domain=email.domain,
+        before={"registered_at": isoformat(known)},
+        after={
+            "verified": False,
+            "verdict": Verdict.REREGISTERED.value,
+            "registered_at": isoformat(result.decision.registered_at),
+        },
+        reason=reason,
+    )
+
+
+def _totp_step_key(account_id: int, timecode: int) -> str:
+    """The event key that lets one TOTP time step in once (set-up included)."""
+    return f"login.totp:{account_id}:{timecode}"
+
+
+def _spend_recovery_code(session: Session, code_id: int, now: datetime) -> bool:
+    """Use the code up; true for exactly one of any number of racing callers."""
+    spent = session.execute(
+        update(RecoveryCode)
+        .where(RecoveryCode.id == code_id, RecoveryCode.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(spent.rowcount) == 1  # type: ignore[attr-defined]
+
+
+def _replace_recovery_codes(session: Session, account_id: int, hashes: Sequence[str]) -> None:
+    session.execute(delete(RecoveryCode).where(RecoveryCode.account_id == account_id))
+    session.add_all(RecoveryCode(account_id=account_id, code_hash=h) for h in hashes)
+    session.flush()
+
+
+def _bump_generation(account: Account) -> int:
+    """End every session made before now (the web app's session stamp includes it)."""
+    account.session_generation = (account.session_generation or 0) + 1
+    return account.session_generation
 
 
 def _find_for_reset(

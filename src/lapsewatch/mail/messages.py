@@ -14,13 +14,17 @@ from lapsewatch.mail.smtp import Mail
 from lapsewatch.verdict import Verdict
 
 __all__ = [
+    "LOGIN_PATH",
     "RESET_PASSWORD_PATH",
+    "SECURITY_CHANGES",
     "SECURITY_PATH",
     "VERIFY_EMAIL_PATH",
+    "address_taken_mail",
     "expiry_notice",
     "link",
     "reset_mail",
     "security_advice_notice",
+    "security_change_mail",
     "unverified_notice",
     "verification_mail",
 ]
@@ -29,6 +33,8 @@ VERIFY_EMAIL_PATH = "/account/verify-email"
 """The web app's page that redeems a verification token (``?token=…``)."""
 RESET_PASSWORD_PATH = "/account/reset-password"
 """The web app's page that asks for a new password for a reset token (``?token=…``)."""
+LOGIN_PATH = "/account/login"
+"""The web app's sign-in page."""
 SECURITY_PATH = "/account/security"
 """The account's security page (addresses, their state, advice)."""
 
@@ -58,9 +64,10 @@ def verification_mail(
     """The link that proves ``address`` belongs to ``username``."""
     if again:
         intro = (
-            f"You asked to verify {address} again for the account {username!r}. "
-            "It was unverified because its domain looked lapsed; verify it only if you "
-            "still own the domain and this mailbox."
+            f"Someone asked to verify {address} for the account {username!r}. This address "
+            "was unverified before, or its domain lapsed or changed hands, so the link works "
+            f"only while you are signed in as {username!r}. Verify it only if you own the "
+            "domain and this mailbox."
         )
     else:
         intro = f"Someone added {address} to the account {username!r}. If it was you, verify it."
@@ -87,6 +94,49 @@ def reset_mail(
         f"{SIGNATURE}\n"
     )
     return Mail((address,), f"Reset the password of {username}", body, "password_reset")
+
+
+SECURITY_CHANGES = {
+    "email.added": "the address {detail} was added",
+    "email.verified": "the address {detail} was verified",
+    "email.removed": "the address {detail} was removed",
+    "email.primary_changed": "{detail} became the primary address",
+    "totp.enabled": "two-factor authentication was turned on",
+    "totp.disabled": "two-factor authentication was turned off",
+    "totp.recovery_codes_regenerated": "new 2FA recovery codes were made",
+    "password.changed": "the password was changed",
+    "password.reset": "the password was reset through a link sent to {detail}",
+}
+"""What each security-relevant change is called in the mail every verified address gets."""
+
+
+def security_change_mail(
+    *, address: str, username: str, kind: str, detail: str, when: datetime, security_url: str
+) -> Mail:
+    """Tell every verified address of an account that something that guards it changed.
+
+    A stolen session can change these; the mail is how the owner hears of it.
+    """
+    what = SECURITY_CHANGES.get(kind, kind).format(detail=detail)
+    body = (
+        f"On the account {username!r}, {what} ({when:%Y-%m-%d %H:%M} UTC).\n\n"
+        "If that was you, there is nothing to do. If not, someone else is using your "
+        "account: reset your password now, turn on two-factor authentication, and review "
+        f"your addresses at\n\n{security_url}\n\n{SIGNATURE}\n"
+    )
+    subject = f"Security change on {username}: {what}"
+    return Mail((address,), subject[:200], body, "security_change")
+
+
+def address_taken_mail(*, address: str, sign_in_url: str) -> Mail:
+    """Sent instead of telling a visitor that an address is already used (no enumeration)."""
+    body = (
+        f"Someone tried to create an account with {address}, which already belongs to "
+        "an account here. No account was made.\n\n"
+        f"If it was you, sign in instead (or reset your password): {sign_in_url}\n\n"
+        f"If it was not you, ignore this mail.\n\n{SIGNATURE}\n"
+    )
+    return Mail((address,), "Sign-up attempt with your address", body, "address_taken")
 
 
 def unverified_notice(address: str, domain: str, verdict: str, reason: str) -> tuple[str, str]:

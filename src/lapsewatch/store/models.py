@@ -119,6 +119,10 @@ class Account(Base):
     emails: Mapped[list[Email]] = relationship(
         back_populates="account", order_by="Email.id", cascade="all, delete-orphan"
     )
+    unused_recovery_codes: Mapped[list[RecoveryCode]] = relationship(
+        primaryjoin="and_(RecoveryCode.account_id == Account.id, RecoveryCode.used_at.is_(None))",
+        viewonly=True,
+    )
 
 
 class RecoveryCode(Base):

@@ -346,3 +346,70 @@ def test_attack_reset_links_die_when_their_address_is_unverified(
         svc.check_reset_token(link)
     with pytest.raises(AccountError):
         svc.reset_password(link, "the attacker's new passphrase")
+
+
+def test_attack_the_code_that_confirms_2fa_cannot_log_in_again(
+    svc: AccountService, smtp: MailServer, clock: Clock
+) -> None:
+    import pyotp
+
+    clock.now = NOW
+    account_id = created(svc.sign_up("shoulder", PASSWORD, "shoulder@gmail.com"))
+    setup = svc.begin_totp_setup(account_id)
+    code = pyotp.TOTP(setup.secret).at(clock())
+    svc.confirm_totp(account_id, code)
+    with pytest.raises(InvalidSecondFactor):  # seen over a shoulder at set-up, same step
+        svc.login("shoulder", PASSWORD, totp_code=code)
+
+
+def test_attack_a_stolen_session_cannot_change_things_silently(
+    svc: AccountService, smtp: MailServer, clock: Clock, world: World, engine: Engine
+) -> None:
+    """Whatever a session changes that guards the account is mailed to every verified
+    address, so the owner hears of an attacker holding their cookie."""
+    account_id = owner_years_ago(svc, smtp, "victim", VICTIM)
+    clock.now = NOW
+    smtp.clear()
+    added = svc.add_email(account_id, "mallory@gmail.com")
+    svc.verify_email(token_from(smtp.inbox("mallory@gmail.com")[-1]))
+    svc.set_primary(account_id, added.email_id)
+    victim = email_row(engine, VICTIM)
+    assert victim is not None
+    svc.remove_email(account_id, victim.id)
+    svc.begin_totp_setup(account_id)
+    import pyotp
+
+    with make_sessionmaker(engine)() as session:
+        from lapsewatch.store.models import Account
+
+        account = session.get(Account, account_id)
+        assert account is not None
+        secret = account.totp_pending_secret
+    assert secret is not None
+    svc.confirm_totp(account_id, pyotp.TOTP(secret).at(clock()))
+    told = [m.subject for m in smtp.inbox(SPARE) if m.kind == "security_change"]
+    assert any("mallory@gmail.com was added" in s for s in told)
+    assert any("became the primary address" in s for s in told)
+    assert any(f"{VICTIM} was removed" in s for s in told)
+    assert any("two-factor authentication was turned on" in s for s in told)
+    # The removed address hears of its own removal too.
+    assert any(m.kind == "security_change" for m in smtp.inbox(VICTIM))
+
+
+def test_attack_an_unverified_squat_on_an_address_expires(
+    svc: AccountService, smtp: MailServer, clock: Clock, engine: Engine
+) -> None:
+    """Someone adds another person's address and never verifies it: once the link has
+    expired, the real owner can add it (first to verify wins)."""
+    clock.now = NOW
+    squatter = created(svc.sign_up("squatter", PASSWORD, "squatter@gmail.com"))
+    svc.add_email(squatter, "real.owner@gmail.com")
+    owner = created(svc.sign_up("realowner", PASSWORD, "realowner@gmail.com"))
+    with pytest.raises(AccountError):  # while the squatter's link still works
+        svc.add_email(owner, "real.owner@gmail.com")
+    clock.advance(hours=25)
+    svc.add_email(owner, "real.owner@gmail.com")
+    row = email_row(engine, "real.owner@gmail.com")
+    assert row is not None
+    assert row.account_id == owner
+    assert events(engine, "email.expired")

@@ -14,7 +14,7 @@ import pytest
 import typer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
@@ -29,6 +29,7 @@ from lapsewatch.accounts import (
 )
 from lapsewatch.commands.accounts import accounts_app
 from lapsewatch.store import Account, Domain, Email, Event
+from lapsewatch.store.models import AddressHistory
 
 DATA = Path(__file__).parent / "data"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -119,6 +120,7 @@ def test_import_jsonl(engine: Engine) -> None:
     assert created["reason"] == "accounts.jsonl line 2"
     assert created["after"] == {
         "username": "bob",
+        "owner": "import",
         "totp": True,
         "projects": ["requests-oauth", "bobtools"],
         "emails": [
@@ -344,6 +346,108 @@ def test_a_newer_verification_reverifies(engine: Engine) -> None:
     assert event["before"]["unverify_reason"] == "reregistered"
     assert event["after"]["verified"] is True
     assert not run(engine, newer).changed
+
+
+def test_history_keeps_a_registry_unverified_address_from_an_old_verification(
+    engine: Engine,
+) -> None:
+    """The registry unverified the row itself since lapsewatch's unverify (reason gone):
+    ``address_history`` still asks for a verified_at later than lapsewatch's unverify."""
+    run(engine, jsonl(account("alice", email("alice@alice.example", verified_at="2019-05-01"))))
+    with engine.begin() as conn:
+        conn.execute(update(Email).values(verified=False))
+        conn.execute(
+            insert(AddressHistory).values(
+                address_key="alice@alice.example",
+                domain="alice.example",
+                unverified_at=datetime(2025, 6, 1, tzinfo=UTC),
+                unverify_reason="redemption",
+            )
+        )
+    before = snapshot(engine)
+    summary = run(engine, jsonl(account("alice", email("Alice@alice.example"))))
+    assert not summary.changed
+    assert "stays unverified" in summary.warnings[0].message
+    assert "(redemption) at 2025-06-01T00:00:00Z" in summary.warnings[0].message
+    assert snapshot(engine) == before
+
+    newer = jsonl(account("alice", email("alice@alice.example", verified_at="2025-06-02")))
+    assert run(engine, newer).emails_updated == 1
+    assert stored_emails(engine)["alice@alice.example"]["verified"] is True
+    assert not run(engine, newer).changed
+
+
+def test_addresses_are_matched_whatever_their_case(engine: Engine) -> None:
+    data = jsonl(
+        account("u", email("Mixed@U.example", primary=True)),
+        account("u", email("mixed@u.example", primary=True)),  # the same address: fine
+        account("v", email("MIXED@u.example")),
+        account("w", email("a@w.example"), email("A@w.example")),
+    )
+    summary = run(engine, data)
+    assert [(p.line, p.message) for p in summary.rejected] == [
+        (3, "MIXED@u.example belongs to another account, 'u' (line 1)"),
+        (4, "A@w.example is listed twice"),
+    ]
+    assert list(stored_emails(engine)) == ["Mixed@u.example"]  # stored as first given
+    assert stored_emails(engine)["Mixed@u.example"]["address_key"] == "mixed@u.example"
+    assert not run(engine, jsonl(account("U", email("MIXED@U.EXAMPLE")))).changed
+
+
+@pytest.mark.parametrize(
+    ("username", "message"),
+    [
+        ("root ", "username 'root ' is refused: a username has 1 to 50"),
+        ("r\u043e\u043et", "username 'r\\u043e\\u043et' is refused"),
+        ("a\u200bb", "username 'a\\u200bb' is refused"),
+        ("x" * 51, "username 'xxxxx"),
+        ("-root", "is refused: a username has"),
+        ("", "username is empty"),
+    ],
+)
+def test_usernames_follow_the_sign_up_rule(engine: Engine, username: str, message: str) -> None:
+    summary = run(engine, jsonl(account(username, email("a@a.example"))))
+    assert message in summary.rejected[0].message
+    assert rows(engine, Account) == []
+
+
+def test_usernames_are_stored_in_nfkc_and_matched_by_key(engine: Engine) -> None:
+    summary = run(engine, jsonl(account("\uff21lice", email("a@a.example"))))  # full-width A
+    assert summary.accounts_created == 1
+    (stored,) = rows(engine, Account)
+    assert (stored["username"], stored["username_key"], stored["owner"]) == (
+        "Alice",
+        "alice",
+        "import",
+    )
+    again = run(engine, jsonl(account("ALICE", email("b@a.example"))))
+    assert (again.accounts_created, again.emails_added) == (0, 1)
+
+
+def test_owner_is_recorded_and_only_its_accounts_change(engine: Engine) -> None:
+    data = jsonl(account("u", email("u@u.example")))
+    assert run(engine, data, owner="api:registry").accounts_created == 1
+    assert rows(engine, Account)[0]["owner"] == "api:registry"
+    assert rows(engine, Event)[0]["after"]["owner"] == "api:registry"
+    assert not run(engine, data, owner="api:registry").changed
+    other = run(engine, data, owner="import")
+    assert [p.message for p in other.rejected] == [
+        "account 'u' is not managed by this import (owner: an API key); nothing changed"
+    ]
+
+
+@pytest.mark.parametrize("owner", ["web", "api:", "imports", "api:" + "x" * 97])
+def test_owners_an_import_may_not_have(engine: Engine, owner: str) -> None:
+    with pytest.raises(ValueError, match="owner"):
+        run(engine, jsonl(account("u", email("u@u.example"))), owner=owner)
+    assert rows(engine, Account) == []
+    assert importer.check_owner("import") == "import"
+    assert importer.check_owner("api:k") == "api:k"
+
+
+def test_bulk_insert_refuses_to_guess_a_default_computed_from_the_row() -> None:
+    with pytest.raises(TypeError, match="username_key"):
+        importer._column_default(Account.__table__.c.username_key)
 
 
 def test_primary_moves_when_the_file_names_another(engine: Engine) -> None:

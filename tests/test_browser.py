@@ -2,10 +2,11 @@
 against uvicorn on 127.0.0.1, with the local world for domain checks and a
 local SMTP server for the mails. Screenshots go to ``test-artifacts/screenshots/``.
 
-The story: a maintainer signs up, verifies by the link in the mail, turns on
-2FA (the code computed from the secret on the page) and sees the security page;
-their domain lapses, the cycle runs, and the security page says which address
-was unverified and why; an admin then reads the dashboard and checks a domain.
+The story: a maintainer signs up, verifies by the link in the mail, signs in,
+turns on 2FA (the code computed from the secret on the page) and sees the
+security page; their domain lapses, the cycle runs, and the security page says
+which address was unverified and why. An admin is sent to set up 2FA before the
+dashboard opens, then reads it and checks a domain.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def test_maintainer_signs_up_verifies_enables_2fa_and_sees_the_lapse(
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_label("Password, again").fill(PASSWORD)
     page.get_by_role("button", name="Create account").click()
-    expect(page).to_have_url(re.compile(r"/account/security$"))
-    expect(page.get_by_text(f"We sent a verification link to {ADDRESS}")).to_be_visible()
+    expect(page.get_by_role("heading", name="Check your mail")).to_be_visible()
+    expect(page.get_by_text(f"We sent a mail to {ADDRESS}")).to_be_visible()
     shot(page, "01-signed-up", backend)
 
     (mail,) = smtp.wait_for(ADDRESS, 1)
@@ -148,6 +149,7 @@ def test_maintainer_signs_up_verifies_enables_2fa_and_sees_the_lapse(
     expect(page.get_by_text(f"We checked its domain {DOMAIN} at once: registered")).to_be_visible()
     shot(page, "03-verified", backend)
 
+    sign_in(page, "maintainer")
     page.goto("/account/2fa")
     secret = page.locator("#totp-secret").get_attribute("data-secret")
     assert secret
@@ -179,6 +181,14 @@ def test_maintainer_signs_up_verifies_enables_2fa_and_sees_the_lapse(
     context.close()
 
 
+def sign_in(page: Page, username: str) -> None:
+    page.goto("/account/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name=f"Security of {username}")).to_be_visible()
+
+
 def test_admin_dashboard(
     browser: Browser, site: str, smtp: MailServer, engine: Engine, world: World
 ) -> None:
@@ -195,9 +205,21 @@ def test_admin_dashboard(
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_label("Password, again").fill(PASSWORD)
     page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("heading", name="Check your mail")).to_be_visible()
+    sign_in(page, "root")
     page.goto("/admin")
     expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()  # not yet an admin
     make_admin(engine, "root")
+
+    page.goto("/admin")  # an admin, but no dashboard without 2FA
+    expect(page).to_have_url(re.compile(r"/account/2fa$"))
+    expect(page.get_by_text("Administrators must turn on two-factor")).to_be_visible()
+    shot(page, "07-admin-needs-2fa", backend)
+    secret = page.locator("#totp-secret").get_attribute("data-secret")
+    assert secret
+    page.get_by_label("Code").fill(pyotp.TOTP(secret).now())
+    page.get_by_role("button", name="Turn on").click()
+    expect(page.locator("#recovery-codes li")).to_have_count(10)
 
     page.goto("/admin")
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
@@ -205,16 +227,16 @@ def test_admin_dashboard(
     expect(page.locator("svg.chart rect.bar")).to_have_count(90)
     expect(page.locator("#unverified")).to_contain_text("bob@redeeming.test")
     expect(page.locator("#at-risk")).to_contain_text("carl@caught.test")
-    shot(page, "07-admin-dashboard", backend)
+    shot(page, "08-admin-dashboard", backend)
 
     page.locator("#due tr", has_text="rdap-broken.test").get_by_role(
         "button", name="Check now"
     ).click()
     expect(page).to_have_url(re.compile(r"/admin/domains/rdap-broken\.test$"))
     expect(page.get_by_text("rdap-broken.test checked: unknown")).to_be_visible()
-    shot(page, "08-admin-domain", backend)
+    shot(page, "09-admin-domain", backend)
 
     page.goto("/admin/unverified")
     expect(page.locator("article.unverified")).to_have_count(7)
-    shot(page, "09-admin-unverified", backend)
+    shot(page, "10-admin-unverified", backend)
     context.close()

@@ -1,6 +1,6 @@
-"""The admin pages on SQLite and PostgreSQL: refused to anonymous visitors and to
-non-admins, CSRF on "check now", and the dashboard's figures after a real cycle
-against the local world."""
+"""The admin pages on SQLite and PostgreSQL: refused to anonymous visitors, to
+non-admins and to admins without 2FA, CSRF on "check now", and the dashboard's
+figures after a real cycle against the local world."""
 
 from __future__ import annotations
 
@@ -63,10 +63,12 @@ def app_client(engine: Engine, service: AccountService, world: World) -> Iterato
 
 
 def account(app_client: TestClient, smtp: MailServer, username: str, address: str) -> WebClient:
+    """Signed up, verified by the mailed link, and signed in."""
     web = WebClient(TestClient(app_client.app))
     web.sign_up(username, address)
     web.get("/account/verify-email")
     web.post("/account/verify-email", {"token": token_from(smtp.inbox(address)[-1])})
+    assert f"Security of {username}" in web.log_in(username).text
     return web
 
 
@@ -74,7 +76,32 @@ def account(app_client: TestClient, smtp: MailServer, username: str, address: st
 def admin(app_client: TestClient, smtp: MailServer, engine: Engine) -> WebClient:
     web = account(app_client, smtp, "root", "root@gmail.com")
     make_admin(engine, "root")
+    web.enable_2fa()
     return web
+
+
+def test_an_admin_without_2fa_is_sent_to_set_it_up(
+    app_client: TestClient, smtp: MailServer, engine: Engine
+) -> None:
+    seed(engine)
+    web = account(app_client, smtp, "root", "root@gmail.com")
+    make_admin(engine, "root")
+    for path in ADMIN_PAGES:
+        response = web.get(path, follow_redirects=False)
+        assert response.status_code == 303, path
+        assert response.headers["location"] == "/account/2fa"
+    page = web.get("/admin")
+    assert str(page.url).endswith("/account/2fa")
+    assert "Administrators must turn on two-factor authentication" in page.text
+    web.get("/account/security")
+    refused = web.post("/admin/domains/alive.test/check", follow_redirects=False)
+    assert refused.status_code == 303  # no admin action either
+    with make_sessionmaker(engine)() as session:
+        domain = session.get(Domain, "alive.test")
+        assert domain is not None
+        assert domain.last_checked_at is None
+    web.enable_2fa()
+    assert web.get("/admin").status_code == 200
 
 
 @pytest.fixture

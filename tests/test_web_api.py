@@ -29,7 +29,22 @@ from lapsewatch.web.webhooks import (
 from lapsewatch.world import World, demo_scenario
 from tests.cycle_support import EXPECTED_UNVERIFIED, NOW, seed
 from tests.mail_support import account_settings
-from tests.web_support import Receiver, make_api_key, make_service, make_web_app
+from tests.web_support import (
+    LOOPBACK,
+    Receiver,
+    install_fake_dns,
+    make_api_key,
+    make_service,
+    make_web_app,
+)
+
+ALLOW = LOOPBACK.webhook_allow
+"""The operator's allow-list that lets deliveries reach the loopback receivers."""
+
+
+@pytest.fixture(autouse=True)
+def _no_real_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_dns(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +67,7 @@ def check_settings(world: World) -> Settings:
 @pytest.fixture
 def anonymous(engine: Engine) -> Iterator[TestClient]:
     service = make_service(engine, account_settings("smtp://127.0.0.1:1"))
-    with TestClient(make_web_app(engine, service)) as client:
+    with TestClient(make_web_app(engine, service, web_settings=LOOPBACK)) as client:
         yield client
 
 
@@ -77,6 +92,8 @@ def test_every_endpoint_needs_a_valid_key(anonymous: TestClient, engine: Engine)
         ("GET", "/api/v1/domains/b.test"),
         ("GET", "/api/v1/webhooks"),
         ("DELETE", "/api/v1/webhooks/1"),
+        ("POST", "/api/v1/webhooks"),
+        ("POST", "/api/v1/addresses"),
     ]
     key = make_api_key(engine, "old")
     for headers in ({}, {"Authorization": "Bearer lw_wrong"}, {"Authorization": f"Basic {key}"}):
@@ -267,7 +284,13 @@ def test_webhooks_are_registered_listed_and_stopped(api: TestClient) -> None:
     assert hook["secret"].startswith("whsec_")
     listed = api.get("/api/v1/webhooks").json()
     assert listed == [{k: v for k, v in hook.items() if k != "secret"}]
-    for url in ["ftp://registry.test/x", "https:///nohost", "http://a b.test/x", "javascript:x"]:
+    for url in [
+        "ftp://registry.test/x",
+        "https:///nohost",
+        "http://a b.test/x",
+        "javascript:x",
+        "https://unknown-name.test/x",  # does not resolve
+    ]:
         assert api.post("/api/v1/webhooks", json={"url": url}).status_code in (400, 422), url
     assert api.delete(f"/api/v1/webhooks/{hook['id']}").status_code == 204
     assert api.delete(f"/api/v1/webhooks/{hook['id']}").status_code == 404
@@ -289,7 +312,7 @@ def test_unverifications_are_delivered_signed(
         api.delete(f"/api/v1/webhooks/{stopped['id']}")
         cycle(engine, world)
         now = datetime.now(UTC)
-        summary = deliver_webhooks(engine, now=now)
+        summary = deliver_webhooks(engine, now=now, allow=ALLOW)
         assert (summary.queued, summary.delivered, summary.failed) == (7, 7, 0)
         assert len(receiver.received) == 7
         for message in receiver.received:
@@ -322,7 +345,7 @@ def test_unverifications_are_delivered_signed(
         assert "redemption period" in bob["reason"]
         assert bob["type"] == "email.unverified"
 
-        again = deliver_webhooks(engine, now=now + timedelta(hours=1))
+        again = deliver_webhooks(engine, now=now + timedelta(hours=1), allow=ALLOW)
         assert (again.queued, again.delivered) == (0, 0)
         assert len(receiver.received) == 7
     assert all(d.delivered_at == now and d.attempts == 1 for d in _deliveries(engine))
@@ -335,17 +358,23 @@ def test_failed_deliveries_back_off_then_give_up(
         api.post("/api/v1/webhooks", json={"url": receiver.url})
         cycle(engine, world)
         now = datetime.now(UTC)
-        first = deliver_webhooks(engine, now=now, max_attempts=3)
+        first = deliver_webhooks(engine, now=now, max_attempts=3, allow=ALLOW)
         assert (first.delivered, first.failed) == (0, 7)
         assert {(d.attempts, d.next_attempt_at, d.last_error) for d in _deliveries(engine)} == {
             (1, now + timedelta(minutes=1), "HTTP 500")
         }
-        assert deliver_webhooks(engine, now=now + timedelta(seconds=30)).failed == 0  # not yet
-        second = deliver_webhooks(engine, now=now + timedelta(minutes=1), max_attempts=3)
+        assert (
+            deliver_webhooks(engine, now=now + timedelta(seconds=30), allow=ALLOW).failed == 0
+        )  # not yet
+        second = deliver_webhooks(
+            engine, now=now + timedelta(minutes=1), max_attempts=3, allow=ALLOW
+        )
         assert second.failed == 7
         assert {d.next_attempt_at for d in _deliveries(engine)} == {now + timedelta(minutes=3)}
         receiver.status = 200
-        third = deliver_webhooks(engine, now=now + timedelta(minutes=3), max_attempts=3)
+        third = deliver_webhooks(
+            engine, now=now + timedelta(minutes=3), max_attempts=3, allow=ALLOW
+        )
         assert third.delivered == 7
         assert len(receiver.received) == 21
 
@@ -353,9 +382,12 @@ def test_failed_deliveries_back_off_then_give_up(
         for delivery in session.scalars(select(WebhookDelivery)):
             delivery.delivered_at = None
             delivery.attempts = 2
-    gone = deliver_webhooks(engine, now=now + timedelta(minutes=10), max_attempts=3)
+    gone = deliver_webhooks(engine, now=now + timedelta(minutes=10), max_attempts=3, allow=ALLOW)
     assert gone.gave_up == 7
-    assert deliver_webhooks(engine, now=now + timedelta(days=3), max_attempts=3).gave_up == 0
+    assert (
+        deliver_webhooks(engine, now=now + timedelta(days=3), max_attempts=3, allow=ALLOW).gave_up
+        == 0
+    )
 
 
 def test_backoff_doubles_up_to_six_hours() -> None:
@@ -368,7 +400,7 @@ def test_two_webhooks_each_get_every_event(api: TestClient, engine: Engine, worl
         api.post("/api/v1/webhooks", json={"url": one.url})
         api.post("/api/v1/webhooks", json={"url": two.url})
         cycle(engine, world)
-        deliver_webhooks(engine)
+        deliver_webhooks(engine, allow=ALLOW)
         assert len(one.received) == len(two.received) == 7
     with make_sessionmaker(engine)() as session:
         count = session.scalar(select(func.count()).select_from(WebhookDelivery))
@@ -383,4 +415,6 @@ def test_names_no_database_can_store_are_not_found(api: TestClient) -> None:
         "/api/v1/addresses",
         json={"addresses": [{"username": "a\u0000b", "address": "a@b.test", "verified": True}]},
     ).json()
-    assert pushed["rejected"][0]["message"] == "username contains the control character U+0000"
+    (problem,) = pushed["rejected"]
+    assert problem["index"] == 0
+    assert problem["message"].startswith("username ")

@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pyotp
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from lapsewatch.commands.admin import admin_app
 from lapsewatch.commands.serve import serve
-from tests.web_support import csrf_of
+from tests.web_support import csrf_of, install_fake_dns, secret_of
 
 PASSWORD = "an operator's passphrase"
 
@@ -50,8 +51,12 @@ def fails(env: dict[str, str], *args: str) -> str:
     return result.output
 
 
-def test_admin_commands(env: dict[str, str]) -> None:
-    assert "admin root created" in run(env, "admin", "create-admin", "root", "--password", PASSWORD)
+def test_admin_commands(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_dns(monkeypatch)
+    created = run(env, "admin", "create-admin", "root", "--password", PASSWORD)
+    assert "admin root created" in created
+    assert "admins need two-factor authentication" in created
+    assert "exists" in fails(env, "admin", "create-admin", "ROOT", "--password", PASSWORD)
     assert "exists" in fails(env, "admin", "create-admin", "root", "--password", PASSWORD)
     assert "at least 10 characters" in fails(env, "admin", "create-admin", "x", "--password", "a")
     prompted = run(env, "admin", "create-admin", "ops", input=f"{PASSWORD}\n{PASSWORD}\n")
@@ -71,11 +76,18 @@ def test_admin_commands(env: dict[str, str]) -> None:
     added = run(env, "admin", "webhook", "add", "https://registry.test/hooks")
     assert "secret: whsec_" in added
     assert "not a usable URL" in fails(env, "admin", "webhook", "add", "https://[::1")
+    assert "a loopback address" in fails(env, "admin", "webhook", "add", "http://127.0.0.1:22/")
+    allowed = {**env, "LAPSEWATCH_WEBHOOK_ALLOW": "127.0.0.0/8"}
+    assert "secret: whsec_" in run(allowed, "admin", "webhook", "add", "http://127.0.0.1:9/")
+    bad = {**env, "LAPSEWATCH_WEBHOOK_ALLOW": "not a network"}
+    assert "is not an IP network" in fails(bad, "admin", "webhook", "add", "http://127.0.0.1:9/")
     hooks = json.loads(run(env, "admin", "webhook", "list", "--format", "json"))
-    assert [h["url"] for h in hooks] == ["https://registry.test/hooks"]
+    assert [h["url"] for h in hooks] == ["https://registry.test/hooks", "http://127.0.0.1:9/"]
+    assert [h["api_key_id"] for h in hooks] == [None, None]  # made by the operator
     summary = json.loads(run(env, "admin", "deliver-webhooks", "--format", "json"))
     assert summary == {"queued": 0, "delivered": 0, "failed": 0, "gave_up": 0}
-    assert "stopped" in run(env, "admin", "webhook", "remove", str(hooks[0]["id"]))
+    for hook in hooks:
+        assert "stopped" in run(env, "admin", "webhook", "remove", str(hook["id"]))
     assert "no active webhook" in fails(env, "admin", "webhook", "remove", str(hooks[0]["id"]))
 
 
@@ -126,6 +138,17 @@ def test_serve_lets_the_bootstrapped_admin_and_registry_in(
             data={"username": "root", "password": PASSWORD, "csrf_token": token},
         )
         assert login.status_code == 303
+        # No dashboard before 2FA: the admin is sent to set it up.
+        closed = browser.get("/admin")
+        assert closed.status_code == 303
+        assert closed.headers["location"] == "/account/2fa"
+        setup = browser.get("/account/2fa")
+        code = pyotp.TOTP(secret_of(setup.text)).now()
+        token = csrf_of(setup.text)
+        turned_on = browser.post(  # ten recovery codes hashed with production Argon2
+            "/account/2fa", data={"code": code, "csrf_token": token}, timeout=120
+        )
+        assert turned_on.status_code == 200
         dashboard = browser.get("/admin")
         assert dashboard.status_code == 200
         assert "Dashboard" in dashboard.text

@@ -1,10 +1,12 @@
 """The account pages through HTTP, on SQLite and PostgreSQL, with a real SMTP server:
-sign-up, verification by button, 2FA, the security page, CSRF, reset without
-enumeration, rate limits surfaced, sessions that end with the password."""
+sign-up (no login before the address is verified), verification by button, 2FA,
+the security page, CSRF, reset without enumeration, rate limits surfaced, sessions
+that end with the password, a logout, or "sign out everywhere else"."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +19,14 @@ from lapsewatch.accounts.service import RESET_REQUESTED, AccountService
 from lapsewatch.accounts.settings import Limit, RateLimits
 from lapsewatch.store import Email, make_sessionmaker
 from tests.mail_support import MailServer, account_settings, token_from
-from tests.web_support import PASSWORD, WebClient, make_service, make_web_app
+from tests.web_support import (
+    PASSWORD,
+    WebClient,
+    make_api_key,
+    make_service,
+    make_web_app,
+    secret_of,
+)
 
 ALICE = "alice@alice-consulting.test"
 
@@ -57,11 +66,13 @@ def verify_link(smtp: MailServer, address: str) -> str:
 
 
 def signed_up_and_verified(web: WebClient, smtp: MailServer, username: str, address: str) -> None:
+    """Sign up, verify by the mailed link, then sign in (sign-up alone does not)."""
     assert web.sign_up(username, address).status_code == 200
     web.get(verify_link(smtp, address))
     page = web.post("/account/verify-email", {"token": token_from(smtp.inbox(address)[-1])})
     assert page.status_code == 200
     assert f"{address} is verified" in page.text
+    assert f"Security of {username}" in web.log_in(username).text
 
 
 def _email(engine: Engine, address: str) -> Email:
@@ -75,10 +86,14 @@ def _email(engine: Engine, address: str) -> Email:
 def test_sign_up_then_verify_by_button(web: WebClient, smtp: MailServer, engine: Engine) -> None:
     page = web.sign_up("alice", ALICE)
     assert page.status_code == 200
-    assert str(page.url).endswith("/account/security")
-    assert f"We sent a verification link to {ALICE}" in page.text
-    assert "not verified" in page.text
-    assert "No address on this account is verified" in page.text  # the advice
+    assert "Check your mail" in page.text
+    assert "Open the verification link in it, then sign in" in page.text
+    # Not signed in by the sign-up: the password opens the account, after the link.
+    assert "Sign in" in web.get("/account/security").text
+    before = web.log_in("alice")
+    assert "Security of alice" in before.text
+    assert "not verified" in before.text
+    assert "No address on this account is verified" in before.text  # the advice
 
     link = verify_link(smtp, ALICE)
     landing = web.get(link)
@@ -181,24 +196,25 @@ def test_login_rate_limit_is_surfaced(web: WebClient, smtp: MailServer) -> None:
 # ----------------------------------------------------------------------------- 2FA
 
 
-def _secret(page: str) -> str:
-    found = re.search(r'data-secret="([A-Z2-7]+)"', page)
-    assert found is not None
-    return found.group(1)
-
-
-def test_two_factor_set_up_and_login(web: WebClient, smtp: MailServer) -> None:
+def test_two_factor_set_up_and_login(web: WebClient, smtp: MailServer, engine: Engine) -> None:
     signed_up_and_verified(web, smtp, "alice", ALICE)
     setup = web.get("/account/2fa")
     assert setup.status_code == 200
-    secret = _secret(setup.text)
-    assert "otpauth://totp/lapsewatch:alice?secret=" + secret in setup.text
-    assert _secret(web.get("/account/2fa").text) == secret  # a reload keeps the secret
+    first = secret_of(setup.text)
+    assert "otpauth://totp/lapsewatch:alice?secret=" + first in setup.text
+    secret = secret_of(web.get("/account/2fa").text)
+    assert secret != first  # showing the page again starts over: a new secret ...
+    stale = web.post("/account/2fa", {"code": pyotp.TOTP(first).now()})
+    assert stale.status_code == 400  # ... and the first one no longer turns 2FA on
 
     wrong = web.post("/account/2fa", {"code": "000000"})
     assert wrong.status_code == 400
     assert "does not match" in wrong.text
-    done = web.post("/account/2fa", {"code": pyotp.TOTP(secret).now()})
+    assert secret_of(wrong.text) == secret  # after a wrong code, the same secret again
+    cookie = web.http.cookies.get("lapsewatch_session") or ""
+    assert secret not in cookie  # kept on the server, never in the (readable) cookie
+    previous_step = pyotp.TOTP(secret).at(time.time() - 30)  # accepted: one step of drift
+    done = web.post("/account/2fa", {"code": previous_step})
     assert done.status_code == 200
     codes = re.findall(r"<code>([0-9a-f-]{19})</code>", done.text)
     assert len(codes) == 10
@@ -209,6 +225,8 @@ def test_two_factor_set_up_and_login(web: WebClient, smtp: MailServer) -> None:
     step = web.log_in("alice")
     assert str(step.url).endswith("/account/login/2fa")
     assert web.post("/account/login/2fa", {"code": "123456"}).status_code == 400
+    # The code that turned 2FA on was seen on this screen: it cannot sign in again.
+    assert web.post("/account/login/2fa", {"code": previous_step}).status_code == 400
     page = web.post("/account/login/2fa", {"code": pyotp.TOTP(secret).now()})
     assert "Security of alice" in page.text
 
@@ -440,10 +458,15 @@ def test_a_forged_session_cookie_is_ignored(app_client: TestClient) -> None:
     assert response.status_code == 303
 
 
-def test_unknown_page_is_html_and_unknown_api_path_is_json(app_client: TestClient) -> None:
+def test_unknown_page_is_html_and_unknown_api_path_is_json(
+    app_client: TestClient, engine: Engine
+) -> None:
     page = app_client.get("/no/such/page")
     assert page.status_code == 404
     assert page.headers["content-type"].startswith("text/html")
-    api = app_client.get("/api/v1/nothing")
+    anonymous = app_client.get("/api/v1/nothing")
+    assert anonymous.status_code == 401  # no key, no answer about what exists
+    key = {"Authorization": f"Bearer {make_api_key(engine)}"}
+    api = app_client.get("/api/v1/nothing", headers=key)
     assert api.status_code == 404
     assert api.json() == {"detail": "Not Found"}

@@ -1,9 +1,11 @@
 """Helpers the web tests share: an app over a test database, a form-filling client,
-an admin and an API key, a live uvicorn server on loopback, a webhook receiver.
+an admin and an API key, a live uvicorn server on loopback, a webhook receiver, and
+a resolver for webhook hosts that never asks a real DNS server.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import socket
@@ -17,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import pyotp
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -32,24 +36,72 @@ from lapsewatch.cycle.due import DueDomain
 from lapsewatch.mail.smtp import SmtpMailer
 from lapsewatch.schedule import Policy
 from lapsewatch.store import Account, make_sessionmaker
+from lapsewatch.web import webhooks
 from lapsewatch.web.apikeys import create_api_key
 from lapsewatch.web.app import create_app
+from lapsewatch.web.config import WebSettings
 
 __all__ = [
+    "LOOPBACK",
     "PASSWORD",
+    "PUBLIC_IP",
+    "FakeDns",
     "LiveServer",
     "NoChecker",
     "Receiver",
     "WebClient",
     "csrf_of",
+    "install_fake_dns",
     "make_admin",
     "make_api_key",
     "make_service",
     "make_web_app",
+    "secret_of",
 ]
 
 PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_SECRET = re.compile(r'data-secret="([A-Z2-7]+)"')
+LOOPBACK = WebSettings(webhook_allow=(ipaddress.ip_network("127.0.0.1/32"),))
+"""Web settings whose allow-list lets webhooks reach the tests' loopback receivers."""
+PUBLIC_IP = "93.184.215.14"
+"""A public address fake names resolve to; registering a webhook never connects to it."""
+
+
+class FakeDns:
+    """Stands in for :func:`lapsewatch.web.webhooks.resolve_host`: IP literals (every
+    form the C library accepts, resolved without any network) and ``localhost`` as
+    the system has them, listed names as listed, every other name unknown."""
+
+    def __init__(self, names: dict[str, list[str]] | None = None) -> None:
+        self.names = dict(names or {})
+        self.asked: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[webhooks.IPAddress]:
+        self.asked.append(host)
+        if host in self.names:
+            return [ipaddress.ip_address(a) for a in self.names[host]]
+        if host != "localhost":
+            try:
+                socket.getaddrinfo(host, port, flags=socket.AI_NUMERICHOST)
+            except socket.gaierror:
+                raise socket.gaierror(socket.EAI_NONAME, f"{host}: unknown (fake DNS)") from None
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [ipaddress.ip_address(str(info[4][0])) for info in infos]
+
+
+def install_fake_dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+    """No test resolves a real name: ``registry.test`` is public here, others unknown."""
+    dns = FakeDns({"registry.test": [PUBLIC_IP]})
+    monkeypatch.setattr(webhooks, "resolve_host", dns)
+    return dns
+
+
+def secret_of(html: str) -> str:
+    """The TOTP secret on a 2FA set-up page."""
+    found = _SECRET.search(html)
+    assert found is not None, "no TOTP secret on this page"
+    return found.group(1)
 
 
 def csrf_of(html: str) -> str:
@@ -93,6 +145,7 @@ def make_web_app(
     settings: Settings | None = None,
     checker: DomainChecker | None = None,
     clock: Callable[[], datetime] | None = None,
+    web_settings: WebSettings | None = None,
 ) -> FastAPI:
     return create_app(
         engine,
@@ -100,11 +153,13 @@ def make_web_app(
         settings or Settings(),
         domain_checker=checker or NoChecker(),
         clock=clock,
+        web_settings=web_settings,
     )
 
 
 def make_admin(engine: Engine, username: str) -> None:
-    """Grant the admin role to an existing account (as ``lapsewatch admin grant`` does)."""
+    """Grant the admin role to an existing account (as ``lapsewatch admin grant`` does);
+    the admin pages open once the account also has 2FA (:meth:`WebClient.enable_2fa`)."""
     with make_sessionmaker(engine).begin() as session:
         account = session.scalars(select(Account).where(Account.username == username)).one()
         account.is_admin = True
@@ -120,13 +175,18 @@ class WebClient:
     def __init__(self, client: TestClient | httpx.Client) -> None:
         self.http = client
         self.token = ""
+        self._last_url = ""
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         response = self.http.get(path, **kwargs)
+        self._seen(response)
+        return response
+
+    def _seen(self, response: httpx.Response) -> None:
+        self._last_url = str(response.url)
         found = _CSRF.search(response.text)
         if found is not None:
             self.token = found.group(1)
-        return response
 
     def post(
         self, path: str, data: dict[str, str] | None = None, *, csrf: bool = True, **kwargs: Any
@@ -138,9 +198,7 @@ class WebClient:
                 self.get("/account/login")
             form.setdefault("csrf_token", self.token)
         response = self.http.post(path, data=form, **kwargs)
-        found = _CSRF.search(response.text)
-        if found is not None:
-            self.token = found.group(1)
+        self._seen(response)
         return response
 
     def sign_up(self, username: str, email: str, password: str = PASSWORD) -> httpx.Response:
@@ -157,6 +215,28 @@ class WebClient:
     def log_out(self) -> httpx.Response:
         self.get("/account/security")
         return self.post("/account/logout")
+
+    def confirm_password(self, password: str = PASSWORD) -> httpx.Response:
+        """Answer the confirm-password page this client was sent to (or go there)."""
+        if "/account/confirm-password" not in self.last_url:
+            self.get("/account/confirm-password")
+        return self.post("/account/confirm-password", {"password": password})
+
+    def enable_2fa(self) -> str:
+        """Turn 2FA on for the logged-in account (recently logged in); its secret."""
+        page = self.get("/account/2fa")
+        assert page.status_code == 200, page.text
+        secret = secret_of(page.text)
+        # The previous time step's code (still accepted): the confirming code cannot sign
+        # in again, so the current one stays free for a login right after.
+        done = self.post("/account/2fa", {"code": pyotp.TOTP(secret).at(time.time() - 30)})
+        assert done.status_code == 200, done.text
+        assert "recovery-codes" in done.text
+        return secret
+
+    @property
+    def last_url(self) -> str:
+        return self._last_url
 
 
 # ------------------------------------------------------------------------- live server

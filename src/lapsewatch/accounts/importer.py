@@ -11,10 +11,21 @@ Why it is built this way:
   line gave). A file that contradicts itself (two lines giving one address
   different values) would flip-flop on every import, so the later line is
   rejected instead.
+* Security: an import changes only the accounts it owns. Each account has an
+  ``owner`` (``web`` for sign-up and the admin command, ``import`` for this
+  command, ``api:<key name>`` for an API key's push); a line naming an account
+  of another owner, or giving an address of another owner's account, is
+  rejected and changes nothing, so an API key cannot attach its address to the
+  web admin (and then reset the admin's password). Usernames follow the one
+  rule of :mod:`lapsewatch.names` (nothing trimmed, no look-alikes) and are
+  matched by their key, addresses by theirs: ``ROOT`` is ``root``, and
+  ``CTX@x.test`` is ``ctx@x.test``.
 * Security: an address lapsewatch unverified stays unverified when a file
   merely repeats the old ``verified``/``verified_at`` (a nightly export from the
   registry would otherwise undo every unverify). Only a ``verified_at`` later
-  than the unverify counts as the owner verifying again.
+  than the unverify counts as the owner verifying again. That holds for a case
+  variant of the address, and for an address removed and imported again:
+  ``address_history`` remembers every unverify.
 * A million addresses must import in under a minute on SQLite: a second
   process parses, lines are grouped in chunks, each chunk is looked up with a
   few ``IN`` queries, written with bulk Core inserts and committed in one
@@ -46,21 +57,29 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lapsewatch import domains
 from lapsewatch.dates import isoformat, parse_datetime
-from lapsewatch.store.models import Account, Domain, Email, Event, UTCDateTime
+from lapsewatch.names import InvalidName, address_key, check_username, username_key
+from lapsewatch.store.models import Account, AddressHistory, Domain, Email, Event, UTCDateTime
 
 __all__ = [
     "ACTOR",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_OWNER",
     "ImportAborted",
     "ImportSummary",
     "InputError",
     "InputKind",
     "LineProblem",
+    "check_owner",
     "detect_kind",
     "import_accounts",
 ]
 
 ACTOR = "import"
+DEFAULT_OWNER = "import"
+"""Who owns the accounts an import creates, and so which ones it may change."""
+API_OWNER_PREFIX = "api:"
+"""``api:<key name>``: the accounts an API key's pushes create and may change."""
+_MAX_OWNER = 100  # accounts.owner
 DEFAULT_CHUNK_SIZE = 4000
 """Addresses per transaction: big enough to amortise a commit, small enough to stay responsive."""
 MAX_WARNINGS = 1000
@@ -75,7 +94,6 @@ _CSV_REQUIRED = ("username", "address", "verified")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
-_MAX_USERNAME = 150  # accounts.username
 _MAX_ADDRESS = 320  # emails.address
 _MAX_PROJECT = 200
 _FUTURE_TOLERANCE = timedelta(minutes=10)
@@ -111,6 +129,33 @@ class InputKind(StrEnum):
 
 class InputError(ValueError):
     """The input as a whole is unusable (e.g. a CSV header with an unknown column)."""
+
+
+def check_owner(owner: object) -> str:
+    """``owner`` if an import may own accounts under it, else ``ValueError`` saying why.
+
+    ``import`` (the CLI's default) or ``api:<key name>`` (an API key's push, or an
+    operator seeding that key's accounts). Never ``web``: the web app's accounts
+    (sign-up, ``admin create-admin``) have passwords and are changed only there.
+    """
+    if not isinstance(owner, str):
+        raise ValueError("the owner must be a string")
+    if owner == DEFAULT_OWNER:
+        return owner
+    if owner.startswith(API_OWNER_PREFIX):
+        key_name = owner.removeprefix(API_OWNER_PREFIX)
+        if not key_name.strip():
+            raise ValueError(f"owner {owner!r} names no API key (expected api:<key name>)")
+        if len(owner) > _MAX_OWNER:
+            raise ValueError(f"owner is {len(owner)} characters long; the limit is {_MAX_OWNER}")
+        bad = _bad_char(owner)
+        if bad:
+            raise ValueError(f"owner contains the control character {bad}")
+        return owner
+    raise ValueError(
+        f"owner {owner[:60]!r} is not one an import may have: "
+        f"use {DEFAULT_OWNER!r} or 'api:<key name>' (the web app's accounts are never imported)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +221,8 @@ class _EmailIn(NamedTuple):
     """One address of a good line. Tuples: they cross from the parsing process cheaply."""
 
     address: str
+    key: str
+    """:func:`lapsewatch.names.address_key`: what the address is matched by."""
     domain: str
     free_provider: bool
     primary: bool | None
@@ -188,6 +235,9 @@ class _EmailIn(NamedTuple):
 class _LineIn(NamedTuple):
     line: int
     username: str
+    """As :func:`lapsewatch.names.check_username` gives it (NFKC, nothing trimmed)."""
+    key: str
+    """:func:`lapsewatch.names.username_key`: what the account is matched by."""
     totp: bool | None
     """``None``: not given, keep what is stored; omitting a key never switches 2FA off."""
     projects: list[str] | None
@@ -293,18 +343,23 @@ class _Validator:
 
     # -- fields shared by both formats
 
-    def username(self, value: object) -> str:
+    def username(self, value: object) -> tuple[str, str]:
+        """The username as stored and its key; the one rule sign-up uses, nothing trimmed.
+
+        ``"root "``, ``root`` with a Cyrillic o or a zero-width space is refused,
+        never taken for ``root``; ``ROOT`` and a full-width ``root`` have ``root``'s key.
+        """
         if not isinstance(value, str):
             raise _Reject(f"username must be a string, not {_json_type(value)}")
-        name = value.strip()
-        if not name:
+        if not value:
             raise _Reject("username is empty")
-        if len(name) > _MAX_USERNAME:
-            raise _Reject(f"username is {len(name)} characters long; the limit is {_MAX_USERNAME}")
-        bad = _bad_char(name)
-        if bad:
-            raise _Reject(f"username contains the control character {bad}")
-        return name
+        try:
+            name = check_username(value)
+        except InvalidName as exc:
+            # ascii(): shows the look-alike or invisible character for what it is.
+            shown = ascii(value[:60]) + ("…" if len(value) > 60 else "")
+            raise _Reject(f"username {shown} is refused: {exc}") from None
+        return name, username_key(name)
 
     def projects(self, values: Iterable[object]) -> list[str]:
         result: dict[str, None] = {}
@@ -351,15 +406,15 @@ class _Validator:
                 raise _Reject(f"{where}verified_at: {exc}") from None
             if when > self.now + _FUTURE_TOLERANCE:
                 raise _Reject(f"{where}verified_at {verified_at!r} is in the future")
-        return _EmailIn(normalised, domain, free, primary, verified, when)
+        return _EmailIn(normalised, address_key(normalised), domain, free, primary, verified, when)
 
     @staticmethod
     def check_emails(emails: Sequence[_EmailIn]) -> None:
         seen: set[str] = set()
         for email in emails:
-            if email.address in seen:
+            if email.key in seen:  # a case variant is the same address
                 raise _Reject(f"{email.address} is listed twice")
-            seen.add(email.address)
+            seen.add(email.key)
         primaries = [e.address for e in emails if e.primary]
         if len(primaries) > 1:
             raise _Reject(f"more than one primary address: {', '.join(primaries)}")
@@ -400,7 +455,7 @@ class _Validator:
                 self.email(where, item["address"], primary, verified, item.get("verified_at"))
             )
         self.check_emails(emails)
-        return _LineIn(line, self.username(data["username"]), totp, projects, emails)
+        return _LineIn(line, *self.username(data["username"]), totp, projects, emails)
 
     @staticmethod
     def _keys(
@@ -450,7 +505,8 @@ class _Validator:
             cell("verified_at") or None,
         )
         totp = self._csv_bool(cell("totp"), "totp")
-        return _LineIn(line, self.username(cell("username")), totp, projects, [email])
+        username = row[columns["username"]]  # not trimmed: "root " is not root
+        return _LineIn(line, *self.username(username), totp, projects, [email])
 
     @staticmethod
     def _csv_bool(text: str, name: str) -> bool | None:
@@ -696,6 +752,9 @@ def _parsed_elsewhere(
 class _Acct:
     id: int | None
     username: str
+    """As stored: a line may spell it in another case, it is matched by ``key``."""
+    key: str
+    owner: str
     totp: bool
     projects: list[str]
     original: tuple[bool, list[str]] | None
@@ -709,8 +768,15 @@ class _Acct:
 @dataclass(slots=True)
 class _Mail:
     id: int | None
+    account: str
+    """Its account's username key."""
     username: str
+    """Its account's username, for messages."""
+    owner: str
+    """Its account's owner."""
     address: str
+    """As stored (or as first given): a case variant is the same address, by ``key``."""
+    key: str
     fields: dict[str, Any]
     original: dict[str, Any] | None
     line: int = 0
@@ -718,20 +784,32 @@ class _Mail:
     """Listed in its account's ``account.created`` event: no ``email.added`` of its own."""
 
 
-def _by_username(account: _Acct) -> str:
-    return account.username
+class _Lapse(NamedTuple):
+    """An unverify ``address_history`` remembers (the address row may be gone)."""
+
+    at: datetime
+    reason: str
 
 
-def _by_address(mail: _Mail) -> str:
-    return mail.address
+def _by_key(account: _Acct) -> str:
+    return account.key
+
+
+def _by_address_key(mail: _Mail) -> str:
+    return mail.key
 
 
 def _by_line(account: _Acct) -> int:
     return account.line
 
 
+def _shown_owner(owner: str) -> str:
+    """An owner as a rejection says it: another registry's key name is not told."""
+    return "an API key" if owner.startswith(API_OWNER_PREFIX) else owner
+
+
 class _Seen:
-    """Which line of this run first set an address or an account field.
+    """Which line of this run first set an address or an account field (by their keys).
 
     Two lines that disagree would flip a row on every import; the later one is
     rejected. Entries of a chunk are undone if the chunk is not committed.
@@ -744,19 +822,19 @@ class _Seen:
         self._undo: list[tuple[dict[str, int], str]] = []
         """Entries made by the current chunk."""
 
-    def address(self, address: str) -> int:
-        return self.addresses.get(address, 0)
+    def address(self, key: str) -> int:
+        return self.addresses.get(key, 0)
 
-    def account(self, username: str) -> tuple[int, int]:
-        return self.totp.get(username, 0), self.projects.get(username, 0)
+    def account(self, key: str) -> tuple[int, int]:
+        return self.totp.get(key, 0), self.projects.get(key, 0)
 
     def mark(self, line: _LineIn) -> None:
         for email in line.emails:
-            self._first(self.addresses, email.address, line.line)
+            self._first(self.addresses, email.key, line.line)
         if line.totp is not None:
-            self._first(self.totp, line.username, line.line)
+            self._first(self.totp, line.key, line.line)
         if line.projects is not None:
-            self._first(self.projects, line.username, line.line)
+            self._first(self.projects, line.key, line.line)
 
     def _first(self, table: dict[str, int], key: str, line: int) -> None:
         if key not in table:
@@ -786,7 +864,12 @@ def _batches(values: Iterable[Any]) -> Iterator[list[Any]]:
 _ACCOUNTS_TABLE = cast(Table, Account.__table__)
 _EMAILS_TABLE = cast(Table, Email.__table__)
 _EVENTS_TABLE = cast(Table, Event.__table__)
-_MAIL_COLUMNS = (Email.id, Email.address, *(getattr(Email, name) for name in _MAIL_FIELDS))
+_MAIL_COLUMNS = (
+    Email.id,
+    Email.address,
+    Email.address_key,
+    *(getattr(Email, name) for name in _MAIL_FIELDS),
+)
 
 
 @dataclass
@@ -815,54 +898,87 @@ class _EventSink(Protocol):
 
 
 class _Chunk:
-    """The part of the store one chunk touches: loaded up front, changed in memory, diffed."""
+    """The part of the store one chunk touches: loaded up front, changed in memory, diffed.
 
-    def __init__(self, conn: Connection, lines: Sequence[_LineIn], seen: _Seen) -> None:
+    Accounts are keyed by their username key, addresses by their address key:
+    a line is matched to what is stored whatever case or width it spells it in.
+    """
+
+    def __init__(self, conn: Connection, lines: Sequence[_LineIn], seen: _Seen, owner: str) -> None:
         self.conn = conn
         self.seen = seen
+        self.owner = owner
         self.accounts: dict[str, _Acct] = {}
         self.mails: dict[str, _Mail] = {}
         self.primary: dict[str, str | None] = {}
+        """This import's accounts: the key of each one's primary address."""
+        self.lapses: dict[str, _Lapse] = {}
+        """``address_history`` of the chunk's addresses that are not verified now."""
         self.domains: set[str] = set()
         self._load(
-            {line.username for line in lines},
-            {email.address for line in lines for email in line.emails},
+            {line.key for line in lines},
+            {email.key for line in lines for email in line.emails},
         )
 
     def _load(self, usernames: set[str], addresses: set[str]) -> None:
         lock = self.conn.dialect.name == "postgresql"
         for batch in _batches(sorted(usernames)):
-            query = select(Account.id, Account.username, Account.totp_enabled, Account.projects)
-            query = query.where(Account.username.in_(batch))
+            query = select(
+                Account.id,
+                Account.username,
+                Account.username_key,
+                Account.owner,
+                Account.totp_enabled,
+                Account.projects,
+            ).where(Account.username_key.in_(batch))
             if lock:  # the web app may change 2FA meanwhile; we compare, then write
                 query = query.with_for_update(of=_ACCOUNTS_TABLE)
-            for id_, username, totp, projects in self.conn.execute(query):
-                self.accounts[username] = _Acct(
-                    id_, username, totp, list(projects), (totp, list(projects))
+            for id_, username, key, owner, totp, projects in self.conn.execute(query):
+                self.accounts[key] = _Acct(
+                    id_, username, key, owner, totp, list(projects), (totp, list(projects))
                 )
-                self.primary[username] = None
+                if owner == self.owner:
+                    self.primary[key] = None
         for batch in _batches(sorted(addresses)):
-            self._load_mails(Email.address.in_(batch), lock)
-        ids = sorted(a.id for a in self.accounts.values() if a.id is not None)
+            self._load_mails(Email.address_key.in_(batch), lock)
+        ids = sorted(
+            a.id for a in self.accounts.values() if a.id is not None and a.owner == self.owner
+        )
         for batch in _batches(ids):
             self._load_mails(Email.account_id.in_(batch) & Email.primary.is_(True), lock)
+        # The history only matters to an address that is not verified (or not stored).
+        unverified = sorted(
+            key
+            for key in addresses
+            if key not in self.mails or not self.mails[key].fields["verified"]
+        )
+        for batch in _batches(unverified):
+            lapses = select(
+                AddressHistory.address_key,
+                AddressHistory.unverified_at,
+                AddressHistory.unverify_reason,
+            ).where(AddressHistory.address_key.in_(batch))
+            for key, at, reason in self.conn.execute(lapses):
+                self.lapses[key] = _Lapse(at, reason)
 
     def _load_mails(self, condition: Any, lock: bool) -> None:
         query = (
-            select(*_MAIL_COLUMNS, Account.username)
+            select(*_MAIL_COLUMNS, Account.username, Account.username_key, Account.owner)
             .join(Account, Account.id == Email.account_id)
             .where(condition)
         )
         if lock:  # the checker may unverify an address meanwhile: it waits for us
             query = query.with_for_update(of=_EMAILS_TABLE)
         for row in self.conn.execute(query):
-            id_, address, *values, username = row
-            if address in self.mails:
+            id_, address, key, *values, username, account_key, owner = row
+            if key in self.mails:
                 continue
             fields = dict(zip(_MAIL_FIELDS, values, strict=True))
-            self.mails[address] = _Mail(id_, username, address, fields, dict(fields))
-            if fields["primary"] and username in self.primary:
-                self.primary[username] = address
+            self.mails[key] = _Mail(
+                id_, account_key, username, owner, address, key, fields, dict(fields)
+            )
+            if fields["primary"] and account_key in self.primary:
+                self.primary[account_key] = key
 
     # -- one line
 
@@ -873,8 +989,14 @@ class _Chunk:
         changed something, and its warnings.
         """
         warnings: list[str] = []
-        account = self.accounts.get(line.username)
-        totp_line, projects_line = self.seen.account(line.username)
+        account = self.accounts.get(line.key)
+        if account is not None and account.owner != self.owner:
+            raise _Reject(
+                f"account {account.username!r} is not managed by this import "
+                f"(owner: {_shown_owner(account.owner)}); nothing changed"
+            )
+        name = line.username if account is None else account.username
+        totp_line, projects_line = self.seen.account(line.key)
         if account is None:
             totp = bool(line.totp)
             projects = line.projects if line.projects is not None else []
@@ -891,31 +1013,37 @@ class _Chunk:
 
         planned: list[tuple[_EmailIn, _Mail | None, dict[str, Any]]] = []
         for email in line.emails:
-            mail = self.mails.get(email.address)
-            earlier = self.seen.address(email.address)
-            if mail is not None and mail.username != line.username:
+            mail = self.mails.get(email.key)
+            earlier = self.seen.address(email.key)
+            if mail is not None and mail.account != line.key:
+                if mail.owner != self.owner:  # whose it is is none of this import's business
+                    raise _Reject(
+                        f"{email.address} belongs to an account not managed by this import; "
+                        "nothing changed"
+                    )
                 where = f" (line {earlier})" if earlier else ""
                 raise _Reject(
                     f"{email.address} belongs to another account, {mail.username!r}{where}"
                 )
-            fields, warning = self._fields(email, mail)
+            fields, warning = self._fields(email, mail, self.lapses.get(email.key))
             if mail is not None and earlier and fields != mail.fields:
                 raise _Reject(f"{email.address} is also on line {earlier}, with other values")
             if warning:
                 warnings.append(warning)
             planned.append((email, mail, fields))
 
-        listed = {email.address for email in line.emails}
+        listed = {email.key for email in line.emails}
         primaries = [email.address for email, _, fields in planned if fields["primary"]]
         demote: _Mail | None = None
-        current = self.primary.get(line.username)
+        current = self.primary.get(line.key)
         if current is not None and current not in listed and primaries:
+            demote = self.mails[current]
             earlier = self.seen.address(current)
             if earlier:
                 raise _Reject(
-                    f"{line.username!r} already has the primary address {current} (line {earlier})"
+                    f"{name!r} already has the primary address {demote.address} (line {earlier})"
                 )
-            demote = self.mails[current]  # the file names another primary: it wins
+            # the file names another primary: it wins
         if len(primaries) > 1:
             raise _Reject(f"more than one primary address: {', '.join(primaries)}")
 
@@ -923,9 +1051,9 @@ class _Chunk:
         changed = False
         creating = account is None
         if account is None:
-            account = _Acct(None, line.username, totp, projects, None, line.line)
-            self.accounts[line.username] = account
-            self.primary[line.username] = None
+            account = _Acct(None, name, line.key, self.owner, totp, projects, None, line.line)
+            self.accounts[line.key] = account
+            self.primary[line.key] = None
             changed = True
         elif totp != account.totp or projects != account.projects:
             account.totp, account.projects = totp, projects
@@ -934,8 +1062,19 @@ class _Chunk:
             changed = True
         for email, mail, fields in planned:
             if mail is None:
-                new = _Mail(None, line.username, email.address, fields, None, line.line, creating)
-                self.mails[email.address] = new
+                new = _Mail(
+                    None,
+                    line.key,
+                    name,
+                    self.owner,
+                    email.address,
+                    email.key,
+                    fields,
+                    None,
+                    line.line,
+                    creating,
+                )
+                self.mails[email.key] = new
                 if creating:
                     account.created_with.append(new)
                 changed = True
@@ -943,9 +1082,9 @@ class _Chunk:
                 mail.fields, mail.line = fields, line.line
                 changed = True
             if fields["primary"]:
-                self.primary[line.username] = email.address
-            elif self.primary.get(line.username) == email.address:
-                self.primary[line.username] = None
+                self.primary[line.key] = email.key
+            elif self.primary.get(line.key) == email.key:
+                self.primary[line.key] = None
             if not email.free_provider:
                 self.domains.add(email.domain)
         if demote is not None:
@@ -956,8 +1095,16 @@ class _Chunk:
         return changed, warnings
 
     @staticmethod
-    def _fields(email: _EmailIn, mail: _Mail | None) -> tuple[dict[str, Any], str | None]:
-        """The address's columns once ``email`` is applied, with the re-verification rule."""
+    def _fields(
+        email: _EmailIn, mail: _Mail | None, lapse: _Lapse | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """The address's columns once ``email`` is applied, with the re-verification rule.
+
+        lapsewatch's unverify counts whether the stored row records it, or only
+        ``address_history`` does (``lapse``: the row was removed, or the registry
+        unverified the row since): the address becomes verified again only by a
+        ``verified_at`` later than every unverify.
+        """
         fields: dict[str, Any]
         if mail is None:
             fields = {
@@ -975,25 +1122,50 @@ class _Chunk:
             fields["domain"], fields["free_provider"] = email.domain, email.free_provider
             if email.primary is not None:
                 fields["primary"] = email.primary
-            if fields["unverify_reason"] is not None and not fields["verified"]:
-                # lapsewatch unverified it: only a newer verification undoes that.
-                if not email.verified:
-                    return fields, None
-                since = fields["unverified_at"] or fields["verified_at"]
-                if email.verified_at is None or since is None or email.verified_at <= since:
-                    return fields, (
-                        f"{email.address} stays unverified: lapsewatch unverified it "
-                        f"({fields['unverify_reason']}) at {isoformat(since)}, and the import "
-                        "gives no verified_at later than that"
-                    )
+        stored_unverify = (
+            mail is not None and fields["unverify_reason"] is not None and not fields["verified"]
+        )
+        unverifies: list[tuple[datetime | None, str]] = []
+        if stored_unverify:
+            since = fields["unverified_at"] or fields["verified_at"]
+            unverifies.append((since, fields["unverify_reason"]))
+        if lapse is not None and (mail is None or not fields["verified"]):
+            unverifies.append((lapse.at, lapse.reason))
+        if unverifies and email.verified:
+            # lapsewatch unverified it: only a newer verification undoes that.
+            when = email.verified_at
+            blocking = [
+                (since, reason)
+                for since, reason in unverifies
+                if when is None or since is None or when <= since
+            ]
+            if blocking:
+                dated = [(at, why) for at, why in blocking if at is not None]
+                since, reason = max(dated) if dated else blocking[0]
+                removed = ""
+                if mail is None and lapse is not None:  # removed, and imported again
+                    fields.update(_lapsed(lapse), verified=False)
+                    removed = " before it was removed"
+                return fields, (
+                    f"{email.address} stays unverified: lapsewatch unverified it "
+                    f"({reason}) at {isoformat(since)}{removed}, and the import "
+                    "gives no verified_at later than that"
+                )
+            if stored_unverify:
                 fields.update(
                     verified=True,
-                    verified_at=email.verified_at,
+                    verified_at=when,
                     unverified_at=None,
                     unverify_reason=None,
                     unverify_detail=None,
                 )
                 return fields, None
+            # Only the history, and a verification after it: the registry's own, as usual.
+        elif stored_unverify:
+            return fields, None  # the registry agrees it is not verified; our reason is kept
+        elif mail is None and lapse is not None:
+            fields.update(_lapsed(lapse))  # added again unverified: as lapsewatch left it
+        if mail is not None:
             fields["verified"] = email.verified
             if email.verified_at is not None:
                 fields["verified_at"] = email.verified_at
@@ -1038,20 +1210,23 @@ class _Chunk:
 
     def _insert_accounts(self, now: datetime, event: _EventSink) -> int:
         # In key order: neighbouring inserts touch neighbouring pages of the unique index.
-        new = sorted((a for a in self.accounts.values() if a.id is None), key=_by_username)
+        new = sorted((a for a in self.accounts.values() if a.id is None), key=_by_key)
         if not new:
             return 0
+        # The keys are given, not left to the column defaults: those need SQLAlchemy's
+        # per-row execution context, which this bulk insert does without.
         ids = _insert_with_ids(
             self.conn,
             _ACCOUNTS_TABLE,
-            ("username", "totp_enabled", "projects", "created_at"),
-            [(a.username, a.totp, a.projects, now) for a in new],
+            ("username_key", "username", "owner", "totp_enabled", "projects", "created_at"),
+            [(a.key, a.username, a.owner, a.totp, a.projects, now) for a in new],
         )
         for account, id_ in zip(new, ids, strict=True):
             account.id = id_
         for account in sorted(new, key=_by_line):  # events in the order of the input
             after = {
                 "username": account.username,
+                "owner": account.owner,
                 "totp": account.totp,
                 "projects": account.projects,
                 "emails": [_added(mail) for mail in account.created_with],
@@ -1080,20 +1255,20 @@ class _Chunk:
         return len(updates)
 
     def _insert_mails(self, event: _EventSink) -> int:
-        new = sorted((m for m in self.mails.values() if m.id is None), key=_by_address)
+        new = sorted((m for m in self.mails.values() if m.id is None), key=_by_address_key)
         if not new:
             return 0
         rows = [
-            (m.address, self.accounts[m.username].id, *(m.fields[k] for k in _MAIL_FIELDS))
+            (m.key, m.address, self.accounts[m.account].id, *(m.fields[k] for k in _MAIL_FIELDS))
             for m in new
         ]
         ids = _insert_with_ids(
-            self.conn, _EMAILS_TABLE, ("address", "account_id", *_MAIL_FIELDS), rows
+            self.conn, _EMAILS_TABLE, ("address_key", "address", "account_id", *_MAIL_FIELDS), rows
         )
         for mail, id_ in zip(new, ids, strict=True):
             mail.id = id_
             if not mail.in_created:
-                account_id = self.accounts[mail.username].id
+                account_id = self.accounts[mail.account].id
                 domain = mail.fields["domain"]
                 event("email.added", mail.line, account_id, id_, domain, after=_added(mail))
         return len(new)
@@ -1114,7 +1289,7 @@ class _Chunk:
             event(
                 "email.reverified" if reverified else "email.changed",
                 mail.line,
-                self.accounts[mail.username].id,
+                self.accounts[mail.account].id,
                 mail.id,
                 mail.fields["domain"],
                 before=_jsonable({"address": mail.address, **{k: original[k] for k in changed}}),
@@ -1143,6 +1318,18 @@ class _Chunk:
         rows = [{"name": name, "consecutive_failures": 0} for name in sorted(missing)]
         self.conn.execute(statement, rows)
         return len(missing)
+
+
+def _lapsed(lapse: _Lapse) -> dict[str, Any]:
+    """The unverify columns of an address added again after lapsewatch unverified it."""
+    return {
+        "unverified_at": lapse.at,
+        "unverify_reason": lapse.reason,
+        "unverify_detail": (
+            f"lapsewatch unverified this address ({lapse.reason}) at {isoformat(lapse.at)}; "
+            "it was removed and imported again since, without a later verification"
+        ),
+    }
 
 
 def _added(mail: _Mail) -> dict[str, Any]:
@@ -1195,7 +1382,13 @@ def _column_default(column: Any) -> Any:
     if default.is_scalar:
         return default.arg
     if default.is_callable:
-        return default.arg(None)
+        try:
+            return default.arg(None)
+        except (AttributeError, KeyError, TypeError):  # it reads the row being inserted
+            raise TypeError(
+                f"column {column.key!r} has a default computed from the row; "
+                "this bulk insert must give its value"
+            ) from None
     raise TypeError(f"column {column.key!r} has a SQL default this bulk insert cannot compute")
 
 
@@ -1296,15 +1489,20 @@ def _run_chunk(
     seen: _Seen,
     now: datetime,
     source: str,
+    owner: str,
 ) -> _ChunkResult:
-    """Apply one chunk in one transaction; retried once if a concurrent writer raced us."""
+    """Apply one chunk in one transaction; retried once if a concurrent writer raced us.
+
+    (A sign-up that took a username or address meanwhile: on the retry the line
+    finds it, owned by the web app, and is rejected.)
+    """
     if not lines:
         return _ChunkResult()
     for attempt in (1, 2):
         result = _ChunkResult()
         try:
             with _transaction(engine) as conn:
-                chunk = _Chunk(conn, lines, seen)
+                chunk = _Chunk(conn, lines, seen, owner)
                 for line in lines:
                     try:
                         changed, warnings = chunk.apply(line)
@@ -1419,8 +1617,15 @@ def import_accounts(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     parallel: bool | None = None,
     progress: Callable[[int], None] | None = None,
+    owner: str = DEFAULT_OWNER,
 ) -> ImportSummary:
     """Import accounts from ``stream`` (byte lines: an open binary file, stdin's buffer).
+
+    ``owner`` owns the accounts the import creates, and the import changes no
+    other: a line naming an account of another owner (the web app's ``web``,
+    another API key's ``api:<name>``), or an address of such an account, is
+    rejected. ``import`` (the CLI) or ``api:<key name>`` (an API key's push);
+    anything else raises ``ValueError`` (see :func:`check_owner`).
 
     ``name`` picks the format by extension and names the input in event
     reasons; ``kind`` overrides detection. ``now`` fixes the clock (tests).
@@ -1431,6 +1636,7 @@ def import_accounts(
     Raises :class:`InputError` for an unusable input (nothing imported) and
     :class:`ImportAborted` when the database fails (earlier chunks stay).
     """
+    owner = check_owner(owner)
     started = now or datetime.now(UTC)
     validator = _Validator(free_providers or domains.load_free_providers(), started)
     reader = _Reader(stream)
@@ -1454,7 +1660,7 @@ def import_accounts(
             good = [record for _, record in chunk if isinstance(record, _LineIn)]
             bad = [LineProblem(n, record) for n, record in chunk if isinstance(record, str)]
             try:
-                result = _run_chunk(engine, good, seen, now or datetime.now(UTC), source)
+                result = _run_chunk(engine, good, seen, now or datetime.now(UTC), source, owner)
             except SQLAlchemyError as exc:
                 raise ImportAborted(
                     f"database error: {_first_line(exc)}", totals.freeze(), chunk[0][0]

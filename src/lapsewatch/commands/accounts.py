@@ -9,13 +9,20 @@ from contextlib import contextmanager
 from typing import Annotated, BinaryIO
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from lapsewatch import domains
-from lapsewatch.accounts.importer import ImportAborted, InputError, import_accounts
+from lapsewatch.accounts.importer import (
+    DEFAULT_OWNER,
+    ImportAborted,
+    InputError,
+    check_owner,
+    import_accounts,
+)
 from lapsewatch.accounts.queries import AccountNotFound, show_account
 from lapsewatch.commands._common import EXIT_BAD_INPUT, Format, console, errors, fail, load_settings
 from lapsewatch.config import Settings
@@ -106,13 +113,33 @@ def import_command(
         ),
     ],
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    owner: Annotated[
+        str,
+        typer.Option(
+            "--owner",
+            metavar="NAME",
+            help=(
+                "Who the imported accounts belong to: 'import', or 'api:<key name>' to seed "
+                "the accounts that API key's pushes manage. Lines naming an account (or an "
+                "address) of another owner are rejected; the web app's accounts (owner "
+                "'web': sign-up, admin create-admin) are never changed by an import."
+            ),
+        ),
+    ] = DEFAULT_OWNER,
 ) -> None:
     """Import accounts and addresses; safe to repeat (an unchanged line changes nothing).
 
     Bad lines are reported by number and skipped, good ones imported; the exit
-    code is 2 when any line was rejected. An address lapsewatch unverified is
-    only verified again by a verified_at later than the unverify.
+    code is 2 when any line was rejected. An import creates and changes only
+    accounts of its --owner. Usernames follow the sign-up rule (ASCII letters,
+    digits, '.', '_', '-'; nothing trimmed) and are matched whatever their case,
+    as addresses are. An address lapsewatch unverified, even one removed since,
+    is only verified again by a verified_at later than the unverify.
     """
+    try:
+        owner = check_owner(owner)
+    except ValueError as exc:
+        raise fail(escape(f"--owner: {exc}")) from None
     settings = load_settings()
     free = _free_providers(settings)
     engine = open_store(settings)
@@ -124,6 +151,7 @@ def import_command(
                 name=None if file == "-" else file,
                 free_providers=free,
                 progress=progress,
+                owner=owner,
             )
         except InputError as exc:
             raise fail(f"{file}: {exc}; nothing was imported") from None

@@ -17,14 +17,16 @@ from sqlalchemy import Engine, select
 from lapsewatch.accounts.errors import AccountError
 from lapsewatch.accounts.events import record
 from lapsewatch.accounts.passwords import Passwords, check_policy
-from lapsewatch.accounts.service import check_username
 from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.commands._common import Format, console, fail, load_settings
 from lapsewatch.commands.accounts import open_store
+from lapsewatch.config import ConfigError
 from lapsewatch.dates import isoformat
 from lapsewatch.formats import json as json_format
+from lapsewatch.names import InvalidName, check_username, username_key
 from lapsewatch.store import Account, make_sessionmaker
 from lapsewatch.web.apikeys import KeyNameTaken, create_api_key, list_api_keys, revoke_api_key
+from lapsewatch.web.config import WebSettings
 from lapsewatch.web.webhooks import (
     InvalidWebhookUrl,
     add_webhook,
@@ -62,10 +64,19 @@ def _store() -> Engine:
     return open_store(load_settings())
 
 
+def _web_settings() -> WebSettings:
+    try:
+        return WebSettings.from_env()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
 def _set_admin(username: str, value: bool) -> None:
     engine = _store()
     with make_sessionmaker(engine).begin() as session:
-        account = session.scalar(select(Account).where(Account.username == username))
+        account = session.scalar(
+            select(Account).where(Account.username_key == username_key(username))
+        )
         if account is None:
             raise fail(f"no account is named {username!r}")
         if account.is_admin != value:
@@ -79,6 +90,14 @@ def _set_admin(username: str, value: bool) -> None:
                 after={"is_admin": value},
             )
     console.print(f"{username} is {'now' if value else 'no longer'} an admin", highlight=False)
+    if value:
+        console.print(_NEEDS_2FA, highlight=False)
+
+
+_NEEDS_2FA = (
+    "admins need two-factor authentication: sign in at /account/login and turn it on at "
+    "/account/2fa; until then no admin page or action opens"
+)
 
 
 @admin_app.command("create-admin")
@@ -94,17 +113,21 @@ def create_admin(
         ),
     ],
 ) -> None:
-    """Create an admin account (no address yet: add and verify one on its security page)."""
+    """Create an admin account (no address yet: add and verify one on its security page).
+
+    The admin pages open only once the account has turned on two-factor authentication.
+    """
     minimum = AccountSettings.min_password_length
     try:
         username = check_username(username)
         check_policy(password, username=username, minimum=minimum, maximum=1024)
-    except AccountError as exc:
+    except (AccountError, InvalidName) as exc:
         raise fail(str(exc)) from None
     engine = _store()
     password_hash = Passwords().hash(password)
     with make_sessionmaker(engine).begin() as session:
-        if session.scalar(select(Account.id).where(Account.username == username)) is not None:
+        taken = select(Account.id).where(Account.username_key == username_key(username))
+        if session.scalar(taken) is not None:
             raise fail(f"{username!r} exists; make it an admin with: lapsewatch admin grant")
         account = Account(
             username=username,
@@ -125,6 +148,7 @@ def create_admin(
             after={"is_admin": True},
         )
     console.print(f"admin {username} created; sign in at /account/login", highlight=False)
+    console.print(_NEEDS_2FA, highlight=False)
 
 
 @admin_app.command("grant")
@@ -177,9 +201,14 @@ def api_keys(
 
 @webhook_app.command("add")
 def webhook_add(url: Annotated[str, typer.Argument(help="An http(s) URL to POST to.")]) -> None:
-    """Register a webhook; its signing secret is printed once."""
+    """Register a webhook; its signing secret is printed once.
+
+    Its host must resolve to public addresses only, unless LAPSEWATCH_WEBHOOK_ALLOW
+    (comma list of CIDRs) allows an internal network.
+    """
+    allow = _web_settings().webhook_allow
     try:
-        hook = add_webhook(_store(), url, now=_now())
+        hook = add_webhook(_store(), url, now=_now(), allow=allow)
     except InvalidWebhookUrl as exc:
         raise fail(str(exc)) from None
     console.print(f"webhook {hook.id}: {hook.url}\nsecret: {hook.secret}", highlight=False)
@@ -189,13 +218,17 @@ def webhook_add(url: Annotated[str, typer.Argument(help="An http(s) URL to POST 
 def webhook_list(
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
-    """The active webhooks."""
+    """The active webhooks, everybody's (``key`` is the id of the API key that made one)."""
     hooks = list_webhooks(_store())
     if output is Format.json:
         console.print_json(json_format.dumps([_plain(h) for h in hooks]))
         return
     for hook in hooks:
-        console.print(f"{hook.id}\t{hook.url}\tsince {hook.created_at:%Y-%m-%d}", highlight=False)
+        made_by = "cli" if hook.api_key_id is None else f"key {hook.api_key_id}"
+        console.print(
+            f"{hook.id}\t{hook.url}\tsince {hook.created_at:%Y-%m-%d}\t{made_by}",
+            highlight=False,
+        )
 
 
 @webhook_app.command("remove")
@@ -211,7 +244,7 @@ def deliver(
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
     """Queue and send webhook deliveries once (run it from cron, or use serve's loop)."""
-    summary = deliver_webhooks(_store())
+    summary = deliver_webhooks(_store(), allow=_web_settings().webhook_allow)
     if output is Format.json:
         console.print_json(json_format.dumps(dataclasses.asdict(summary)))
         return

@@ -27,8 +27,11 @@ def serve(
 
     Configured by LAPSEWATCH_DATABASE_URL, LAPSEWATCH_SECRET_KEY (signs session
     cookies; set it, or every restart signs everybody out), LAPSEWATCH_BASE_URL
-    (the public address, used in mailed links), LAPSEWATCH_SMTP_URL and
-    LAPSEWATCH_MAIL_FROM. Behind a reverse proxy, keep --host 127.0.0.1.
+    (the public address, used in mailed links), LAPSEWATCH_SMTP_URL,
+    LAPSEWATCH_MAIL_FROM, LAPSEWATCH_MAX_PUSH_BYTES / LAPSEWATCH_MAX_BODY_BYTES (request
+    body limits, 5 MiB for the API push and 64 KiB elsewhere) and
+    LAPSEWATCH_WEBHOOK_ALLOW (CIDRs webhooks may reach although internal). Behind a
+    reverse proxy, keep --host 127.0.0.1.
     """
     import uvicorn
 

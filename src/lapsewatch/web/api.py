@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lapsewatch import domains
@@ -21,6 +21,7 @@ from lapsewatch.dates import isoformat
 from lapsewatch.report import build_report
 from lapsewatch.web.apikeys import ApiKeyInfo, authenticate
 from lapsewatch.web.context import WebContext, get_context
+from lapsewatch.web.middleware import API_KEY_STATE, UNAUTHENTICATED
 from lapsewatch.web.queries import address_view, domain_view
 from lapsewatch.web.schemas import (
     AddressOut,
@@ -62,15 +63,19 @@ bearer = HTTPBearer(
 
 
 def require_api_key(
+    request: Request,
     context: Annotated[WebContext, Depends(get_context)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKeyInfo:
+    """The key :class:`~lapsewatch.web.middleware.ApiKeyGate` checked before the body was
+    read (checked here again only if the app runs without the gate)."""
+    key = getattr(request.state, API_KEY_STATE, None)
+    if isinstance(key, ApiKeyInfo):
+        return key
     key = authenticate(context.engine, credentials.credentials) if credentials else None
     if key is None:
         raise HTTPException(
-            status_code=401,
-            detail="a valid API key is required: Authorization: Bearer <key>",
-            headers={"WWW-Authenticate": "Bearer"},
+            status_code=401, detail=UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"}
         )
     return key
 
@@ -82,6 +87,7 @@ router = APIRouter(
 )
 
 Ctx = Annotated[WebContext, Depends(get_context)]
+Key = Annotated[ApiKeyInfo, Depends(require_api_key)]
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Not in the store."}
 }
@@ -93,16 +99,21 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     summary="Push addresses of the registry's accounts",
     responses={
         400: {"model": ErrorOut, "description": "The body is not JSON."},
+        413: {"model": ErrorOut, "description": "The body is over the size limit."},
         503: {"model": ErrorOut, "description": "The database failed; retry."},
     },
 )
-def push_addresses(body: AddressPush, context: Ctx) -> ImportOut:
+def push_addresses(body: AddressPush, context: Ctx, key: Key) -> ImportOut:
     """Create or update accounts and addresses, like `lapsewatch accounts import`.
 
     Idempotent: pushing the same addresses again changes nothing. Each address is
     validated on its own; refused ones are listed in `rejected` by position and the
     rest are stored. Addresses not pushed are left as they are. Newly seen custom
     domains are checked by the next cycle.
+
+    A key changes only the accounts it created itself: an account made by the web
+    app's sign-up, by the command-line importer or by another key is refused (listed
+    in `rejected`), so no key can add an address to somebody else's account.
     """
     lines = []
     for item in body.addresses:
@@ -121,6 +132,7 @@ def push_addresses(body: AddressPush, context: Ctx) -> ImportOut:
             free_providers=context.free_providers,
             now=context.clock(),
             parallel=False,
+            owner=f"api:{key.name}",
         )
     except ImportAborted as exc:
         raise HTTPException(status_code=503, detail=f"the database failed: {exc}") from None
@@ -181,33 +193,51 @@ def get_report(context: Ctx) -> ReportOut:
     tags=["webhooks"],
     status_code=201,
     summary="Register a webhook and get its signing secret",
-    responses={400: {"model": ErrorOut, "description": "Not an http(s) URL, or not JSON."}},
+    responses={
+        400: {
+            "model": ErrorOut,
+            "description": "Not an http(s) URL, its host does not resolve, or it resolves "
+            "to an internal address.",
+        }
+    },
 )
-def create_webhook(body: WebhookIn, context: Ctx) -> WebhookCreated:
+def create_webhook(body: WebhookIn, context: Ctx, key: Key) -> WebhookCreated:
     """Every `email.unverified` event from now on is POSTed to the URL as JSON, signed
     (see `secret`), retried with backoff until it gets a 2xx answer. Deliveries are
-    at least once: deduplicate on `event_id`."""
+    at least once: deduplicate on `event_id`.
+
+    The host must resolve to public addresses only (no loopback, private, link-local,
+    CGNAT, multicast or reserved address), now and at every delivery. The webhook
+    belongs to this API key: only this key lists or stops it."""
     try:
-        hook = add_webhook(context.engine, body.url, now=context.clock())
+        hook = add_webhook(
+            context.engine,
+            body.url,
+            now=context.clock(),
+            api_key_id=key.id,
+            allow=context.web.webhook_allow,
+        )
     except InvalidWebhookUrl as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
     return WebhookCreated.from_new(hook)
 
 
-@router.get("/webhooks", tags=["webhooks"], summary="The active webhooks")
-def get_webhooks(context: Ctx) -> list[WebhookOut]:
-    return [WebhookOut.from_info(h) for h in list_webhooks(context.engine)]
+@router.get("/webhooks", tags=["webhooks"], summary="This key's active webhooks")
+def get_webhooks(context: Ctx, key: Key) -> list[WebhookOut]:
+    return [WebhookOut.from_info(h) for h in list_webhooks(context.engine, api_key_id=key.id)]
 
 
 @router.delete(
     "/webhooks/{webhook_id}",
     tags=["webhooks"],
     status_code=204,
-    summary="Stop a webhook",
+    summary="Stop one of this key's webhooks",
     responses=_NOT_FOUND,
     response_class=Response,
 )
-def delete_webhook(webhook_id: Annotated[int, Path(ge=1, le=2**31 - 1)], context: Ctx) -> Response:
-    if not remove_webhook(context.engine, webhook_id):
+def delete_webhook(
+    webhook_id: Annotated[int, Path(ge=1, le=2**31 - 1)], context: Ctx, key: Key
+) -> Response:
+    if not remove_webhook(context.engine, webhook_id, api_key_id=key.id):
         raise HTTPException(status_code=404, detail="no such active webhook")
     return Response(status_code=204)

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -33,11 +32,14 @@ from lapsewatch.domains import FreeProviders, load_free_providers
 from lapsewatch.schedule import Policy
 from lapsewatch.store import make_engine, make_sessionmaker, upgrade
 from lapsewatch.web import admin, api, pages
+from lapsewatch.web.config import WebSettings
 from lapsewatch.web.context import WebContext
-from lapsewatch.web.render import render
+from lapsewatch.web.middleware import ApiKeyGate, BodyLimit
+from lapsewatch.web.render import flash, render
 from lapsewatch.web.security import (
     SESSION_COOKIE,
     SESSION_MAX_AGE,
+    FlashRedirect,
     LoginRedirect,
     SecurityHeaders,
     session_key,
@@ -75,6 +77,7 @@ def create_app(
     webhooks_every: float | None = None,
     close_service: bool = False,
     session_max_age: int = SESSION_MAX_AGE,
+    web_settings: WebSettings | None = None,
 ) -> FastAPI:
     """The web app over ``engine``.
 
@@ -83,7 +86,10 @@ def create_app(
     ``Secure`` when its base URL is ``https://``. ``webhooks_every`` (seconds)
     runs :func:`deliver_webhooks` in a background thread while the app is up.
     ``close_service`` closes ``account_service`` (its mail thread) at shutdown.
+    ``web_settings`` (body limits, webhook allow-list) default to the safe defaults,
+    not to the environment (:func:`create_app_from_env` reads that).
     """
+    web = web_settings or WebSettings()
     account_settings: AccountSettings = account_service.settings
     secure = account_settings.base_url.startswith("https://")
     context = WebContext(
@@ -97,6 +103,7 @@ def create_app(
         clock=clock or _utc_now,
         secret_key=account_settings.secret_key,
         secure_cookies=secure,
+        web=web,
     )
 
     @asynccontextmanager
@@ -106,7 +113,7 @@ def create_app(
         if webhooks_every:
             worker = threading.Thread(
                 target=_deliver_periodically,
-                args=(engine, webhooks_every, stop),
+                args=(engine, webhooks_every, stop, web),
                 name="lapsewatch-webhooks",
                 daemon=True,
             )
@@ -140,6 +147,14 @@ def create_app(
         same_site="lax",
         https_only=secure,
     )
+    # Outermost last: headers on every answer, then the API key, then the body limit,
+    # so an anonymous request is refused before a byte of its body is read.
+    app.add_middleware(
+        BodyLimit,
+        default=web.max_body_bytes,
+        limits={("POST", "/api/v1/addresses"): web.max_push_bytes},
+    )
+    app.add_middleware(ApiKeyGate, engine=engine)
     app.add_middleware(SecurityHeaders, hsts=secure)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)
@@ -150,10 +165,12 @@ def create_app(
     return app
 
 
-def _deliver_periodically(engine: Engine, every: float, stop: threading.Event) -> None:
+def _deliver_periodically(
+    engine: Engine, every: float, stop: threading.Event, web: WebSettings
+) -> None:
     while not stop.wait(every):
         try:
-            summary = deliver_webhooks(engine)
+            summary = deliver_webhooks(engine, allow=web.webhook_allow)
         except Exception:  # a bad run must not end the loop; the next one retries
             log.exception("webhook delivery failed")
             continue
@@ -206,6 +223,11 @@ def _add_error_pages(app: FastAPI) -> None:
     async def login_redirect(request: Request, exc: LoginRedirect) -> Response:
         return RedirectResponse(exc.location, status_code=303)
 
+    @app.exception_handler(FlashRedirect)
+    async def flash_redirect(request: Request, exc: FlashRedirect) -> Response:
+        flash(request, exc.message, exc.kind)
+        return RedirectResponse(exc.location, status_code=303)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers) if exc.headers else None
@@ -226,13 +248,35 @@ def _add_error_pages(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         if _is_api(request):
-            return await request_validation_exception_handler(request, exc)
+            return JSONResponse({"detail": _errors(exc)}, status_code=422)
         return render(
             request,
             "error.html",
             {"status": 422, "message": "The request was not understood."},
             status_code=422,
         )
+
+
+def _printable(value: object) -> object:
+    """Text safe to encode as UTF-8 JSON: a lone surrogate becomes ``\\ud800``."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return _printable(str(value))
+
+
+def _errors(exc: RequestValidationError) -> list[dict[str, object]]:
+    """The validation errors without the offending input (never echoed: it may be huge,
+    secret, or not encodable at all), each with its type, location and message."""
+    return [
+        {
+            "type": _printable(error.get("type", "")),
+            "loc": [_printable(part) for part in error.get("loc", ())],
+            "msg": _printable(error.get("msg", "")),
+        }
+        for error in exc.errors()
+    ]
 
 
 def create_app_from_env(*, webhooks_every: float | None = None) -> FastAPI:
@@ -249,5 +293,13 @@ def create_app_from_env(*, webhooks_every: float | None = None) -> FastAPI:
         )
     engine = make_engine(settings.database_url)
     upgrade(engine)
+    web_settings = WebSettings.from_env()
     service = AccountService.from_settings(engine, account_settings, settings)
-    return create_app(engine, service, settings, webhooks_every=webhooks_every, close_service=True)
+    return create_app(
+        engine,
+        service,
+        settings,
+        webhooks_every=webhooks_every,
+        close_service=True,
+        web_settings=web_settings,
+    )

@@ -19,6 +19,7 @@ from lapsewatch.accounts.service import AccountService
 from lapsewatch.config import Settings
 from lapsewatch.domains import FreeProviders
 from lapsewatch.schedule import Policy
+from lapsewatch.web.config import WebSettings
 
 __all__ = ["WebContext", "get_context"]
 
@@ -38,6 +39,8 @@ class WebContext:
     """Signs session cookies and session stamps (``LAPSEWATCH_SECRET_KEY``)."""
     secure_cookies: bool
     """Served over HTTPS (the base URL says so): cookies get the ``Secure`` flag."""
+    web: WebSettings
+    """Body limits, the webhook allow-list, how long a re-authentication counts."""
 
 
 def get_context(request: Request) -> WebContext:

@@ -9,26 +9,38 @@ runs them in a thread pool, so Argon2 and SMTP never block the event loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from lapsewatch.accounts.errors import AccountError, LoginRequired, RateLimited, WeakPassword
-from lapsewatch.accounts.results import LoginStatus
+from lapsewatch.accounts.errors import (
+    AccountError,
+    LoginRequired,
+    RateLimited,
+    TotpAlreadyEnabled,
+    WeakPassword,
+)
+from lapsewatch.accounts.results import RESET_REQUESTED, LoginStatus
 from lapsewatch.accounts.totp import provisioning_uri
 from lapsewatch.mail.messages import RESET_PASSWORD_PATH, VERIFY_EMAIL_PATH
+from lapsewatch.store.models import Account
 from lapsewatch.web.context import WebContext, get_context
 from lapsewatch.web.render import flash, redirect, render
 from lapsewatch.web.security import (
+    CONFIRM_PASSWORD_PATH,
     Viewer,
     client_of,
     csrf_protect,
     current_viewer,
+    ensure_recent_auth,
     log_in,
     log_out,
+    mark_reauthenticated,
+    recent_auth,
     refresh_stamp,
     require_user,
     safe_next,
@@ -36,12 +48,17 @@ from lapsewatch.web.security import (
 
 __all__ = ["router"]
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(dependencies=[Depends(csrf_protect)], include_in_schema=False)
 
 Ctx = Annotated[WebContext, Depends(get_context)]
 User = Annotated[Viewer, Depends(require_user)]
 MaybeUser = Annotated[Viewer | None, Depends(current_viewer)]
 Text = Annotated[str, Form()]
+# Sensitive actions: a password entered within the last ten minutes (a login counts).
+ConfirmedForAddresses = Annotated[Viewer, recent_auth("/account/security")]
+ConfirmedFor2fa = Annotated[Viewer, recent_auth("/account/2fa")]
 
 PENDING_LOGIN_SECONDS = 300
 """How long the 2FA step may follow the password step."""
@@ -122,20 +139,21 @@ def sign_up(
             status_code=400,
         )
     try:
-        result = context.accounts.sign_up(username, password, email, client=client_of(request))
+        context.accounts.sign_up(username, password, email, client=client_of(request))
     except AccountError as exc:
         return _refused(request, context, "sign_up.html", exc, {"values": values})
-    log_in(request, context, result.account_id)
-    if result.verification_sent:
-        flash(request, f"Welcome! We sent a verification link to {result.address}.", "success")
-    else:
-        flash(
-            request,
-            f"Your account is ready, but the mail to {result.address} could not be sent. "
-            "Ask for a new link below.",
-            "warning",
-        )
-    return redirect("/account/security")
+    # One answer whether or not the address was free (no account is made for a used
+    # one; its owner is told by mail), and no login: the link in the mail proves the
+    # address, then the password opens the account.
+    return _message(
+        request,
+        "Check your mail",
+        f"We sent a mail to {values['email'].strip()}. Open the verification link in it, "
+        "then sign in with your username and password. No mail within a few minutes? "
+        "Sign in and ask for a new link on your security page.",
+        status_code=200,
+        **{"Sign in": "/account/login"},
+    )
 
 
 # ----------------------------------------------------------------------- verification
@@ -159,7 +177,8 @@ def verify_email(request: Request, context: Ctx, viewer: MaybeUser, token: Text 
         return _message(
             request,
             "Sign in first",
-            f"This address was unverified because its domain lapsed; {exc}.",
+            "This address needs a link redeemed by its owner while signed in (its domain "
+            f"lapsed once, or lapsewatch unverified it before); {exc}.",
             status_code=403,
             **{"Sign in": login},
         )
@@ -258,10 +277,44 @@ def second_factor(
 
 
 @router.post("/account/logout")
-def logout(request: Request) -> Response:
+def logout(request: Request, context: Ctx, viewer: MaybeUser) -> Response:
+    """Ends this session for good: a copy of its cookie stops working too."""
+    if viewer is not None:
+        context.accounts.end_sessions(viewer.account_id)
     log_out(request)
     flash(request, "You are signed out.")
     return redirect("/")
+
+
+@router.post("/account/sessions/end")
+def end_other_sessions(request: Request, context: Ctx, viewer: User) -> Response:
+    """Sign out everywhere else (another browser, a stolen cookie); this session stays."""
+    context.accounts.end_sessions(viewer.account_id)
+    refresh_stamp(request, context, viewer.account_id)
+    flash(request, "Every other session of your account was signed out.", "success")
+    return redirect("/account/security")
+
+
+# -------------------------------------------------------------------- confirm password
+
+
+@router.get(CONFIRM_PASSWORD_PATH)
+def confirm_password_form(request: Request, viewer: User, next: str = "") -> Response:
+    return render(request, "confirm_password.html", {"next": safe_next(next)})
+
+
+@router.post(CONFIRM_PASSWORD_PATH)
+def confirm_password(
+    request: Request, context: Ctx, viewer: User, password: Text = "", next: Text = ""
+) -> Response:
+    """Enter the password again before a sensitive action; it counts for ten minutes."""
+    target = safe_next(next)
+    try:
+        context.accounts.reauthenticate(viewer.account_id, password)
+    except AccountError as exc:
+        return _refused(request, context, "confirm_password.html", exc, {"next": target})
+    mark_reauthenticated(request, context)
+    return redirect(target)
 
 
 # ---------------------------------------------------------------------------- 2FA
@@ -272,6 +325,9 @@ def totp_page(request: Request, context: Ctx, viewer: User) -> Response:
     overview = context.accounts.security_overview(viewer.account_id)
     if overview.totp_enabled:
         return render(request, "totp_manage.html", {"overview": overview})
+    # The set-up page shows the secret: whoever sees it can make codes, so it needs a
+    # fresh password like turning 2FA on does.
+    ensure_recent_auth(request, context, "/account/2fa")
     return _totp_setup(request, context, viewer)
 
 
@@ -282,14 +338,14 @@ def _totp_setup(
     *,
     error: str | None = None,
 ) -> HTMLResponse:
-    """The pending secret stays in the session until confirmed, so a reload keeps it."""
-    secret = request.session.get("totp_secret")
-    if isinstance(secret, str):
-        uri = provisioning_uri(secret, viewer.username)
-    else:
-        setup = context.accounts.begin_totp_setup(viewer.account_id)
-        secret, uri = setup.secret, setup.provisioning_uri
-        request.session["totp_secret"] = secret
+    """The pending secret is kept server-side (never in the cookie) until confirmed.
+
+    Showing the page starts a new set-up (a new secret); after a wrong code the same
+    secret is shown again, so the one already in the app still works."""
+    secret = _pending_secret(context, viewer.account_id) if error else None
+    if secret is None:
+        secret = context.accounts.begin_totp_setup(viewer.account_id).secret
+    uri = provisioning_uri(secret, viewer.username)
     grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
     return render(
         request,
@@ -299,33 +355,46 @@ def _totp_setup(
     )
 
 
+def _pending_secret(context: WebContext, account_id: int) -> str | None:
+    with context.sessions() as session:
+        account = session.get(Account, account_id)
+        return account.totp_pending_secret if account is not None else None
+
+
 @router.post("/account/2fa")
-def totp_confirm(request: Request, context: Ctx, viewer: User, code: Text = "") -> Response:
-    secret = request.session.get("totp_secret")
-    if not isinstance(secret, str):
-        flash(request, "Start the set-up again.", "warning")
-        return redirect("/account/2fa")
+def totp_confirm(
+    request: Request, context: Ctx, viewer: ConfirmedFor2fa, code: Text = ""
+) -> Response:
     try:
-        codes = context.accounts.confirm_totp(viewer.account_id, secret, code)
+        codes = context.accounts.confirm_totp(viewer.account_id, code)
+    except TotpAlreadyEnabled:
+        return redirect("/account/2fa")
     except AccountError as exc:
         return _totp_setup(request, context, viewer, error=str(exc))
-    request.session.pop("totp_secret", None)
+    refresh_stamp(request, context, viewer.account_id)  # the other sessions ended
     return render(request, "recovery_codes.html", {"codes": codes.codes, "first": True})
 
 
 @router.post("/account/2fa/disable")
-def totp_disable(request: Request, context: Ctx, viewer: User, password: Text = "") -> Response:
+def totp_disable(
+    request: Request, context: Ctx, viewer: ConfirmedFor2fa, password: Text = ""
+) -> Response:
+    """Needs a recent password *and* the password in the form (checked by the service
+    under the login limit)."""
     try:
         context.accounts.disable_totp(viewer.account_id, password)
     except AccountError as exc:
         flash(request, str(exc), "error")
         return redirect("/account/2fa")
+    refresh_stamp(request, context, viewer.account_id)
     flash(request, "Two-factor authentication is off.", "warning")
     return redirect("/account/security")
 
 
 @router.post("/account/2fa/recovery-codes")
-def recovery_codes(request: Request, context: Ctx, viewer: User, password: Text = "") -> Response:
+def recovery_codes(
+    request: Request, context: Ctx, viewer: ConfirmedFor2fa, password: Text = ""
+) -> Response:
     try:
         codes = context.accounts.regenerate_recovery_codes(viewer.account_id, password)
     except AccountError as exc:
@@ -355,7 +424,9 @@ def _act(request: Request, done: str, action: Any) -> Response:
 
 
 @router.post("/account/emails")
-def add_email(request: Request, context: Ctx, viewer: User, address: Text = "") -> Response:
+def add_email(
+    request: Request, context: Ctx, viewer: ConfirmedForAddresses, address: Text = ""
+) -> Response:
     def add() -> str:
         added = context.accounts.add_email(viewer.account_id, address)
         if added.verification_sent:
@@ -366,7 +437,9 @@ def add_email(request: Request, context: Ctx, viewer: User, address: Text = "") 
 
 
 @router.post("/account/emails/{email_id}/remove")
-def remove_email(request: Request, context: Ctx, viewer: User, email_id: int) -> Response:
+def remove_email(
+    request: Request, context: Ctx, viewer: ConfirmedForAddresses, email_id: int
+) -> Response:
     return _act(
         request,
         "The address was removed.",
@@ -375,7 +448,9 @@ def remove_email(request: Request, context: Ctx, viewer: User, email_id: int) ->
 
 
 @router.post("/account/emails/{email_id}/primary")
-def make_primary(request: Request, context: Ctx, viewer: User, email_id: int) -> Response:
+def make_primary(
+    request: Request, context: Ctx, viewer: ConfirmedForAddresses, email_id: int
+) -> Response:
     return _act(
         request,
         "That address is now your primary address.",
@@ -412,6 +487,7 @@ def change_password(
         flash(request, str(exc), "error")
         return redirect("/account/security")
     refresh_stamp(request, context, viewer.account_id)
+    mark_reauthenticated(request, context)
     flash(request, "Your password was changed; other sessions were signed out.", "success")
     return redirect("/account/security")
 
@@ -425,10 +501,22 @@ def forgot_password_form(request: Request) -> Response:
 
 
 @router.post("/account/forgot-password")
-def forgot_password(request: Request, context: Ctx, identifier: Text = "") -> Response:
-    """One answer for every input: existing or not, verified or not, rate-limited or not."""
-    answer = context.accounts.request_password_reset(identifier, client=client_of(request))
-    return render(request, "forgot_password.html", {"answer": answer.message})
+def forgot_password(
+    request: Request, context: Ctx, background: BackgroundTasks, identifier: Text = ""
+) -> Response:
+    """One answer for every input: existing or not, verified or not, rate-limited or not.
+
+    The answer goes out first and the request is handled after it (a background
+    task), so how long the answer takes cannot tell a known account from an unknown."""
+    background.add_task(_request_reset, context, identifier, client_of(request))
+    return render(request, "forgot_password.html", {"answer": RESET_REQUESTED.message})
+
+
+def _request_reset(context: WebContext, identifier: str, client: str | None) -> None:
+    try:
+        context.accounts.request_password_reset(identifier, client=client)
+    except Exception:  # after the answer: nobody to tell but the log
+        log.exception("a password reset request failed")
 
 
 @router.get(RESET_PASSWORD_PATH)

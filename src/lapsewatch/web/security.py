@@ -4,11 +4,17 @@ may do what in the browser.
 * The session is a signed cookie (Starlette's ``SessionMiddleware``, keyed by a
   key derived from ``LAPSEWATCH_SECRET_KEY``): HttpOnly, SameSite=Lax, Secure
   behind HTTPS. It holds the account id and a *stamp* derived from the password
-  hash, so changing or resetting the password ends every other session.
+  hash and the account's ``session_generation``: changing or resetting the
+  password, turning 2FA on, logging out and "sign out everywhere" bump the
+  generation, so every cookie issued before (even a copied one) stops working.
+* Sensitive actions (adding, removing or promoting an address, 2FA) need a
+  password entered within the last ten minutes (:func:`require_recent_auth`): a
+  stolen cookie alone cannot take the account over.
 * Every state-changing form carries a synchronizer token kept in the session;
   a POST without it, or with another one, is refused with 403.
 * Roles are read from the database on every request, never from the cookie:
-  an admin who is demoted loses the dashboard at once.
+  an admin who is demoted loses the dashboard at once, and an admin account
+  without 2FA gets no admin page until it turns 2FA on.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from lapsewatch.store.models import Account
 from lapsewatch.web.context import WebContext, get_context
 
 __all__ = [
+    "CONFIRM_PASSWORD_PATH",
     "CSRF_FIELD",
     "SESSION_COOKIE",
+    "FlashRedirect",
     "LoginRedirect",
     "SecurityHeaders",
     "Viewer",
@@ -37,8 +45,11 @@ __all__ = [
     "csrf_protect",
     "csrf_token",
     "current_viewer",
+    "ensure_recent_auth",
     "log_in",
     "log_out",
+    "mark_reauthenticated",
+    "recent_auth",
     "refresh_stamp",
     "require_admin",
     "require_user",
@@ -50,6 +61,7 @@ SESSION_COOKIE = "lapsewatch_session"
 SESSION_MAX_AGE = 12 * 3600
 """Seconds a login lasts; the signature carries the time, so an old cookie is refused."""
 CSRF_FIELD = "csrf_token"
+CONFIRM_PASSWORD_PATH = "/account/confirm-password"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -158,6 +170,17 @@ class Viewer:
     account_id: int
     username: str
     is_admin: bool
+    totp_enabled: bool = False
+
+
+class FlashRedirect(Exception):
+    """Raised by a dependency to send the visitor elsewhere (303) with a message."""
+
+    def __init__(self, location: str, message: str, kind: str = "warning") -> None:
+        super().__init__(location)
+        self.location = location
+        self.message = message
+        self.kind = kind
 
 
 class LoginRedirect(Exception):
@@ -172,34 +195,48 @@ class LoginRedirect(Exception):
         return "/account/login?next=" + quote(self.next_path, safe="/")
 
 
-def _stamp(secret_key: str, account_id: int, password_hash: str | None) -> str:
-    """Changes whenever the password does: a session made before a reset dies."""
-    material = f"{account_id}:{password_hash or ''}".encode()
-    return hmac.new(secret_key.encode(), material, hashlib.sha256).hexdigest()[:32]
+def _stamp(secret_key: str, account: Account) -> str:
+    """Changes whenever the password or the session generation does: a session made
+    before a reset, a logout or "sign out everywhere" dies."""
+    material = f"{account.id}:{account.password_hash or ''}:{account.session_generation}"
+    return hmac.new(secret_key.encode(), material.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _now(context: WebContext) -> int:
+    return int(context.clock().timestamp())
 
 
 def log_in(request: Request, context: WebContext, account_id: int) -> None:
-    """Start a fresh session for ``account_id`` (a new CSRF token: no session fixation)."""
+    """Start a fresh session for ``account_id`` (a new CSRF token: no session fixation).
+
+    The password was just entered, so the session counts as re-authenticated."""
     with context.sessions() as session:
         account = session.get(Account, account_id)
-        password_hash = account.password_hash if account is not None else None
+        stamp = _stamp(context.secret_key, account) if account is not None else ""
     request.session.clear()
     request.session.update(
         {
             "uid": account_id,
-            "stamp": _stamp(context.secret_key, account_id, password_hash),
+            "stamp": stamp,
             "since": int(time.time()),
+            "reauth": _now(context),
             "csrf": secrets.token_urlsafe(32),
         }
     )
 
 
 def refresh_stamp(request: Request, context: WebContext, account_id: int) -> None:
-    """Keep *this* session after its own password change (the others end)."""
+    """Keep *this* session after a change that ended the others (password, 2FA on,
+    "sign out everywhere")."""
     with context.sessions() as session:
         account = session.get(Account, account_id)
         if account is not None:
-            request.session["stamp"] = _stamp(context.secret_key, account_id, account.password_hash)
+            request.session["stamp"] = _stamp(context.secret_key, account)
+
+
+def mark_reauthenticated(request: Request, context: WebContext) -> None:
+    """The password was entered again just now (the confirm-password page)."""
+    request.session["reauth"] = _now(context)
 
 
 def log_out(request: Request) -> None:
@@ -219,10 +256,11 @@ def current_viewer(
         with context.sessions() as session:
             account = session.get(Account, uid)
             if account is not None and hmac.compare_digest(
-                str(request.session.get("stamp", "")),
-                _stamp(context.secret_key, account.id, account.password_hash),
+                str(request.session.get("stamp", "")), _stamp(context.secret_key, account)
             ):
-                viewer = Viewer(account.id, account.username, account.is_admin)
+                viewer = Viewer(
+                    account.id, account.username, account.is_admin, account.totp_enabled
+                )
         if viewer is None:  # deleted account or password changed elsewhere
             request.session.pop("uid", None)
             request.session.pop("stamp", None)
@@ -247,12 +285,49 @@ def require_user(
 def require_admin(
     request: Request, viewer: Annotated[Viewer | None, Depends(current_viewer)]
 ) -> Viewer:
-    """An admin: anonymous visitors go to the login page, other accounts get 403."""
+    """An admin with 2FA on: anonymous visitors go to the login page, other accounts get
+    403, and an admin without 2FA is sent to set it up (no admin page or action before)."""
     if viewer is None:
         raise LoginRedirect(_here(request) if request.method == "GET" else "/admin")
     if not viewer.is_admin:
         raise HTTPException(status_code=403, detail="This page is for administrators only.")
+    if not viewer.totp_enabled:
+        raise FlashRedirect(
+            "/account/2fa",
+            "Administrators must turn on two-factor authentication before the admin pages "
+            "open: a password alone (or a password reset) must never give the dashboard.",
+        )
     return viewer
+
+
+def ensure_recent_auth(request: Request, context: WebContext, back: str) -> None:
+    """Unless the password was entered within ``reauth_seconds`` (a login counts), send
+    the visitor to the confirm-password page, which returns to ``back`` (to this very
+    page, for a GET)."""
+    at = request.session.get("reauth")
+    age = _now(context) - at if isinstance(at, int) else None
+    if age is None or not 0 <= age <= context.web.reauth_seconds:
+        target = _here(request) if request.method == "GET" else back
+        raise FlashRedirect(
+            CONFIRM_PASSWORD_PATH + "?next=" + quote(target, safe="/"),
+            "Confirm your password to continue.",
+            "info",
+        )
+
+
+def recent_auth(back: str) -> Any:
+    """A dependency: the logged-in account, re-authenticated recently (see
+    :func:`ensure_recent_auth`)."""
+
+    def dependency(
+        request: Request,
+        context: Annotated[WebContext, Depends(get_context)],
+        viewer: Annotated[Viewer, Depends(require_user)],
+    ) -> Viewer:
+        ensure_recent_auth(request, context, back)
+        return viewer
+
+    return Depends(dependency)
 
 
 def safe_next(value: str | None, default: str = "/account/security") -> str:

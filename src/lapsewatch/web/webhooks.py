@@ -16,29 +16,44 @@ Run it periodically (``lapsewatch admin deliver-webhooks``, or
 secret over ``"<X-Lapsewatch-Timestamp>." + raw body`` (see
 :func:`verify_signature`), and should refuse old timestamps (replays).
 Delivery is at least once: deduplicate on ``event_id``.
+
+Webhooks must not become a way to make this server talk to itself or its
+network (SSRF): the host of a webhook URL is resolved when it is registered and
+again at every delivery, and every address it resolves to must be public — not
+loopback, private, link-local, CGNAT (100.64/10), multicast, unspecified or
+reserved, in IPv4 or IPv6 (also embedded: ``::ffff:127.0.0.1``, 6to4, NAT64).
+The delivery then connects to the very address it checked (the name goes in
+the ``Host`` header and TLS SNI), so a DNS answer that changes between check and
+connection (rebinding) reaches nothing else. An operator may allow internal
+networks explicitly (``LAPSEWATCH_WEBHOOK_ALLOW``, CIDRs). A webhook made
+through the API belongs to its API key: only that key sees or stops it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
-from sqlalchemy import Engine, and_, exists, literal, select, update
+from sqlalchemy import Engine, and_, exists, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from lapsewatch.dates import isoformat
 from lapsewatch.store.db import make_sessionmaker
-from lapsewatch.store.models import Account, Email, Event, Webhook, WebhookDelivery
+from lapsewatch.store.models import Account, ApiKey, Email, Event, Webhook, WebhookDelivery
+from lapsewatch.web.config import IPNetwork
 
 __all__ = [
     "DELIVERY_HEADER",
@@ -48,14 +63,19 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "DeliverySummary",
+    "IPAddress",
     "InvalidWebhookUrl",
     "NewWebhook",
+    "Target",
     "WebhookInfo",
     "add_webhook",
     "backoff",
+    "check_target",
     "deliver_webhooks",
     "list_webhooks",
+    "refused_because",
     "remove_webhook",
+    "resolve_host",
     "sign",
     "verify_signature",
 ]
@@ -76,6 +96,12 @@ CLAIM = timedelta(minutes=5)
 MAX_URL = 2000
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 class InvalidWebhookUrl(ValueError):
     pass
 
@@ -86,6 +112,8 @@ class WebhookInfo:
     url: str
     active: bool
     created_at: datetime
+    api_key_id: int | None
+    """The API key that made it (``None``: the command line)."""
 
 
 @dataclass(frozen=True)
@@ -121,29 +149,164 @@ def check_url(url: str) -> str:
     return url
 
 
-def add_webhook(engine: Engine, url: str, *, now: datetime) -> NewWebhook:
+# ------------------------------------------------------------------------ SSRF rules
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (IP literals in any form the C library
+    accepts, ``0x7f000001`` and ``2130706433`` included, resolve to themselves)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if address not in found:
+            found.append(address)
+    return found
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def refused_because(address: IPAddress) -> str | None:
+    """Why a webhook may not reach ``address`` (``None``: a public address)."""
+    for candidate in (address, _embedded_ipv4(address)):
+        if candidate is None:
+            continue
+        if candidate.is_loopback:
+            return "loopback"
+        if candidate.is_unspecified:
+            return "unspecified"
+        if candidate.is_link_local:
+            return "link-local"
+        if candidate.is_multicast:
+            return "multicast"
+        if isinstance(candidate, ipaddress.IPv4Address) and candidate in _CGNAT:
+            return "shared (CGNAT)"
+        if candidate.is_private or (
+            isinstance(candidate, ipaddress.IPv6Address) and candidate.is_site_local
+        ):
+            return "private"
+        if candidate.is_reserved:
+            return "reserved"
+        if not candidate.is_global:
+            return "non-public"
+    return None
+
+
+def _allowed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
+    embedded = _embedded_ipv4(address)
+    return any(address in net or (embedded is not None and embedded in net) for net in allow)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a delivery connects: the checked address, and the name it stands for."""
+
+    host: str
+    port: int
+    address: IPAddress
+
+
+def _parts(url: str) -> tuple[SplitResult, str, int]:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts, host, port
+
+
+def check_target(url: str, *, allow: Sequence[IPNetwork] = ()) -> Target:
+    """Resolve the URL's host; every address must be public (or in ``allow``).
+
+    Raises :class:`InvalidWebhookUrl` saying why; nothing is connected to.
+    """
+    _, host, port = _parts(url)
+    try:
+        addresses = resolve_host(host, port)
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise InvalidWebhookUrl(f"the host {host!r} does not resolve: {exc}") from None
+    if not addresses:
+        raise InvalidWebhookUrl(f"the host {host!r} does not resolve")
+    for address in addresses:
+        if _allowed(address, allow):
+            continue
+        reason = refused_because(address)
+        if reason is not None:
+            raise InvalidWebhookUrl(
+                f"the host {host!r} resolves to {address}, a {reason} address: webhooks only "
+                "go to public addresses (an operator may allow internal networks with "
+                "LAPSEWATCH_WEBHOOK_ALLOW)"
+            )
+    return Target(host, port, addresses[0])
+
+
+def _pinned(url: str, target: Target) -> tuple[str, str, dict[str, Any]]:
+    """The URL with its host replaced by the checked address, the ``Host`` header value,
+    and the request extensions (TLS SNI and certificate checks use the name)."""
+    parts, host, _ = _parts(url)
+    literal_host = f"[{target.address}]" if target.address.version == 6 else str(target.address)
+    netloc = literal_host + (f":{parts.port}" if parts.port else "")
+    if "@" in parts.netloc:
+        netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
+    pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    host_header = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return pinned, host_header, extensions
+
+
+def add_webhook(
+    engine: Engine,
+    url: str,
+    *,
+    now: datetime,
+    api_key_id: int | None = None,
+    allow: Sequence[IPNetwork] = (),
+) -> NewWebhook:
+    """Register ``url`` for ``api_key_id`` (``None``: made by the operator's command line)."""
     url = check_url(url)
+    check_target(url, allow=allow)
     secret = "whsec_" + secrets.token_urlsafe(32)
     with make_sessionmaker(engine).begin() as session:
-        hook = Webhook(url=url, secret=secret, created_at=now, active=True)
+        hook = Webhook(url=url, secret=secret, created_at=now, active=True, api_key_id=api_key_id)
         session.add(hook)
         session.flush()
-        return NewWebhook(hook.id, hook.url, True, hook.created_at, secret)
+        return NewWebhook(hook.id, hook.url, True, hook.created_at, api_key_id, secret)
 
 
-def list_webhooks(engine: Engine, *, include_inactive: bool = False) -> list[WebhookInfo]:
+def list_webhooks(
+    engine: Engine, *, api_key_id: int | None = None, include_inactive: bool = False
+) -> list[WebhookInfo]:
+    """The webhooks of ``api_key_id``; ``None`` (the operator): everybody's."""
     with make_sessionmaker(engine)() as session:
         query = select(Webhook).order_by(Webhook.id)
+        if api_key_id is not None:
+            query = query.where(Webhook.api_key_id == api_key_id)
         if not include_inactive:
             query = query.where(Webhook.active.is_(True))
-        return [WebhookInfo(h.id, h.url, h.active, h.created_at) for h in session.scalars(query)]
+        return [
+            WebhookInfo(h.id, h.url, h.active, h.created_at, h.api_key_id)
+            for h in session.scalars(query)
+        ]
 
 
-def remove_webhook(engine: Engine, webhook_id: int) -> bool:
-    """Deactivate (kept for the delivery history); ``False`` if no such active webhook."""
+def remove_webhook(engine: Engine, webhook_id: int, *, api_key_id: int | None = None) -> bool:
+    """Deactivate (kept for the delivery history); ``False`` if no such active webhook
+    (of ``api_key_id``, when given: another key's webhook is "not found")."""
     with make_sessionmaker(engine).begin() as session:
         hook = session.get(Webhook, webhook_id)
         if hook is None or not hook.active:
+            return False
+        if api_key_id is not None and hook.api_key_id != api_key_id:
             return False
         hook.active = False
         return True
@@ -246,11 +409,23 @@ def _claim(session: Session, delivery_id: int, due_at: datetime, now: datetime) 
 
 
 def _post(
-    client: httpx.Client, url: str, secret: str, body: bytes, now: datetime, delivery_id: int
+    client: httpx.Client,
+    url: str,
+    secret: str,
+    body: bytes,
+    now: datetime,
+    delivery_id: int,
+    allow: Sequence[IPNetwork],
 ) -> str | None:
-    """POST once; ``None`` on a 2xx answer, else why it failed."""
+    """POST once, to the address just checked; ``None`` on a 2xx answer, else why not."""
+    try:
+        target = check_target(url, allow=allow)
+    except InvalidWebhookUrl as exc:
+        return f"refused: {exc}"[:500]
+    pinned, host_header, extensions = _pinned(url, target)
     timestamp = int(now.timestamp())
     headers = {
+        "Host": host_header,
         "Content-Type": "application/json",
         SIGNATURE_HEADER: sign(secret, timestamp, body),
         TIMESTAMP_HEADER: str(timestamp),
@@ -258,7 +433,7 @@ def _post(
         DELIVERY_HEADER: str(delivery_id),
     }
     try:
-        response = client.post(url, content=body, headers=headers)
+        response = client.post(pinned, content=body, headers=headers, extensions=extensions)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
     if 200 <= response.status_code < 300:
@@ -274,8 +449,13 @@ def deliver_webhooks(
     limit: int = 200,
     timeout: float = 10.0,
     max_attempts: int = MAX_ATTEMPTS,
+    allow: Sequence[IPNetwork] = (),
 ) -> DeliverySummary:
-    """Queue new deliveries, then send up to ``limit`` due ones (one pass; call it often)."""
+    """Queue new deliveries, then send up to ``limit`` due ones (one pass; call it often).
+
+    ``allow``: internal networks the operator lets webhooks reach (see the module doc).
+    Webhooks of a revoked API key are not delivered.
+    """
     now = now or datetime.now(UTC)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
@@ -284,8 +464,10 @@ def deliver_webhooks(
         due = session.execute(
             select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
             .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .outerjoin(ApiKey, ApiKey.id == Webhook.api_key_id)
             .where(
                 Webhook.active.is_(True),
+                or_(Webhook.api_key_id.is_(None), ApiKey.revoked_at.is_(None)),
                 WebhookDelivery.delivered_at.is_(None),
                 WebhookDelivery.attempts < max_attempts,
                 WebhookDelivery.next_attempt_at <= now,
@@ -313,7 +495,7 @@ def deliver_webhooks(
             error = (
                 "the event no longer exists"
                 if payload is None
-                else _post(http, url, secret, body, now, delivery_id)
+                else _post(http, url, secret, body, now, delivery_id, allow)
             )
             with sessions.begin() as session:
                 delivery = session.get(WebhookDelivery, delivery_id)

@@ -81,7 +81,7 @@ def reference_state(world: World, tmp_path: Path) -> dict[str, Any]:
         timeout=120,
         check=False,
     )
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr  # 1: it unverified addresses
     result = state(engine)
     engine.dispose()
     return result
@@ -115,7 +115,7 @@ def test_sigkill_mid_cycle(world: World, database_url: str, tmp_path: Path) -> N
         timeout=120,
         check=False,
     )
-    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.returncode in (0, 1), rerun.stderr
     assert_same(state(engine), expected)
     unverified_events = [e for e in expected["events"] if e[0] == "email.unverified"]
     assert len(unverified_events) == len(EXPECTED_UNVERIFIED)

@@ -510,3 +510,37 @@ def test_ip_fast_path_agrees_with_ipaddress(text: str) -> None:
     except ValueError:
         is_ip = False
     assert (domains._ip_error(text, text) is not None) == is_ip
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("\u202ealice@x.org", "bidirectional control U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("a\u200f@x.org", "bidirectional control U+200F"),
+        ("a\u2067b@x.org", "bidirectional control U+2067"),
+        ("Alice <\u202eal@x.org>", "U+202E"),
+        ("a@x\u202e.org", "bidirectional control U+202E"),
+        ("a\u200b@x.org", "format character U+200B (ZERO WIDTH SPACE)"),
+        ("a\ufeff@x.org", "format character U+FEFF"),
+        ("a@x\U000e0001.org", "format character U+E0001 (LANGUAGE TAG)"),
+    ],
+)
+def test_invisible_format_characters_are_refused(text: str, reason: str) -> None:
+    """Issue #11: an address must read as what it is (Unicode Cf refused, with the reason)."""
+    with pytest.raises(DomainError, match=re.escape(reason)):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("a@\u00adx.org", "a@x.org"),  # soft hyphen: IDNA mapping drops it
+        ("a@\u200bx.org", "a@x.org"),  # so it does a zero width space in a host
+    ],
+)
+def test_format_characters_idna_drops_from_a_host_are_accepted(text: str, address: str) -> None:
+    assert parse(text).address == address
+
+
+def test_the_joiners_idna_allows_pass() -> None:
+    assert parse("a\u200d@x.org").address == "a\u200d@x.org"

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import re
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
+from lapsewatch.sources import _http
 from lapsewatch.sources._client import open_client
+from lapsewatch.sources.rdap import parse_domain_object
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -82,3 +87,114 @@ def test_a_broken_server_raises_an_httpx_transport_error(data: bytes) -> None:
 def test_a_silent_server_times_out_as_httpx() -> None:
     with pytest.raises(httpx.TimeoutException):
         asyncio.run(fetch(silent, timeout=0.3))
+
+
+# ---------------------------------------------- issue #11: deadlines, caps, redirects
+
+
+async def bounded(reply: Reply, *, deadline: float = 1.0, max_bytes: int = 1000) -> _http.Reply:
+    async with (
+        raw_server(reply) as url,
+        open_client(timeout=5.0, max_connections=4, user_agent="test") as client,
+    ):
+        return await _http.get(
+            client, url, attempts=1, max_retry_after=0, deadline=deadline, max_bytes=max_bytes
+        )
+
+
+def answer(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
+    head = "".join(f"{h}\r\n" for h in headers)
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
+
+
+def test_a_gzip_answer_is_decoded() -> None:
+    reply = asyncio.run(
+        bounded(writes(answer(gzip.compress(b'{"a": 1}'), "Content-Encoding: gzip")))
+    )
+    assert reply.content == b'{"a": 1}'
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        pytest.param(answer(b"x" * 5000), "refused (limit 1000)", id="declared-too-long"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 5000,
+            "longer than 1000 bytes",
+            id="streamed-too-long",
+        ),
+        pytest.param(
+            answer(gzip.compress(b" " * 400_000), "Content-Encoding: gzip"),
+            "unpacks to more than 1000 bytes",
+            id="gzip-bomb",
+        ),
+        pytest.param(
+            answer(b"not gzip at all", "Content-Encoding: gzip"),
+            "does not decode",
+            id="bad-gzip",
+        ),
+        pytest.param(
+            answer(gzip.compress(b"{}" * 100)[:-12], "Content-Encoding: gzip"),
+            "cut short",
+            id="cut-gzip",
+        ),
+        pytest.param(answer(b"{}", "Content-Encoding: br"), "unsupported", id="brotli"),
+        pytest.param(
+            answer(b"", "Location: /domain/example.com", status="302 Found"),
+            "more than 3 redirects",
+            id="redirect-loop",
+        ),
+        pytest.param(
+            answer(b"", "Location: http://localhost:1/x", status="301 Moved"),
+            "another host: not followed",
+            id="redirect-away",
+        ),
+    ],
+)
+def test_a_hostile_answer_is_a_fetch_error_with_its_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(_http.FetchError, match=re.escape(reason)):
+        asyncio.run(bounded(writes(data)))
+
+
+def test_a_trickle_is_cut_at_the_deadline_though_every_read_gets_data() -> None:
+    async def trickle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for byte in answer(b'{"a": 1}' * 10):
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.02)  # far below the 5 s read timeout
+
+    with pytest.raises(_http.RequestDeadline, match=re.escape("no answer within 0.3 s")):
+        asyncio.run(bounded(trickle, deadline=0.3))
+
+
+def test_raw_deflate_is_decoded_too() -> None:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw = packer.compress(b"hello") + packer.flush()
+    reply = asyncio.run(bounded(writes(answer(raw, "Content-Encoding: deflate"))))
+    assert reply.content == b"hello"
+
+
+RECORD = {"objectClassName": "domain", "ldhName": "EXAMPLE.COM", "status": ["active"]}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({**RECORD, "objectClassName": "entity"}, "objectClassName 'entity'"),
+        ({k: v for k, v in RECORD.items() if k != "objectClassName"}, "no objectClassName"),
+        ({k: v for k, v in RECORD.items() if k != "ldhName"}, "names no domain"),
+        ({**RECORD, "ldhName": "OTHER.COM"}, "about 'OTHER.COM'"),
+        ({**RECORD, "unicodeName": "other.com"}, "(unicodeName)"),
+        ({"errorCode": 404, "title": "Not Found"}, "error object 404"),
+        ({**RECORD, "errorCode": 500}, "error object 500"),
+    ],
+)
+def test_rdap_is_strict_about_whose_record_it_is(data: dict[str, object], reason: str) -> None:
+    observation = parse_domain_object(data, "example.com")
+    assert not observation.answered
+    assert reason in observation.detail
+
+
+def test_an_idn_record_may_name_itself_in_unicode_only() -> None:
+    data = {"objectClassName": "domain", "unicodeName": "bücher.de", "status": ["active"]}
+    assert parse_domain_object(data, "xn--bcher-kva.de").answered

@@ -32,7 +32,21 @@ class Settings:
     fastly_url: str = DEFAULT_FASTLY_URL
     fastly_key: str | None = None
     timeout: float = 5.0
-    """Seconds for one request to one source."""
+    """Seconds for one request to one source, all of it (connect, headers, body): a
+    server that trickles its answer is cut off at this deadline."""
+    domain_deadline: float = 60.0
+    """Seconds for one domain's whole check (every source, retries included); a
+    source still busy then is that domain's error, never the cycle's."""
+    max_response_bytes: int = 4 * 1024 * 1024
+    """Largest answer read from an HTTP source, raw and decompressed."""
+    confirm_minutes: float = 60.0
+    """Delay of the confirming check of a dangerous verdict resting on thin evidence."""
+    db_connect_timeout: float = 10.0
+    """Seconds to connect to the database."""
+    db_statement_timeout: float = 120.0
+    """Seconds one database statement (or commit) may take before the run stops."""
+    db_lock_timeout: float = 30.0
+    """Seconds to wait for a row or table lock (SQLite: its busy timeout)."""
     attempts: int = 3
     """Tries per request on network errors, 429 and 5xx (bounded retry)."""
     max_retry_after: float = 30.0
@@ -85,6 +99,24 @@ class Settings:
             fastly_url=(get("FASTLY_URL") or DEFAULT_FASTLY_URL).rstrip("/"),
             fastly_key=fastly_key,
             timeout=_parse_float("TIMEOUT", get("TIMEOUT"), 5.0, minimum=0.01),
+            domain_deadline=_parse_float(
+                "DOMAIN_DEADLINE", get("DOMAIN_DEADLINE"), 60.0, minimum=0.01
+            ),
+            max_response_bytes=int(
+                _parse_float(
+                    "MAX_RESPONSE_BYTES", get("MAX_RESPONSE_BYTES"), 4 * 1024 * 1024, minimum=1024
+                )
+            ),
+            confirm_minutes=_parse_float("CONFIRM_MINUTES", get("CONFIRM_MINUTES"), 60.0),
+            db_connect_timeout=_parse_float(
+                "DB_CONNECT_TIMEOUT", get("DB_CONNECT_TIMEOUT"), 10.0, minimum=1
+            ),
+            db_statement_timeout=_parse_float(
+                "DB_STATEMENT_TIMEOUT", get("DB_STATEMENT_TIMEOUT"), 120.0, minimum=0.1
+            ),
+            db_lock_timeout=_parse_float(
+                "DB_LOCK_TIMEOUT", get("DB_LOCK_TIMEOUT"), 30.0, minimum=0.1
+            ),
             attempts=int(_parse_float("ATTEMPTS", get("ATTEMPTS"), 3, minimum=1)),
             max_retry_after=_parse_float("MAX_RETRY_AFTER", get("MAX_RETRY_AFTER"), 30.0),
             free_providers_file=get("FREE_PROVIDERS"),

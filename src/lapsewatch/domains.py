@@ -122,6 +122,43 @@ def _check_text(text: object, what: str, *, strip: bool) -> str:
     return text
 
 
+_JOINERS = frozenset({"\u200c", "\u200d"})
+"""ZERO WIDTH NON-JOINER and JOINER: the format characters IDNA allows (CONTEXTJ)."""
+_BIDI_CONTROLS = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+
+
+def _check_format(text: str, what: str, *, host: bool = False) -> None:
+    """Refuse invisible format characters (Unicode Cf) in a local part or host.
+
+    A right-to-left override or a zero-width character makes an address read
+    differently from what it is (in an admin's list, in a notice). Only the
+    joiners IDNA allows pass, and, in a host, the ones IDNA mapping drops anyway
+    (soft hyphen): the stored name never contains them.
+    """
+    for position, char in enumerate(text, 1):
+        if unicodedata.category(char) != "Cf" or char in _JOINERS:
+            continue
+        if host and _dropped_by_idna(char):
+            continue
+        name = unicodedata.name(char, "unnamed")
+        kind = (
+            "bidirectional control"
+            if char in "\u200e\u200f\u061c" or unicodedata.bidirectional(char) in _BIDI_CONTROLS
+            else "format character"
+        )
+        raise DomainError(
+            f"{kind} U+{ord(char):04X} ({name}) at position {position} in {what} {text!r}: "
+            "invisible characters are not accepted in an address"
+        )
+
+
+def _dropped_by_idna(char: str) -> bool:
+    try:
+        return idna.uts46_remap(char, std3_rules=True) == ""
+    except ValueError:
+        return False
+
+
 def _unquoted(text: str, wanted: str) -> dict[str, list[int]]:
     """Positions of ``wanted`` characters outside RFC 5322 quoted strings."""
     found: dict[str, list[int]] = {char: [] for char in wanted}
@@ -196,6 +233,7 @@ def _alabel(label: str, host: str) -> str:
 def _host_labels(host: object) -> list[str]:
     """Validated A-labels of a host, without the root label; no PSL involved."""
     text = _check_text(host, "host", strip=False)
+    _check_format(text, "host", host=True)
     if text.startswith("[") or text.endswith("]"):
         raise DomainError(f"{text!r} is an IP literal, not a domain name")
     error = _ip_error(text.removesuffix("."), text)
@@ -305,6 +343,7 @@ def _split(text: object) -> tuple[str | None, str, str]:
         raise DomainError(f"empty local part before '@' in {spec!r}")
     if not domain_part:
         raise DomainError(f"no domain after '@' in {spec!r}")
+    _check_format(local, "local part")
     _check_local(local)
     if domain_part.startswith("["):
         raise DomainError(f"{domain_part!r} is an IP literal, not a domain name")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from lapsewatch import domains
 from lapsewatch.config import Settings
-from lapsewatch.sources import Observation, Source, open_sources
+from lapsewatch.sources import Observation, Source, guarded_observe, open_sources
 from lapsewatch.verdict import Decision, Verdict, decide
 
 __all__ = ["DomainReport", "check", "check_all", "observe_all"]
@@ -29,9 +29,11 @@ class DomainReport:
     observations: tuple[Observation, ...]
 
 
-async def observe_all(sources: list[Source], domain: str) -> tuple[Observation, ...]:
-    """Ask every source at once; one slow source does not delay the others' start."""
-    return tuple(await asyncio.gather(*(s.observe(domain) for s in sources)))
+async def observe_all(
+    sources: list[Source], domain: str, deadline: float = 60.0
+) -> tuple[Observation, ...]:
+    """Ask every source at once; one slow or failing source is that source's error."""
+    return tuple(await asyncio.gather(*(guarded_observe(s, domain, deadline) for s in sources)))
 
 
 async def check(
@@ -62,7 +64,7 @@ async def check_all(
     async with open_sources(settings) as sources:
         reports = await asyncio.gather(
             *(
-                _check_parsed(text, p, sources, verified_at, now)
+                _check_parsed(text, p, sources, verified_at, now, settings.domain_deadline)
                 for text, p in zip(texts, parsed, strict=True)
             )
         )
@@ -75,6 +77,7 @@ async def _check_parsed(
     sources: list[Source],
     verified_at: datetime | None,
     now: datetime | None,
+    deadline: float,
 ) -> DomainReport:
     if parsed.free_provider:
         decision = Decision(
@@ -83,7 +86,7 @@ async def _check_parsed(
             f"{parsed.domain} is a well-known mail provider; not checked",
         )
         return DomainReport(text, parsed, decision, ())
-    observations = await observe_all(sources, parsed.domain)
+    observations = await observe_all(sources, parsed.domain, deadline)
     decision = decide(
         parsed.domain, observations, now=now or datetime.now(UTC), verified_at=verified_at
     )

@@ -3,7 +3,9 @@
 * every domain behind a verified address: every ``interval`` (30 days);
 * near a known expiration date (7 days before to 45 days after): daily, and the
   regular check is pulled forward so that the window is not skipped;
-* after a failed check (``unknown``): 1 h, doubling, capped at 7 days.
+* after a failed check (``unknown``): 1 h, doubling, capped at 7 days;
+* a dangerous verdict on thin evidence: its confirming check, ``confirm`` (60
+  minutes) later (see :func:`lapsewatch.verdict.settle`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Policy:
     near_interval: timedelta = timedelta(days=1)
     retry_first: timedelta = timedelta(hours=1)
     retry_cap: timedelta = timedelta(days=7)
+    confirm: timedelta = timedelta(minutes=60)
+    """How long a dangerous verdict on thin evidence waits for its confirming check."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -32,6 +36,7 @@ class Policy:
             interval=timedelta(days=settings.check_interval_days),
             near_before=timedelta(days=settings.near_expiry_before_days),
             near_after=timedelta(days=settings.near_expiry_after_days),
+            confirm=timedelta(minutes=settings.confirm_minutes),
         )
 
 
@@ -42,11 +47,15 @@ def next_check(
     verdict: Verdict,
     expires_at: datetime | None,
     failures: int,
+    confirm_at: datetime | None = None,
 ) -> datetime:
     """The next check of a domain just checked at ``now``.
 
-    ``failures`` counts consecutive failed checks including this one.
+    ``failures`` counts consecutive failed checks including this one;
+    ``confirm_at`` is when a pending confirmation's check is due, which wins.
     """
+    if confirm_at is not None:
+        return max(confirm_at, now)
     if verdict is Verdict.UNKNOWN:
         exponent = min(max(failures, 1) - 1, 32)  # the cap applies long before 2**32
         backoff: timedelta = min(policy.retry_first * (2**exponent), policy.retry_cap)

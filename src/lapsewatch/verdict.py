@@ -15,18 +15,24 @@ The rules, in the order they matter:
 * A past expiration date is at least ``expiring``.
 * ``registered`` (safe) needs the registry's record: without it we cannot see
   expiry or re-registration, so the answer is ``unknown``, retried later.
+* A dangerous verdict acts at once only when the registry's record shows the
+  danger, or when two sources agree and none contradicts. Otherwise it is
+  *thin* (``Decision.doubt``): :func:`settle` turns it into a pending
+  confirmation, and only a later check that says the same acts on it. A domain
+  whose answers flip ends ``unknown``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from lapsewatch.sources.interface import Observation
 
-__all__ = ["DANGEROUS", "Decision", "Verdict", "decide"]
+__all__ = ["DANGEROUS", "Decision", "Pending", "Settlement", "Verdict", "decide", "settle"]
 
 
 class Verdict(StrEnum):
@@ -80,6 +86,20 @@ class Decision:
     """The source whose answer named the verdict (``None`` for ``unknown``)."""
     registered_at: datetime | None = None
     expires_at: datetime | None = None
+    doubt: str | None = None
+    """For a dangerous verdict on thin evidence (one source alone, or contradicted):
+    why it must be confirmed by a later check before it acts. ``None``: it may act."""
+    pending: Verdict | None = None
+    """Set by :func:`settle` on an ``unknown`` decision waiting to confirm this verdict."""
+    confirm_at: datetime | None = None
+    """When the confirming check of ``pending`` is due."""
+    settled: bool = False
+    """Already passed through :func:`settle` (settling again changes nothing)."""
+
+    @property
+    def firm(self) -> bool:
+        """Whether a dangerous verdict may act now."""
+        return self.verdict.dangerous and self.doubt is None
 
 
 @dataclass(frozen=True)
@@ -174,6 +194,39 @@ def _silent(observations: Sequence[Observation]) -> str:
     return "; ".join(f"{o.source}: {o.detail}" for o in observations if not o.answered)
 
 
+def _doubt(
+    top: _Candidate,
+    dangerous: Sequence[_Candidate],
+    candidates: Sequence[_Candidate],
+    *,
+    registry_record: bool,
+) -> str | None:
+    """Why a dangerous verdict is thin evidence, or None when it may act at once.
+
+    It may act when the registry's own record shows the danger, or when two
+    sources see danger and no answering source says the domain is fine. A
+    parked name is registered by definition, so a safe answer does not
+    contradict ``for_sale``.
+    """
+    if top.source == "rdap" and registry_record:
+        return None
+    alarmed = list(dict.fromkeys(c.source for c in dangerous))
+    calm = [
+        c.source
+        for c in candidates
+        if not c.verdict.dangerous
+        and c.source not in alarmed
+        and top.verdict is not Verdict.FOR_SALE
+    ]
+    if len(alarmed) >= 2 and not calm:
+        return None
+    why = f"{top.verdict.value} rests on {alarmed[0]} alone" if len(alarmed) == 1 else ""
+    if calm:
+        said = f"{', '.join(dict.fromkeys(calm))} says it is registered"
+        why = f"{why}; {said}" if why else f"{', '.join(alarmed)} see danger but {said}"
+    return why
+
+
 def decide(
     domain: str,
     observations: Iterable[Observation],
@@ -190,17 +243,20 @@ def decide(
         candidates = [
             c for c in candidates if not (c.verdict is Verdict.AVAILABLE and c.source != "rdap")
         ]
-    dates = {
-        "registered_at": rdap_record.registered_at if rdap_record else None,
-        "expires_at": rdap_record.expires_at if rdap_record else None,
-    }
+    registered_at = rdap_record.registered_at if rdap_record else None
+    expires_at = rdap_record.expires_at if rdap_record else None
     dangerous = sorted((c for c in candidates if c.verdict.dangerous), key=_rank)
     if dangerous:
         top = dangerous[0]
-        return Decision(domain, top.verdict, top.reason, top.source, **dates)
+        doubt = _doubt(top, dangerous, candidates, registry_record=rdap_record is not None)
+        return Decision(
+            domain, top.verdict, top.reason, top.source, registered_at, expires_at, doubt=doubt
+        )
     if rdap_record is not None:
         registered = min((c for c in candidates if c.source == "rdap"), key=_rank)
-        return Decision(domain, Verdict.REGISTERED, registered.reason, "rdap", **dates)
+        return Decision(
+            domain, Verdict.REGISTERED, registered.reason, "rdap", registered_at, expires_at
+        )
     silent = _silent(observations)
     if not observations:
         reason = "no source is configured"
@@ -212,4 +268,78 @@ def decide(
         )
     else:
         reason = f"no source could say: {silent}" if silent else "no source could say"
-    return Decision(domain, Verdict.UNKNOWN, reason, None, **dates)
+    return Decision(domain, Verdict.UNKNOWN, reason, None, registered_at, expires_at)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A dangerous verdict on thin evidence, waiting since ``since`` for its confirming check."""
+
+    verdict: Verdict
+    since: datetime
+
+
+Record = Literal["pending", "confirmed", "contradicted", "superseded"]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The decision to act on, and what to record about the pending confirmation."""
+
+    decision: Decision
+    record: Record | None = None
+    """``pending``: a new pending confirmation; ``confirmed``/``contradicted``/
+    ``superseded``: the open one is resolved that way; ``None``: nothing changes."""
+
+
+def settle(
+    decision: Decision, pending: Pending | None, *, now: datetime, confirm_after: timedelta
+) -> Settlement:
+    """Apply the confirmation rule to a fresh ``decision``, given the open ``pending``.
+
+    Never unverify on doubt: a dangerous verdict on thin evidence becomes
+    ``unknown`` with a confirming check ``confirm_after`` later, and acts only
+    when that check (at or after the due time) says the same verdict. A domain
+    whose answers flip (pending danger, then a safe answer) ends ``unknown`` and
+    is retried with backoff. Errors (``unknown``) leave the pending one open.
+    """
+    if decision.settled:
+        return Settlement(decision)
+    done = replace(decision, settled=True)
+    verdict = decision.verdict
+    if verdict.dangerous and decision.doubt is None:
+        return Settlement(done, "superseded" if pending else None)
+    if verdict.dangerous:
+        if pending is not None and pending.verdict is verdict:
+            if now >= pending.since + confirm_after:
+                reason = (
+                    f"{decision.reason} (confirmed: the same answer since "
+                    f"{pending.since.isoformat(timespec='minutes')})"
+                )
+                return Settlement(replace(done, doubt=None, reason=reason), "confirmed")
+            return Settlement(_waiting(done, pending.since + confirm_after))
+        return Settlement(_waiting(done, now + confirm_after), "pending")
+    if verdict is Verdict.UNKNOWN or pending is None:
+        return Settlement(done)
+    reason = (
+        f"answers flip: {pending.verdict.value} since "
+        f"{pending.since.isoformat(timespec='minutes')}, now {verdict.value} "
+        f"({decision.reason}); retried, never acted on"
+    )
+    flipped = replace(done, verdict=Verdict.UNKNOWN, reason=reason, decided_by=None)
+    return Settlement(flipped, "contradicted")
+
+
+def _waiting(decision: Decision, confirm_at: datetime) -> Decision:
+    reason = (
+        f"{decision.verdict.value} on thin evidence ({decision.doubt}): {decision.reason}; "
+        f"a confirming check at {confirm_at.isoformat(timespec='minutes')} decides"
+    )
+    return replace(
+        decision,
+        verdict=Verdict.UNKNOWN,
+        reason=reason,
+        decided_by=None,
+        pending=decision.verdict,
+        confirm_at=confirm_at,
+    )

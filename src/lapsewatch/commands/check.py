@@ -13,8 +13,13 @@ from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.run import DEFAULT_BATCH, run_cycle
 from lapsewatch.formats import json as json_format
 from lapsewatch.store import make_engine, upgrade
+from lapsewatch.store.db import DbTimeouts
 
-__all__ = ["check"]
+__all__ = ["EXIT_UNVERIFIED", "check"]
+
+EXIT_UNVERIFIED = 1
+"""``check`` exits 1 when it unverified (``--dry-run``: would unverify) an address, 0
+otherwise; failed domain checks are counted, retried later, and never change it."""
 
 
 def check(
@@ -37,10 +42,14 @@ def check(
     ] = False,
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
-    """Check the due domains and unverify addresses on dangerous ones."""
+    """Check the due domains and unverify addresses on dangerous ones.
+
+    Exits 0, or 1 when an address was unverified; 2 on a configuration or
+    database error (what was committed stays, the rest stays due).
+    """
     settings = load_settings()
     try:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, timeouts=DbTimeouts.from_settings(settings))
         upgrade(engine)
     except SQLAlchemyError as exc:
         raise fail(f"database {settings.database_url}: {exc}") from None
@@ -93,13 +102,27 @@ def check(
         raise fail(
             f"database error, the domains not yet applied stay due for the next run: {exc}"
         ) from None
+    except Exception as exc:  # a bug must not print a traceback at an operator
+        raise fail(
+            f"the run stopped ({type(exc).__name__}: {exc}); what was applied stays, "
+            "the rest stays due for the next run"
+        ) from None
+    finally:
+        engine.dispose()
     if output is Format.json:
         console.print_json(json_format.dumps(summary.to_dict()))
-        return
-    verb = "would unverify" if dry_run else "unverified"
-    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary.verdicts.items())) or "none"
-    console.print(
-        f"checked {summary.checked} domains ({verdicts}); {verb} {summary.unverified} "
-        f"addresses; {summary.errors} checks failed and will be retried",
-        highlight=False,
-    )
+    else:
+        verb = "would unverify" if dry_run else "unverified"
+        verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary.verdicts.items())) or "none"
+        pending = (
+            f"; {summary.pending} dangerous verdicts on thin evidence wait for a confirming check"
+            if summary.pending
+            else ""
+        )
+        console.print(
+            f"checked {summary.checked} domains ({verdicts}); {verb} {summary.unverified} "
+            f"addresses; {summary.errors} checks failed and will be retried{pending}",
+            highlight=False,
+        )
+    if summary.unverified:
+        raise typer.Exit(EXIT_UNVERIFIED)

@@ -51,4 +51,10 @@ def domain(
         console.print_json(json_format.dumps(json_format.domain_report(report)))
     else:
         table_format.print_domain_report(console, report)
+        if report.decision.doubt:
+            console.print(
+                f"  thin evidence ({report.decision.doubt}): the check cycle unverifies only "
+                f"if a check {settings.confirm_minutes:g} minutes later says the same",
+                highlight=False,
+            )
     raise typer.Exit(exit_code(report.decision.verdict))

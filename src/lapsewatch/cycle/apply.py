@@ -19,7 +19,7 @@ the database's size and of its write traffic.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -43,18 +43,25 @@ from lapsewatch.store.models import (
     ObservationRow,
     Token,
 )
-from lapsewatch.verdict import Decision, Verdict
+from lapsewatch.verdict import Decision, Pending, Verdict, settle
 
 __all__ = [
+    "CONFIRMATION_PENDING",
+    "CONFIRMATION_RESOLVED",
     "HEALTHY_EVIDENCE_LIMIT",
     "CheckResult",
     "apply_result",
     "apply_results",
+    "settle_results",
     "stored_evidence",
     "would_unverify",
 ]
 
 ACTOR = "cycle"
+CONFIRMATION_PENDING = "domain.confirmation_pending"
+"""Event: a dangerous verdict on thin evidence waits for its confirming check."""
+CONFIRMATION_RESOLVED = "domain.confirmation_resolved"
+"""Event: the open confirmation was confirmed, contradicted or superseded."""
 HEALTHY_EVIDENCE_LIMIT = 1024
 """Characters of raw evidence kept per observation of a domain judged ``registered``."""
 
@@ -156,6 +163,8 @@ def _next_state(
     """The domain row's new values, and the ``domain.verdict_changed`` event (or None)."""
     decision, now = result.decision, result.checked_at
     failures = known.consecutive_failures + 1 if decision.verdict is Verdict.UNKNOWN else 0
+    if decision.pending is not None:  # waiting for a confirming check is not a failure
+        failures = known.consecutive_failures
     registered_at, expires_at = known.registered_at, known.expires_at
     if any(o.source == "rdap" and o.outcome is Outcome.ANSWERED for o in result.observations):
         # Only the registry's record moves the known dates.
@@ -169,7 +178,12 @@ def _next_state(
         "registered_at": registered_at,
         "expires_at": expires_at,
         "next_due_at": next_check(
-            policy, now=now, verdict=decision.verdict, expires_at=expires_at, failures=failures
+            policy,
+            now=now,
+            verdict=decision.verdict,
+            expires_at=expires_at,
+            failures=failures,
+            confirm_at=decision.confirm_at,
         ),
         "lease_until": None,
         # Once dangerous, the domain may have changed hands: remembered for good.
@@ -198,8 +212,111 @@ def _next_state(
     return values, event
 
 
+def _open_confirmations(session: Session, names: Sequence[str]) -> dict[str, Pending]:
+    """The open pending confirmation of each domain: its latest confirmation event,
+    when that is a pending one."""
+    latest: dict[str, tuple[str, dict[str, Any] | None, datetime]] = {}
+    rows = session.execute(
+        select(Event.domain, Event.kind, Event.after, Event.at)
+        .where(
+            Event.domain.in_(names), Event.kind.in_([CONFIRMATION_PENDING, CONFIRMATION_RESOLVED])
+        )
+        .order_by(Event.at, Event.id)
+    )
+    for name, kind, after, at in rows:
+        if name is not None:
+            latest[name] = (kind, after, at)
+    found: dict[str, Pending] = {}
+    for name, (kind, after, at) in latest.items():
+        verdict = (after or {}).get("verdict")
+        if kind == CONFIRMATION_PENDING and verdict in DANGEROUS_VALUES:
+            found[name] = Pending(Verdict(verdict), at)
+    return found
+
+
+DANGEROUS_VALUES = frozenset(v.value for v in Verdict if v.dangerous)
+
+
+def settle_results(
+    session: Session, results: Sequence[CheckResult], *, policy: Policy, record: bool = True
+) -> list[CheckResult]:
+    """The results with the confirmation rule applied (:func:`lapsewatch.verdict.settle`),
+    recording pending and resolved confirmations as events (unless ``record`` is false,
+    for ``--dry-run``). Results already settled pass through unchanged.
+
+    Only domains that may hold an open confirmation are looked up: those with a
+    dangerous verdict on thin evidence now, and those left ``unknown`` last time.
+    """
+    todo = [r for r in results if not r.decision.settled]
+    if not todo:
+        return list(results)
+    thin = {r.domain for r in todo if r.decision.verdict.dangerous and r.decision.doubt}
+    rest = sorted({r.domain for r in todo} - thin)
+    unknown = (
+        set(
+            session.scalars(
+                select(Domain.name).where(Domain.name.in_(rest), Domain.last_verdict == "unknown")
+            )
+        )
+        if rest
+        else set()
+    )
+    asked = sorted(thin | unknown)
+    pending = _open_confirmations(session, asked) if asked else {}
+    settled: list[CheckResult] = []
+    events: list[dict[str, Any]] = []
+    for result in results:
+        if result.decision.settled:
+            settled.append(result)
+            continue
+        before = pending.get(result.domain)
+        outcome = settle(
+            result.decision, before, now=result.checked_at, confirm_after=policy.confirm
+        )
+        decision = outcome.decision
+        settled.append(replace(result, decision=decision))
+        if outcome.record is not None:
+            events.append(_confirmation_event(result, decision, before, outcome.record))
+    if events and record:
+        session.execute(insert(_EVENTS), events)
+    return settled
+
+
+def _confirmation_event(
+    result: CheckResult, decision: Decision, before: Pending | None, record: str
+) -> dict[str, Any]:
+    opened = record == "pending"
+    return {
+        "at": result.checked_at,
+        "actor": ACTOR,
+        "kind": CONFIRMATION_PENDING if opened else CONFIRMATION_RESOLVED,
+        "account_id": None,
+        "email_id": None,
+        "domain": result.domain,
+        "before": (
+            {"verdict": before.verdict.value, "since": isoformat(before.since)} if before else None
+        ),
+        "after": (
+            {
+                "verdict": decision.pending.value if decision.pending else None,
+                "confirm_at": isoformat(decision.confirm_at),
+                "doubt": result.decision.doubt,
+            }
+            if opened
+            else {"outcome": record, "verdict": decision.verdict.value}
+        ),
+        "reason": decision.reason,
+        "key": None,
+    }
+
+
 def apply_result(session: Session, result: CheckResult, *, policy: Policy) -> int:
-    """Apply inside the caller's transaction; return how many addresses were unverified."""
+    """Apply inside the caller's transaction; return how many addresses were unverified.
+
+    The confirmation rule is applied first (:func:`settle_results`), so a dangerous
+    verdict on thin evidence unverifies nobody until a later check confirms it.
+    """
+    result = settle_results(session, [result], policy=policy)[0]
     domain = session.get(Domain, result.domain, with_for_update=True)
     if domain is None:
         domain = Domain(name=result.domain, consecutive_failures=0)
@@ -234,10 +351,12 @@ def apply_results(session: Session, results: Sequence[CheckResult], *, policy: P
 
     The domain rows are read (and, on PostgreSQL, locked, in name order) in one
     query, and observations, domain updates and events written with one
-    statement each; only a dangerous verdict takes the per-address path.
+    statement each; only a dangerous verdict takes the per-address path. The
+    confirmation rule is applied first (:func:`settle_results`).
     """
     if len({r.domain for r in results}) != len(results):  # the same domain twice: in order
         return [apply_result(session, result, policy=policy) for result in results]
+    results = settle_results(session, results, policy=policy)
     columns = _DOMAINS.c
     rows = session.execute(
         select(
@@ -392,8 +511,9 @@ def _queue_notices(
 
 
 def would_unverify(session: Session, result: CheckResult) -> int:
-    """What :func:`apply_result` would unverify (for ``--dry-run``), reading only."""
-    if not result.decision.verdict.dangerous:
+    """What :func:`apply_result` would unverify (for ``--dry-run``), reading only;
+    pass a result settled with ``settle_results(..., record=False)``."""
+    if not result.decision.verdict.dangerous or not result.decision.firm:
         return 0
     emails = session.scalars(
         select(Email).where(Email.domain == result.domain, Email.verified.is_(True))

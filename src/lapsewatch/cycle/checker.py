@@ -4,6 +4,7 @@ source under its own rate limit and concurrency cap."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -13,25 +14,47 @@ from lapsewatch.config import Settings
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.due import DueDomain
 from lapsewatch.cycle.limits import Limited
-from lapsewatch.sources import Source, open_sources
-from lapsewatch.verdict import decide
+from lapsewatch.sources import Source, guarded_observe, open_sources
+from lapsewatch.verdict import Decision, Verdict, decide
 
 __all__ = ["Checker", "open_checker", "source_counts"]
 
+log = logging.getLogger(__name__)
+
+DEFAULT_DOMAIN_DEADLINE = 60.0
+
 
 class Checker:
-    """Turns due domains into results; never touches the store."""
+    """Turns due domains into results; never touches the store, never raises for a domain."""
 
-    def __init__(self, sources: list[Limited], *, in_flight: int) -> None:
+    def __init__(
+        self,
+        sources: list[Limited],
+        *,
+        in_flight: int,
+        deadline: float = DEFAULT_DOMAIN_DEADLINE,
+    ) -> None:
         self.sources = sources
         self._in_flight = in_flight
+        self._deadline = deadline
 
     async def check_one(self, due: DueDomain, now: datetime | None = None) -> CheckResult:
-        observations = tuple(await asyncio.gather(*(s.observe(due.name) for s in self.sources)))
-        checked_at = now or datetime.now(UTC)
-        decision = decide(
-            due.name, observations, now=checked_at, verified_at=due.earliest_verified_at
+        """One domain's result; any failure in it is that domain's ``unknown``."""
+        observations = tuple(
+            await asyncio.gather(
+                *(guarded_observe(s, due.name, self._deadline) for s in self.sources)
+            )
         )
+        checked_at = now or datetime.now(UTC)
+        try:
+            decision = decide(
+                due.name, observations, now=checked_at, verified_at=due.earliest_verified_at
+            )
+        except Exception as exc:
+            log.exception("%s: no verdict: %s", due.name, exc)
+            decision = Decision(
+                due.name, Verdict.UNKNOWN, f"no verdict: {type(exc).__name__}: {str(exc)[:200]}"
+            )
         return CheckResult(due.name, due.earliest_verified_at, observations, decision, checked_at)
 
     async def check_many(
@@ -92,7 +115,9 @@ def limit_sources(sources: list[Source], settings: Settings) -> list[Limited]:
 async def open_checker(settings: Settings) -> AsyncIterator[Checker]:
     async with open_sources(settings) as sources:
         limited = limit_sources(sources, settings)
-        yield Checker(limited, in_flight=settings.concurrency * 2)
+        yield Checker(
+            limited, in_flight=settings.concurrency * 2, deadline=settings.domain_deadline
+        )
 
 
 def source_counts(checker: Checker) -> dict[str, dict[str, int]]:

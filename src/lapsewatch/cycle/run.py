@@ -33,7 +33,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from lapsewatch.config import Settings
-from lapsewatch.cycle.apply import CheckResult, apply_result, apply_results, would_unverify
+from lapsewatch.cycle.apply import (
+    CheckResult,
+    apply_result,
+    apply_results,
+    settle_results,
+    would_unverify,
+)
 from lapsewatch.cycle.checker import open_checker, source_counts
 from lapsewatch.cycle.due import DueDomain, count_due, due_pages, select_due
 from lapsewatch.schedule import Policy
@@ -67,6 +73,9 @@ class CycleSummary:
     verdicts: Counter[str] = field(default_factory=Counter)
     unverified: int = 0
     errors: int = 0
+    """Domains whose check failed (``unknown``, not waiting for confirmation): retried."""
+    pending: int = 0
+    """Domains whose dangerous verdict rests on thin evidence: confirmed by a later check."""
     dry_run: bool = False
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per source: requests let through and "too many requests" answers (not in
@@ -76,7 +85,9 @@ class CycleSummary:
         self.checked += 1
         self.verdicts[result.decision.verdict.value] += 1
         self.unverified += unverified
-        self.errors += result.decision.verdict is Verdict.UNKNOWN
+        waiting = result.decision.pending is not None
+        self.pending += waiting
+        self.errors += result.decision.verdict is Verdict.UNKNOWN and not waiting
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +95,7 @@ class CycleSummary:
             "verdicts": dict(sorted(self.verdicts.items())),
             "unverified": self.unverified,
             "errors": self.errors,
+            "pending_confirmation": self.pending,
             "dry_run": self.dry_run,
         }
 
@@ -244,8 +256,7 @@ class _Writer:
             if not results or self._stop.is_set():
                 continue
             try:
-                counts = self._write(results)
-                for result, count in zip(results, counts, strict=True):
+                for result, count in self._write(results):
                     self._summary.add(result, count)
                     if self._on_result is not None:
                         self._on_result(result, count)
@@ -256,25 +267,33 @@ class _Writer:
                 return
             self._loop.call_soon_threadsafe(self._release, len(results))
 
-    def _write(self, results: list[CheckResult]) -> list[int]:
+    def _write(self, results: list[CheckResult]) -> list[tuple[CheckResult, int]]:
+        """Apply a batch; each result as applied (confirmation rule included), with
+        how many addresses it unverified."""
+        policy = self._policy
         if self._dry_run:
             with self._sessions() as session:
-                return [would_unverify(session, result) for result in results]
+                settled = settle_results(session, results, policy=policy, record=False)
+                return [(result, would_unverify(session, result)) for result in settled]
         try:
             with self._sessions.begin() as session:
                 _lock_for_writing(session)
-                return apply_results(session, results, policy=self._policy)
+                settled = settle_results(session, results, policy=policy)
+                return list(
+                    zip(settled, apply_results(session, settled, policy=policy), strict=True)
+                )
         except SQLAlchemyError:
             pass
         # The batch was rolled back as a whole. Once more, one domain per transaction
         # as before batching: a conflict with another writer (a deadlock, a unique
         # key) stays with its domain, and a database that is down fails again.
-        counts = []
+        applied = []
         for result in results:
             with self._sessions.begin() as session:
                 _lock_for_writing(session)
-                counts.append(apply_result(session, result, policy=self._policy))
-        return counts
+                [settled_one] = settle_results(session, [result], policy=policy)
+                applied.append((settled_one, apply_result(session, settled_one, policy=policy)))
+        return applied
 
 
 def _lock_for_writing(session: Session) -> None:

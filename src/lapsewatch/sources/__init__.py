@@ -12,7 +12,13 @@ from lapsewatch.config import Settings
 from lapsewatch.sources._client import open_client
 from lapsewatch.sources.dns import DnsSource
 from lapsewatch.sources.fastly import FastlySource
-from lapsewatch.sources.interface import Observation, Outcome, Source, SourceError
+from lapsewatch.sources.interface import (
+    Observation,
+    Outcome,
+    Source,
+    SourceError,
+    guarded_observe,
+)
 from lapsewatch.sources.rdap import RdapSource
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "Source",
     "SourceError",
     "build_sources",
+    "guarded_observe",
     "open_sources",
 ]
 
@@ -41,6 +48,8 @@ def build_sources(settings: Settings, client: httpx.AsyncClient) -> list[Source]
                     bootstrap_location=settings.rdap_bootstrap_url,
                     attempts=settings.attempts,
                     max_retry_after=settings.max_retry_after,
+                    deadline=settings.timeout,
+                    max_bytes=settings.max_response_bytes,
                 )
             )
         elif name == "dns":
@@ -57,6 +66,8 @@ def build_sources(settings: Settings, client: httpx.AsyncClient) -> list[Source]
                     key=settings.fastly_key,
                     attempts=settings.attempts,
                     max_retry_after=settings.max_retry_after,
+                    deadline=settings.timeout,
+                    max_bytes=settings.max_response_bytes,
                 )
             )
     return sources

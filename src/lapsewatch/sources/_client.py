@@ -34,8 +34,10 @@ async def open_client(
     transport = None if urllib.request.getproxies() else _Transport(limits=limits)
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
-        follow_redirects=True,
-        headers={"User-Agent": user_agent},
+        # Redirects are followed by ``_http.get`` itself: same host only, a few at most.
+        follow_redirects=False,
+        # We decode ourselves, bounded (``_http``); never brotli or zstd.
+        headers={"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"},
         limits=limits,
         transport=transport,
     ) as client:

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from lapsewatch.sources import _http
 from lapsewatch.sources.interface import SourceError
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 IANA_BOOTSTRAP_URL = "https://data.iana.org/rdap/dns.json"
+BOOTSTRAP_MAX_BYTES = 8 * 1024 * 1024
+"""IANA's file is about 30 KB; this leaves room for a big private one."""
 
 
 class BootstrapError(SourceError):
@@ -125,9 +128,12 @@ async def load_bootstrap(location: str | None, client: httpx.AsyncClient) -> Boo
         )
     if location.startswith(("http://", "https://")):
         try:
-            response = await client.get(location)
-        except httpx.HTTPError as exc:
-            raise BootstrapError(f"{location}: {type(exc).__name__}: {exc}") from None
+            response = await _http.get(
+                client, location, attempts=2, max_retry_after=5.0, max_bytes=BOOTSTRAP_MAX_BYTES
+            )
+        except httpx.TransportError as exc:
+            why = _http.describe_transport_error(exc, client.timeout.read or 0.0)
+            raise BootstrapError(f"{location}: {why}") from None
         if response.status_code != 200:
             raise BootstrapError(f"{location}: HTTP {response.status_code}")
         return parse_bootstrap(_read_json(response.text, location), location)

@@ -57,8 +57,12 @@ class FastlySource(Source):
         key: str,
         attempts: int = 3,
         max_retry_after: float = 30.0,
+        deadline: float | None = None,
+        max_bytes: int = _http.DEFAULT_MAX_BYTES,
     ) -> None:
         self._client = client
+        self._deadline = deadline
+        self._max_bytes = max_bytes
         self._url = base_url.rstrip("/") + STATUS_PATH
         self._key = key
         self._attempts = attempts
@@ -74,13 +78,15 @@ class FastlySource(Source):
                 attempts=self._attempts,
                 max_retry_after=self._max_retry_after,
                 pacer=self.pacer,
+                deadline=self._deadline,
+                max_bytes=self._max_bytes,
             )
         except httpx.TransportError as exc:
-            timeout = self._client.timeout.read or 0.0
-            return Observation.error(
-                self.name, domain, _http.describe_transport_error(exc, timeout)
+            why = _http.describe_transport_error(
+                exc, self._deadline or self._client.timeout.read or 0.0
             )
-        host = urlsplit(str(response.url)).netloc
+            return Observation.error(self.name, domain, f"{why} ({urlsplit(self._url).netloc})")
+        host = response.host
         evidence = truncate(
             f"HTTP {response.status_code} {self._url}?domain={domain}\n{response.text}"
         )
@@ -93,7 +99,7 @@ class FastlySource(Source):
             )
         try:
             tokens = status_tokens(json.loads(response.content), domain)
-        except ValueError:
+        except (ValueError, RecursionError):
             tokens = None
         if tokens is None:
             return Observation.error(

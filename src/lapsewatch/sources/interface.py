@@ -9,6 +9,7 @@ verdict can tell "the source said so" from "the source could not say".
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,17 @@ from typing import Any, ClassVar, Protocol
 
 from lapsewatch.dates import isoformat
 
-__all__ = ["EVIDENCE_LIMIT", "Observation", "Outcome", "Pacer", "Source", "SourceError"]
+__all__ = [
+    "EVIDENCE_LIMIT",
+    "Observation",
+    "Outcome",
+    "Pacer",
+    "Source",
+    "SourceError",
+    "guarded_observe",
+]
+
+log = logging.getLogger(__name__)
 
 EVIDENCE_LIMIT = 64 * 1024
 """Characters of a raw answer kept as evidence; enough for any sane RDAP record."""
@@ -135,3 +146,30 @@ class Source(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the source holds (connections)."""
+
+
+async def guarded_observe(source: Source, domain: str, deadline: float) -> Observation:
+    """``source.observe(domain)`` that always returns, within ``deadline`` seconds.
+
+    Sources promise never to raise, but one hostile answer that slips past a
+    source's own handling (or a bug) must stay that domain's error: it becomes
+    an ``error`` observation, logged with the domain, and the domain is retried
+    with backoff like any other failure. Only cancellation goes through.
+    """
+    try:
+        async with asyncio.timeout(deadline):
+            return await source.observe(domain)
+    except TimeoutError:
+        log.warning(
+            "%s: %s gave no answer within the %g s domain deadline", domain, source.name, deadline
+        )
+        return Observation.error(
+            source.name, domain, f"no answer within the domain deadline of {deadline:g} s"
+        )
+    except Exception as exc:
+        log.warning(
+            "%s: %s failed: %s: %s", domain, source.name, type(exc).__name__, exc, exc_info=exc
+        )
+        return Observation.error(
+            source.name, domain, f"check failed: {type(exc).__name__}: {str(exc)[:200]}"
+        )

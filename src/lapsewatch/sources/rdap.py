@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+import idna
 
 from lapsewatch.dates import parse_datetime
 from lapsewatch.sources import _http
@@ -57,16 +58,52 @@ def _event_dates(events: Any) -> tuple[dict[str, datetime], list[str]]:
     return dates, problems
 
 
+def _name_of(value: str) -> str | None:
+    """A name from a record as lower-case ASCII (punycode), or None when unreadable."""
+    name = value.strip().rstrip(".")
+    if not name:
+        return None
+    if name.isascii():
+        return name.lower()
+    try:
+        return idna.encode(name, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
+
+
+def _refusal(data: dict[str, Any], domain: str) -> str | None:
+    """Why this object is not the registry's record of ``domain``, or None.
+
+    Strict on purpose: a record is believed only when it says it is a domain
+    object and names the asked domain. A record naming nothing could be any
+    domain's (another domain's redemption record must not unverify this one's
+    addresses), and an RFC 9083 error object is an error whatever the HTTP status.
+    """
+    if "errorCode" in data:
+        title = data.get("title") or data.get("description") or ""
+        return f"error object {str(data.get('errorCode'))[:10]} {str(title)[:80]!r} with HTTP 200"
+    kind = data.get("objectClassName")
+    if kind != "domain":
+        shown = "no objectClassName" if kind is None else f"objectClassName {str(kind)[:30]!r}"
+        return f"answer has {shown}, not a domain record"
+    names = [(key, data.get(key)) for key in ("ldhName", "unicodeName") if key in data]
+    if not names:
+        return f"record names no domain (no ldhName or unicodeName): not trusted as {domain}'s"
+    for key, value in names:
+        if not isinstance(value, str):
+            return f"{key} is not a string"
+        if _name_of(value) != domain:
+            return f"answer is about {value[:80]!r} ({key}), not {domain}"
+    return None
+
+
 def parse_domain_object(data: Any, domain: str) -> Observation:
     """Turn an RFC 9083 domain object into an answered observation (or an error)."""
     if not isinstance(data, dict):
         return Observation.error("rdap", domain, "answer is not an RDAP object")
-    kind = data.get("objectClassName")
-    if kind is not None and kind != "domain":
-        return Observation.error("rdap", domain, f"answer is a {str(kind)[:30]!r}, not a domain")
-    ldh = data.get("ldhName")
-    if isinstance(ldh, str) and ldh.lower().rstrip(".") != domain:
-        return Observation.error("rdap", domain, f"answer is about {ldh[:80]!r}, not {domain}")
+    refusal = _refusal(data, domain)
+    if refusal is not None:
+        return Observation.error("rdap", domain, refusal)
     raw_status = data.get("status")
     status = tuple(
         dict.fromkeys(normalize_status(s) for s in raw_status if isinstance(s, str) and s.strip())
@@ -116,8 +153,12 @@ class RdapSource(Source):
         bootstrap_location: str | None = None,
         attempts: int = 3,
         max_retry_after: float = 30.0,
+        deadline: float | None = None,
+        max_bytes: int = _http.DEFAULT_MAX_BYTES,
     ) -> None:
         self._client = client
+        self._deadline = deadline
+        self._max_bytes = max_bytes
         self._location = bootstrap_location
         self._attempts = attempts
         self._max_retry_after = max_retry_after
@@ -153,16 +194,18 @@ class RdapSource(Source):
                 attempts=self._attempts,
                 max_retry_after=self._max_retry_after,
                 pacer=self.pacer,
+                deadline=self._deadline,
+                max_bytes=self._max_bytes,
             )
         except httpx.TransportError as exc:
-            timeout = self._client.timeout.read or 0.0
-            return Observation.error(
-                self.name, domain, _http.describe_transport_error(exc, timeout)
+            why = _http.describe_transport_error(
+                exc, self._deadline or self._client.timeout.read or 0.0
             )
+            return Observation.error(self.name, domain, f"{why} ({urlsplit(url).netloc})")
         return self._interpret(domain, response)
 
-    def _interpret(self, domain: str, response: httpx.Response) -> Observation:
-        host = urlsplit(str(response.url)).netloc
+    def _interpret(self, domain: str, response: _http.Reply) -> Observation:
+        host = response.host
         evidence = truncate(f"HTTP {response.status_code} {response.url}\n{response.text}")
         code = response.status_code
         if code == 404:
@@ -186,7 +229,7 @@ class RdapSource(Source):
             )
         try:
             data = json.loads(response.content)
-        except ValueError:
+        except (ValueError, RecursionError):
             return Observation.error(
                 self.name, domain, f"invalid JSON from {host}", evidence=evidence
             )

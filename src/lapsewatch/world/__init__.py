@@ -71,9 +71,11 @@ class World:
         fastly_key: str = "world-key",
         latency: float = 0.0,
         rate_limit: float | None = None,
+        trickle_seconds: float = 1.0,
     ) -> None:
         """``latency`` seconds are added to every answer and each server (RDAP, DNS,
-        Fastly) admits at most ``rate_limit`` requests a second (429 / REFUSED above)."""
+        Fastly) admits at most ``rate_limit`` requests a second (429 / REFUSED above);
+        a ``trickle`` fault sends a byte every ``trickle_seconds``."""
         if not isinstance(scenario, Scenario):
             scenario = load_scenario(scenario)
         if dns not in ("builtin", "nsd"):
@@ -84,6 +86,7 @@ class World:
         self._flaky = 0.0
         self.latency = latency
         self.rate_limit = rate_limit
+        self.trickle_seconds = trickle_seconds
         self._live = LiveScenario(scenario)
         self._dir: Path | None = None
         self._rdap: RdapServer | None = None
@@ -100,6 +103,7 @@ class World:
             self._rdap = RdapServer(self._live, self._hang_seconds)
             self._fastly = FastlyServer(self._live, self._hang_seconds, self.fastly_key)
             self._rdap.flaky = self._fastly.flaky = self._flaky
+            self._rdap.trickle_seconds = self._fastly.trickle_seconds = self.trickle_seconds
             self._dns = (
                 NsdServer(self._live) if self.dns_backend == "nsd" else BuiltinDnsServer(self._live)
             )

@@ -1,7 +1,8 @@
 """The builtin authoritative DNS server: the scenario's TLD zones over UDP and TCP.
 
 It answers like a TLD server (referrals for delegated names, NXDOMAIN with the
-SOA otherwise) and can also misbehave per domain (timeout, SERVFAIL, garbage),
+SOA otherwise) and can also misbehave per domain (timeout, SERVFAIL, garbage,
+or a lie: NXDOMAIN with the real zone's SOA for a delegated name),
 which a real server like NSD cannot be told to do.
 """
 
@@ -284,6 +285,8 @@ class BuiltinDnsServer:
         if fault == "servfail":
             response = dns.message.make_response(query)
             response.set_rcode(dns.rcode.SERVFAIL)
+        elif fault == "lie":  # NXDOMAIN with the real zone's SOA, as if the name were gone
+            response = answer(query, snapshot.apex_zones)
         else:
             response = answer(query, snapshot.apex_zones, snapshot.scenario)
         limit = 65535 if tcp else max(512, query.payload if query.edns >= 0 else 512)

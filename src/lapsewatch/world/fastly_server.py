@@ -6,6 +6,7 @@ the real API does, so the Fastly source is tested against the documented contrac
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs, urlsplit
 
 from lapsewatch.world.http_base import JsonHandler, LoopbackHTTPServer
@@ -70,6 +71,9 @@ class _FastlyHandler(JsonHandler):
             return  # the world is stopping: drop the request
         status = status_of(scenario, name)
         zone = name.rsplit(".", 1)[-1]
+        honest = {"domain": name, "zone": zone, "status": status, "scope": scope}
+        if self.hostile(fault, json.dumps(honest).encode(), "application/json"):
+            return
         if fault == "401":
             self.send_json(401, {"msg": "Provided credentials are missing or invalid"})
         elif fault == "500":

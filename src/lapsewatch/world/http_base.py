@@ -14,13 +14,35 @@ import random
 import socket
 import sys
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lapsewatch.world.live import LiveScenario, RequestCounter
 from lapsewatch.world.pacing import Pacing
 
-__all__ = ["JsonHandler", "LoopbackHTTPServer"]
+__all__ = ["HOSTILE_FAULTS", "JsonHandler", "LoopbackHTTPServer", "gzip_bomb"]
+
+HOSTILE_FAULTS = ("redirect_loop", "redirect_away", "bad_gzip", "gzip_bomb", "huge", "trickle")
+"""Faults of a hostile server that both HTTP fakes can act out (see ``JsonHandler.hostile``)."""
+HUGE_BYTES = 60 * 1024 * 1024
+BOMB_BYTES = 200 * 1024 * 1024
+_bomb: bytes | None = None
+_bomb_lock = threading.Lock()
+
+
+def gzip_bomb() -> bytes:
+    """200 MB of spaces, gzipped to about 200 KB (made once per process)."""
+    global _bomb
+    with _bomb_lock:
+        if _bomb is None:
+            packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+            block = b" " * (1024 * 1024)
+            parts = [packer.compress(block) for _ in range(BOMB_BYTES // len(block))]
+            parts.append(packer.flush())
+            _bomb = b"".join(parts)
+        return _bomb
+
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +67,8 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.flaky = 0.0
+        self.trickle_seconds = 1.0
+        """Pause between the bytes of a 'trickle' answer."""
         self.pacing = Pacing()
         """Fraction of answers about scenario domains replaced by a random 500, 429 or timeout."""
         self._random = random.Random(0)  # repeatable chaos
@@ -153,6 +177,54 @@ class JsonHandler(BaseHTTPRequestHandler):
     ) -> None:
         body = json.dumps(document, indent=1).encode()
         self.send_body(status, body, content_type, headers)
+
+    def hostile(self, fault: str, body: bytes, content_type: str) -> bool:
+        """Act out one of :data:`HOSTILE_FAULTS` (``body`` is the honest answer);
+        False when ``fault`` is not one of them."""
+        if fault == "redirect_loop":
+            self.send_body(302, b"", content_type, {"Location": self.path})
+        elif fault == "redirect_away":
+            self.send_body(302, b"", content_type, {"Location": f"http://localhost:1{self.path}"})
+        elif fault == "bad_gzip":
+            self.send_body(
+                200, b"this is not gzip " * 8, content_type, {"Content-Encoding": "gzip"}
+            )
+        elif fault == "gzip_bomb":
+            self.send_body(200, gzip_bomb(), content_type, {"Content-Encoding": "gzip"})
+        elif fault == "huge":
+            self._send_huge(content_type)
+        elif fault == "trickle":
+            self._trickle(body, content_type)
+        else:
+            return False
+        return True
+
+    def _send_huge(self, content_type: str) -> None:
+        """60 MB without a Content-Length: only counting while reading can stop it."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        block = b"[" + b" " * (1024 * 1024 - 1)
+        with contextlib.suppress(OSError):
+            for _ in range(HUGE_BYTES // len(block)):
+                if self.server.stopping.is_set():
+                    return
+                self.wfile.write(block)
+
+    def _trickle(self, body: bytes, content_type: str) -> None:
+        """Status line, headers and body one byte at a time: every read gets data in time."""
+        self.close_connection = True
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        with contextlib.suppress(OSError):
+            for byte in head + body:
+                if self.server.stopping.wait(self.server.trickle_seconds):
+                    return
+                self.wfile.write(bytes([byte]))
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import unquote, urlsplit
 
@@ -135,6 +138,8 @@ def _notices(base_url: str) -> list[dict[str, object]]:
 
 
 class _RdapHandler(JsonHandler):
+    server: RdapServer
+
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         snapshot = self.server.live.current
@@ -176,7 +181,20 @@ class _RdapHandler(JsonHandler):
         fault = self.server.chaos(domain.rdap)
         if fault == "timeout" and not self.server.hang():
             return  # the world is stopping: drop the request
-        if fault == "404" or (domain.state == "available" and fault in ("ok", "timeout")):
+        if fault == "flip":  # 404, 200, 404, ... for this domain
+            fault = "404" if self.server.flip(domain.name) % 2 else "ok"
+        record = domain_object(domain, base_url, datetime.now(UTC))
+        if self.hostile(fault, json.dumps(record).encode(), RDAP_JSON):
+            return
+        if fault == "no_ldh":  # another domain's redemption record, naming no domain
+            other = replace(domain, name=f"other-{domain.name}", statuses=("redemption period",))
+            lapsed = domain_object(other, base_url, datetime.now(UTC))
+            lapsed.pop("ldhName", None)
+            lapsed.pop("unicodeName", None)
+            self.send_json(200, lapsed, RDAP_JSON)
+        elif fault == "error_200":
+            self.send_json(200, error_object(404, "Not Found", "no such domain"), RDAP_JSON)
+        elif fault == "404" or (domain.state == "available" and fault in ("ok", "timeout")):
             self._not_found(domain.name)
         elif fault == "429":
             self._error(429, "Too Many Requests", "rate limit exceeded", {"Retry-After": "1"})
@@ -187,7 +205,7 @@ class _RdapHandler(JsonHandler):
         elif fault == "not_object":
             self.send_json(200, [domain.name.upper()], RDAP_JSON)
         else:
-            self.send_json(200, domain_object(domain, base_url, datetime.now(UTC)), RDAP_JSON)
+            self.send_json(200, record, RDAP_JSON)
 
     def _not_found(self, name: str) -> None:
         self._error(404, "Not Found", f"the domain {name!r} is not registered")
@@ -203,6 +221,14 @@ class RdapServer(LoopbackHTTPServer):
 
     def __init__(self, live: LiveScenario, hang_seconds: float) -> None:
         super().__init__(_RdapHandler, live, hang_seconds)
+        self._flips: dict[str, int] = {}
+        self._flips_lock = threading.Lock()
+
+    def flip(self, name: str) -> int:
+        """How many 'flip' requests for ``name`` arrived, this one included."""
+        with self._flips_lock:
+            self._flips[name] = self._flips.get(name, 0) + 1
+            return self._flips[name]
 
     @property
     def bootstrap_url(self) -> str:

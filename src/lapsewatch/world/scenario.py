@@ -45,9 +45,40 @@ State = Literal[
 ]
 StatusStyle = Literal["words", "camel"]
 DateStyle = Literal["z", "fraction", "offset", "nozone"]
-RdapFault = Literal["ok", "404", "429", "500", "timeout", "invalid_json", "not_object"]
-DnsFault = Literal["ok", "timeout", "servfail", "garbage"]
-FastlyFault = Literal["ok", "401", "500", "timeout", "invalid_json", "v2"]
+RdapFault = Literal[
+    "ok",
+    "404",
+    "429",
+    "500",
+    "timeout",
+    "invalid_json",
+    "not_object",
+    # A hostile server (issue #11):
+    "redirect_loop",
+    "redirect_away",
+    "bad_gzip",
+    "gzip_bomb",
+    "huge",
+    "trickle",
+    "flip",
+    "no_ldh",
+    "error_200",
+]
+DnsFault = Literal["ok", "timeout", "servfail", "garbage", "lie"]
+FastlyFault = Literal[
+    "ok",
+    "401",
+    "500",
+    "timeout",
+    "invalid_json",
+    "v2",
+    "redirect_loop",
+    "redirect_away",
+    "bad_gzip",
+    "gzip_bomb",
+    "huge",
+    "trickle",
+]
 
 DELEGATED_STATES: frozenset[str] = frozenset({"registered", "for_sale", "reregistered"})
 """States whose domain is in the TLD zone; all others are on hold, deleted or free."""

@@ -250,7 +250,8 @@ def test_markdown_for_ci_comments(world: World, index: IndexServer, tmp_path: Pa
     assert text.startswith("## lapsewatch scan\n")
     dangerous = text.split("### Maintainer addresses on dangerous domains", 1)[1]
     dangerous = dangerous.split("###", 1)[0]
-    assert "| caught-lib | 1.0 | c@caught.test | caught.test | **reregistered** |" in dangerous
+    caught = "| pypi | caught-lib | 1.0 | c@caught.test | caught.test | **reregistered** |"
+    assert caught in dangerous
     assert "alive-lib" not in dangerous
     assert "| hidden-lib |" in text.split("### Could not check", 1)[1]
     assert "<details><summary>All 17 findings</summary>" in text

@@ -1,5 +1,5 @@
-"""``lapsewatch scan``: which of my dependencies could be taken over through a lapsed
-maintainer domain?
+"""``lapsewatch scan``: which of my dependencies (PyPI and npm) could be taken over
+through a lapsed maintainer domain?
 
 Exit codes: 0 nothing in ``--fail-on`` was found, 1 something was (by default a
 dangerous verdict), 2 bad input or configuration. ``unknown`` does not fail the
@@ -40,6 +40,8 @@ from lapsewatch.scan import (
 )
 from lapsewatch.scan import scan as run_scan
 from lapsewatch.scan.index import check_index_url
+from lapsewatch.scan.inputs import is_input_path
+from lapsewatch.scan.npm import DEFAULT_NPM_REGISTRY_URL, check_registry_url
 from lapsewatch.scan.run import Phase
 
 __all__ = ["ScanFormat", "scan"]
@@ -96,8 +98,10 @@ def scan(
     names: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Package names, NAME or NAME==VERSION (read from this environment when "
-            "installed in that version, else from the index).",
+            help="What to scan: a directory (its known dependency files), a file "
+            "(requirements*.txt, a lock file, package.json), a PyPI package NAME or "
+            "NAME==VERSION (read from this environment when installed in that version, else "
+            "from the index), or an npm package npm:NAME or npm:NAME@VERSION-OR-RANGE.",
             show_default=False,
         ),
     ] = None,
@@ -113,7 +117,8 @@ def scan(
     lock: Annotated[
         list[Path] | None,
         typer.Option(
-            help="A lock file (repeatable): pylock.toml, pylock.NAME.toml, uv.lock, poetry.lock.",
+            help="A lock file (repeatable): pylock.toml, pylock.NAME.toml, uv.lock, poetry.lock, "
+            "package-lock.json, npm-shrinkwrap.json, pnpm-lock.yaml, yarn.lock.",
             show_default=False,
         ),
     ] = None,
@@ -127,6 +132,13 @@ def scan(
     index_url: Annotated[
         str, typer.Option(help="Base URL of an index speaking PyPI's JSON API.")
     ] = DEFAULT_INDEX_URL,
+    npm_registry_url: Annotated[
+        str,
+        typer.Option(
+            envvar="LAPSEWATCH_NPM_REGISTRY_URL",
+            help="Base URL of the npm registry; packuments are read at BASE/NAME.",
+        ),
+    ] = DEFAULT_NPM_REGISTRY_URL,
     output: Annotated[
         ScanFormat, typer.Option("--format", help="Output format.")
     ] = ScanFormat.table,
@@ -152,7 +164,7 @@ def scan(
         bool, typer.Option("--no-cache", help="Neither read nor write the cache.")
     ] = False,
 ) -> None:
-    """Check the maintainer addresses of Python packages for lapsing or taken-over domains.
+    """Check the maintainer addresses of PyPI and npm packages for lapsing or taken-over domains.
 
     Exit codes: 0 nothing in --fail-on was found, 1 something was, 2 bad input.
     """
@@ -166,21 +178,30 @@ def scan(
     except ValueError as exc:
         raise fail(f"--index-url: {exc}") from None
     try:
+        registry = check_registry_url(npm_registry_url)
+    except ValueError as exc:
+        raise fail(f"--npm-registry-url: {exc}") from None
+    try:
         free = domains.load_free_providers(settings.free_providers_file)
     except (OSError, domains.DomainError) as exc:
         raise fail(f"LAPSEWATCH_FREE_PROVIDERS: {exc}") from None
     if not (names or requirement or lock or dist or installed):
         raise fail(
-            "nothing to scan: give package names, -r FILE, --lock FILE, --dist FILE or --installed"
+            "nothing to scan: give a directory or file, package names, -r FILE, --lock FILE, "
+            "--dist FILE or --installed"
         )
+    arguments = names or []
+    paths = [Path(a) for a in arguments if is_input_path(a)]
     try:
         inputs = collect(
             requirements=requirement or (),
             locks=lock or (),
             dists=dist or (),
-            names=names or (),
+            names=[a for a in arguments if not is_input_path(a)],
+            paths=paths,
             include_installed=installed,
             index_url=index,
+            npm_registry_url=registry,
         )
     except InputError as exc:
         raise fail(str(exc)) from None
@@ -188,7 +209,9 @@ def scan(
     cache = None
     if not no_cache:
         cache = DiskCache(cache_dir or default_cache_dir(), cache_ttl * 3600.0, warn=_warn)
-    options = ScanOptions(settings, index_url=index, cache=cache, free_providers=free)
+    options = ScanOptions(
+        settings, index_url=index, cache=cache, free_providers=free, npm_registry_url=registry
+    )
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

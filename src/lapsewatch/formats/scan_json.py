@@ -1,7 +1,9 @@
 """``lapsewatch scan --format json``: a list of findings, one per package and address.
 
 The first six keys are the contract (``package``, ``version``, ``address``,
-``domain``, ``verdict``, ``reason``); the others are extra detail that may grow.
+``domain``, ``verdict``, ``reason``); the others are extra detail that may grow:
+``ecosystem`` (``pypi`` or ``npm``) and ``first_published`` (the earliest release
+that carried the address, which the re-registration check compares with) among them.
 Notes and warnings go to stderr, so stdout is always exactly this list.
 """
 
@@ -12,7 +14,7 @@ from typing import Any
 from lapsewatch.dates import isoformat
 from lapsewatch.scan.findings import Finding, ScanReport
 
-__all__ = ["evidence", "finding_dict", "report_list"]
+__all__ = ["evidence", "finding_dict", "first_published", "report_list"]
 
 
 def evidence(finding: Finding) -> list[dict[str, Any]]:
@@ -23,6 +25,14 @@ def evidence(finding: Finding) -> list[dict[str, Any]]:
     ]
 
 
+def first_published(finding: Finding) -> dict[str, Any] | None:
+    """The release that first published the address, when known."""
+    first = finding.first_published
+    if first is None:
+        return None
+    return {"version": first.version, "published_at": isoformat(first.published_at)}
+
+
 def finding_dict(finding: Finding) -> dict[str, Any]:
     return {
         "package": finding.package,
@@ -31,11 +41,13 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
         "domain": finding.domain,
         "verdict": finding.status.value,
         "reason": finding.reason,
+        "ecosystem": finding.ecosystem,
         "dangerous": finding.dangerous,
         "fields": list(finding.fields),
         "free_provider": finding.free_provider,
         "decided_by": finding.decided_by,
         "published_at": isoformat(finding.published_at),
+        "first_published": first_published(finding),
         "origins": [str(origin) for origin in finding.origins],
         "evidence": evidence(finding),
     }

@@ -14,7 +14,7 @@ from lapsewatch.scan.findings import Finding, ScanReport
 
 __all__ = ["render"]
 
-_COLUMNS = ("Package", "Version", "Address", "Domain", "Verdict", "Reason")
+_COLUMNS = ("Ecosystem", "Package", "Version", "Address", "Domain", "Verdict", "Reason")
 
 
 def _cell(text: str | None) -> str:
@@ -37,7 +37,13 @@ def _table(findings: Iterable[Finding]) -> list[str]:
     lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     for f in findings:
         verdict = f"**{f.status.value}**" if f.dangerous else f.status.value
-        cells = (_cell(f.package), _cell(f.version), _cell(f.address), _cell(f.domain))
+        cells = (
+            f.ecosystem,
+            _cell(f.package),
+            _cell(f.version),
+            _cell(f.address),
+            _cell(f.domain),
+        )
         lines.append(f"| {' | '.join(cells)} | {verdict} | {_cell(f.reason)} |")
     return lines
 

@@ -16,7 +16,7 @@ from pathlib import PurePath
 from typing import Any
 
 from lapsewatch import __version__
-from lapsewatch.formats.scan_json import evidence
+from lapsewatch.formats.scan_json import evidence, first_published
 from lapsewatch.scan.findings import Finding, ScanReport, Status
 
 __all__ = ["SARIF_SCHEMA", "level", "sarif_log"]
@@ -122,11 +122,11 @@ def _uri(path: str) -> str:
 
 
 def _locations(finding: Finding) -> list[dict[str, Any]]:
+    pin = "==" if finding.ecosystem == "pypi" else "@"
+    name = finding.qualified_name
     logical = {
         "name": finding.package,
-        "fullyQualifiedName": (
-            f"{finding.package}=={finding.version}" if finding.version else finding.package
-        ),
+        "fullyQualifiedName": f"{name}{pin}{finding.version}" if finding.version else name,
         "kind": "module",
     }
     found = []
@@ -141,7 +141,8 @@ def _locations(finding: Finding) -> list[dict[str, Any]]:
 
 
 def _message(finding: Finding) -> str:
-    package = f"{finding.package} {finding.version}" if finding.version else finding.package
+    name = finding.qualified_name
+    package = f"{name} {finding.version}" if finding.version else name
     if finding.address is None:
         return f"{package}: {finding.status.value}: {finding.reason}"
     where = f" on {finding.domain}" if finding.domain else ""
@@ -151,7 +152,8 @@ def _message(finding: Finding) -> str:
 
 
 def _result(finding: Finding) -> dict[str, Any]:
-    identity = "\n".join((finding.package.lower(), finding.address or "", finding.status.value))
+    name = finding.qualified_name.lower()  # pypi findings keep their v1 fingerprints
+    identity = "\n".join((name, finding.address or "", finding.status.value))
     return {
         "ruleId": finding.status.value,
         "ruleIndex": _ORDER.index(finding.status),
@@ -165,6 +167,8 @@ def _result(finding: Finding) -> dict[str, Any]:
             "address": finding.address,
             "domain": finding.domain,
             "verdict": finding.status.value,
+            "ecosystem": finding.ecosystem,
+            "first_published": first_published(finding),
             "fields": list(finding.fields),
             "evidence": evidence(finding),
         },

@@ -46,7 +46,7 @@ def print_report(console: Console, report: ScanReport) -> None:
         table.add_column(column, overflow="fold")
     for finding in sorted(report.findings, key=_sort_key):
         table.add_row(
-            finding.package,
+            finding.qualified_name,
             finding.version or "-",
             finding.address or "-",
             to_unicode(finding.domain) if finding.domain else "-",

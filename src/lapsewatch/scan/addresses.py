@@ -22,7 +22,8 @@ _BRACKETED_AT = re.compile(r"[\[({<_-]\s*(at|@)\s*[\])}>_-]", re.IGNORECASE)
 _WORD_AT = re.compile(r"\s(at|@)\s", re.IGNORECASE)
 _WORD_DOT = re.compile(r"[\s\[({<_-]dot[\s\])}>_-]", re.IGNORECASE)
 _GROUP = re.compile(r'^\s*([^:"<>@,]*):(.*?);?\s*$', re.DOTALL)
-_NAME_ONLY_FIELDS = frozenset({"author", "maintainer"})
+_NAME_ONLY_FIELDS = frozenset({"author", "maintainer", "contributors"})
+"""Fields that normally hold names (npm's ``author``/``contributors`` strings too)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from lapsewatch.scan.addresses import Extracted
-from lapsewatch.scan.packages import Origin, PackageMetadata
+from lapsewatch.scan.packages import Ecosystem, FirstPublished, Origin, PackageMetadata
 from lapsewatch.sources import Observation
 from lapsewatch.verdict import DANGEROUS, decide
 
@@ -112,10 +112,18 @@ class Finding:
     published_at: datetime | None = None
     origins: tuple[Origin, ...] = ()
     observations: tuple[Observation, ...] = ()
+    ecosystem: Ecosystem = "pypi"
+    first_published: FirstPublished | None = None
+    """The earliest release that carried this address (the ctx-pattern comparison), if known."""
 
     @property
     def dangerous(self) -> bool:
         return self.status.dangerous
+
+    @property
+    def qualified_name(self) -> str:
+        """``npm:left-pad`` for npm, the bare name for PyPI (as the command line takes them)."""
+        return self.package if self.ecosystem == "pypi" else f"{self.ecosystem}:{self.package}"
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,11 @@ class ScanReport:
         if not failed:
             return None
         noun = "package" if len(failed) == 1 else "packages"
-        return f"{len(failed)} {noun} could not be read from the index ({failed[0].reason})"
+        kinds = {f.ecosystem for f in failed}
+        source = {"pypi": "the index", "npm": "the npm registry"}.get(
+            next(iter(kinds)) if len(kinds) == 1 else "", "the index or the npm registry"
+        )
+        return f"{len(failed)} {noun} could not be read from {source} ({failed[0].reason})"
 
 
 def _key(found: Extracted) -> str:
@@ -168,13 +180,19 @@ def findings_for_package(
 ) -> list[Finding]:
     """One finding per distinct address of ``package`` (fields merged), or ``no_address``."""
     if not extracted:
+        where = (
+            "Author-email, Maintainer-email, Author or Maintainer"
+            if package.ecosystem == "pypi"
+            else "maintainers, _npmUser, author or contributors"
+        )
         return [
             Finding(
                 package.name,
                 package.version,
                 Status.NO_ADDRESS,
-                "no address in Author-email, Maintainer-email, Author or Maintainer",
+                f"no address in {where}",
                 origins=package.origins,
+                ecosystem=package.ecosystem,
             )
         ]
     grouped: dict[str, list[Extracted]] = {}
@@ -197,6 +215,10 @@ def _finding(
     domain = parsed.domain if parsed else None
     seen: tuple[Observation, ...] = ()
     decided_by = None
+    first = package.first_for(item.address) if parsed else None
+    trusted_at = package.published_at
+    if first is not None and (trusted_at is None or first.published_at < trusted_at):
+        trusted_at = first.published_at
     if parsed is None:
         status, reason = Status.UNPARSEABLE, item.problem or "not an email address"
     elif parsed.free_provider:
@@ -204,15 +226,11 @@ def _finding(
         reason = f"{parsed.domain} is a well-known mail provider; not checked"
     else:
         seen = observations.get(parsed.domain, ())
-        decision = decide(parsed.domain, seen, now=now, verified_at=package.published_at)
+        decision = decide(parsed.domain, seen, now=now, verified_at=trusted_at)
         status, reason = Status(decision.verdict.value), decision.reason
         decided_by = decision.decided_by
-        if status is Status.REREGISTERED and decision.registered_at and package.published_at:
-            reason = (
-                f"RDAP: registered {decision.registered_at.date()}, after {package.name} "
-                f"{package.version} was published with this address on "
-                f"{package.published_at.date()}"
-            )
+        if status is Status.REREGISTERED and decision.registered_at and trusted_at:
+            reason = _reregistered(package, first, decision.registered_at, trusted_at)
     return Finding(
         package.name,
         package.version,
@@ -226,11 +244,43 @@ def _finding(
         published_at=package.published_at,
         origins=package.origins,
         observations=seen,
+        ecosystem=package.ecosystem,
+        first_published=first,
+    )
+
+
+def _reregistered(
+    package: PackageMetadata,
+    first: FirstPublished | None,
+    registered: datetime,
+    trusted_at: datetime,
+) -> str:
+    """Name the release the comparison was made with; say so when it is not the scanned one."""
+    if first is None or first.version == package.version:
+        return (
+            f"RDAP: registered {registered.date()}, after {package.name} "
+            f"{package.version} was published with this address on {trusted_at.date()}"
+        )
+    newer = (
+        f"; the scanned {package.version} ({package.published_at.date()}) came out after the "
+        "re-registration"
+        if package.published_at and package.published_at > registered
+        else ""
+    )
+    return (
+        f"RDAP: registered {registered.date()}, after {package.name} {first.version} first "
+        f"published this address on {first.published_at.date()}{newer}: the newest release "
+        "can be the new owner's own (the ctx pattern)"
     )
 
 
 def finding_for_package_error(
-    name: str, version: str | None, status: Status, reason: str, origins: Iterable[Origin]
+    name: str,
+    version: str | None,
+    status: Status,
+    reason: str,
+    origins: Iterable[Origin],
+    ecosystem: Ecosystem = "pypi",
 ) -> Finding:
     """A package whose metadata could not be had: ``not_found`` or ``metadata_error``."""
-    return Finding(name, version, status, reason, origins=tuple(origins))
+    return Finding(name, version, status, reason, origins=tuple(origins), ecosystem=ecosystem)

@@ -2,7 +2,9 @@
 
 ``BASE/<name>/json`` (the newest release) or ``BASE/<name>/<version>/json``;
 the fields used are ``info.author_email``, ``info.maintainer_email``,
-``info.author``, ``info.maintainer`` and the upload time of the release's files.
+``info.author``, ``info.maintainer``, the upload time of the release's files and,
+on a project page, the upload time of every release (``releases``), which the
+ctx-pattern check needs to find the release that first published an address.
 Requests run concurrently under a cap, with a bounded retry. When the index
 cannot be reached at all (offline, DNS failure, refused connection) the first
 failure stops further requests: every other package gets the same error at
@@ -24,7 +26,7 @@ from packaging.utils import canonicalize_name
 
 from lapsewatch.dates import parse_datetime
 from lapsewatch.scan.cache import DiskCache
-from lapsewatch.scan.packages import PackageMetadata, PackageRef
+from lapsewatch.scan.packages import Origin, PackageMetadata, PackageRef
 from lapsewatch.sources import _http
 
 __all__ = [
@@ -37,7 +39,8 @@ __all__ = [
 ]
 
 DEFAULT_INDEX_URL = "https://pypi.org/pypi"
-CACHE_NAMESPACE = "index"
+CACHE_NAMESPACE = "index-v2"
+"""v2: entries carry the release history (``release_times``)."""
 
 
 class IndexOutcome(StrEnum):
@@ -57,6 +60,12 @@ class IndexAnswer:
     cached: bool = False
 
 
+def connect_failure(exc: BaseException) -> bool:
+    """Whether the server could not be reached at all (also when wrapped by ``_http``)."""
+    connect = (httpx.ConnectError, httpx.ConnectTimeout)
+    return isinstance(exc, connect) or isinstance(exc.__cause__, connect)
+
+
 def check_index_url(url: str) -> str:
     """The base URL without a trailing slash; ``ValueError`` unless http(s) with a host."""
     parts = urlsplit(url)
@@ -65,10 +74,11 @@ def check_index_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _published(data: dict[str, Any]) -> Any:
+def _published(data: dict[str, Any], key: str = "urls") -> Any:
     """Earliest upload time of the release's files (PyPI lists them under ``urls``)."""
     times = []
-    for item in data.get("urls") or []:
+    files = data.get(key)
+    for item in files if isinstance(files, list) else []:
         if not isinstance(item, dict):
             continue
         raw = item.get("upload_time_iso_8601") or item.get("upload_time")
@@ -101,7 +111,23 @@ def metadata_from_json(data: Any) -> PackageMetadata:
         author=text("author"),
         maintainer=text("maintainer"),
         published_at=_published(data),
+        release_times=_release_times(data.get("releases")),
     )
+
+
+def _release_times(releases: Any) -> tuple[tuple[str, Any], ...]:
+    """``releases`` (project pages only) → (version, first upload), oldest first."""
+    if not isinstance(releases, dict):
+        return ()
+    found = []
+    for version, files in releases.items():
+        when = _published({"files": files}, "files")
+        if isinstance(version, str) and when is not None:
+            found.append((version, when))
+    return tuple(sorted(found, key=lambda pair: pair[1]))
+
+
+_HISTORY = Origin("history")
 
 
 class IndexClient:
@@ -125,6 +151,10 @@ class IndexClient:
         self._slots = asyncio.Semaphore(concurrency)
         self._down: str | None = None
         self.requests = 0
+
+    def project(self, name: str) -> PackageRef:
+        """The unpinned reference whose answer (the project page) lists every release."""
+        return PackageRef(name, None, _HISTORY)
 
     def url_for(self, ref: PackageRef) -> str:
         name = quote(canonicalize_name(ref.name), safe="")
@@ -185,7 +215,7 @@ class IndexClient:
         except httpx.TransportError as exc:
             timeout = self._client.timeout.read or 0.0
             why = _http.describe_transport_error(exc, timeout)
-            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            if connect_failure(exc):
                 self._down = f"index {self.base_url} unreachable: {why}"
                 return IndexAnswer(ref, IndexOutcome.ERROR, self._down)
             return IndexAnswer(ref, IndexOutcome.ERROR, f"index {self.base_url}: {why}")

@@ -48,7 +48,8 @@ def lock_kind(path: Path) -> LockKind:
         return "poetry"
     raise LockError(
         f"{path}: cannot tell the lock format from the file name; "
-        "expected pylock.toml, pylock.<name>.toml, uv.lock or poetry.lock"
+        "expected pylock.toml, pylock.<name>.toml, uv.lock, poetry.lock, package-lock.json, "
+        "npm-shrinkwrap.json, pnpm-lock.yaml or yarn.lock"
     )
 
 

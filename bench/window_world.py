@@ -1,0 +1,638 @@
+"""The simulated world of ``bench/window.py``: email domains, their lifecycles, and what
+each status source (RDAP, DNS, Fastly) would answer about them at any hour.
+
+Every domain gets one timeline: a sorted list of ``(start_hour, View)`` segments from
+"forever ago" to the end of the run. A :class:`View` is everything observable at once
+(the registry's record, the delegation, Fastly's tokens) plus the two facts the
+observers cannot see and the figures need: who holds the name, and whether anyone
+could take it. Times are hours from the start of the run (negative = before it).
+
+The figures and their sources are in ``docs/window.md``; every number here that the
+literature does not give is marked an assumption there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from lapsewatch.sources.dns import PARKING_NAMESERVER_DOMAINS
+from lapsewatch.sources.interface import Observation, Outcome
+
+__all__ = [
+    "BASE",
+    "DEFAULT_PARAMS",
+    "YEAR_HOURS",
+    "Address",
+    "Domain",
+    "Timeline",
+    "View",
+    "World",
+    "build_world",
+    "perturbed",
+    "when",
+]
+
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+"""Hour 0 of every run: lapsewatch's code wants datetimes."""
+YEAR_HOURS = 8766.0
+ATTEMPTS = 3
+"""``LAPSEWATCH_ATTEMPTS``: tries per request on network errors, 429 and 5xx."""
+
+DEFAULT_PARAMS: dict[str, float] = {
+    # Which registry a domain is at (assumption: PyPI-like, mostly gTLD-style names).
+    "tld_share_gtld": 0.80,
+    "tld_share_uk": 0.07,
+    "tld_share_de": 0.08,
+    "tld_share_nl": 0.05,
+    # Addresses (shape of bench/cycle.py's registry: 70% at free providers, 1.5 a domain).
+    "addresses_per_domain_mean": 1.5,
+    "free_provider_share": 0.70,
+    # One expiry a domain in the year; this share lapses (assumption).
+    "lapse_rate": 0.08,
+    # Renewals (shares of renewals; assumption): long before, shortly before, by the
+    # registry's auto-renew kept by a paying owner, or late during the grace.
+    "renew_early_share": 0.55,
+    "renew_early_min_days": 10.0,
+    "renew_early_max_days": 60.0,
+    "renew_on_time_share": 0.25,
+    "renew_on_time_max_days": 10.0,
+    "renew_autorenew_share": 0.12,
+    "renew_late_share": 0.08,
+    "renew_late_max_days": 30.0,
+    # gTLD registry (ICANN): auto-renew grace, redemption, pending delete.
+    "autorenew_grace_days": 45.0,
+    "redemption_days": 30.0,
+    "pending_delete_days": 5.0,
+    # gTLD registrar after expiry (ERRP: DNS interrupted before deletion).
+    "registrar_action_max_days": 5.0,
+    "registrar_parking_share": 0.40,
+    "delete_after_expiry_min_days": 25.0,
+    "delete_after_expiry_max_days": 45.0,
+    # Expired-domain auctions during the grace (GoDaddy-style timeline; share assumed).
+    "auction_sold_share": 0.15,
+    "auction_end_days": 36.0,
+    "auction_push_max_days": 14.0,
+    # Early deletion by the registrar (Barron et al. 2019; share assumed).
+    "early_deletion_share": 0.05,
+    "early_deletion_max_days": 120.0,
+    # ccTLDs.
+    "uk_suspend_after_expiry_days": 30.0,
+    "uk_cancel_after_expiry_days": 90.0,
+    "uk_pending_delete_days": 5.0,
+    "de_redemption_days": 30.0,
+    "nl_quarantine_days": 40.0,
+    # After the drop (Lauinger et al. 2018: 9.5% at zero delay; the rest assumed).
+    "dropcatch_zero_delay_share": 0.095,
+    "rereg_first_day_share": 0.10,
+    "rereg_first_day_hours": 24.0,
+    "rereg_later_share": 0.10,
+    "rereg_later_max_days": 60.0,
+    "new_owner_parks_share": 0.50,
+    # Changes that change nothing.
+    "transfer_rate": 0.03,
+    "transfer_pending_days": 5.0,
+    # Source errors (assumption): an outage fails every attempt of a check.
+    "rdap_outage_rate": 0.005,
+    "rdap_error_rate": 0.02,
+    "dns_outage_rate": 0.002,
+    "dns_error_rate": 0.01,
+    "fastly_error_rate": 0.01,
+    "fastly_unknown_rate": 0.0005,
+}
+
+_OWNER_NS = ("ns1.webhost.example", "ns2.webhost.example")
+_NEW_OWNER_NS = ("ns1.newowner-hosting.example", "ns2.newowner-hosting.example")
+_REGISTRAR_EXPIRY_NS = ("ns1.expired.registrar.example", "ns2.expired.registrar.example")
+"""A registrar's own "this domain has expired" parking; lapsewatch's list does not know it."""
+_AFTERMARKET_NS = ("ns1.sedoparking.com", "ns2.sedoparking.com")
+"""Where a domain investor parks a name for sale; lapsewatch's list knows it."""
+_HEALTHY = frozenset({"ok", "autorenew_paid"})
+_TAKEABLE = frozenset({"available"})
+
+
+def perturbed(params: Mapping[str, float], factor: float) -> dict[str, float]:
+    """Every duration (a key ending in ``_days`` or ``_hours``) times ``factor``."""
+    return {k: v * factor if k.endswith(("_days", "_hours")) else v for k, v in params.items()}
+
+
+def when(hours: float) -> datetime:
+    return BASE + timedelta(hours=hours)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What is true of a domain during one segment of its timeline."""
+
+    phase: str
+    """``ok``, ``autorenew_paid``, ``grace``, ``redemption``, ``pending_delete``,
+    ``expired`` (.uk), ``suspended`` (.uk), ``quarantine`` (.nl), ``available``,
+    ``new_owner``."""
+    owner: int
+    """0: the registrant the addresses belong to; anything else: somebody new."""
+    rdap_found: bool
+    rdap_status: tuple[str, ...]
+    registered_at: float | None
+    expires_at: float | None
+    nameservers: tuple[str, ...]
+    """Empty: not in the TLD zone (NXDOMAIN)."""
+    fastly: str
+
+    @property
+    def takeable(self) -> bool:
+        """Free to register after the drop, or held by somebody new."""
+        return self.phase in _TAKEABLE or self.owner != 0
+
+    @property
+    def healthy(self) -> bool:
+        """Registered, paid, held by the same registrant."""
+        return self.phase in _HEALTHY and self.owner == 0
+
+
+@dataclass
+class Timeline:
+    starts: list[float] = field(default_factory=list)
+    views: list[View] = field(default_factory=list)
+
+    def add(self, start: float, view: View) -> None:
+        """Append a segment; segments must come in time order."""
+        if self.starts and start < self.starts[-1]:
+            raise ValueError(f"segment at {start} before {self.starts[-1]}")
+        if self.starts and start == self.starts[-1]:
+            self.views[-1] = view
+            return
+        self.starts.append(start)
+        self.views.append(view)
+
+    def at(self, hour: float) -> View:
+        return self.views[max(bisect.bisect_right(self.starts, hour) - 1, 0)]
+
+    def intervals(self, end: float) -> list[tuple[float, float]]:
+        """The ``[start, stop)`` hours, up to ``end``, during which the name could be taken."""
+        out: list[tuple[float, float]] = []
+        for i, view in enumerate(self.views):
+            stop = self.starts[i + 1] if i + 1 < len(self.starts) else end
+            if view.takeable and stop > self.starts[i]:
+                out.append((self.starts[i], min(stop, end)))
+        return out
+
+
+@dataclass
+class Address:
+    domain: int
+    """Index into the world's domains; -1 for a free provider (always healthy)."""
+    verified_at: float
+
+
+@dataclass
+class Domain:
+    name: str
+    tld: str
+    kind: str
+    """The lifecycle drawn, for the breakdown: ``renewed``, ``auction``, ``dropped``, …"""
+    timeline: Timeline
+    addresses: list[int] = field(default_factory=list)
+    drop_at: float | None = None
+    takeovers: list[float] = field(default_factory=list)
+    """Hours at which somebody new came to hold the name."""
+    transfer: tuple[float, float] | None = None
+    """An inter-registrar transfer pending during these hours (changes nothing)."""
+
+    def observe(
+        self, source: str, hour: float, rng: random.Random, p: Mapping[str, float]
+    ) -> tuple[Observation, int]:
+        """What ``source`` answers at ``hour``, and how many requests it took."""
+        view = self.timeline.at(hour)
+        at = when(hour)
+        if source == "fastly":
+            return self._fastly(view, at, rng, p)
+        outage, error = p[f"{source}_outage_rate"], p[f"{source}_error_rate"]
+        if rng.random() < outage:
+            return Observation.error(source, self.name, "timeout", observed_at=at), ATTEMPTS
+        requests = 1
+        while rng.random() < error:
+            if requests == ATTEMPTS:
+                return Observation.error(source, self.name, "HTTP 503", observed_at=at), requests
+            requests += 1
+        if source == "rdap":
+            return self._rdap(view, at, hour), requests
+        return self._dns(view, at), requests
+
+    def _rdap(self, view: View, at: datetime, hour: float) -> Observation:
+        if not view.rdap_found:
+            return Observation(
+                "rdap", self.name, Outcome.ANSWERED, "HTTP 404", found=False, observed_at=at
+            )
+        status = view.rdap_status
+        if self.transfer and self.transfer[0] <= hour < self.transfer[1]:
+            status = (*status, "pending transfer")
+        return Observation(
+            "rdap",
+            self.name,
+            Outcome.ANSWERED,
+            f"status {', '.join(status)}",
+            found=True,
+            status=status,
+            registered_at=None if view.registered_at is None else when(view.registered_at),
+            expires_at=None if view.expires_at is None else when(view.expires_at),
+            nameservers=view.nameservers,
+            observed_at=at,
+        )
+
+    def _dns(self, view: View, at: datetime) -> Observation:
+        if not view.nameservers:
+            return Observation(
+                "dns",
+                self.name,
+                Outcome.ANSWERED,
+                "NXDOMAIN",
+                found=False,
+                status=("undelegated",),
+                observed_at=at,
+            )
+        parked = any(_is_parking(ns) for ns in view.nameservers)
+        return Observation(
+            "dns",
+            self.name,
+            Outcome.ANSWERED,
+            f"delegated to {view.nameservers[0]}",
+            found=True,
+            status=("delegated", "parked") if parked else ("delegated",),
+            nameservers=view.nameservers,
+            observed_at=at,
+        )
+
+    def _fastly(
+        self, view: View, at: datetime, rng: random.Random, p: Mapping[str, float]
+    ) -> tuple[Observation, int]:
+        requests = 1
+        while rng.random() < p["fastly_error_rate"]:
+            if requests == ATTEMPTS:
+                return Observation.error("fastly", self.name, "HTTP 429", observed_at=at), requests
+            requests += 1
+        tokens = ("unknown",) if rng.random() < p["fastly_unknown_rate"] else view.fastly.split()
+        return fastly_observation(self.name, tokens, at), requests
+
+
+def fastly_observation(name: str, tokens: tuple[str, ...] | list[str], at: datetime) -> Observation:
+    """An answered Fastly status, ``found`` as ``lapsewatch.sources.fastly`` sets it."""
+    found = True if "active" in tokens else False if "inactive" in tokens else None
+    return Observation(
+        "fastly",
+        name,
+        Outcome.ANSWERED,
+        f"status {' '.join(tokens)}",
+        found=found,
+        status=tuple(tokens),
+        observed_at=at,
+    )
+
+
+@functools.cache
+def _is_parking(nameserver: str) -> bool:
+    """As ``lapsewatch.sources.dns`` decides it, from the product's own list."""
+    labels = nameserver.split(".")
+    return any(".".join(labels[i:]) in PARKING_NAMESERVER_DOMAINS for i in range(len(labels)))
+
+
+def _pick(rng: random.Random, shares: Mapping[str, float]) -> str:
+    """One key, with probability proportional to its share."""
+    total = sum(shares.values())
+    x = rng.random() * total
+    for key, share in shares.items():
+        x -= share
+        if x < 0:
+            return key
+    return list(shares)[-1]
+
+
+def _tokens(nameservers: tuple[str, ...]) -> str:
+    """Fastly's answer for a registered name (assumption: it sees aftermarket parking only)."""
+    if not nameservers:
+        return "undelegated"
+    return "active parked marketed" if any(map(_is_parking, nameservers)) else "active"
+
+
+class _Builder:
+    """Draws one domain's lifecycle. ``d`` converts days to hours."""
+
+    def __init__(self, rng: random.Random, p: Mapping[str, float], year: float) -> None:
+        self.rng, self.p, self.year = rng, p, year
+
+    def days(self, key: str) -> float:
+        return self.p[key] * 24.0
+
+    def uniform_days(self, low_key: str | float, high_key: str) -> float:
+        low = self.days(low_key) if isinstance(low_key, str) else low_key * 24.0
+        return self.rng.uniform(low, max(low, self.days(high_key)))
+
+    def build(self, index: int) -> Domain:
+        rng, p = self.rng, self.p
+        tld = _pick(rng, {t: p[f"tld_share_{t}"] for t in ("gtld", "uk", "de", "nl")})
+        registered = -rng.uniform(1.0, 15.0) * YEAR_HOURS
+        expires = rng.uniform(0.0, self.year)
+        has_dates = tld != "de"  # assumption: DENIC's RDAP shows no registration/expiry dates
+        healthy = View(
+            "ok",
+            0,
+            True,
+            ("client transfer prohibited",),
+            registered if has_dates else None,
+            expires if tld in ("gtld", "uk") else None,
+            _OWNER_NS,
+            "active",
+        )
+        timeline = Timeline()
+        timeline.add(-1e12, healthy)
+        domain = Domain(f"d{index}.{'com' if tld == 'gtld' else tld}", tld, "renewed", timeline)
+        if rng.random() < p["lapse_rate"]:
+            getattr(self, f"_lapse_{tld}")(domain, healthy, expires)
+        else:
+            self._renew(domain, healthy, expires)
+        if domain.kind == "renewed" and rng.random() < p["transfer_rate"]:
+            start = rng.uniform(0.0, self.year)
+            domain.transfer = (start, start + self.days("transfer_pending_days"))
+        return domain
+
+    # Renewals -----------------------------------------------------------------
+
+    def _renew(self, domain: Domain, healthy: View, expires: float) -> None:
+        rng, p = self.rng, self.p
+        renewed = replace(
+            healthy, expires_at=None if healthy.expires_at is None else expires + YEAR_HOURS
+        )
+        if domain.tld in ("de", "nl"):
+            return  # no dates shown: a renewal changes nothing anyone can see
+        how = _pick(
+            rng, {k: p[f"renew_{k}_share"] for k in ("early", "on_time", "autorenew", "late")}
+        )
+        if how == "autorenew" and domain.tld == "uk":
+            how = "on_time"  # Nominet has no registry auto-renew
+        if how == "early":
+            domain.timeline.add(
+                expires - self.uniform_days("renew_early_min_days", "renew_early_max_days"), renewed
+            )
+        elif how == "on_time":
+            domain.timeline.add(expires - self.uniform_days(0.0, "renew_on_time_max_days"), renewed)
+        elif how == "autorenew":
+            paid = replace(renewed, phase="autorenew_paid", rdap_status=("auto renew period",))
+            domain.timeline.add(expires, paid)
+            domain.timeline.add(expires + self.days("autorenew_grace_days"), renewed)
+        else:
+            domain.kind = "renewed_late"
+            back = expires + self.uniform_days(0.0, "renew_late_max_days")
+            if domain.tld == "uk":
+                self._uk_expired(domain, healthy, expires, until=back)
+                domain.timeline.add(back, renewed)
+            else:
+                self._grace(domain, healthy, expires, until=back)
+                grace_end = expires + self.days("autorenew_grace_days")
+                if back < grace_end:
+                    domain.timeline.add(back, replace(renewed, rdap_status=("auto renew period",)))
+                domain.timeline.add(max(back, grace_end), renewed)
+        # The run's tail may reach the next expiry: a renewing owner renews again, in time.
+        again = expires + YEAR_HOURS - self.uniform_days(0.0, "renew_on_time_max_days")
+        domain.timeline.add(
+            max(again, domain.timeline.starts[-1]),
+            replace(renewed, expires_at=expires + 2 * YEAR_HOURS),
+        )
+
+    # gTLD -----------------------------------------------------------------------
+
+    def _grace(self, domain: Domain, healthy: View, expires: float, *, until: float) -> bool:
+        """The registry auto-renews (expiry +1 year, ``auto renew period``); the registrar
+        parks or holds the name a few days later. Returns whether it parks."""
+        grace = replace(
+            healthy,
+            phase="grace",
+            rdap_status=("auto renew period",),
+            expires_at=expires + YEAR_HOURS,
+        )
+        domain.timeline.add(expires, grace)
+        action = expires + self.uniform_days(0.0, "registrar_action_max_days")
+        parks = self.rng.random() < self.p["registrar_parking_share"]
+        if action < until:
+            if parks:
+                held = replace(grace, nameservers=_REGISTRAR_EXPIRY_NS, fastly="active")
+            else:
+                held = replace(
+                    grace,
+                    rdap_status=("client hold", "auto renew period"),
+                    nameservers=(),
+                    fastly="expiring",
+                )
+            domain.timeline.add(action, held)
+            grace_end = expires + self.days("autorenew_grace_days")
+            if grace_end < until:
+                status = tuple(s for s in held.rdap_status if s != "auto renew period")
+                domain.timeline.add(grace_end, replace(held, rdap_status=status))
+        return parks
+
+    def _lapse_gtld(self, domain: Domain, healthy: View, expires: float) -> None:
+        rng, p = self.rng, self.p
+        if rng.random() < p["early_deletion_share"]:
+            domain.kind = "early_deletion"
+            deleted = expires - self.uniform_days(0.0, "early_deletion_max_days")
+            if deleted < 0:  # the lapse falls inside the run
+                deleted = rng.uniform(0.0, expires)
+            self._deletion(
+                domain, healthy, deleted, expires, "redemption_days", "pending_delete_days"
+            )
+            return
+        if rng.random() < p["auction_sold_share"]:
+            domain.kind = "auction"
+            push = (
+                expires
+                + self.days("auction_end_days")
+                + self.uniform_days(0.0, "auction_push_max_days")
+            )
+            self._grace(domain, healthy, expires, until=push)
+            status = (
+                ("auto renew period",) if push < expires + self.days("autorenew_grace_days") else ()
+            )
+            nameservers = (
+                _AFTERMARKET_NS if rng.random() < p["new_owner_parks_share"] else _NEW_OWNER_NS
+            )
+            bought = View(
+                "new_owner",
+                1,
+                True,
+                (*status, "client transfer prohibited"),
+                healthy.registered_at,  # an auction keeps the registration: nothing shows it
+                expires + YEAR_HOURS,
+                nameservers,
+                _tokens(nameservers),
+            )
+            domain.timeline.add(push, bought)
+            domain.takeovers.append(push)
+            if status:
+                grace_end = expires + self.days("autorenew_grace_days")
+                domain.timeline.add(
+                    grace_end, replace(bought, rdap_status=("client transfer prohibited",))
+                )
+            return
+        domain.kind = "dropped"
+        deleted = expires + self.uniform_days(
+            "delete_after_expiry_min_days", "delete_after_expiry_max_days"
+        )
+        self._grace(domain, healthy, expires, until=deleted)
+        self._deletion(domain, healthy, deleted, expires, "redemption_days", "pending_delete_days")
+
+    def _deletion(
+        self,
+        domain: Domain,
+        healthy: View,
+        deleted: float,
+        expires: float | None,
+        redemption_key: str,
+        pending_key: str | None,
+    ) -> None:
+        """Deleted at ``deleted``: redemption, pending delete, drop, maybe re-registration."""
+        redemption = View(
+            "redemption",
+            0,
+            True,
+            ("redemption period",),
+            healthy.registered_at,
+            expires,  # a deletion during the grace reverses the auto-renew
+            (),
+            "undelegated deleting",
+        )
+        domain.timeline.add(deleted, redemption)
+        t = deleted + self.days(redemption_key)
+        if pending_key is not None:
+            domain.timeline.add(
+                t, replace(redemption, phase="pending_delete", rdap_status=("pending delete",))
+            )
+            t += self.days(pending_key)
+        self._drop(domain, t)
+
+    def _drop(self, domain: Domain, dropped: float) -> None:
+        rng, p = self.rng, self.p
+        domain.drop_at = dropped
+        domain.timeline.add(
+            dropped, View("available", 0, False, (), None, None, (), "undelegated inactive")
+        )
+        x = rng.random()
+        if x < p["dropcatch_zero_delay_share"]:
+            again = dropped
+        elif x < p["dropcatch_zero_delay_share"] + p["rereg_first_day_share"]:
+            again = dropped + rng.uniform(0.0, p["rereg_first_day_hours"])
+        elif (
+            x
+            < p["dropcatch_zero_delay_share"] + p["rereg_first_day_share"] + p["rereg_later_share"]
+        ):
+            again = dropped + self.uniform_days(1.0, "rereg_later_max_days")
+        else:
+            return
+        nameservers = (
+            _AFTERMARKET_NS if rng.random() < p["new_owner_parks_share"] else _NEW_OWNER_NS
+        )
+        domain.timeline.add(
+            again,
+            View(
+                "new_owner",
+                2,
+                True,
+                ("client transfer prohibited",),
+                None if domain.tld == "de" else again,
+                again + YEAR_HOURS if domain.tld in ("gtld", "uk") else None,
+                nameservers,
+                _tokens(nameservers),
+            ),
+        )
+        domain.takeovers.append(again)
+
+    # ccTLDs -----------------------------------------------------------------------
+
+    def _uk_expired(self, domain: Domain, healthy: View, expires: float, *, until: float) -> None:
+        """Nominet: no auto-renew, so the past expiry date shows; suspended after 30 days."""
+        expired = replace(healthy, phase="expired")
+        domain.timeline.add(expires, expired)
+        suspend = expires + self.days("uk_suspend_after_expiry_days")
+        if suspend < until:
+            domain.timeline.add(
+                suspend,
+                replace(
+                    expired,
+                    phase="suspended",
+                    rdap_status=("server hold",),
+                    nameservers=(),
+                    fastly="expiring",
+                ),
+            )
+
+    def _lapse_uk(self, domain: Domain, healthy: View, expires: float) -> None:
+        domain.kind = "dropped"
+        cancelled = expires + self.days("uk_cancel_after_expiry_days")
+        self._uk_expired(domain, healthy, expires, until=cancelled)
+        pending = View(
+            "pending_delete",
+            0,
+            True,
+            ("pending delete",),
+            healthy.registered_at,
+            expires,
+            (),
+            "undelegated deleting",
+        )
+        domain.timeline.add(cancelled, pending)
+        self._drop(domain, cancelled + self.days("uk_pending_delete_days"))
+
+    def _lapse_de(self, domain: Domain, healthy: View, expires: float) -> None:
+        """DENIC: the registrar deletes at any time; 30 days' RGP, then free."""
+        domain.kind = "dropped"
+        self._deletion(domain, healthy, expires, None, "de_redemption_days", None)
+
+    def _lapse_nl(self, domain: Domain, healthy: View, expires: float) -> None:
+        """SIDN: cancelled, 40 days' quarantine (assumed shown as ``pending delete``), then free."""
+        domain.kind = "dropped"
+        quarantine = View(
+            "quarantine",
+            0,
+            True,
+            ("pending delete",),
+            healthy.registered_at,
+            None,
+            (),
+            "undelegated deleting",
+        )
+        domain.timeline.add(expires, quarantine)
+        self._drop(domain, expires + self.days("nl_quarantine_days"))
+
+
+@dataclass
+class World:
+    domains: list[Domain]
+    addresses: list[Address]
+
+
+def build_world(
+    params: Mapping[str, float], *, domains: int, seed: int, year_hours: float = YEAR_HOURS
+) -> World:
+    """``domains`` custom domains with their addresses, and the free-provider addresses
+    that a per-address checker also checks."""
+    rng = random.Random(seed)
+    builder = _Builder(rng, params, year_hours)
+    world = World([], [])
+    extra = 1.0 / max(params["addresses_per_domain_mean"], 1.0)
+    for index in range(domains):
+        domain = builder.build(index)
+        count = 1
+        while rng.random() > extra:  # geometric, mean addresses_per_domain_mean
+            count += 1
+        earliest = domain.timeline.views[0].registered_at
+        for _ in range(count):
+            low = -3 * YEAR_HOURS if earliest is None else max(earliest, -3 * YEAR_HOURS)
+            domain.addresses.append(len(world.addresses))
+            world.addresses.append(Address(index, rng.uniform(low, -24.0 * 30)))
+        world.domains.append(domain)
+    custom = len(world.addresses)
+    share = min(params["free_provider_share"], 0.99)
+    for _ in range(round(custom * share / (1.0 - share))):
+        world.addresses.append(Address(-1, rng.uniform(-3 * YEAR_HOURS, -24.0 * 30)))
+    return world

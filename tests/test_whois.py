@@ -333,13 +333,16 @@ def test_skipped_without_a_server(server: LoopbackWhoisServer) -> None:
 class _Pacer:
     def __init__(self) -> None:
         self.requests = 0
+        self.servers: list[str] = []
         self.refusals: list[float | None] = []
 
-    async def request(self) -> None:
+    async def request(self, server: str = "") -> None:
         self.requests += 1
+        self.servers.append(server)
 
-    def refused(self, retry_after: float | None) -> None:
+    def refused(self, retry_after: float | None, server: str = "") -> None:
         self.refusals.append(retry_after)
+        self.servers.append(server)
 
 
 def test_pacer_and_limiter_see_every_attempt(server: LoopbackWhoisServer) -> None:
@@ -359,6 +362,7 @@ def test_pacer_and_limiter_see_every_attempt(server: LoopbackWhoisServer) -> Non
     assert observation.retry_after == 13.0
     assert pacer.requests == 1
     assert pacer.refusals == [13.0]
+    assert pacer.servers == [f"127.0.0.1:{server.port}"] * 2  # paced per server
     assert entered == [server.address]
 
 

@@ -44,8 +44,10 @@ class Limited(Source):
         self.rate_limited = 0
         """Answers that said "too many requests" (429, or DNS REFUSED)."""
 
-    async def request(self) -> None:
-        """Wait for the limiter and for any ``Retry-After`` pause; count the request."""
+    async def request(self, server: str = "") -> None:
+        """Wait for the limiter and for any ``Retry-After`` pause; count the request.
+
+        One limit for the whole source: ``server`` is not used yet."""
         await self._pause()
         await self._limiter.acquire()
         await self._pause()  # a 429 may have come in while we queued
@@ -55,7 +57,7 @@ class Limited(Source):
         while (wait := self._not_before - time.monotonic()) > 0:
             await asyncio.sleep(wait)
 
-    def refused(self, retry_after: float | None) -> None:
+    def refused(self, retry_after: float | None, server: str = "") -> None:
         self.rate_limited += 1
         if retry_after:
             self._not_before = max(self._not_before, time.monotonic() + retry_after)

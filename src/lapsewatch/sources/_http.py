@@ -127,6 +127,13 @@ def retry_after_seconds(response: httpx.Response | Reply) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def server_of(url: str) -> str:
+    """The ``host:port`` a request to ``url`` goes to: what a per-server limit keys on."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
 async def get(
     client: httpx.AsyncClient,
     url: str,
@@ -172,7 +179,7 @@ async def get(
             with attempt:
                 reply = await _follow(client, url, params, headers, limit, max_bytes, pacer)
                 if pacer is not None and reply.status_code == 429:
-                    pacer.refused(retry_after_seconds(reply))
+                    pacer.refused(retry_after_seconds(reply), server_of(url))
                 if reply.status_code in RETRY_STATUSES:
                     raise _RetryableStatus(reply)
                 return reply
@@ -199,7 +206,7 @@ async def _follow(
     origin = _origin(current)
     for _hop in range(MAX_REDIRECTS + 1):
         if pacer is not None:
-            await pacer.request()
+            await pacer.request(server_of(current))
         try:
             async with asyncio.timeout(deadline):
                 reply, location = await _once(client, current, headers, max_bytes)

@@ -92,7 +92,7 @@ class DnsSource(Source):
             if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 return self._interpret(domain, response, f"{host}:{port}")
             if rcode == dns.rcode.REFUSED and self.pacer is not None:
-                self.pacer.refused(None)  # how a rate-limited server says 429
+                self.pacer.refused(None, f"{host}:{port}")  # how a busy server says 429
             failures.append(f"{dns.rcode.to_text(rcode)} from {host}:{port}")
         return Observation.error(self.name, domain, "; ".join(dict.fromkeys(failures)))
 
@@ -129,11 +129,11 @@ class DnsSource(Source):
     ) -> dns.message.Message:
         query = dns.message.make_query(domain, rdtype)
         if self.pacer is not None:
-            await self.pacer.request()
+            await self.pacer.request(f"{host}:{port}")
         response = await dns.asyncquery.udp(query, host, port=port, timeout=self._timeout)
         if response.flags & dns.flags.TC:
             if self.pacer is not None:
-                await self.pacer.request()
+                await self.pacer.request(f"{host}:{port}")
             response = await dns.asyncquery.tcp(query, host, port=port, timeout=self._timeout)
         return response
 

@@ -115,14 +115,19 @@ def truncate(text: str) -> str:
 
 
 class Pacer(Protocol):
-    """A rate limiter that sees every request a source puts on the wire, retries included."""
+    """A rate limiter that sees every request a source puts on the wire, retries included.
 
-    async def request(self) -> None:
-        """Wait until one more request may go out (rate limit, ``Retry-After`` pause)."""
+    ``server`` names the server the request goes to (an RDAP or Fastly base URL's
+    ``host:port``, a resolver's or WHOIS server's ``host:port``): real registries
+    limit per server, so a limiter may pace each one on its own. ``""``: unknown.
+    """
 
-    def refused(self, retry_after: float | None) -> None:
-        """The source said "too many requests" (HTTP 429, DNS REFUSED); ``retry_after``
-        seconds, when it said how long, pause every request to it."""
+    async def request(self, server: str = "") -> None:
+        """Wait until one more request to ``server`` may go out (rate limit, pause)."""
+
+    def refused(self, retry_after: float | None, server: str = "") -> None:
+        """``server`` said "too many requests" (HTTP 429, DNS REFUSED, a WHOIS quota
+        text); ``retry_after`` seconds, when it said how long, pause requests to it."""
 
 
 class Source(ABC):

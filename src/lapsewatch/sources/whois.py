@@ -211,7 +211,11 @@ class WhoisSource(Source):
                 attempts=self._attempts,
                 max_bytes=self._max_bytes,
                 pause=self._pause,
-                before_attempt=pacer.request if pacer is not None else None,
+                before_attempt=(
+                    (lambda: pacer.request(f"{server.host}:{server.port}"))
+                    if pacer is not None
+                    else None
+                ),
                 limiter=self._limiter,
             )
         except WhoisQueryError as exc:
@@ -228,7 +232,8 @@ class WhoisSource(Source):
             wait = _retry_after(answer.detail, text)
             limited = wait is not None or answer.detail.startswith("rate limit")
             if limited and self.pacer is not None:
-                self.pacer.refused(wait)
+                where = server if isinstance(server, str) else f"{server.host}:{server.port}"
+                self.pacer.refused(wait, where)
             return Observation.error(
                 self.name,
                 domain,

@@ -185,6 +185,9 @@ class Domain(Base):
     """The last check that found the domain dangerous; set once, it marks the domain as one
     that may have changed hands, so new addresses there need a login-bound link."""
     dangerous_verdict: Mapped[str | None] = mapped_column(String(32))
+    nameservers: Mapped[list[str] | None] = mapped_column(JSON)
+    """The registry's name servers at the last healthy check outside the auto-renew
+    grace; a name sold in the grace keeps its dates but not its name servers."""
     lease_until: Mapped[datetime | None]
     """A worker that claimed the domain holds it until then (distributed checks)."""
 

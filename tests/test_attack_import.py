@@ -426,3 +426,30 @@ def test_takeover_by_username_case_variant_finds_the_same_account(
     code, summary = import_lines(cli, line("frank", mail(MALLORY)))
     assert code == 2
     assert errors(summary)[1].startswith("account 'Frank' is not managed by this import")
+
+
+def test_attack_web_accounts_are_never_handed_to_an_api_key(cli: CliRunner, engine: Engine) -> None:
+    """``admin owner`` moves a registry's accounts between its imports and its key;
+    a web account stays its person's, so the root/mallory push stays refused."""
+    web_account(engine, "root", ROOT_ADDRESS, admin=True)
+    assert cli.invoke(app, ["admin", "api-key", "registry"]).exit_code == 0
+    assert import_lines(cli, line("alice", mail("alice@own.test")))[0] == 0  # owner: import
+    refused = cli.invoke(app, ["admin", "owner", "--to", "api:registry", "--from", "web"])
+    assert refused.exit_code != 0
+    moved = cli.invoke(app, ["admin", "owner", "--to", "api:registry", "root", "alice"])
+    assert moved.exit_code == 0, moved.output
+    assert "1 account(s)" in moved.output
+    with make_sessionmaker(engine)() as session:
+        owners = dict(session.execute(select(Account.username, Account.owner)).all())
+    assert owners == {"root": "web", "alice": "api:registry"}
+    code, summary = import_lines(
+        cli, line("root", mail(MALLORY, primary=True)), owner="api:registry"
+    )
+    assert code == 2
+    assert "not managed by this import" in errors(summary)[1]
+    assert cli.invoke(app, ["admin", "owner", "--to", "api:nobody", "alice"]).exit_code != 0
+
+
+def test_attack_an_api_key_name_too_long_for_its_owner_name_is_refused(cli: CliRunner) -> None:
+    assert cli.invoke(app, ["admin", "api-key", "k" * 97]).exit_code != 0
+    assert cli.invoke(app, ["admin", "api-key", "k" * 96]).exit_code == 0

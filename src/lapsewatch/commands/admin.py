@@ -25,7 +25,13 @@ from lapsewatch.dates import isoformat
 from lapsewatch.formats import json as json_format
 from lapsewatch.names import InvalidName, check_username, username_key
 from lapsewatch.store import Account, make_sessionmaker
-from lapsewatch.web.apikeys import KeyNameTaken, create_api_key, list_api_keys, revoke_api_key
+from lapsewatch.web.apikeys import (
+    KeyNameInvalid,
+    KeyNameTaken,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from lapsewatch.web.config import WebSettings
 from lapsewatch.web.webhooks import (
     InvalidWebhookUrl,
@@ -167,14 +173,63 @@ def revoke(username: Annotated[str, typer.Argument(help="An admin account.")]) -
 def api_key(
     name: Annotated[str, typer.Argument(help="Who the key is for, e.g. a registry.")],
 ) -> None:
-    """Make an API key; it is printed once and only its hash is kept."""
-    if not name.strip() or len(name) > 100:
-        raise fail("a key name has 1 to 100 characters")
+    """Make an API key; it is printed once and only its hash is kept.
+
+    Accounts its pushes create belong to it (owner ``api:NAME``); no other key and
+    no import can change them.
+    """
     try:
-        key = create_api_key(_store(), name.strip(), now=_now())
-    except KeyNameTaken as exc:
+        key = create_api_key(_store(), name, now=_now())
+    except (KeyNameTaken, KeyNameInvalid) as exc:
         raise fail(str(exc)) from None
     console.print(key, highlight=False, soft_wrap=True)
+
+
+@admin_app.command("owner")
+def owner(
+    to: Annotated[str, typer.Option("--to", help="The new owner: 'import' or 'api:KEYNAME'.")],
+    usernames: Annotated[
+        list[str] | None, typer.Argument(help="Accounts to hand over (default: --from's).")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="Hand over every account of this owner.")
+    ] = None,
+) -> None:
+    """Hand accounts made by an import or an API key to another import or key.
+
+    Each account belongs to whoever made it, and only its owner's pushes and
+    imports may change it. A registry that moves from file imports to the API
+    (or renames its key) hands its accounts over here. Accounts made through
+    the web app belong to their people and are never handed over.
+    """
+    keys = {k.name for k in list_api_keys(_store()) if k.revoked_at is None}
+    if not (to == "import" or (to.startswith("api:") and to[4:] in keys)):
+        raise fail(f"--to {to!r}: expected 'import' or 'api:NAME' of a live API key")
+    if source == "web" or not (source or usernames):
+        raise fail("name the accounts, or --from import / --from api:NAME")
+    now = _now()
+    moved = 0
+    with make_sessionmaker(_store()).begin() as session:
+        query = select(Account).where(Account.owner != "web")
+        if usernames:
+            query = query.where(Account.username_key.in_([username_key(u) for u in usernames]))
+        if source:
+            query = query.where(Account.owner == source)
+        for account in session.scalars(query):
+            if account.owner == to:
+                continue
+            record(
+                session,
+                at=now,
+                actor=ACTOR,
+                kind="account.owner_changed",
+                account_id=account.id,
+                before={"owner": account.owner},
+                after={"owner": to},
+            )
+            account.owner = to
+            moved += 1
+    console.print(f"{moved} account(s) now belong to {to}", highlight=False)
 
 
 @admin_app.command("revoke-api-key")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -48,8 +49,27 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+MAX_NAME = 96
+"""A key's pushes own accounts as ``api:<name>``, which must fit ``accounts.owner`` (100)."""
+
+
+class KeyNameInvalid(ValueError):
+    """Not a usable key name; ``str()`` says why."""
+
+
+def check_key_name(name: str) -> str:
+    """The name, trimmed: 1 to :data:`MAX_NAME` characters, no control characters."""
+    name = name.strip()
+    if not name or len(name) > MAX_NAME:
+        raise KeyNameInvalid(f"a key name has 1 to {MAX_NAME} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name):
+        raise KeyNameInvalid("a key name has no control or format characters")
+    return name
+
+
 def create_api_key(engine: Engine, name: str, *, now: datetime) -> str:
     """A new key named ``name``; the only time the key itself is ever seen."""
+    name = check_key_name(name)
     key = PREFIX + secrets.token_urlsafe(32)
     try:
         with make_sessionmaker(engine).begin() as session:

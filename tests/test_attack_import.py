@@ -453,3 +453,11 @@ def test_attack_web_accounts_are_never_handed_to_an_api_key(cli: CliRunner, engi
 def test_attack_an_api_key_name_too_long_for_its_owner_name_is_refused(cli: CliRunner) -> None:
     assert cli.invoke(app, ["admin", "api-key", "k" * 97]).exit_code != 0
     assert cli.invoke(app, ["admin", "api-key", "k" * 96]).exit_code == 0
+
+
+def test_attack_an_imported_account_cannot_be_made_admin(cli: CliRunner) -> None:
+    """Its owner (an import, an API key) can change its addresses: no admin role for it."""
+    assert import_lines(cli, line("bob", mail("bob@own.test")))[0] == 0
+    refused = cli.invoke(app, ["admin", "grant", "bob"])
+    assert refused.exit_code != 0
+    assert "not to a person" in refused.output

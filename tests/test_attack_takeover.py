@@ -413,3 +413,37 @@ def test_attack_an_unverified_squat_on_an_address_expires(
     assert row is not None
     assert row.account_id == owner
     assert events(engine, "email.expired")
+
+
+def test_resurrection_after_an_address_was_added_but_never_verified_is_refused(
+    app: TestClient,
+    svc: AccountService,
+    smtp: MailServer,
+    world: World,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    """The owner added the address while the domain was theirs and never used the first
+    link; the store never checked the domain (nothing verified on it). It lapsed and was
+    registered again; a new plain link reaches the attacker, who redeems it without a
+    session: the registration is newer than the moment the address was added."""
+    clock.now = NOW - timedelta(days=400)
+    account_id = created(svc.sign_up("fresh", PASSWORD, "me@quietcorp.test"))
+    spare = svc.add_email(account_id, "fresh@gmail.com")
+    svc.verify_email(token_from(smtp.inbox("fresh@gmail.com")[-1]))
+    svc.set_primary(account_id, spare.email_id)
+    clock.now = NOW
+    world.set_domain(DomainScenario.make("quietcorp.test", "registered", now=NOW, registered="-1h"))
+    row = email_row(engine, "me@quietcorp.test")
+    assert row is not None
+    svc.request_reverification(account_id, row.id)
+    link = smtp.inbox("me@quietcorp.test")[-1]
+    attacker_redeems(app, smtp, "me@quietcorp.test")
+    assert "signed in" not in link.body  # a plain link: nothing was known to be wrong
+    after = email_row(engine, "me@quietcorp.test")
+    assert after is not None
+    assert not after.verified
+    assert after.unverify_reason == "reregistered"
+    before = resets_to(smtp, "me@quietcorp.test")
+    svc.request_password_reset("me@quietcorp.test")
+    assert resets_to(smtp, "me@quietcorp.test") == before

@@ -29,10 +29,19 @@ from lapsewatch.accounts.service import AccountService
 from lapsewatch.store import Account, Email, Event, make_sessionmaker
 from lapsewatch.store.models import Webhook, WebhookDelivery
 from lapsewatch.web.config import DEFAULT_MAX_BODY_BYTES, WebSettings
+from lapsewatch.web.security import SESSION_MAX_AGE
 from lapsewatch.web.webhooks import InvalidWebhookUrl, add_webhook, deliver_webhooks
-from tests.mail_support import Clock, MailServer, account_settings, token_from
+from tests.mail_support import (
+    Clock,
+    MailServer,
+    account_settings,
+    closed_port,
+    created,
+    token_from,
+)
 from tests.web_support import (
     LOOPBACK,
+    PASSWORD,
     PUBLIC_IP,
     FakeDns,
     LiveServer,
@@ -475,6 +484,7 @@ def test_attack_stolen_session_cannot_take_over_the_account(
         ("/account/emails", {"address": MALLORY}),
         (f"/account/emails/{victim_email.id}/primary", {}),
         (f"/account/emails/{victim_email.id}/remove", {}),
+        (f"/account/emails/{victim_email.id}/verify", {}),
         ("/account/2fa", {"code": "123456"}),
         ("/account/2fa/disable", {"password": "a guess"}),
         ("/account/2fa/recovery-codes", {"password": "a guess"}),
@@ -653,3 +663,74 @@ def test_attack_lone_surrogate_in_api_json_is_a_client_error(
         "/api/v1/webhooks", headers=api, content=b'{"url":"https://\\ud800.test/"}'
     )
     assert hook.status_code == 422
+
+
+def test_attack_an_api_key_sees_only_its_own_accounts_addresses(engine: Engine) -> None:
+    """Reading an address must not tell any key holder which web account owns it."""
+    service = make_service(engine, account_settings(f"smtp://127.0.0.1:{closed_port()}"))
+    created(service.sign_up("rootadmin", PASSWORD, "boss@victim.test"))
+    key = make_api_key(engine, "registry")
+    other = make_api_key(engine, "other")
+    with TestClient(make_web_app(engine, service)) as http:
+        pushed = http.post(
+            "/api/v1/addresses",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"addresses": [{"username": "alice", "address": "a@own.test", "verified": True}]},
+        )
+        assert pushed.status_code == 200, pushed.text
+        mine = http.get("/api/v1/addresses/A@own.test", headers={"Authorization": f"Bearer {key}"})
+        assert mine.status_code == 200
+        assert mine.json()["username"] == "alice"
+        for probe, token in (("boss@victim.test", key), ("a@own.test", other)):
+            answer = http.get(
+                f"/api/v1/addresses/{probe}", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert answer.status_code == 404, answer.text
+            assert "rootadmin" not in answer.text
+
+
+def test_attack_a_stale_cookie_cannot_redeem_a_login_bound_link(
+    app_client: TestClient, smtp: MailServer, engine: Engine, clock: Clock
+) -> None:
+    """The lapsed domain's new owner reads the re-verification link; with a copied,
+    not recently confirmed cookie, redeeming it still needs the owner's password."""
+    victim = member(app_client, smtp, "victim", VICTIM)
+    email_id = _emails(engine)[VICTIM].id
+    with make_sessionmaker(engine).begin() as session:
+        row = session.get_one(Email, email_id)
+        row.verified, row.unverified_at, row.unverify_reason = False, clock(), "available"
+    accounts = app_client.app.state.context.accounts  # type: ignore[attr-defined]
+    accounts.request_reverification(row.account_id, email_id)
+    token = token_from(smtp.inbox(VICTIM)[-1])
+    clock.advance(minutes=11)
+    thief = copy_session(app_client, victim)
+    thief.get(f"/account/verify-email?token={token}")
+    answer = thief.post("/account/verify-email", {"token": token})
+    assert answer.status_code == 403
+    assert "/account/confirm-password?next=" in answer.text
+    assert not _emails(engine)[VICTIM].verified
+
+
+def test_attack_lookalike_spellings_share_one_login_limit(
+    app_client: TestClient, smtp: MailServer, engine: Engine
+) -> None:
+    """Full-width or case variants name the same account, so they count as one name."""
+    member(app_client, smtp, "victim", VICTIM)
+    attacker = browser(app_client)
+    for n in range(10):
+        assert attacker.log_in("victim", f"guess {n}").status_code == 400
+    for spelling in ("VICTIM", "\uff56ictim", "Victim"):
+        assert attacker.log_in(spelling, "another guess").status_code == 429, spelling
+
+
+def test_attack_a_copied_cookie_does_not_outlive_its_login(
+    app_client: TestClient, smtp: MailServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every change re-signs the cookie; the login time in it does not move, so a copy
+    kept busy still ends when the session's maximum age is reached."""
+    victim = member(app_client, smtp, "victim", VICTIM)
+    thief = copy_session(app_client, victim)
+    assert signed_in(thief, "victim")
+    later = time.time() + SESSION_MAX_AGE + 60
+    monkeypatch.setattr("lapsewatch.web.security.time.time", lambda: later)
+    assert not signed_in(thief, "victim")

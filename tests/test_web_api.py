@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.report import build_report
-from lapsewatch.store import make_sessionmaker
+from lapsewatch.store import Account, make_sessionmaker
 from lapsewatch.store.models import WebhookDelivery
 from lapsewatch.web.apikeys import revoke_api_key
 from lapsewatch.web.webhooks import (
@@ -78,7 +78,10 @@ def api(anonymous: TestClient, engine: Engine) -> TestClient:
 
 
 def cycle(engine: Engine, world: World) -> None:
+    """The registry's accounts (pushed with its key, so the key reads them) and a cycle."""
     seed(engine)
+    with make_sessionmaker(engine).begin() as session:
+        session.execute(update(Account).values(owner="api:registry"))
     run_cycle(check_settings(world), engine, now=datetime.now(UTC))
 
 

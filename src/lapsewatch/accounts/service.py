@@ -101,7 +101,7 @@ from lapsewatch.accounts.totp import (
     provisioning_uri,
 )
 from lapsewatch.config import Settings
-from lapsewatch.cycle.apply import CheckResult, apply_result
+from lapsewatch.cycle.apply import CheckResult, apply_result, remember_unverified
 from lapsewatch.cycle.due import DueDomain, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.domains import DomainError, FreeProviders, load_free_providers, parse
@@ -276,7 +276,7 @@ class AccountService:
         account = Account(
             username=username, created_at=now, password_hash=password_hash, projects=[]
         )
-        email = parsed.new_email(primary=True)
+        email = parsed.new_email(primary=True, now=now)
         account.emails.append(email)
         try:
             # Added inside the savepoint, so a refused insert leaves nothing pending.
@@ -332,7 +332,7 @@ class AccountService:
             return AddressInUse("this address is already used by an account")
         if not self._verification_allowed(session, account.id, now):
             return RateLimited("too many verification mails; try again later")
-        email = parsed.new_email(primary=not account.emails)
+        email = parsed.new_email(primary=not account.emails, now=now)
         try:
             with session.begin_nested():
                 account.emails.append(email)
@@ -583,6 +583,10 @@ class AccountService:
         }
         email.verified = True
         email.verified_at = now
+        if row.kind == TokenKind.REVERIFY_EMAIL:
+            # Its owner, signed in, proved the mailbox now: trusted from here on
+            # (a domain they bought back is theirs), not since it was first added.
+            email.added_at = now
         email.unverified_at = None
         email.unverify_reason = None
         email.unverify_detail = None
@@ -652,7 +656,9 @@ class AccountService:
         limits = self.settings.limits
         keys = []
         if account is None or not account.totp_enabled:
-            keys.append((self._limiter.key("login-user", username), limits.login_per_username))
+            # By key: full-width or case variants of a name are the same account.
+            name = username_key(username)
+            keys.append((self._limiter.key("login-user", name), limits.login_per_username))
         if client is not None:
             keys.append((self._limiter.key("login-client", client), limits.login_per_client))
         return keys
@@ -985,7 +991,10 @@ class AccountService:
                 now=now,
             )
             allowed = allowed and self._limiter.allow(
-                session, self._limiter.key("reset-id", ident), limits.reset_per_identifier, now=now
+                session,
+                self._limiter.key("reset-id", _identifier_key(ident, self._free)),
+                limits.reset_per_identifier,
+                now=now,
             )
             account, named = _find_for_reset(session, ident, self._free)
             mails: list[Mail] = []
@@ -1249,7 +1258,7 @@ class AccountService:
             account = _account(session, account_id)
             keys = [
                 (
-                    self._limiter.key("login-user", account.username),
+                    self._limiter.key("login-user", account.username_key),
                     self.settings.limits.login_per_username,
                 )
             ]
@@ -1337,8 +1346,9 @@ class _Address:
     domain: str
     free_provider: bool
 
-    def new_email(self, *, primary: bool) -> Email:
+    def new_email(self, *, primary: bool, now: datetime) -> Email:
         return Email(
+            added_at=now,
             address=self.address,
             domain=self.domain,
             free_provider=self.free_provider,
@@ -1396,6 +1406,18 @@ def _email_by_address(session: Session, address: str) -> Email | None:
     return session.scalar(select(Email).where(Email.address_key == address_key(address)))
 
 
+def _identifier_key(identifier: str, free: FreeProviders | None) -> str:
+    """What a reset request names, as the store matches it: the same limit for every
+    spelling of one name or address."""
+    if "@" not in identifier:
+        return username_key(identifier)
+    try:
+        address = parse(identifier, free_providers=free).address
+    except DomainError:
+        return identifier
+    return address_key(address) if address else identifier
+
+
 def _verification_kind(session: Session, email: Email) -> TokenKind:
     """A login-bound link for an address that may now be read by someone else: one
     lapsewatch unverified (even if it was removed since), or any address on a
@@ -1440,26 +1462,7 @@ def _refuse_verification(
     email.unverified_at = now
     email.unverify_reason = Verdict.REREGISTERED.value
     email.unverify_detail = reason
-    key = address_key(email.address)
-    history = session.get(AddressHistory, key)
-    if history is None:
-        session.add(
-            AddressHistory(
-                address_key=key,
-                domain=email.domain,
-                unverified_at=now,
-                unverify_reason=Verdict.REREGISTERED.value,
-            )
-        )
-    else:
-        history.unverified_at = now
-        history.unverify_reason = Verdict.REREGISTERED.value
-    session.execute(
-        update(Token)
-        .where(Token.email_id == email.id, Token.used_at.is_(None))
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    remember_unverified(session, email, Verdict.REREGISTERED, now)
     record(
         session,
         at=now,

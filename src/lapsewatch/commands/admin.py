@@ -85,6 +85,10 @@ def _set_admin(username: str, value: bool) -> None:
         )
         if account is None:
             raise fail(f"no account is named {username!r}")
+        if value and account.owner != "web":
+            # An import or an API key can change this account's addresses; an admin
+            # must be reachable only through its own person.
+            raise fail(f"{username!r} belongs to {account.owner}, not to a person; not granted")
         if account.is_admin != value:
             account.is_admin = value
             record(

@@ -145,15 +145,20 @@ def push_addresses(body: AddressPush, context: Ctx, key: Key) -> ImportOut:
     summary="One address: its state, the verdict and the reason",
     responses=_NOT_FOUND,
 )
-def get_address(address: Annotated[str, Path(max_length=320)], context: Ctx) -> AddressOut:
+def get_address(
+    address: Annotated[str, Path(max_length=320)],
+    context: Ctx,
+    key: Annotated[ApiKeyInfo, Depends(require_api_key)],
+) -> AddressOut:
     """`should_be_verified` is false once lapsewatch unverified the address: from then on
-    the registry must not send a password reset there."""
+    the registry must not send a password reset there. A key sees only the addresses
+    of accounts it pushed (another key's, or a web account's, are not found)."""
     try:
         normalized = domains.parse(address, free_providers=context.free_providers).address
     except domains.DomainError:
         normalized = None
     with context.engine.connect() as conn:
-        view = address_view(conn, normalized or address)
+        view = address_view(conn, normalized or address, owner=f"api:{key.name}")
     if view is None:
         raise HTTPException(status_code=404, detail="no such address")
     return AddressOut.from_view(view)

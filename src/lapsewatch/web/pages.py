@@ -41,6 +41,7 @@ from lapsewatch.web.security import (
     log_out,
     mark_reauthenticated,
     recent_auth,
+    recently_authenticated,
     refresh_stamp,
     require_user,
     safe_next,
@@ -167,13 +168,17 @@ def verify_email_form(request: Request, viewer: MaybeUser, token: str = "") -> R
 
 @router.post(VERIFY_EMAIL_PATH)
 def verify_email(request: Request, context: Ctx, viewer: MaybeUser, token: Text = "") -> Response:
+    # A login-bound link needs its owner signed in *recently*: a copied cookie alone
+    # plus the lapsed domain's mailbox must not re-verify the address.
+    owner = viewer if viewer is not None and recently_authenticated(request, context) else None
     try:
         result = context.accounts.verify_email(
-            token[:_MAX_TOKEN], session_account_id=viewer.account_id if viewer else None
+            token[:_MAX_TOKEN], session_account_id=owner.account_id if owner else None
         )
     except LoginRequired as exc:
         back = f"{VERIFY_EMAIL_PATH}?token={token[:_MAX_TOKEN]}"
-        login = "/account/login?next=" + quote(back, safe="/")
+        start = CONFIRM_PASSWORD_PATH if viewer is not None else "/account/login"
+        login = f"{start}?next=" + quote(back, safe="/")
         return _message(
             request,
             "Sign in first",
@@ -459,7 +464,9 @@ def make_primary(
 
 
 @router.post("/account/emails/{email_id}/verify")
-def reverify(request: Request, context: Ctx, viewer: User, email_id: int) -> Response:
+def reverify(
+    request: Request, context: Ctx, viewer: ConfirmedForAddresses, email_id: int
+) -> Response:
     def ask() -> str:
         sent = context.accounts.request_reverification(viewer.account_id, email_id)
         if sent.sent:

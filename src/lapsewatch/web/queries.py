@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import Connection, func, select
 
 from lapsewatch.accounts.results import AddressStatus
+from lapsewatch.names import address_key
 from lapsewatch.store.models import Account, Domain, Email, Event, ObservationRow
 
 __all__ = [
@@ -110,8 +111,9 @@ def _status(verified: bool, unverify_reason: str | None) -> AddressStatus:
     return AddressStatus.UNVERIFIED if unverify_reason else AddressStatus.NOT_VERIFIED
 
 
-def address_view(conn: Connection, address: str) -> AddressView | None:
-    """One address (exact match first, else case-insensitive), or ``None``."""
+def address_view(conn: Connection, address: str, *, owner: str | None = None) -> AddressView | None:
+    """One address (by its case-folded key), or ``None``; with ``owner``, only an
+    address of an account that owner manages (an API key sees only its own)."""
     if not storable(address):
         return None
     query = (
@@ -133,11 +135,9 @@ def address_view(conn: Connection, address: str) -> AddressView | None:
         .join(Account, Account.id == Email.account_id)
         .outerjoin(Domain, Domain.name == Email.domain)
     )
-    row = conn.execute(query.where(Email.address == address)).first()
-    if row is None:
-        row = conn.execute(
-            query.where(func.lower(Email.address) == address.lower()).order_by(Email.id)
-        ).first()
+    if owner is not None:
+        query = query.where(Account.owner == owner)
+    row = conn.execute(query.where(Email.address_key == address_key(address))).first()
     if row is None:
         return None
     return AddressView(

@@ -50,6 +50,7 @@ __all__ = [
     "log_out",
     "mark_reauthenticated",
     "recent_auth",
+    "recently_authenticated",
     "refresh_stamp",
     "require_admin",
     "require_user",
@@ -252,6 +253,13 @@ def current_viewer(
         return cached if isinstance(cached, Viewer) else None
     viewer: Viewer | None = None
     uid = request.session.get("uid")
+    since = request.session.get("since")
+    if isinstance(uid, int) and not (
+        isinstance(since, int) and 0 <= time.time() - since <= SESSION_MAX_AGE
+    ):
+        # The cookie's signature is renewed whenever the session changes; the login
+        # time is not, so a copied cookie cannot be kept alive past the maximum age.
+        uid = None
     if isinstance(uid, int):
         with context.sessions() as session:
             account = session.get(Account, uid)
@@ -300,13 +308,18 @@ def require_admin(
     return viewer
 
 
+def recently_authenticated(request: Request, context: WebContext) -> bool:
+    """Whether the password was entered within ``reauth_seconds`` (a login counts)."""
+    at = request.session.get("reauth")
+    age = _now(context) - at if isinstance(at, int) else None
+    return age is not None and 0 <= age <= context.web.reauth_seconds
+
+
 def ensure_recent_auth(request: Request, context: WebContext, back: str) -> None:
     """Unless the password was entered within ``reauth_seconds`` (a login counts), send
     the visitor to the confirm-password page, which returns to ``back`` (to this very
     page, for a GET)."""
-    at = request.session.get("reauth")
-    age = _now(context) - at if isinstance(at, int) else None
-    if age is None or not 0 <= age <= context.web.reauth_seconds:
+    if not recently_authenticated(request, context):
         target = _here(request) if request.method == "GET" else back
         raise FlashRedirect(
             CONFIRM_PASSWORD_PATH + "?next=" + quote(target, safe="/"),

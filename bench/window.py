@@ -34,7 +34,7 @@ import random
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -43,7 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import window_world as ww
 from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Observation
-from lapsewatch.verdict import Decision, Verdict, decide
+from lapsewatch.verdict import (
+    Decision,
+    Verdict,
+    decide,
+    healthy_nameservers,
+    in_auto_renew_grace,
+)
 
 __all__ = [
     "FIGURES",
@@ -95,16 +101,10 @@ class Lapsewatch:
     confirm_hours: float | None = 1.0
     """A dangerous verdict not named by the registry's record waits this long for a
     confirming check (``LAPSEWATCH_CONFIRM_MINUTES``, being added to the cycle)."""
-    # PROPOSED changes, not in lapsewatch yet (see docs/window.md):
-    grace_daily: bool = False
-    """While the registry's record shows ``auto renew period``, check daily (today the
-    auto-renew moves the expiry date a year ahead and ends the daily window at once)."""
-    no_expiry_interval: timedelta | None = None
-    """The regular interval for a domain whose record shows no expiration date (.de, .nl),
-    short enough to land inside the registry's post-deletion period."""
-    nameserver_rule: bool = False
-    """During ``auto renew period``, name servers other than those last seen on the
-    healthy domain are the registrar's parking or a buyer's: ``expiring``."""
+    before_fixes: bool = False
+    """Leave out what this simulation made us add to the product (daily checks in the
+    auto-renew grace, 14 days without an expiry date, the name-server rule), to show
+    what they changed (docs/window.md)."""
 
 
 PolicySpec = Warehouse | Lapsewatch
@@ -118,12 +118,10 @@ def default_policies() -> list[PolicySpec]:
         Lapsewatch("lapsewatch_7d", Policy(interval=timedelta(days=7))),
         Lapsewatch("lapsewatch_fastly", sources=("rdap", "dns", "fastly")),
         Lapsewatch("lapsewatch_daily_run", run_every_hours=24.0),
-        Lapsewatch("proposed_schedule", grace_daily=True, no_expiry_interval=timedelta(days=14)),
         Lapsewatch(
-            "proposed_all",
-            grace_daily=True,
-            no_expiry_interval=timedelta(days=14),
-            nameserver_rule=True,
+            "lapsewatch_before_fixes",
+            Policy(no_expiry_interval=timedelta(days=30)),
+            before_fixes=True,
         ),
     ]
 
@@ -188,26 +186,8 @@ class _DomainState:
     failures: int = 0
     expires_at: datetime | None = None
     confirming: bool = False
-    in_grace: bool = False
     nameservers: tuple[str, ...] = ()
     """Last seen while the domain was judged registered outside the grace."""
-
-
-_GRACE = "auto renew period"
-
-
-def _nameserver_rule(state: _DomainState, decision: Decision, rdap: Observation) -> Decision:
-    """The proposed rule: new name servers during the auto-renew grace are the registrar's
-    parking or a buyer's, not the paying owner's renewal."""
-    if rdap.found is not True or decision.verdict is not Verdict.REGISTERED:
-        return decision
-    if not state.in_grace:
-        state.nameservers = rdap.nameservers
-        return decision
-    if state.nameservers and rdap.nameservers and set(rdap.nameservers) != set(state.nameservers):
-        reason = f"RDAP: name servers changed to {rdap.nameservers[0]} during '{_GRACE}'"
-        return replace(decision, verdict=Verdict.EXPIRING, reason=reason, decided_by="rdap")
-    return decision
 
 
 def run_lapsewatch(
@@ -224,7 +204,8 @@ def run_lapsewatch(
         last = -rng.uniform(0.0, interval)
         seen = domain.timeline.at(last)
         states[i].expires_at = None if seen.expires_at is None else ww.when(seen.expires_at)
-        states[i].nameservers = seen.nameservers
+        if not spec.before_fixes:
+            states[i].nameservers = seen.nameservers
         due = next_check(
             policy,
             now=ww.when(last),
@@ -251,18 +232,21 @@ def run_lapsewatch(
             requests += sent
         now = ww.when(t)
         earliest = min(world.addresses[a].verified_at for a in watched)
-        decision = decide(domain.name, observations, now=now, verified_at=ww.when(earliest))
-        rdap = next((o for o in observations if o.source == "rdap" and o.answered), None)
-        if rdap is not None:
-            state.in_grace = rdap.found is True and _GRACE in rdap.status
-            if spec.nameserver_rule:
-                decision = _nameserver_rule(state, decision, rdap)
+        decision = decide(
+            domain.name,
+            observations,
+            now=now,
+            verified_at=ww.when(earliest),
+            known_nameservers=state.nameservers,
+        )
+        if not spec.before_fixes:  # as cycle/apply.py keeps them
+            state.nameservers = healthy_nameservers(decision, observations) or state.nameservers
         if any(o.source == "rdap" and o.answered for o in observations):
             state.expires_at = decision.expires_at  # only the registry's record moves it
         if decision.verdict.dangerous:
             if (
                 spec.confirm_hours is not None
-                and decision.decided_by != "rdap"
+                and decision.doubt is not None
                 and not state.confirming
             ):
                 state.confirming = True
@@ -281,15 +265,8 @@ def run_lapsewatch(
             verdict=decision.verdict,
             expires_at=state.expires_at,
             failures=state.failures,
+            in_grace=not spec.before_fixes and in_auto_renew_grace(observations),
         )
-        if spec.grace_daily and state.in_grace:
-            due = min(due, now + policy.near_interval)
-        if (
-            spec.no_expiry_interval
-            and state.expires_at is None
-            and decision.verdict is not Verdict.UNKNOWN
-        ):
-            due = min(due, now + spec.no_expiry_interval)
         heapq.heappush(queue, (_hours(due), i))
     return Run(spec.name, unverified, requests)
 

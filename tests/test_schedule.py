@@ -16,14 +16,35 @@ POLICY = Policy()
 
 
 def due(
-    verdict: Verdict = Verdict.REGISTERED, expires: datetime | None = None, failures: int = 0
+    verdict: Verdict = Verdict.REGISTERED,
+    expires: datetime | None = None,
+    failures: int = 0,
+    *,
+    in_grace: bool = False,
 ) -> timedelta:
-    return next_check(POLICY, now=NOW, verdict=verdict, expires_at=expires, failures=failures) - NOW
+    at = next_check(
+        POLICY, now=NOW, verdict=verdict, expires_at=expires, failures=failures, in_grace=in_grace
+    )
+    return at - NOW
 
 
 def test_every_thirty_days() -> None:
-    assert due() == 30 * DAY
     assert due(expires=NOW + 400 * DAY) == 30 * DAY
+    assert due(expires=NOW + 200 * DAY) == 30 * DAY
+
+
+def test_every_fourteen_days_without_an_expiration_date() -> None:
+    """A registry that publishes no expiry (DENIC) still cannot hide a 30-day redemption."""
+    assert due() == 14 * DAY
+    assert due(Verdict.UNKNOWN, failures=1) == timedelta(hours=1)  # errors keep their backoff
+
+
+def test_daily_during_the_auto_renew_grace() -> None:
+    """The registry pushed the expiry a year ahead; registrars act in these 45 days."""
+    assert due(expires=NOW + 365 * DAY, in_grace=True) == DAY
+    assert due(Verdict.UNKNOWN, expires=NOW + 365 * DAY, failures=3, in_grace=True) == 4 * (
+        DAY / 24
+    )
 
 
 def test_daily_near_expiry() -> None:

@@ -153,3 +153,34 @@ def test_errors_never_give_a_dangerous_verdict(observations: list[Observation]) 
 )
 def test_adding_an_error_never_changes_the_verdict(observations: list[Observation]) -> None:
     assert verdict(*observations, RDAP_ERROR, DNS_TIMEOUT) is verdict(*observations)
+
+
+def test_name_servers_changed_in_the_auto_renew_grace_is_expiring() -> None:
+    """An expired name auctioned during the grace keeps its dates; its name servers go."""
+    sold = rdap(
+        ("active", "auto renew period"),
+        expires_at=NOW + 365 * DAY,
+        nameservers=("ns1.buyer-parking.test",),
+    )
+    decision = decide(
+        "x.test", [sold], now=NOW, known_nameservers=("ns1.owner.test", "ns2.owner.test")
+    )
+    assert decision.verdict is Verdict.EXPIRING
+    assert decision.firm  # the registry's own record says so
+    assert "name servers changed" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("status", "servers", "known"),
+    [
+        (("active", "auto renew period"), ("NS1.Owner.test.", "ns9.new.test"), ("ns1.owner.test",)),
+        (("active", "auto renew period"), ("ns1.other.test",), ()),  # nothing known yet
+        (("active",), ("ns1.other.test",), ("ns1.owner.test",)),  # a move outside the grace
+    ],
+)
+def test_name_servers_alone_are_no_danger(
+    status: tuple[str, ...], servers: tuple[str, ...], known: tuple[str, ...]
+) -> None:
+    record = rdap(status, nameservers=servers)
+    decision = decide("x.test", [record], now=NOW, known_nameservers=known)
+    assert decision.verdict is Verdict.REGISTERED

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from lapsewatch.schedule import Policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -233,7 +236,7 @@ def test_warehouse_retries_an_error_after_seven_days() -> None:
     assert (END - 31 * DAY) / (7 * DAY) <= result.requests <= END / (7 * DAY) + 1
 
 
-def test_a_parked_auction_is_invisible_to_lapsewatch_but_not_to_the_proposed_grace_watch() -> None:
+def test_a_parked_auction_is_caught_in_the_grace_by_its_name_servers() -> None:
     push = 140 * DAY
     bought = replace(new_owner(push), registered_at=HEALTHY.registered_at, expires_at=665 * DAY)
     world = world_of(
@@ -243,10 +246,12 @@ def test_a_parked_auction_is_invisible_to_lapsewatch_but_not_to_the_proposed_gra
         kind="auction",
         takeovers=(push,),
     )
-    assert run(world, window.Lapsewatch()).unverified_at == [None]
+    before = window.Lapsewatch(
+        "before", Policy(no_expiry_interval=timedelta(days=30)), before_fixes=True
+    )
+    assert run(world, before).unverified_at == [None]
     assert run(world, window.Warehouse()).unverified_at == [None]
-    proposed = window.Lapsewatch("proposed", grace_daily=True, nameserver_rule=True)
-    watched = run(world, proposed).unverified_at[0]
+    watched = run(world, window.Lapsewatch()).unverified_at[0]
     assert watched is not None
     assert 100 * DAY <= watched < push
 

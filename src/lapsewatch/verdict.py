@@ -6,9 +6,10 @@ The rules, in the order they matter:
   timeout, garbage or a TLD without RDAP never does.
 * A dangerous answer from any source wins over a safe one ("resolve toward
   danger"), and among dangerous answers the most authoritative source names
-  it: the registry's RDAP record, then Fastly, then DNS.
+  it: the registry's record (RDAP, or WHOIS where a TLD has no RDAP), then
+  Fastly, then DNS.
 * ``available`` is a claim that nobody holds the name, so it is dropped when
-  the registry's RDAP record shows the domain is registered (a domain on hold
+  the registry's record shows the domain is registered (a domain on hold
   or in redemption is also missing from the DNS, but it is not for sale).
 * A registration date later than the moment the address was verified means
   somebody registered the name again: ``reregistered``, however healthy it looks.
@@ -20,6 +21,10 @@ The rules, in the order they matter:
   *thin* (``Decision.doubt``): :func:`settle` turns it into a pending
   confirmation, and only a later check that says the same acts on it. A domain
   whose answers flip ends ``unknown``.
+* A domain whose own verdict is not firmly dangerous, but one of whose mail hosts
+  (MX) sits on another registrable domain that is dangerous, is
+  ``mail_host_lapsed``: whoever buys that domain receives the mail. It is thin
+  when the mail host's own verdict is thin.
 """
 
 from __future__ import annotations
@@ -32,7 +37,30 @@ from typing import Literal
 
 from lapsewatch.sources.interface import Observation
 
-__all__ = ["DANGEROUS", "Decision", "Pending", "Settlement", "Verdict", "decide", "settle"]
+__all__ = [
+    "AUTO_RENEW",
+    "DANGEROUS",
+    "REGISTRY_SOURCES",
+    "Decision",
+    "MailHostCheck",
+    "Pending",
+    "Settlement",
+    "Verdict",
+    "decide",
+    "healthy_nameservers",
+    "in_auto_renew_grace",
+    "registry_record",
+    "settle",
+]
+
+REGISTRY_SOURCES = ("rdap", "whois")
+"""Sources that speak for the registry itself: its RDAP record, or its WHOIS record
+where the TLD has no RDAP server. Only their record can show a domain is safe."""
+
+AUTO_RENEW = "auto renew period"
+"""The registry renewed an expired name on the registrar's behalf and waits (up to
+45 days) to be paid: normal for a paying owner, and the window in which registrars
+auction expired names to new owners."""
 
 
 class Verdict(StrEnum):
@@ -43,6 +71,7 @@ class Verdict(StrEnum):
     AVAILABLE = "available"
     REREGISTERED = "reregistered"
     FOR_SALE = "for_sale"
+    MAIL_HOST_LAPSED = "mail_host_lapsed"
     UNKNOWN = "unknown"
 
     @property
@@ -59,6 +88,7 @@ DANGEROUS = frozenset(
         Verdict.AVAILABLE,
         Verdict.REREGISTERED,
         Verdict.FOR_SALE,
+        Verdict.MAIL_HOST_LAPSED,
     }
 )
 
@@ -70,9 +100,11 @@ _PRECEDENCE = (
     Verdict.REDEMPTION,
     Verdict.FOR_SALE,
     Verdict.EXPIRING,
+    Verdict.MAIL_HOST_LAPSED,
     Verdict.REGISTERED,
 )
-_AUTHORITY = ("rdap", "fastly", "dns")
+_AUTHORITY = ("rdap", "whois", "fastly", "dns")
+_LABEL = {"rdap": "RDAP", "whois": "WHOIS"}
 
 
 @dataclass(frozen=True)
@@ -95,11 +127,23 @@ class Decision:
     """When the confirming check of ``pending`` is due."""
     settled: bool = False
     """Already passed through :func:`settle` (settling again changes nothing)."""
+    mail_hosts: tuple[MailHostCheck, ...] = ()
+    """The domain's mail hosts on other registrable domains that were checked."""
 
     @property
     def firm(self) -> bool:
         """Whether a dangerous verdict may act now."""
         return self.verdict.dangerous and self.doubt is None
+
+
+@dataclass(frozen=True)
+class MailHostCheck:
+    """One mail host (MX) of a domain that sits on another registrable domain, and the
+    verdict on that domain (decided as any domain's, without a verification time)."""
+
+    host: str
+    domain: str
+    decision: Decision
 
 
 @dataclass(frozen=True)
@@ -113,16 +157,19 @@ def _day(value: datetime) -> str:
     return value.date().isoformat()
 
 
-def _rdap_candidates(
+def _registry_candidates(
     obs: Observation, verified_at: datetime | None, now: datetime
 ) -> list[_Candidate]:
+    """What the registry's record says, from RDAP or WHOIS alike (WHOIS emits RDAP's
+    status words; ``expired`` is a WHOIS registry's word for a past expiry)."""
+    label = _LABEL.get(obs.source, obs.source)
     if obs.found is False:
-        return [_Candidate(Verdict.AVAILABLE, "rdap", f"RDAP: {obs.detail}")]
+        return [_Candidate(Verdict.AVAILABLE, obs.source, f"{label}: {obs.detail}")]
     status = set(obs.status)
     found: list[_Candidate] = []
 
     def add(verdict: Verdict, why: str) -> None:
-        found.append(_Candidate(verdict, "rdap", f"RDAP: {why}"))
+        found.append(_Candidate(verdict, obs.source, f"{label}: {why}"))
 
     if obs.registered_at and verified_at and obs.registered_at > verified_at:
         add(
@@ -136,6 +183,8 @@ def _rdap_candidates(
         add(Verdict.REDEMPTION, "status 'redemption period': the registration has lapsed")
     if obs.expires_at and obs.expires_at <= now:
         add(Verdict.EXPIRING, f"expired on {_day(obs.expires_at)}")
+    elif "expired" in status:
+        add(Verdict.EXPIRING, "status 'expired': the registration has run out")
     holds = status & {"client hold", "server hold"}
     if holds and "auto renew period" in status:
         add(Verdict.EXPIRING, f"'{sorted(holds)[0]}' during 'auto renew period': renewal unpaid")
@@ -144,6 +193,65 @@ def _rdap_candidates(
         shown = ", ".join(obs.status) or "no status"
         add(Verdict.REGISTERED, f"registered ({shown}; {expiry})")
     return found
+
+
+def registry_record(observations: Iterable[Observation]) -> Observation | None:
+    """The registry's own record of the domain (see :data:`REGISTRY_SOURCES`): an
+    answered observation that found it, RDAP's first; ``None`` without one."""
+    records = [o for o in observations if o.source in REGISTRY_SOURCES and o.answered and o.found]
+    return min(records, key=lambda o: REGISTRY_SOURCES.index(o.source), default=None)
+
+
+def _ns(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+def _nameserver_candidates(
+    record: Observation, known_nameservers: Sequence[str]
+) -> list[_Candidate]:
+    """A name sold at an expired-domain auction during the auto-renew grace keeps its
+    registration date (it never dropped) and shows only ``auto renew period``; what
+    gives it away is that other name servers now serve it. So, in the grace, name
+    servers that share none with those of the last healthy check are ``expiring``."""
+    if AUTO_RENEW not in record.status or not known_nameservers or not record.nameservers:
+        return []
+    before = {_ns(n) for n in known_nameservers}
+    now = {_ns(n) for n in record.nameservers}
+    if before & now:
+        return []
+    return [
+        _Candidate(
+            Verdict.EXPIRING,
+            record.source,
+            f"{_LABEL.get(record.source, record.source)}: name servers changed during "
+            f"'{AUTO_RENEW}' (were {', '.join(sorted(before))};"
+            f" now {', '.join(sorted(now))}): an expired name sold at auction keeps its dates "
+            "but not its name servers",
+        )
+    ]
+
+
+def in_auto_renew_grace(observations: Iterable[Observation]) -> bool:
+    """Whether the registry's record shows the auto-renew grace (see :data:`AUTO_RENEW`)."""
+    record = registry_record(observations)
+    return record is not None and AUTO_RENEW in record.status
+
+
+def healthy_nameservers(
+    decision: Decision, observations: Iterable[Observation]
+) -> tuple[str, ...] | None:
+    """The registry's name servers worth remembering for :func:`decide`'s
+    ``known_nameservers``: from a ``registered`` verdict outside the grace; ``None``
+    when this check should not replace what is known."""
+    if decision.verdict is not Verdict.REGISTERED:
+        return None
+    observations = list(observations)
+    if in_auto_renew_grace(observations):
+        return None
+    record = registry_record(observations)
+    if record is None or not record.nameservers:
+        return None
+    return tuple(sorted({_ns(n) for n in record.nameservers}))
 
 
 def _dns_candidates(obs: Observation) -> list[_Candidate]:
@@ -175,8 +283,8 @@ def _token_candidates(obs: Observation) -> list[_Candidate]:
 
 
 def _candidates(obs: Observation, verified_at: datetime | None, now: datetime) -> list[_Candidate]:
-    if obs.source == "rdap":
-        return _rdap_candidates(obs, verified_at, now)
+    if obs.source in REGISTRY_SOURCES:
+        return _registry_candidates(obs, verified_at, now)
     if obs.source == "dns":
         return _dns_candidates(obs)
     return _token_candidates(obs)
@@ -208,7 +316,7 @@ def _doubt(
     parked name is registered by definition, so a safe answer does not
     contradict ``for_sale``.
     """
-    if top.source == "rdap" and registry_record:
+    if top.source in REGISTRY_SOURCES and registry_record:
         return None
     alarmed = list(dict.fromkeys(c.source for c in dangerous))
     calm = [
@@ -233,29 +341,62 @@ def decide(
     *,
     now: datetime,
     verified_at: datetime | None = None,
+    known_nameservers: Sequence[str] = (),
+    mail_hosts: Iterable[MailHostCheck] = (),
 ) -> Decision:
-    """The verdict on ``domain`` from what the sources observed at ``now``."""
+    """The verdict on ``domain`` from what the sources observed at ``now``.
+
+    ``mail_hosts``: the domain's mail hosts on other registrable domains, each with
+    the verdict on its domain. The domain's own firm danger names the verdict; else a
+    dangerous mail-host domain makes it ``mail_host_lapsed`` (a firm one at once).
+
+    ``known_nameservers``: the registry's name servers at the last healthy check
+    outside the auto-renew grace (``healthy_nameservers``), if the caller keeps them.
+    """
     observations = list(observations)
     answered = [o for o in observations if o.answered]
-    rdap_record = next((o for o in answered if o.source == "rdap" and o.found), None)
+    record = registry_record(answered)
     candidates = [c for o in answered for c in _candidates(o, verified_at, now)]
-    if rdap_record is not None:
+    if record is not None:
+        candidates += _nameserver_candidates(record, known_nameservers)
         candidates = [
-            c for c in candidates if not (c.verdict is Verdict.AVAILABLE and c.source != "rdap")
+            c
+            for c in candidates
+            if not (c.verdict is Verdict.AVAILABLE and c.source not in REGISTRY_SOURCES)
         ]
-    registered_at = rdap_record.registered_at if rdap_record else None
-    expires_at = rdap_record.expires_at if rdap_record else None
+    registered_at = record.registered_at if record else None
+    expires_at = record.expires_at if record else None
+    checked = tuple(mail_hosts)
     dangerous = sorted((c for c in candidates if c.verdict.dangerous), key=_rank)
     if dangerous:
         top = dangerous[0]
-        doubt = _doubt(top, dangerous, candidates, registry_record=rdap_record is not None)
+        doubt = _doubt(top, dangerous, candidates, registry_record=record is not None)
+        # The domain's own danger names the verdict, unless it is thin and a mail
+        # host's is firm (a firm danger must not wait for the thin one's confirmation).
+        if doubt is None or not any(m.decision.firm for m in checked):
+            return Decision(
+                domain,
+                top.verdict,
+                top.reason,
+                top.source,
+                registered_at,
+                expires_at,
+                doubt=doubt,
+                mail_hosts=checked,
+            )
+    lapsed = _mail_host_lapsed(domain, checked, registered_at, expires_at)
+    if lapsed is not None:
+        return lapsed
+    if record is not None:
+        registered = min((c for c in candidates if c.source == record.source), key=_rank)
         return Decision(
-            domain, top.verdict, top.reason, top.source, registered_at, expires_at, doubt=doubt
-        )
-    if rdap_record is not None:
-        registered = min((c for c in candidates if c.source == "rdap"), key=_rank)
-        return Decision(
-            domain, Verdict.REGISTERED, registered.reason, "rdap", registered_at, expires_at
+            domain,
+            Verdict.REGISTERED,
+            registered.reason,
+            record.source,
+            registered_at,
+            expires_at,
+            mail_hosts=checked,
         )
     silent = _silent(observations)
     if not observations:
@@ -268,7 +409,42 @@ def decide(
         )
     else:
         reason = f"no source could say: {silent}" if silent else "no source could say"
-    return Decision(domain, Verdict.UNKNOWN, reason, None, registered_at, expires_at)
+    return Decision(
+        domain, Verdict.UNKNOWN, reason, None, registered_at, expires_at, mail_hosts=checked
+    )
+
+
+def _mail_host_lapsed(
+    domain: str,
+    checked: Sequence[MailHostCheck],
+    registered_at: datetime | None,
+    expires_at: datetime | None,
+) -> Decision | None:
+    """``mail_host_lapsed`` from the worst dangerous mail-host domain (a firm one first),
+    thin when that domain's own verdict is thin; ``None`` when no mail host is in danger."""
+    lapsed = [m for m in checked if m.decision.verdict.dangerous]
+    if not lapsed:
+        return None
+    worst = min(
+        lapsed,
+        key=lambda m: (not m.decision.firm, _PRECEDENCE.index(m.decision.verdict), m.host),
+    )
+    own = worst.decision
+    reason = (
+        f"mail host {worst.host} is on {worst.domain}, which is {own.verdict.value}: "
+        f"{own.reason}; whoever holds {worst.domain} receives {domain}'s mail"
+    )
+    doubt = None if own.firm else f"mail host {worst.host}: {own.doubt or 'not firm'}"
+    return Decision(
+        domain,
+        Verdict.MAIL_HOST_LAPSED,
+        reason,
+        own.decided_by,
+        registered_at,
+        expires_at,
+        doubt=doubt,
+        mail_hosts=tuple(checked),
+    )
 
 
 @dataclass(frozen=True)

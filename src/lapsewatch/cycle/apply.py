@@ -43,7 +43,15 @@ from lapsewatch.store.models import (
     ObservationRow,
     Token,
 )
-from lapsewatch.verdict import Decision, Pending, Verdict, settle
+from lapsewatch.verdict import (
+    REGISTRY_SOURCES,
+    Decision,
+    Pending,
+    Verdict,
+    healthy_nameservers,
+    in_auto_renew_grace,
+    settle,
+)
 
 __all__ = [
     "CONFIRMATION_PENDING",
@@ -52,6 +60,7 @@ __all__ = [
     "CheckResult",
     "apply_result",
     "apply_results",
+    "remember_unverified",
     "settle_results",
     "stored_evidence",
     "would_unverify",
@@ -85,8 +94,8 @@ def _affected(email: Email, result: CheckResult) -> bool:
         # verification time is doubt, and doubt never unverifies.
         return (
             decision.registered_at is not None
-            and email.verified_at is not None
-            and email.verified_at < decision.registered_at
+            and email.trusted_since is not None
+            and email.trusted_since < decision.registered_at
         )
     return decision.verdict.dangerous
 
@@ -155,6 +164,7 @@ class _Known:
     expires_at: datetime | None
     dangerous_at: datetime | None = None
     dangerous_verdict: str | None = None
+    nameservers: list[str] | None = None
 
 
 def _next_state(
@@ -166,7 +176,8 @@ def _next_state(
     if decision.pending is not None:  # waiting for a confirming check is not a failure
         failures = known.consecutive_failures
     registered_at, expires_at = known.registered_at, known.expires_at
-    if any(o.source == "rdap" and o.outcome is Outcome.ANSWERED for o in result.observations):
+    observations = result.observations
+    if any(o.source in REGISTRY_SOURCES and o.outcome is Outcome.ANSWERED for o in observations):
         # Only the registry's record moves the known dates.
         registered_at = decision.registered_at or registered_at
         expires_at = decision.expires_at
@@ -184,6 +195,7 @@ def _next_state(
             expires_at=expires_at,
             failures=failures,
             confirm_at=decision.confirm_at,
+            in_grace=in_auto_renew_grace(result.observations),
         ),
         "lease_until": None,
         # Once dangerous, the domain may have changed hands: remembered for good.
@@ -191,6 +203,7 @@ def _next_state(
         "dangerous_verdict": (
             decision.verdict.value if decision.verdict.dangerous else known.dangerous_verdict
         ),
+        "nameservers": _known_nameservers(known, result),
     }
     previous = known.last_verdict
     event: dict[str, Any] | None = None
@@ -310,6 +323,11 @@ def _confirmation_event(
     }
 
 
+def _known_nameservers(known: _Known, result: CheckResult) -> list[str] | None:
+    healthy = healthy_nameservers(result.decision, result.observations)
+    return list(healthy) if healthy is not None else known.nameservers
+
+
 def apply_result(session: Session, result: CheckResult, *, policy: Policy) -> int:
     """Apply inside the caller's transaction; return how many addresses were unverified.
 
@@ -329,6 +347,7 @@ def apply_result(session: Session, result: CheckResult, *, policy: Policy) -> in
         domain.expires_at,
         domain.dangerous_at,
         domain.dangerous_verdict,
+        domain.nameservers,
     )
     values, event = _next_state(known, result, policy)
     if event is not None:
@@ -367,12 +386,13 @@ def apply_results(session: Session, results: Sequence[CheckResult], *, policy: P
             columns.expires_at,
             columns.dangerous_at,
             columns.dangerous_verdict,
+            columns.nameservers,
         )
         .where(columns.name.in_(sorted(r.domain for r in results)))
         .order_by(columns.name)
         .with_for_update()
     ).all()
-    known = {row[0]: _Known(row[1] or 0, row[2], row[3], row[4], row[5], row[6]) for row in rows}
+    known = {row[0]: _Known(row[1] or 0, *row[2:]) for row in rows}
     new: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     observations: list[dict[str, Any]] = []
@@ -433,7 +453,7 @@ def _unverify(session: Session, result: CheckResult) -> int:
         ).rowcount
         if changed != 1:
             continue  # another worker got there first
-        _remember_unverified(session, email, decision, now)
+        remember_unverified(session, email, decision.verdict, now)
         event_id = _insert_event(
             session,
             {
@@ -462,7 +482,7 @@ def _unverify(session: Session, result: CheckResult) -> int:
     return len(unverified)
 
 
-def _remember_unverified(session: Session, email: Email, decision: Decision, now: datetime) -> None:
+def remember_unverified(session: Session, email: Email, verdict: Verdict, now: datetime) -> None:
     """Keep the unverify beyond the address row, and kill the links sent to it.
 
     The history survives the address's removal, so re-adding it (or importing a
@@ -473,9 +493,9 @@ def _remember_unverified(session: Session, email: Email, decision: Decision, now
         "address_key": address_key(email.address),
         "domain": email.domain,
         "unverified_at": now,
-        "unverify_reason": decision.verdict.value,
+        "unverify_reason": verdict.value,
     }
-    changes = {"unverified_at": now, "unverify_reason": decision.verdict.value}
+    changes = {"unverified_at": now, "unverify_reason": verdict.value}
     statement: PgInsert | SqliteInsert
     if session.get_bind().dialect.name == "postgresql":
         statement = pg_insert(AddressHistory).values(**values)

@@ -7,14 +7,19 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final
 
-from lapsewatch.config import Settings
+from sqlalchemy import Engine
+
+from lapsewatch.config import ConfigError, Settings
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.due import DueDomain
 from lapsewatch.cycle.limits import Limited
-from lapsewatch.sources import Source, guarded_observe, open_sources
+from lapsewatch.mail_hosts import MailHostChecks
+from lapsewatch.pace import ServerPacer, open_pacer
+from lapsewatch.sources import Source, observe_relevant, open_sources
 from lapsewatch.verdict import Decision, Verdict, decide
 
 __all__ = ["Checker", "open_checker", "source_counts"]
@@ -37,18 +42,22 @@ class Checker:
         self.sources = sources
         self._in_flight = in_flight
         self._deadline = deadline
+        self.mail_hosts = MailHostChecks(sources, deadline=deadline)
+        """This cycle's mail-host domain checks: each at most once, however many share it."""
 
     async def check_one(self, due: DueDomain, now: datetime | None = None) -> CheckResult:
         """One domain's result; any failure in it is that domain's ``unknown``."""
-        observations = tuple(
-            await asyncio.gather(
-                *(guarded_observe(s, due.name, self._deadline) for s in self.sources)
-            )
-        )
+        observations = await observe_relevant(self.sources, due.name, self._deadline)
         checked_at = now or datetime.now(UTC)
         try:
+            mail_hosts = await self.mail_hosts.for_domain(due.name, observations, checked_at)
             decision = decide(
-                due.name, observations, now=checked_at, verified_at=due.earliest_verified_at
+                due.name,
+                observations,
+                now=checked_at,
+                verified_at=due.earliest_verified_at,
+                known_nameservers=due.known_nameservers,
+                mail_hosts=mail_hosts,
             )
         except Exception as exc:
             log.exception("%s: no verdict: %s", due.name, exc)
@@ -102,22 +111,51 @@ class Checker:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await self.mail_hosts.aclose()
 
 
-def limit_sources(sources: list[Source], settings: Settings) -> list[Limited]:
+def limit_sources(
+    sources: list[Source], settings: Settings, pacer: ServerPacer | None = None
+) -> list[Limited]:
+    """Each source under its limits: per server (``pacer``), or one rate per source."""
     return [
-        Limited(s, rate=settings.rates.get(s.name, 10.0), concurrency=settings.concurrency)
+        Limited(
+            s,
+            rate=settings.rates.get(s.name, 10.0),
+            concurrency=settings.concurrency,
+            pacer=pacer,
+            cap=settings.source_caps.get(s.name),
+        )
         for s in sources
     ]
 
 
 @asynccontextmanager
-async def open_checker(settings: Settings) -> AsyncIterator[Checker]:
-    async with open_sources(settings) as sources:
-        limited = limit_sources(sources, settings)
-        yield Checker(
-            limited, in_flight=settings.concurrency * 2, deadline=settings.domain_deadline
-        )
+async def open_checker(
+    settings: Settings, store: Engine | None = None, *, save_rates: bool = True
+) -> AsyncIterator[Checker]:
+    """A checker over ``settings``' sources; with per-server pacing, the learned rates are
+    read from ``store`` first and written back at the end (unless ``save_rates`` is false)."""
+    if settings.pace not in ("server", "source"):
+        raise ConfigError(f"LAPSEWATCH_PACE={settings.pace!r}: expected server or source")
+    if settings.pace == "source":
+        async with open_sources(settings) as sources:
+            limited = limit_sources(sources, settings)
+            yield Checker(
+                limited, in_flight=settings.concurrency * 2, deadline=settings.domain_deadline
+            )
+        return
+    # A long Retry-After is the schedule's to wait, not a domain's (it would hold its slot).
+    settings = replace(
+        settings, max_retry_after=min(settings.max_retry_after, settings.pace_max_wait)
+    )
+    async with (
+        open_sources(settings) as sources,
+        open_pacer(settings, store, save=save_rates) as pacer,
+    ):
+        limited = limit_sources(sources, settings, pacer)
+        in_flight = max(settings.concurrency * 2, settings.pace_window)
+        yield Checker(limited, in_flight=in_flight, deadline=settings.domain_deadline)
 
 
 def source_counts(checker: Checker) -> dict[str, dict[str, int]]:

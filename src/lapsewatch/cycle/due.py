@@ -31,8 +31,12 @@ __all__ = ["DueDomain", "count_due", "due_pages", "select_due", "stream_due"]
 class DueDomain:
     name: str
     earliest_verified_at: datetime | None
-    """The oldest verification among its verified addresses: the most exposed one
-    decides whether a registration date counts as a re-registration."""
+    """The oldest ``Email.trusted_since`` (adding or verification) among its verified
+    addresses: the most exposed one decides whether a registration date counts as
+    a re-registration."""
+    known_nameservers: tuple[str, ...] = ()
+    """The registry's name servers at the last healthy check outside the auto-renew
+    grace: a sale during the grace changes them (``verdict.decide``)."""
 
 
 def select_due(
@@ -46,7 +50,7 @@ def select_due(
 ) -> list[DueDomain]:
     """Due domains (``everything``: all behind a verified address), never leased ones."""
     verified = (
-        select(Email.domain, func.min(Email.verified_at).label("earliest"))
+        select(Email.domain, func.min(Email.trusted_since).label("earliest"))
         .where(*_watched())
         .group_by(Email.domain)
         .subquery()
@@ -54,7 +58,7 @@ def select_due(
     # From the addresses, not the domains table: an address whose domain row is
     # missing (added by another path) is due at once rather than forgotten.
     query = (
-        select(verified.c.domain, verified.c.earliest)
+        select(verified.c.domain, verified.c.earliest, Domain.nameservers)
         .outerjoin(Domain, Domain.name == verified.c.domain)
         .order_by(Domain.next_due_at.is_not(None), Domain.next_due_at, verified.c.domain)
     )
@@ -66,7 +70,10 @@ def select_due(
         query = query.where(verified.c.domain.in_(names))
     if limit is not None:
         query = query.limit(limit)
-    return [DueDomain(name, earliest) for name, earliest in session.execute(query)]
+    return [
+        DueDomain(name, earliest, tuple(servers or ()))
+        for name, earliest, servers in session.execute(query)
+    ]
 
 
 _AnySelect = Select[*tuple[Any, ...]]
@@ -78,7 +85,7 @@ DEFAULT_PAGE = 2000
 def _behind(names: list[str]) -> Select[str, datetime | None]:
     """For these domains: the oldest verification of a verified, non-free address."""
     return (
-        select(Email.domain, func.min(Email.verified_at))
+        select(Email.domain, func.min(Email.trusted_since))
         .where(Email.domain.in_(names), *_watched())
         .group_by(Email.domain)
     )
@@ -214,7 +221,18 @@ def _merge(connection: Connection, streams: list[_Stream], page: int) -> list[st
 def _still_behind(connection: Connection, names: list[str]) -> list[DueDomain]:
     """The domains among ``names`` still behind a verified, non-free address, in order."""
     earliest: dict[str, datetime | None] = dict(connection.execute(_behind(names)).all())
-    return [DueDomain(name, earliest[name]) for name in names if name in earliest]
+    known = dict(
+        connection.execute(
+            select(Domain.name, Domain.nameservers).where(
+                Domain.name.in_(names), Domain.nameservers.is_not(None)
+            )
+        ).all()
+    )
+    return [
+        DueDomain(name, earliest[name], tuple(known.get(name) or ()))
+        for name in names
+        if name in earliest
+    ]
 
 
 def _phases(now: datetime, everything: bool, dialect: str) -> list[tuple[_Query, ...]]:

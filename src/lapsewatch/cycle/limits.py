@@ -1,4 +1,13 @@
-"""Per-source rate limit and concurrency cap, and a pause when a source says 429."""
+"""Rate limits and a concurrency cap around a source.
+
+Two ways (``LAPSEWATCH_PACE``):
+
+* ``server`` (the default): every request waits for its server's own learned rate
+  (:class:`lapsewatch.pace.ServerPacer`); a per-source cap (``LAPSEWATCH_RATE_RDAP``
+  …, only when set) may hold the whole source under an egress budget on top.
+* ``source``: one rate per source, as before per-server limits existed: at most
+  ``rate`` requests a second to all of that source's servers together.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,8 @@ import time
 
 from aiolimiter import AsyncLimiter
 
-from lapsewatch.sources.interface import Observation, Source
+from lapsewatch.pace.pacer import TIMEOUT_SHARE, ServerPacer, current_trace, tracing
+from lapsewatch.sources.interface import Observation, Outcome, Source
 
 __all__ = ["BURST_SECONDS", "Limited"]
 
@@ -19,21 +29,43 @@ of that, so that at full speed the server's bucket stays almost full and the
 jitter of the network (answers that arrive bunched) never tips it over."""
 
 
+def _limiter(rate: float) -> AsyncLimiter:
+    burst = max(1.0, rate * BURST_SECONDS)
+    return AsyncLimiter(burst, burst / rate)
+
+
 class Limited(Source):
-    """Wraps a source: at most ``rate`` requests a second, ``concurrency`` at once.
+    """Wraps a source: its requests paced, at most ``concurrency`` in flight.
 
     Every request on the wire passes the limiter, retries included: a source that
     ``paces_requests`` calls back (:meth:`request`) before each one it sends;
-    any other source is counted once per observation. When a source answers 429
-    (or REFUSED), every further request to it waits for its ``Retry-After``: one
-    429 slows the whole source down, not just one domain.
+    any other source is counted once per observation.
+
+    Without a ``pacer``: one limiter of ``rate`` requests/s for the whole source, and
+    a 429 (or REFUSED) pauses every further request to it for its ``Retry-After``.
+
+    With a ``pacer``: each request waits for its server (``host:port``), then for the
+    optional per-source ``cap``, then for a concurrency slot, which it keeps until its
+    observation ends (retries included). A domain waiting for a slow server holds no
+    slot, so it never holds up the domains of the fast ones.
     """
 
-    def __init__(self, inner: Source, *, rate: float, concurrency: int) -> None:
+    def __init__(
+        self,
+        inner: Source,
+        *,
+        rate: float | None = None,
+        concurrency: int,
+        pacer: ServerPacer | None = None,
+        cap: float | None = None,
+    ) -> None:
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]  # per-instance, mirrors the inner source
-        burst = max(1.0, rate * BURST_SECONDS)
-        self._limiter = AsyncLimiter(burst, burst / rate)
+        self._pacer = pacer
+        if pacer is None and rate is None:
+            raise ValueError("Limited needs a rate or a pacer")
+        limit = cap if pacer is not None else rate
+        self._limiter = _limiter(limit) if limit else None
         self._slots = asyncio.Semaphore(concurrency)
         self._not_before = 0.0
         self._paced = inner.paces_requests
@@ -45,12 +77,24 @@ class Limited(Source):
         """Answers that said "too many requests" (429, or DNS REFUSED)."""
 
     async def request(self, server: str = "") -> None:
-        """Wait for the limiter and for any ``Retry-After`` pause; count the request.
-
-        One limit for the whole source: ``server`` is not used yet."""
-        await self._pause()
-        await self._limiter.acquire()
-        await self._pause()  # a 429 may have come in while we queued
+        """Wait until one more request to ``server`` may go out; count it."""
+        if self._pacer is None:
+            await self._pause()
+            assert self._limiter is not None
+            await self._limiter.acquire()
+            await self._pause()  # a 429 may have come in while we queued
+            self.requests += 1
+            return
+        key = server or f"({self.name})"
+        await self._pacer.acquire(key, self.name)
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        trace = current_trace()
+        if trace is not None:
+            if not trace.slot:
+                await self._slots.acquire()
+                trace.slot = True
+            trace.sent.append((key, self._pacer.now()))
         self.requests += 1
 
     async def _pause(self) -> None:
@@ -59,10 +103,17 @@ class Limited(Source):
 
     def refused(self, retry_after: float | None, server: str = "") -> None:
         self.rate_limited += 1
-        if retry_after:
+        if self._pacer is not None:
+            trace = current_trace()
+            if trace is not None:
+                trace.refused = True
+            self._pacer.refused(server or f"({self.name})", retry_after)
+        elif retry_after:
             self._not_before = max(self._not_before, time.monotonic() + retry_after)
 
     async def observe(self, domain: str) -> Observation:
+        if self._pacer is not None:
+            return await self._observe_paced(domain, self._pacer)
         async with self._slots:
             if self._paced:
                 return await self.inner.observe(domain)
@@ -70,6 +121,26 @@ class Limited(Source):
             observation = await self.inner.observe(domain)
         if observation.retry_after:
             self.refused(observation.retry_after)
+        return observation
+
+    async def _observe_paced(self, domain: str, pacer: ServerPacer) -> Observation:
+        async with tracing() as trace:
+            try:
+                if not self._paced:
+                    await self.request()
+                observation = await self.inner.observe(domain)
+            finally:
+                if trace.slot:
+                    self._slots.release()
+        if not self._paced and observation.retry_after:
+            self.refused(observation.retry_after)
+        if trace.sent and not trace.refused:
+            server, sent = trace.sent[-1]
+            seconds = pacer.now() - sent
+            timed_out = (
+                observation.outcome is Outcome.ERROR and seconds >= TIMEOUT_SHARE * pacer.timeout
+            )
+            pacer.answered(server, seconds, timed_out=timed_out)
         return observation
 
     async def aclose(self) -> None:

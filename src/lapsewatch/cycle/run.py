@@ -32,6 +32,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from lapsewatch import metrics
 from lapsewatch.config import Settings
 from lapsewatch.cycle.apply import (
     CheckResult,
@@ -129,9 +130,12 @@ def run_cycle(
         total = count_due(engine, now=now_at_start, everything=everything)
         on_start(total if limit is None else min(total, limit))
     pages = due_pages(engine, now=now_at_start, limit=limit, everything=everything)
-    return asyncio.run(
-        check_and_apply(settings, engine, pages, dry_run=dry_run, now=now, on_result=on_result)
-    )
+    with metrics.cycle_run("process") as done:
+        summary = asyncio.run(
+            check_and_apply(settings, engine, pages, dry_run=dry_run, now=now, on_result=on_result)
+        )
+        done(summary)
+    return summary
 
 
 async def check_and_apply(
@@ -151,13 +155,14 @@ async def check_and_apply(
         Policy.from_settings(settings),
         dry_run=dry_run,
         summary=summary,
-        on_result=on_result,
+        on_result=metrics.result_hook(on_result, dry_run=dry_run),
     )
     try:
         # Pages are read on their own thread: the event loop never waits for the database.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsewatch-due") as reader:
             try:
-                async with open_checker(settings) as checker:
+                async with open_checker(settings, engine, save_rates=not dry_run) as checker:
+                    metrics.instrument(checker)
                     try:
                         items = _read(pages, reader)
                         async with aclosing(checker.check_many(items, now)) as results:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,13 +21,25 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import Engine, or_, update
 
-from lapsewatch.config import Settings
+from lapsewatch import metrics
+from lapsewatch.config import ConfigError, Settings
 from lapsewatch.cycle.due import select_due, stream_due
 from lapsewatch.cycle.run import check_and_apply
+from lapsewatch.pace import shared_pace
 from lapsewatch.store.db import make_engine, make_sessionmaker
 from lapsewatch.store.models import Domain
 
-__all__ = ["Queued", "celery_app", "check_domains", "configure", "enqueue_due"]
+__all__ = [
+    "Queued",
+    "beat_schedule",
+    "celery_app",
+    "check_domains",
+    "configure",
+    "deliver_webhooks_task",
+    "enqueue_due",
+    "enqueue_due_task",
+    "notify_task",
+]
 
 celery_app = Celery("lapsewatch")
 
@@ -51,11 +64,20 @@ def configure(settings: Settings) -> Celery:
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        beat_schedule=_schedule_or_defaults(),
+        timezone="UTC",
     )
     return celery_app
 
 
-configure(Settings())  # defaults until the CLI configures from the environment
+def _settings_or_defaults() -> Settings:
+    """The environment's settings, or the defaults when a variable is bad (the CLI then
+    reports it); so that ``celery -A lapsewatch.cycle.tasks beat`` works as is."""
+    try:
+        return Settings.from_env()
+    except ConfigError:
+        return Settings()
+
 
 _engines: dict[tuple[int, str], Engine] = {}
 
@@ -90,6 +112,7 @@ def enqueue_due(
     if chunk:
         check_domains.delay(chunk, everything)
         domains, tasks = domains + len(chunk), tasks + 1
+    metrics.distributed_enqueued(domains)
     return Queued(domains, tasks)
 
 
@@ -129,7 +152,8 @@ def check_domains(names: list[str], everything: bool = False) -> dict[str, Any]:
         busy = [d.name for d in held if d.name not in claimed]
     if busy:
         check_domains.apply_async((busy, everything), countdown=settings.lease_seconds)
-    checked, unverified = asyncio.run(_check_claimed(settings, engine, claimed))
+    with metrics.worker_chunk():
+        checked, unverified = asyncio.run(_check_claimed(settings, engine, claimed))
     return {"claimed": len(claimed), "checked": checked, "unverified": unverified}
 
 
@@ -148,5 +172,122 @@ async def _check_claimed(settings: Settings, engine: Engine, names: list[str]) -
             include_leased=True,
         )
     # The same writer as a cycle in one process: batches per transaction, on its own thread.
-    summary = await check_and_apply(settings, engine, due)
+    # Workers share each server's limit through Redis (LAPSEWATCH_PACE_REDIS=auto).
+    summary = await check_and_apply(shared_pace(settings), engine, due)
     return summary.checked, summary.unverified
+
+
+# ------------------------------------------------------------------ periodic jobs (beat)
+
+BEAT_DEFAULTS = {"CHECK": 3600.0, "NOTIFY": 900.0, "WEBHOOKS": 60.0}
+"""Seconds between runs of each periodic job (``LAPSEWATCH_BEAT_<JOB>_EVERY``)."""
+
+
+def _every(job: str, environ: Mapping[str, str]) -> float:
+    name = f"LAPSEWATCH_BEAT_{job}_EVERY"
+    text = environ.get(name)
+    if not text:
+        return BEAT_DEFAULTS[job]
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {text!r}") from None
+    if not value >= 1:
+        raise ConfigError(f"{name} must be at least 1 second")
+    return value
+
+
+def beat_schedule(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Celery beat's schedule: enqueue the due domains, send the mail, deliver webhooks.
+
+    Each entry expires after its own interval, so a beat that ran while no worker was
+    there does not leave a pile of identical jobs behind. Overlapping runs are safe:
+    domains are claimed with a lease, notices with ``SKIP LOCKED``, deliveries by a
+    conditional update.
+    """
+    env = os.environ if environ is None else environ
+    check = _every("CHECK", env)
+    limit = env.get("LAPSEWATCH_BEAT_CHECK_LIMIT") or ""
+    try:
+        check_limit = int(limit) if limit else 10_000
+    except ValueError:
+        raise ConfigError(f"LAPSEWATCH_BEAT_CHECK_LIMIT must be a number, not {limit!r}") from None
+    notify = _every("NOTIFY", env)
+    webhooks = _every("WEBHOOKS", env)
+    return {
+        "lapsewatch-check": {
+            "task": "lapsewatch.enqueue_due",
+            "schedule": timedelta(seconds=check),
+            "kwargs": {"limit": check_limit},
+            "options": {"expires": check},
+        },
+        "lapsewatch-notify": {
+            "task": "lapsewatch.notify",
+            "schedule": timedelta(seconds=notify),
+            "options": {"expires": notify},
+        },
+        "lapsewatch-webhooks": {
+            "task": "lapsewatch.deliver_webhooks",
+            "schedule": timedelta(seconds=webhooks),
+            "options": {"expires": webhooks},
+        },
+    }
+
+
+def _schedule_or_defaults() -> dict[str, dict[str, Any]]:
+    """The schedule; the defaults when a variable is bad (``lapsewatch beat`` reports it)."""
+    try:
+        return beat_schedule()
+    except ConfigError:
+        return beat_schedule({})
+
+
+@celery_app.task(name="lapsewatch.enqueue_due")  # type: ignore[untyped-decorator]
+def enqueue_due_task(limit: int | None = 10_000) -> dict[str, int]:
+    """``lapsewatch check --distributed --limit N``, from beat: queue the due domains."""
+    settings = Settings.from_env()
+    queued = enqueue_due(settings, _engine(settings.database_url), limit=limit)
+    return {"domains": queued.domains, "tasks": queued.tasks}
+
+
+@celery_app.task(name="lapsewatch.notify")  # type: ignore[untyped-decorator]
+def notify_task() -> dict[str, Any]:
+    """``lapsewatch notify``, from beat: queue warnings and advice, send the outbox."""
+    from lapsewatch.accounts.settings import AccountSettings
+    from lapsewatch.mail.jobs import run_mail_jobs
+    from lapsewatch.mail.smtp import SmtpMailer
+
+    settings = Settings.from_env()
+    mailer = SmtpMailer.from_settings(AccountSettings.from_env())
+    summary = run_mail_jobs(_engine(settings.database_url), mailer)
+    outbox = summary.outbox
+    return {
+        "expiry_warnings_queued": summary.expiry_warnings,
+        "advice_queued": summary.advice,
+        "sent": outbox.sent,
+        "failed": outbox.failed,
+        "waiting": outbox.waiting,
+        "stopped": outbox.stopped,
+    }
+
+
+@celery_app.task(name="lapsewatch.deliver_webhooks")  # type: ignore[untyped-decorator]
+def deliver_webhooks_task() -> dict[str, int]:
+    """``lapsewatch admin deliver-webhooks``, from beat."""
+    from lapsewatch.web.config import WebSettings
+    from lapsewatch.web.webhooks import deliver_webhooks
+
+    settings = Settings.from_env()
+    allow = WebSettings.from_env().webhook_allow
+    summary = deliver_webhooks(_engine(settings.database_url), allow=allow)
+    return {
+        "queued": summary.queued,
+        "delivered": summary.delivered,
+        "failed": summary.failed,
+        "gave_up": summary.gave_up,
+    }
+
+
+# Last, once the tasks and the schedule exist: the CLI configures again, reporting bad
+# variables; ``celery -A lapsewatch.cycle.tasks beat|worker`` gets this.
+configure(_settings_or_defaults())

@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -22,10 +23,15 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    and_,
+    case,
+    or_,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.default import DefaultExecutionContext
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 from lapsewatch.names import address_key, username_key
 
@@ -41,6 +47,7 @@ __all__ = [
     "ObservationRow",
     "RateLimitHit",
     "RecoveryCode",
+    "ServerRate",
     "Token",
     "UTCDateTime",
     "Webhook",
@@ -69,11 +76,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def _username_key(context: DefaultExecutionContext) -> str:
-    return username_key(context.get_current_parameters()["username"])
+    return username_key(context.get_current_parameters()["username"])  # type: ignore[no-untyped-call]
 
 
 def _address_key(context: DefaultExecutionContext) -> str:
-    return address_key(context.get_current_parameters()["address"])
+    return address_key(context.get_current_parameters()["address"])  # type: ignore[no-untyped-call]
 
 
 class Base(DeclarativeBase):
@@ -160,6 +167,9 @@ class Email(Base):
     primary: Mapped[bool] = mapped_column(Boolean, default=False)
     verified: Mapped[bool] = mapped_column(Boolean, default=False)
     verified_at: Mapped[datetime | None]
+    added_at: Mapped[datetime | None]
+    """When it was added here (``None`` for imports and rows older than the column).
+    Whoever held the domain then is whom the address was meant to reach."""
     unverified_at: Mapped[datetime | None]
     unverify_reason: Mapped[str | None] = mapped_column(String(32))
     """The verdict that unverified the address (e.g. ``redemption``)."""
@@ -167,6 +177,31 @@ class Email(Base):
     """The verdict's one-line reason, citing the evidence."""
 
     account: Mapped[Account] = relationship(back_populates="emails")
+
+    @hybrid_property
+    def trusted_since(self) -> datetime | None:
+        """Since when this address has been trusted to reach its owner: the earlier of
+        its adding and its verification. A domain registered after that moment has
+        changed hands since (``reregistered``), even if the verification came later."""
+        if self.added_at is not None and (
+            self.verified_at is None or self.added_at < self.verified_at
+        ):
+            return self.added_at
+        return self.verified_at
+
+    @trusted_since.inplace.expression
+    @classmethod
+    def _trusted_since_expression(cls) -> ColumnElement[datetime | None]:
+        return case(
+            (
+                and_(
+                    cls.added_at.is_not(None),
+                    or_(cls.verified_at.is_(None), cls.added_at < cls.verified_at),
+                ),
+                cls.added_at,
+            ),
+            else_=cls.verified_at,
+        )
 
 
 class Domain(Base):
@@ -337,3 +372,20 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(index=True)
     delivered_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ServerRate(Base):
+    """What the check cycle learned of one server's rate limit (RDAP base URL host,
+    WHOIS server, DNS resolver): the next cycle starts there (lapsewatch.pace)."""
+
+    __tablename__ = "server_rates"
+
+    server: Mapped[str] = mapped_column(String(300), primary_key=True)
+    """``host:port``, as the pacer keys it."""
+    source: Mapped[str] = mapped_column(String(20))
+    """The source that last asked it (``rdap``, ``dns``, ``whois``, ``fastly``)."""
+    rate: Mapped[float] = mapped_column(Float)
+    """Requests per second, learned."""
+    ceiling: Mapped[float | None] = mapped_column(Float)
+    """The last rate the server refused (429, REFUSED); ``None``: it never refused."""
+    updated_at: Mapped[datetime]

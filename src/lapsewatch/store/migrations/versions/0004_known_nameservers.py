@@ -1,4 +1,8 @@
-"""domains.nameservers: the registry's name servers while the domain was healthy
+"""domains.nameservers, emails.added_at
+
+* ``domains.nameservers``: the registry's name servers while the domain was healthy.
+* ``emails.added_at``: when the address was added (NULL for older rows and for
+  imports, which give ``verified_at`` instead).
 
 Revision ID: 0004
 Revises: 0003
@@ -14,6 +18,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+import lapsewatch.store.models
+
+_DT = lapsewatch.store.models.UTCDateTime(timezone=True)
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -23,8 +31,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("domains") as batch:
         batch.add_column(sa.Column("nameservers", sa.JSON(), nullable=True))
+    with op.batch_alter_table("emails") as batch:
+        batch.add_column(sa.Column("added_at", _DT, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("emails") as batch:
+        batch.drop_column("added_at")
     with op.batch_alter_table("domains") as batch:
         batch.drop_column("nameservers")

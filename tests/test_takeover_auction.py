@@ -1,0 +1,107 @@
+"""An expired name sold at auction during the auto-renew grace: it never drops, its
+registration date stays, the registry shows ``auto renew period`` and a new owner's
+name servers. docs/window.md measured this as most of the exposure left; the cycle
+checks daily in the grace and judges a change of name servers there ``expiring``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, select
+
+from lapsewatch.config import Settings
+from lapsewatch.cycle import run_cycle
+from lapsewatch.store import Email, make_sessionmaker
+from lapsewatch.store.models import Account, Domain
+from lapsewatch.world import DomainScenario, World, demo_scenario
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+OWNER_NS = ["ns1.owner-dns.test", "ns2.owner-dns.test"]
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with World(demo_scenario(now=NOW), hang_seconds=1.0) as running:
+        yield running
+
+
+def settings(world: World) -> Settings:
+    return Settings.from_env(
+        {**world.env(), "LAPSEWATCH_TIMEOUT": "0.5", "LAPSEWATCH_ATTEMPTS": "2"}
+    )
+
+
+def seed(engine: Engine, address: str, domain: str) -> None:
+    with make_sessionmaker(engine).begin() as session:
+        account = Account(username=address.split("@")[0], created_at=NOW - timedelta(days=900))
+        account.emails.append(
+            Email(
+                address=address,
+                domain=domain,
+                verified=True,
+                verified_at=NOW - timedelta(days=800),
+                primary=True,
+            )
+        )
+        session.add(account)
+
+
+def row(engine: Engine, domain: str) -> tuple[Domain, Email]:
+    with make_sessionmaker(engine)() as session:
+        return (
+            session.get_one(Domain, domain),
+            session.scalars(select(Email).where(Email.domain == domain)).one(),
+        )
+
+
+def grace(name: str, nameservers: list[str]) -> DomainScenario:
+    return DomainScenario.make(
+        name,
+        "registered",
+        now=NOW,
+        expires="+340d",  # the registry auto-renewed: a year ahead
+        statuses=["active", "auto renew period"],
+        nameservers=nameservers,
+    )
+
+
+def test_takeover_by_auction_in_the_auto_renew_grace_is_caught(
+    world: World, engine: Engine
+) -> None:
+    seed(engine, "m@sold.test", "sold.test")
+    world.set_domain(DomainScenario.make("sold.test", "registered", now=NOW, nameservers=OWNER_NS))
+    try:
+        run_cycle(settings(world), engine, now=NOW - timedelta(days=40))
+        domain, email = row(engine, "sold.test")
+        assert domain.nameservers == OWNER_NS
+        assert email.verified
+        # Expired, auto-renewed by the registry, auctioned and pushed to a buyer.
+        world.set_domain(grace("sold.test", ["ns1.buyer-parking.test"]))
+        summary = run_cycle(settings(world), engine, now=NOW, everything=True)
+        assert summary.unverified == 1
+        domain, email = row(engine, "sold.test")
+        assert not email.verified
+        assert email.unverify_reason == "expiring"
+        assert "name servers changed" in (email.unverify_detail or "")
+        assert domain.nameservers == OWNER_NS  # the last healthy ones stay known
+    finally:
+        world.remove_domain("sold.test")
+
+
+def test_a_paying_owner_in_the_grace_is_checked_daily_and_left_alone(
+    world: World, engine: Engine
+) -> None:
+    seed(engine, "m@late.test", "late.test")
+    world.set_domain(DomainScenario.make("late.test", "registered", now=NOW, nameservers=OWNER_NS))
+    try:
+        run_cycle(settings(world), engine, now=NOW - timedelta(days=40))
+        world.set_domain(grace("late.test", OWNER_NS))
+        assert run_cycle(settings(world), engine, now=NOW, everything=True).unverified == 0
+        domain, email = row(engine, "late.test")
+        assert email.verified
+        assert domain.next_due_at == NOW + timedelta(days=1)  # daily while in the grace
+    finally:
+        world.remove_domain("late.test")

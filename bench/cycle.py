@@ -73,7 +73,16 @@ FREE_PROVIDERS = (
     ("live.com", 1),
     ("me.com", 1),
 )
-CUSTOM_TLDS = (("com", 60), ("org", 12), ("net", 10), ("io", 8), ("dev", 5), ("de", 5))
+CUSTOM_TLDS: tuple[tuple[str, float], ...] = (
+    ("com", 60),
+    ("org", 12),
+    ("net", 10),
+    ("io", 8),
+    ("dev", 5),
+    ("de", 5),
+)
+"""The uniform world's TLDs (one RDAP server for all); the patchwork world's are those of
+``lapsewatch.world.pacing.PATCHWORK``."""
 # Listed (non-default) domains, as fractions of the custom domains.
 LAPSED_STATES = (
     ("expiring", 0.006),
@@ -120,11 +129,19 @@ def _zipf_cum_weights(n: int, s: float) -> list[float]:
 
 
 def generate(
-    workdir: Path, *, addresses: int, domains: int, free_fraction: float, seed: int
+    workdir: Path,
+    *,
+    addresses: int,
+    domains: int,
+    free_fraction: float,
+    seed: int,
+    custom_tlds: tuple[tuple[str, float], ...] = CUSTOM_TLDS,
 ) -> Generated:
     """The registry (JSONL) and the world scenario (TOML); cached in ``workdir`` by parameters."""
     key = hashlib.sha256(
-        json.dumps([GENERATOR_VERSION, addresses, domains, free_fraction, seed]).encode()
+        json.dumps(
+            [GENERATOR_VERSION, addresses, domains, free_fraction, seed, list(custom_tlds)]
+        ).encode()
     ).hexdigest()[:12]
     registry = workdir / f"registry-{key}.jsonl"
     scenario = workdir / f"scenario-{key}.toml"
@@ -140,8 +157,8 @@ def generate(
             f"{addresses} addresses with --free-fraction {free_fraction} give {custom_addresses}"
         )
     log(f"generating {addresses:,} addresses on {domains:,} custom domains")
-    tlds = [t for t, _ in CUSTOM_TLDS]
-    tld_weights = [w for _, w in CUSTOM_TLDS]
+    tlds = [t for t, _ in custom_tlds]
+    tld_weights = [w for _, w in custom_tlds]
     names = [f"{_word(rng)}{index}.{rng.choices(tlds, tld_weights)[0]}" for index in range(domains)]
     # Every custom domain once, then the rest Zipf-like: a few shared by many addresses.
     custom = list(range(domains))
@@ -242,7 +259,15 @@ def _word(rng: random.Random) -> str:
 class WorldProcess:
     """The local world in its own process; ``stats()`` asks it for its counters."""
 
-    def __init__(self, scenario: Path, *, latency: float, rate: float, timeout: float) -> None:
+    def __init__(
+        self,
+        scenario: Path,
+        *,
+        latency: float,
+        rate: float,
+        timeout: float,
+        world: str = "uniform",
+    ) -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -254,6 +279,8 @@ class WorldProcess:
                 str(latency),
                 "--rate",
                 str(rate),
+                "--world",
+                world,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -307,19 +334,29 @@ def world_main(argv: list[str]) -> None:
     parser.add_argument("--scenario", required=True)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--world", choices=("uniform", "patchwork"), default="uniform")
     args = parser.parse_args(argv)
     from lapsewatch.world import World, load_scenario
+    from lapsewatch.world.pacing import PatchworkRdap
 
     started = time.monotonic()
     scenario = load_scenario(args.scenario)
     world = World(scenario, latency=args.latency, rate_limit=args.rate or None, hang_seconds=6.0)
-    with world:
+    with world, tempfile.TemporaryDirectory(prefix="lapsewatch-patchwork-") as directory:
+        env = world.env()
+        patchwork: PatchworkRdap | None = None
+        if args.world == "patchwork":
+            # Every TLD on its own registry's RDAP server, each with its own quota and latency;
+            # DNS and Fastly stay the world's (--latency, --rate).
+            patchwork = PatchworkRdap(scenario, Path(directory))
+            patchwork.start()
+            env["LAPSEWATCH_RDAP_BOOTSTRAP_URL"] = str(patchwork.bootstrap_path)
         ready = time.monotonic() - started
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             json.dumps(
                 {
-                    "env": world.env(),
+                    "env": env,
                     "fastly_url": world.fastly_url,
                     "fastly_key": world.fastly_key,
                     "startup_seconds": ready,
@@ -329,19 +366,39 @@ def world_main(argv: list[str]) -> None:
             ),
             flush=True,
         )
-        for line in sys.stdin:
-            if line.strip() == "stats":
-                usage = resource.getrusage(resource.RUSAGE_SELF)
-                print(
-                    json.dumps(
-                        {
-                            "pacing": world.pacing_stats(),
-                            "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                            "peak_rss_mb": usage.ru_maxrss / 1024,
-                        }
-                    ),
-                    flush=True,
-                )
+        try:
+            for line in sys.stdin:
+                if line.strip() == "stats":
+                    usage = resource.getrusage(resource.RUSAGE_SELF)
+                    pacing = world.pacing_stats()
+                    # Per server: its quota and what it admitted and refused (the limit floor).
+                    servers = {
+                        name: {**counts, "quota": args.rate, "latency": args.latency}
+                        for name, counts in pacing.items()
+                        if name != "rdap" or patchwork is None
+                    }
+                    if patchwork is not None:
+                        pacing.pop("rdap", None)
+                        for name, stats in patchwork.stats().items():
+                            servers[f"rdap:{name}"] = stats
+                            pacing[f"rdap:{name}"] = {
+                                "admitted": stats["admitted"],
+                                "refused": stats["refused"],
+                            }
+                    print(
+                        json.dumps(
+                            {
+                                "pacing": pacing,
+                                "servers": servers,
+                                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                                "peak_rss_mb": usage.ru_maxrss / 1024,
+                            }
+                        ),
+                        flush=True,
+                    )
+        finally:
+            if patchwork is not None:
+                patchwork.stop()
 
 
 # ---------------------------------------------------------------------------------- children
@@ -861,11 +918,12 @@ def _distributed_cycle(
     worker_env = {
         **env,
         "LAPSEWATCH_BROKER_URL": args.broker_url,
-        "LAPSEWATCH_RATE_RDAP": str(client_rate / count),
-        "LAPSEWATCH_RATE_DNS": str(client_rate / count),
         "LAPSEWATCH_CONCURRENCY": str(max(20, concurrency // count)),
         "LAPSEWATCH_CHUNK_SIZE": str(args.chunk_size),
     }
+    if args.world == "uniform":  # the egress cap, split as docs/scaling.md says
+        worker_env["LAPSEWATCH_RATE_RDAP"] = str(client_rate / count)
+        worker_env["LAPSEWATCH_RATE_DNS"] = str(client_rate / count)
     from sqlalchemy.engine import make_url
 
     name = make_url(url).database or ""
@@ -876,8 +934,11 @@ def _distributed_cycle(
     try:
         workers.start()
         workers.wait_ready(deadline)
+        cap = worker_env.get("LAPSEWATCH_RATE_RDAP")
         log(
-            f"  workers: {count} ready, each {client_rate / count:g}/s per source, concurrency "
+            f"  workers: {count} ready, "
+            + (f"each capped at {float(cap):g}/s per source" if cap else "no cap")
+            + f", limits per server shared through Redis, concurrency "
             f"{worker_env['LAPSEWATCH_CONCURRENCY']}, chunks of {args.chunk_size:,}"
         )
         database = _BenchDatabase(url)
@@ -1069,6 +1130,18 @@ class Run:
     """Celery worker processes that ran the cycle (0: one process, ``run_cycle``)."""
     worker_peak_rss_mb: list[float] = field(default_factory=list)
     enqueue_seconds: float = 0.0
+    world: str = "uniform"
+    limit_seconds: float = 0.0
+    """The physical floor: the largest, over the world's servers, of the requests that
+    server admitted divided by its quota."""
+    limit_fraction: float = 0.0
+    """``limit_seconds / cycle_seconds``: 1.0 is every server's quota used all the time."""
+    limit_server: str = ""
+    """The server whose quota sets ``limit_seconds``."""
+    world_servers: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per server of the world, during the cycle: quota, latency, admitted, refused."""
+    learned_rates: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """What the cycle learned per server (table ``server_rates``) when it ended."""
 
 
 def _label(run: Run) -> str:
@@ -1133,6 +1206,19 @@ def main(argv: list[str]) -> int:
         help="Redis database for --workers; flushed before and after the run",
     )
     parser.add_argument("--chunk-size", type=int, default=2000, help="domains per task (--workers)")
+    parser.add_argument(
+        "--pace",
+        choices=("server", "source"),
+        default="server",
+        help="LAPSEWATCH_PACE: per-server learned limits, or one rate per source (as before)",
+    )
+    parser.add_argument(
+        "--world",
+        choices=("uniform", "patchwork"),
+        default="uniform",
+        help="uniform: one RDAP server at --rate; patchwork: 14 RDAP servers with their own "
+        "quotas (5-300/s) and latencies (20-400 ms), learned by the cycle (no per-source cap)",
+    )
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be 0 or more")
@@ -1160,12 +1246,19 @@ def main(argv: list[str]) -> int:
             domains=domains,
             free_fraction=args.free_fraction,
             seed=args.seed,
+            custom_tlds=CUSTOM_TLDS if args.world == "uniform" else _patchwork_tlds(),
         )
         log(
             f"starting the world: latency {args.latency * 1000:g} ms, {args.rate:g} requests/s "
             "per server"
         )
-        world = WorldProcess(generated.scenario, latency=args.latency, rate=args.rate, timeout=120)
+        world = WorldProcess(
+            generated.scenario,
+            latency=args.latency,
+            rate=args.rate,
+            timeout=120,
+            world=args.world,
+        )
         try:
             log(
                 f"world up in {world.info['startup_seconds']:.2f} s, "
@@ -1226,6 +1319,8 @@ def main(argv: list[str]) -> int:
         "world_startup_rss_mb": world.info["startup_rss_mb"],
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
+        "world": args.world,
+        "pace": args.pace,
     }
     print_results(config, runs, baseline)
     if args.json:
@@ -1271,11 +1366,14 @@ def _one_database(
             **world.env,
             "LAPSEWATCH_DATABASE_URL": url,
             "LAPSEWATCH_SOURCES": "rdap,dns",
-            "LAPSEWATCH_RATE_RDAP": str(client_rate),
-            "LAPSEWATCH_RATE_DNS": str(client_rate),
             "LAPSEWATCH_CONCURRENCY": str(concurrency),
             "LAPSEWATCH_TIMEOUT": str(args.source_timeout),
+            "LAPSEWATCH_PACE": args.pace,
         }
+        if args.world == "uniform":
+            # Today's settings: a cap per source at the world's ceiling, under which each
+            # server's rate is learned. The patchwork world has no cap: learned only.
+            env["LAPSEWATCH_RATE_RDAP"] = env["LAPSEWATCH_RATE_DNS"] = str(client_rate)
         before = world.stats()
         log(f"{kind}: cycle over every due domain (client rate {client_rate:g}/s per source)")
         if args.workers:
@@ -1290,17 +1388,36 @@ def _one_database(
                 cycle_args += ["--profile", str(args.profile.with_suffix(f".{kind}.html"))]
             cycle = run_child("_cycle", cycle_args, env, timeout)
         after = world.stats()
+        run.learned_rates = _learned_rates(url)
         if args.cpu_sample > 0:
             run.cpu_sample_domains, run.cpu_ms_per_domain = _cpu_pass(
                 kind, generated, env, args.cpu_sample, timeout
             )
     pacing = _delta(after, before)
     run.world_pacing = pacing
+    run.world = args.world
+    run.world_servers = {
+        name: {
+            **stats,
+            "admitted": stats["admitted"] - before["servers"].get(name, {}).get("admitted", 0),
+            "refused": stats["refused"] - before["servers"].get(name, {}).get("refused", 0),
+        }
+        for name, stats in after["servers"].items()
+    }
+    floors = {
+        name: stats["admitted"] / stats["quota"]
+        for name, stats in run.world_servers.items()
+        if stats.get("quota")
+    }
+    if floors:
+        run.limit_server = max(floors, key=lambda name: floors[name])
+        run.limit_seconds = floors[run.limit_server]
     run.world_cpu_seconds = after["cpu_seconds"] - before["cpu_seconds"]
     run.domains_checked = cycle["checked"]
     run.cycle_seconds = cycle["seconds"]
     run.domains_per_second = cycle["checked"] / cycle["seconds"] if cycle["seconds"] else 0.0
     run.ceiling_fraction = run.domains_per_second / args.rate if args.rate else 0.0
+    run.limit_fraction = run.limit_seconds / cycle["seconds"] if cycle["seconds"] else 0.0
     run.responses_429 = sum(p["refused"] for p in pacing.values())
     run.requests_at_world = sum(p["admitted"] + p["refused"] for p in pacing.values())
     run.fraction_429 = run.responses_429 / max(1, run.requests_at_world)
@@ -1324,6 +1441,28 @@ def _one_database(
     return run
 
 
+def _patchwork_tlds() -> tuple[tuple[str, float], ...]:
+    from lapsewatch.world.pacing import tld_weights
+
+    return tld_weights()
+
+
+def _learned_rates(url: str) -> dict[str, dict[str, float | None]]:
+    """The table ``server_rates`` after the cycle: what it learned per server."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT server, rate, ceiling FROM server_rates"))
+            return {
+                str(server): {"rate": float(rate), "ceiling": ceiling}
+                for server, rate, ceiling in rows
+            }
+    finally:
+        engine.dispose()
+
+
 def _cpu_pass(
     kind: str, generated: Generated, env: dict[str, str], sample: int, timeout: float
 ) -> tuple[int, float]:
@@ -1338,6 +1477,7 @@ def _cpu_pass(
             "LAPSEWATCH_SOURCES": env["LAPSEWATCH_SOURCES"],  # the measured cycle's sources
             "LAPSEWATCH_RATE_RDAP": "1000000",
             "LAPSEWATCH_RATE_DNS": "1000000",
+            "LAPSEWATCH_PACE": "source",  # CPU without any waiting: no rate to learn
             "LAPSEWATCH_CONCURRENCY": "100",
         }
         args = ["--database", env["LAPSEWATCH_DATABASE_URL"], "--everything"]
@@ -1373,8 +1513,14 @@ def print_results(config: dict[str, Any], runs: list[Run], baseline: dict[str, A
     )
     if config["workers"]:
         print(
-            f"workers: {config['workers']} Celery workers (--pool solo), each with 1/"
-            f"{config['workers']} of the client rate; CPU per domain sums them",
+            f"workers: {config['workers']} Celery workers (--pool solo), limits per server "
+            "shared through Redis"
+            + (
+                f", each capped at 1/{config['workers']} of the client rate"
+                if config.get("world") == "uniform"
+                else ""
+            )
+            + "; CPU per domain sums them",
             file=out,
         )
     rows: list[tuple[str, list[str]]] = [
@@ -1384,6 +1530,10 @@ def print_results(config: dict[str, Any], runs: list[Run], baseline: dict[str, A
         ("cycle wall time", [f"{r.cycle_seconds:.1f} s" for r in runs]),
         ("domains/s", [f"{r.domains_per_second:.1f}" for r in runs]),
         ("of the ceiling", [f"{r.ceiling_fraction:.1%}" for r in runs]),
+        (
+            "limit (floor), fraction",
+            [f"{r.limit_seconds:.1f} s ({r.limit_server}), {r.limit_fraction:.1%}" for r in runs],
+        ),
         (
             "requests/s rdap, dns",
             [
@@ -1424,6 +1574,19 @@ def print_results(config: dict[str, Any], runs: list[Run], baseline: dict[str, A
         print(f"verdicts ({_label(run)}): {verdicts}", file=out)
         for note in run.notes:
             print(f"note ({_label(run)}): {note}", file=out)
+        for name, stats in sorted(run.world_servers.items()):
+            print(
+                f"server ({_label(run)}): {name}: quota {stats['quota']:g}/s, "
+                f"latency {stats['latency'] * 1000:g} ms, admitted {stats['admitted']:,.0f} "
+                f"({stats['admitted'] / stats['quota']:.1f} s of quota), "
+                f"refused {stats['refused']:,.0f}",
+                file=out,
+            )
+        learned = ", ".join(
+            f"{server} {rate['rate']:.1f}/s" for server, rate in sorted(run.learned_rates.items())
+        )
+        if learned:
+            print(f"learned ({_label(run)}): {learned}", file=out)
     if baseline:
         print(
             f"baseline: {baseline['sample']:,} addresses one at a time in "

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 from lapsewatch.sources import DnsSource
 from lapsewatch.world import World, demo_scenario
-from lapsewatch.world.pacing import Pacing
+from lapsewatch.world.pacing import PATCHWORK, Pacing, PatchworkRdap, Registry, tld_weights
 
 
 def test_token_bucket_admits_the_rate_and_refuses_above() -> None:
@@ -56,3 +59,38 @@ def test_dns_latency_does_not_serialise_answers() -> None:
         found = asyncio.run(many())
         assert found == [True] * 20
         assert time.monotonic() - started < 2.0  # 20 x 0.2 s in parallel, not in a row
+
+
+def test_the_patchwork_world_is_shaped_like_the_real_one() -> None:
+    assert len(PATCHWORK) >= 12
+    assert sum(share for _, share in tld_weights()) == pytest.approx(1.0)
+    quotas = [r.quota for r in PATCHWORK]
+    latencies = [r.latency for r in PATCHWORK]
+    assert min(quotas) <= 5
+    assert max(quotas) >= 300
+    assert min(latencies) <= 0.02
+    assert max(latencies) >= 0.4
+    big = PATCHWORK[0]
+    assert {t for t, _ in big.tlds} == {"com", "net"}
+    assert sum(s for _, s in big.tlds) == pytest.approx(0.5)
+
+
+def test_each_patchwork_registry_has_its_own_server_and_quota(tmp_path: Path) -> None:
+    registries = (
+        Registry("one", (("test", 0.5),), quota=3, latency=0.0),
+        Registry("two", (("example", 0.5),), quota=1000, latency=0.0),
+    )
+    patchwork = PatchworkRdap(demo_scenario(), tmp_path, registries)
+    patchwork.start()
+    try:
+        services = json.loads(patchwork.bootstrap_path.read_text())["services"]
+        urls = {tlds[0]: urls[0] for tlds, urls in services}
+        assert urls["test"].split("/rdap/")[0] != urls["example"].split("/rdap/")[0]
+        with httpx.Client() as client:
+            codes = [client.get(f"{urls['test']}domain/alive.test").status_code for _ in range(10)]
+        assert 429 in codes  # "one" admits 3 a second
+        stats = patchwork.stats()
+        assert stats["one"]["refused"] == codes.count(429)
+        assert stats["two"]["admitted"] == 0
+    finally:
+        patchwork.stop()

@@ -1,0 +1,263 @@
+"""Per-server pacing: the learning rule, Retry-After, pins, the store, the checker's use."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from sqlalchemy import Engine
+
+from lapsewatch.config import ConfigError, Settings
+from lapsewatch.cycle.limits import Limited
+from lapsewatch.pace import Learned, NotSent, Pin, Pins, Policy, ServerPacer, load_pins
+from lapsewatch.pace.pacer import open_pacer, shared_pace
+from lapsewatch.pace.policy import ServerBucket, cut_rate, raised_rate
+from lapsewatch.pace.shared import LocalBuckets
+from lapsewatch.pace.store import load_rates, save_rates
+from lapsewatch.sources.interface import Observation, Outcome, Source
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the rule ---------------------------------------------------------------------------------
+
+
+def test_slow_start_then_recovery_then_probing() -> None:
+    policy = Policy()
+    assert raised_rate(10, None, policy) == 15  # slow start: x1.5
+    assert raised_rate(900, None, policy) == 1000  # never above the maximum
+    # Below 90% of the refused rate: a quarter of the gap at a time.
+    assert raised_rate(50, 100, policy) == pytest.approx(50 + 0.25 * 40)
+    # Near it: 1% an epoch, probing.
+    assert raised_rate(95, 100, policy) == pytest.approx(95.95)
+    assert cut_rate(100, policy) == 70
+    assert cut_rate(0.6, policy) == 0.5  # never below the minimum
+
+
+def test_a_refusal_cuts_once_per_cooldown_and_remembers_the_ceiling() -> None:
+    bucket = ServerBucket(Learned(100.0), Policy())
+    bucket.refused(10.0, None)
+    assert (bucket.rate, bucket.ceiling) == (70.0, 100.0)
+    bucket.refused(10.5, None)  # the rest of the same volley
+    assert bucket.rate == 70.0
+    bucket.refused(11.2, None)
+    assert bucket.rate == pytest.approx(49.0)
+    bucket.raise_(11.5)  # within an epoch of the cut: no change
+    assert bucket.rate == pytest.approx(49.0)
+    bucket.raise_(12.3)
+    assert bucket.rate == pytest.approx(49.0 + 0.25 * (0.9 * 70 - 49))
+
+
+def test_buckets_space_requests_at_the_rate_and_honour_retry_after() -> None:
+    bucket = ServerBucket(Learned(10.0), Policy(burst=0.0))
+    waits = [bucket.reserve(0.0, horizon=10)[1] for _ in range(5)]
+    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    bucket.refused(0.0, retry_after=3.0)
+    assert bucket.reserve(0.0, horizon=2.0) == (False, 3.0)  # not yet
+    assert bucket.reserve(0.0, horizon=10) == (True, 3.0)
+
+
+def test_a_pinned_server_learns_nothing_but_still_pauses() -> None:
+    bucket = ServerBucket(Learned(10.0), Policy(), pinned=4.0)
+    bucket.refused(5.0, retry_after=2.0)
+    bucket.raise_(100.0)
+    assert bucket.rate == 4.0
+    assert bucket.reserve(5.0, horizon=10) == (True, 2.0)
+
+
+# -- pins -------------------------------------------------------------------------------------
+
+
+def test_pins_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "pace.json"
+    path.write_text(
+        json.dumps({"rdap.example:443": 40, "whois.nic.it": {"rate": 2}, "big:443": {"max": 9}})
+    )
+    pins = load_pins(str(path))
+    assert pins.get("RDAP.example:443") == Pin(rate=40.0)
+    assert pins.get("whois.nic.it:43") == Pin(rate=2.0)  # a bare host: every port
+    assert pins.get("big:443") == Pin(maximum=9.0)
+    assert pins.get("other:443") is None
+    for bad in ('{"x": -1}', '{"x": {"speed": 1}}', "[1]", "not json"):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match="LAPSEWATCH_PACE_FILE"):
+            load_pins(str(path))
+    with pytest.raises(ConfigError):
+        load_pins(str(tmp_path / "missing.json"))
+
+
+def test_settings_read_the_pace_variables() -> None:
+    settings = Settings.from_env(
+        {
+            "LAPSEWATCH_PACE_START": "3",
+            "LAPSEWATCH_PACE_MAX_WAIT": "4",
+            "LAPSEWATCH_RATE_RDAP": "100",
+            "LAPSEWATCH_PACE_REDIS": "off",
+        }
+    )
+    assert (settings.pace, settings.pace_start, settings.pace_max_wait) == ("server", 3.0, 4.0)
+    assert settings.source_caps == {"rdap": 100.0}  # only the caps that were set
+    assert Settings.from_env({}).source_caps == {}
+    assert shared_pace(settings).pace_redis == "off"
+    assert shared_pace(Settings()).pace_redis == Settings().broker_url
+
+
+# -- the pacer --------------------------------------------------------------------------------
+
+
+def _pacer(clock: Clock, **kwargs: object) -> ServerPacer:
+    policy = Policy(burst=0.0)
+    return ServerPacer(
+        LocalBuckets(policy, clock=clock),
+        policy=policy,
+        clock=clock,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_a_busy_clean_epoch_raises_a_refusal_cuts() -> None:
+    clock = Clock()
+    pacer = _pacer(clock)
+
+    async def scenario() -> tuple[float, float, float]:
+        buckets = pacer.buckets
+        assert isinstance(buckets, LocalBuckets)
+        waiting = [asyncio.create_task(pacer.acquire("a:1", "rdap")) for _ in range(3)]
+        await asyncio.sleep(0)  # queued behind each other: the server is the bottleneck
+        for task in waiting:
+            task.cancel()
+        clock.now += 1.5
+        pacer.answered("a:1", 0.05, timed_out=False)
+        await pacer.acquire("a:1", "rdap")  # a new epoch: the last one was busy and clean
+        raised = buckets.buckets["a:1"].rate
+        pacer.refused("a:1", 2.0)
+        await asyncio.sleep(0)
+        cut = buckets.buckets["a:1"].rate
+        learned = await pacer.learned()
+        return raised, cut, learned["a:1"][1].rate
+
+    raised, cut, saved = asyncio.run(scenario())
+    assert raised == 15.0
+    assert cut == pytest.approx(10.5)
+    assert saved == cut
+
+
+def test_timeouts_cut_the_rate() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, known={"a:1": Learned(100.0)})
+
+    async def scenario() -> float:
+        await pacer.acquire("a:1", "rdap")
+        for _ in range(4):
+            pacer.answered("a:1", 5.0, timed_out=True)
+        for _ in range(10):
+            pacer.answered("a:1", 0.05, timed_out=False)
+        clock.now += 1.5
+        await pacer.acquire("a:1", "rdap")
+        buckets = pacer.buckets
+        assert isinstance(buckets, LocalBuckets)
+        return buckets.buckets["a:1"].rate
+
+    assert asyncio.run(scenario()) == 70.0
+
+
+def test_a_request_to_a_server_paused_too_long_is_not_sent() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, known={"slow:1": Learned(1.0)}, max_wait=2.0)
+
+    async def scenario() -> None:
+        await pacer.acquire("slow:1", "rdap")
+        pacer.refused("slow:1", 60.0)  # Retry-After: 60 s, more than a domain waits
+        with pytest.raises(NotSent, match="pause of more than 2 s"):
+            await pacer.acquire("slow:1", "rdap")
+
+    asyncio.run(scenario())
+    assert pacer.not_sent == 1
+
+
+# -- through Limited: a timeout is not retried inline ----------------------------------------
+
+
+class Hanging(Source):
+    """A source that asks its server twice (as a retry would) and times out the first time."""
+
+    name = "rdap"
+    paces_requests: ClassVar[bool] = True
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.sent = 0
+
+    async def observe(self, domain: str) -> Observation:
+        assert self.pacer is not None
+        for _ in range(3):
+            try:
+                await self.pacer.request("hang:443")
+            except NotSent as exc:
+                return Observation.error(self.name, domain, exc.reason)
+            self.sent += 1
+            self.clock.now += 5.0  # the whole request timeout went by
+        return Observation.error(self.name, domain, "no answer")
+
+
+def test_a_timed_out_server_is_not_retried_inline() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, timeout=5.0)
+    source = Hanging(clock)
+    limited = Limited(source, concurrency=2, pacer=pacer)
+    observation = asyncio.run(limited.observe("x.example"))
+    assert source.sent == 1
+    assert observation.outcome is Outcome.ERROR
+    assert "not retried now" in observation.detail
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+def test_learned_rates_are_kept_in_the_store(engine: Engine) -> None:
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    save_rates(engine, {"a:443": ("rdap", Learned(12.5, 20.0)), "b:53": ("dns", Learned(300))}, at)
+    save_rates(engine, {"a:443": ("rdap", Learned(14.0, 20.0))}, at)
+    assert load_rates(engine) == {"a:443": Learned(14.0, 20.0), "b:53": Learned(300.0)}
+
+
+def test_a_cycle_starts_where_the_last_one_ended(engine: Engine, tmp_path: Path) -> None:
+    save_rates(engine, {"known:443": ("rdap", Learned(42.0, 60.0))})
+    pins = tmp_path / "pins.json"
+    pins.write_text(json.dumps({"pinned:443": 3}))
+    settings = Settings(pace_redis="off", pace_file=str(pins))
+
+    async def cycle() -> dict[str, tuple[str, Learned]]:
+        async with open_pacer(settings, engine) as pacer:
+            assert pacer.pins.get("pinned:443") == Pin(rate=3.0)
+            await pacer.acquire("known:443", "rdap")
+            await pacer.acquire("new:443", "rdap")
+            await pacer.acquire("pinned:443", "rdap")
+            buckets = pacer.buckets
+            assert isinstance(buckets, LocalBuckets)
+            assert buckets.buckets["known:443"].rate == 42.0  # where the last cycle ended
+            assert buckets.buckets["new:443"].rate == settings.pace_start
+            assert buckets.buckets["pinned:443"].rate == 3.0
+            pacer.refused("known:443", None)
+            return await pacer.learned()
+
+    learned = asyncio.run(cycle())
+    assert "pinned:443" not in learned  # a pin is configuration, not something learned
+    stored = load_rates(engine)
+    assert stored["known:443"] == Learned(pytest.approx(29.4), 42.0)  # type: ignore[arg-type]
+    assert stored["new:443"].rate == settings.pace_start
+    assert "pinned:443" not in stored
+
+
+def test_pins_are_unused_without_a_file() -> None:
+    assert len(Pins()) == 0

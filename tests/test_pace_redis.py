@@ -1,0 +1,136 @@
+"""Per-server limits shared through the real Redis: N processes behave as one client."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from lapsewatch.pace import Learned, Pin, Policy, ServerPacer
+from lapsewatch.pace.policy import ServerBucket
+from lapsewatch.pace.shared import RedisBuckets
+from tests.services import REDIS_URL
+
+
+def _prefix() -> str:
+    return f"lapsewatch-test:{uuid.uuid4().hex[:8]}:"
+
+
+async def _forget(buckets: RedisBuckets) -> None:
+    keys = [key async for key in buckets.client.scan_iter(match=buckets.prefix + "*")]
+    if keys:
+        await buckets.client.delete(*keys)
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("require_redis")
+def test_two_processes_share_one_bucket_per_server() -> None:
+    policy = Policy(burst=0.0)
+    prefix = _prefix()
+    start = Learned(2.0)
+
+    async def scenario() -> tuple[list[float], Learned, float]:
+        # Two clients, as two worker processes would have.
+        one = RedisBuckets(REDIS_URL, policy, prefix=prefix)
+        two = RedisBuckets(REDIS_URL, policy, prefix=prefix)
+        try:
+            waits = [
+                (await one.reserve("big:443", start, None, 60))[1],
+                (await two.reserve("big:443", start, None, 60))[1],
+                (await one.reserve("big:443", start, None, 60))[1],
+                (await two.reserve("small:443", start, None, 60))[1],  # its own bucket
+            ]
+            await one.refused("big:443", start, None, 30.0)  # one is told to back off...
+            reserved, paused = await two.reserve("big:443", start, None, 1.0)  # ...two too
+            assert not reserved
+            learned = (await two.learned(["big:443"]))["big:443"]
+            return waits, learned, paused
+        finally:
+            await _forget(one)
+            await one.aclose()
+            await two.aclose()
+
+    waits, learned, paused = asyncio.run(scenario())
+    # At 2/s the slots are 0.5 s apart, whichever process reserves them.
+    assert waits[0] == pytest.approx(0.0, abs=0.05)
+    assert waits[1] == pytest.approx(0.5, abs=0.05)
+    assert waits[2] == pytest.approx(1.0, abs=0.05)
+    assert waits[3] == pytest.approx(0.0, abs=0.05)
+    assert learned == Learned(1.4, 2.0)  # cut for both
+    assert paused > 25
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("require_redis")
+def test_the_lua_rule_is_the_python_rule() -> None:
+    policy = Policy(epoch=0.0, cooldown=0.0, maximum=50.0)
+    steps = ["raise", "raise", "raise", "cut", "raise", "raise", "raise", "raise", "cut", "raise"]
+    steps += ["raise"] * 12
+
+    local = ServerBucket(Learned(10.0), policy)
+    expected = []
+    for index, step in enumerate(steps):
+        if step == "raise":
+            local.raise_(float(index))
+        else:
+            local.cut(float(index))
+        expected.append(local.rate)
+
+    async def shared() -> list[float]:
+        buckets = RedisBuckets(REDIS_URL, policy, prefix=_prefix())
+        rates = []
+        try:
+            for step in steps:
+                if step == "raise":
+                    await buckets.raise_("s:1", Learned(10.0), None)
+                else:
+                    await buckets.cut("s:1", Learned(10.0), None)
+                rates.append((await buckets.learned(["s:1"]))["s:1"].rate)
+        finally:
+            await _forget(buckets)
+            await buckets.aclose()
+        return rates
+
+    assert asyncio.run(shared()) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("require_redis")
+def test_a_pin_holds_in_redis_too() -> None:
+    policy = Policy(epoch=0.0, cooldown=0.0, burst=0.0)
+
+    async def scenario() -> list[float]:
+        buckets = RedisBuckets(REDIS_URL, policy, prefix=_prefix())
+        pin = Pin(rate=3.0)
+        try:
+            await buckets.raise_("p:43", Learned(10.0), pin)
+            await buckets.refused("p:43", Learned(10.0), pin, None)
+            one = await buckets.reserve("p:43", Learned(10.0), pin, 60)
+            two = await buckets.reserve("p:43", Learned(10.0), pin, 60)
+            return [one[1], two[1]]
+        finally:
+            await _forget(buckets)
+            await buckets.aclose()
+
+    first, second = asyncio.run(scenario())
+    assert second - first == pytest.approx(1 / 3, abs=0.05)  # 3/s, neither raised nor cut
+
+
+def test_without_redis_a_process_paces_alone() -> None:
+    policy = Policy()
+    # Nothing listens on port 1: the first reservation fails over to this process's buckets.
+    pacer = ServerPacer(
+        RedisBuckets("redis://127.0.0.1:1/0", policy), policy=policy, known={"a:1": Learned(7.0)}
+    )
+
+    async def scenario() -> dict[str, tuple[str, Learned]]:
+        try:
+            await pacer.acquire("a:1", "rdap")
+            pacer.refused("a:1", None)
+            return await pacer.learned()
+        finally:
+            await pacer.aclose()
+
+    learned = asyncio.run(scenario())
+    assert learned["a:1"][1].rate == pytest.approx(4.9)

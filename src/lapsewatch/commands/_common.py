@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from lapsewatch.config import ConfigError, Settings
+from lapsewatch.logs import configure_logging
 from lapsewatch.verdict import Verdict
 
 __all__ = [
@@ -42,8 +43,9 @@ def fail(message: str) -> typer.Exit:
 
 def load_settings() -> Settings:
     try:
+        configure_logging()  # LAPSEWATCH_LOG_FORMAT / _LOG_LEVEL; nothing when unset
         return Settings.from_env()
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         raise fail(str(exc)) from None
 
 

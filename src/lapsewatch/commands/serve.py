@@ -11,6 +11,7 @@ from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.commands._common import errors, fail, load_settings
 from lapsewatch.commands.accounts import database_error
 from lapsewatch.config import ConfigError
+from lapsewatch.logs import json_logs
 
 __all__ = ["serve"]
 
@@ -54,4 +55,14 @@ def serve(
         raise fail(str(exc)) from None
     except (SQLAlchemyError, OSError) as exc:
         raise fail(f"could not open the database: {database_error(exc)}") from None
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+    # JSON logs: uvicorn's loggers go through the root logger's JSON handler.
+    from uvicorn.config import LOGGING_CONFIG
+
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        server_header=False,
+        log_config=None if json_logs() else LOGGING_CONFIG,
+    )

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
+from lapsewatch import metrics
 from lapsewatch.accounts.ratelimit import RateLimiter
 from lapsewatch.mail.advice import queue_security_advice
 from lapsewatch.mail.expiry import DEFAULT_WARNING, queue_expiry_warnings
@@ -41,4 +42,6 @@ def run_mail_jobs(
         warnings = queue_expiry_warnings(session, now=now, before=warn_before)
         advice = queue_security_advice(session, now=now)
         RateLimiter.prune(session, now=now)
-    return MailJobSummary(warnings, advice, send_pending(engine, mailer, now=now))
+    outbox = send_pending(engine, mailer, now=now)
+    metrics.count_notices(outbox.sent, outbox.failed, outbox.stopped)
+    return MailJobSummary(warnings, advice, outbox)

@@ -29,9 +29,10 @@ from lapsewatch.accounts.service import AccountService
 from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.config import Settings
 from lapsewatch.domains import FreeProviders, load_free_providers
+from lapsewatch.logs import RequestId
 from lapsewatch.schedule import Policy
 from lapsewatch.store import make_engine, make_sessionmaker, upgrade
-from lapsewatch.web import admin, api, pages
+from lapsewatch.web import admin, api, fastly_compat, ops, pages
 from lapsewatch.web.config import WebSettings
 from lapsewatch.web.context import WebContext
 from lapsewatch.web.middleware import ApiKeyGate, BodyLimit
@@ -139,6 +140,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.context = context
+    app.state.ops = ops.OpsSettings()  # create_app_from_env reads LAPSEWATCH_* for both
+    app.state.status_api = fastly_compat.StatusApiSettings()
     app.add_middleware(
         SessionMiddleware,
         secret_key=session_key(account_settings.secret_key),
@@ -156,10 +159,13 @@ def create_app(
     )
     app.add_middleware(ApiKeyGate, engine=engine)
     app.add_middleware(SecurityHeaders, hsts=secure)
+    app.add_middleware(RequestId)  # outermost: every log line of a request carries its id
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)
     app.include_router(admin.router)
     app.include_router(api.router)
+    app.include_router(ops.router)
+    app.include_router(fastly_compat.router)
     _add_api_page(app)
     _add_error_pages(app)
     return app
@@ -294,8 +300,10 @@ def create_app_from_env(*, webhooks_every: float | None = None) -> FastAPI:
     engine = make_engine(settings.database_url)
     upgrade(engine)
     web_settings = WebSettings.from_env()
+    ops_settings = ops.OpsSettings.from_env()
+    status_settings = fastly_compat.StatusApiSettings.from_env()
     service = AccountService.from_settings(engine, account_settings, settings)
-    return create_app(
+    app = create_app(
         engine,
         service,
         settings,
@@ -303,3 +311,6 @@ def create_app_from_env(*, webhooks_every: float | None = None) -> FastAPI:
         close_service=True,
         web_settings=web_settings,
     )
+    app.state.ops = ops_settings
+    app.state.status_api = status_settings
+    return app

@@ -7,7 +7,7 @@ they change; each model has a ``from_…`` constructor from a service result.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -31,6 +31,23 @@ __all__ = [
 ]
 
 AddressState = Literal["verified", "unverified", "not_verified"]
+VerdictName = Literal[
+    "registered",
+    "expiring",
+    "redemption",
+    "pending_delete",
+    "available",
+    "reregistered",
+    "for_sale",
+    "mail_host_lapsed",
+    "unknown",
+]
+"""Every ``lapsewatch.verdict.Verdict`` value (a test keeps the two in step)."""
+
+
+def _verdict(value: str | None) -> VerdictName | None:
+    """A stored verdict as the schema's type (the store only ever holds these values)."""
+    return cast(VerdictName | None, value)
 
 
 def _iso_text(value: object) -> object:
@@ -130,9 +147,12 @@ class AddressOut(_Model):
     )
     verified_at: datetime | None
     unverified_at: datetime | None
-    unverify_reason: str | None = Field(description="The verdict that unverified it.")
+    unverify_reason: str | None = Field(
+        description="The verdict that unverified it (a dangerous one: expiring, redemption, "
+        "pending_delete, available, reregistered, for_sale, mail_host_lapsed)."
+    )
     reason: str | None = Field(description="Why, citing the evidence.")
-    domain_verdict: str | None = Field(description="The domain's latest verdict.")
+    domain_verdict: VerdictName | None = Field(description="The domain's latest verdict.")
     domain_reason: str | None
     domain_checked_at: datetime | None
 
@@ -150,7 +170,7 @@ class AddressOut(_Model):
             unverified_at=view.unverified_at,
             unverify_reason=view.unverify_reason,
             reason=view.reason,
-            domain_verdict=view.domain_verdict,
+            domain_verdict=_verdict(view.domain_verdict),
             domain_reason=view.domain_reason,
             domain_checked_at=view.domain_checked_at,
         )
@@ -187,7 +207,7 @@ class ObservationOut(_Model):
 
 class DomainOut(_Model):
     domain: str
-    verdict: str | None = Field(description="The latest verdict; null when never checked.")
+    verdict: VerdictName | None = Field(description="The latest verdict; null when never checked.")
     reason: str | None
     last_checked_at: datetime | None
     next_check_at: datetime | None = Field(description="Null: due now.")
@@ -201,7 +221,7 @@ class DomainOut(_Model):
     def from_view(cls, view: DomainView) -> DomainOut:
         return cls(
             domain=view.name,
-            verdict=view.verdict,
+            verdict=_verdict(view.verdict),
             reason=view.reason,
             last_checked_at=view.last_checked_at,
             next_check_at=view.next_due_at,
@@ -234,7 +254,7 @@ class AddressCountsOut(_Model):
 class DueOut(_Model):
     domain: str
     next_due_at: datetime | None
-    last_verdict: str | None
+    last_verdict: VerdictName | None
 
 
 class AtRiskOut(_Model):
@@ -275,7 +295,11 @@ class ReportOut(_Model):
             domains_by_verdict=[Count(name=n, count=c) for n, c in report.domains_by_verdict],
             domains_due=report.domains_due,
             next_due=[
-                DueOut(domain=d.domain, next_due_at=d.next_due_at, last_verdict=d.last_verdict)
+                DueOut(
+                    domain=d.domain,
+                    next_due_at=d.next_due_at,
+                    last_verdict=_verdict(d.last_verdict),
+                )
                 for d in report.next_due
             ],
             accounts_at_risk=[

@@ -50,6 +50,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from lapsewatch import metrics
 from lapsewatch.dates import isoformat
 from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.store.models import Account, ApiKey, Email, Event, Webhook, WebhookDelivery
@@ -517,4 +518,5 @@ def deliver_webhooks(
     finally:
         if own_client:
             http.close()
+        metrics.count_webhooks(delivered, failed, gave_up)
     return DeliverySummary(queued, delivered, failed, gave_up)

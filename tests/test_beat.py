@@ -1,0 +1,109 @@
+"""Issue #16: the periodic jobs under Celery beat.
+
+The tasks are registered under the names the schedule uses, the schedule has its
+entries (and Celery's own scheduler reads them), ``lapsewatch beat`` starts beat
+with them, and each task does its job when a worker runs it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.beat import Scheduler
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from lapsewatch.cli import app as cli
+from lapsewatch.config import ConfigError, Settings
+from lapsewatch.cycle import tasks
+from lapsewatch.cycle.tasks import beat_schedule, celery_app, configure
+
+JOBS = {
+    "lapsewatch-check": "lapsewatch.enqueue_due",
+    "lapsewatch-notify": "lapsewatch.notify",
+    "lapsewatch-webhooks": "lapsewatch.deliver_webhooks",
+}
+
+
+def test_tasks_are_registered() -> None:
+    for name in [*JOBS.values(), "lapsewatch.check_domains"]:
+        assert name in celery_app.tasks, name
+
+
+def test_schedule_has_every_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CHECK", "NOTIFY", "WEBHOOKS"):
+        monkeypatch.delenv(f"LAPSEWATCH_BEAT_{name}_EVERY", raising=False)
+    app = configure(Settings())
+    schedule = app.conf.beat_schedule
+    assert {name: entry["task"] for name, entry in schedule.items()} == JOBS
+    assert schedule["lapsewatch-check"]["schedule"] == timedelta(hours=1)
+    assert schedule["lapsewatch-check"]["kwargs"] == {"limit": 10_000}
+    assert schedule["lapsewatch-notify"]["schedule"] == timedelta(minutes=15)
+    assert schedule["lapsewatch-webhooks"]["schedule"] == timedelta(minutes=1)
+    for entry in schedule.values():
+        assert entry["options"]["expires"] == entry["schedule"].total_seconds()
+
+
+def test_schedule_follows_the_environment() -> None:
+    schedule = beat_schedule(
+        {
+            "LAPSEWATCH_BEAT_CHECK_EVERY": "600",
+            "LAPSEWATCH_BEAT_CHECK_LIMIT": "500",
+            "LAPSEWATCH_BEAT_NOTIFY_EVERY": "120",
+            "LAPSEWATCH_BEAT_WEBHOOKS_EVERY": "30",
+        }
+    )
+    assert schedule["lapsewatch-check"]["schedule"] == timedelta(minutes=10)
+    assert schedule["lapsewatch-check"]["kwargs"] == {"limit": 500}
+    assert schedule["lapsewatch-notify"]["schedule"] == timedelta(minutes=2)
+    assert schedule["lapsewatch-webhooks"]["schedule"] == timedelta(seconds=30)
+    for bad in ({"LAPSEWATCH_BEAT_CHECK_EVERY": "soon"}, {"LAPSEWATCH_BEAT_NOTIFY_EVERY": "0"}):
+        with pytest.raises(ConfigError):
+            beat_schedule(bad)
+
+
+def test_celery_scheduler_reads_the_schedule(tmp_path: Path) -> None:
+    configure(Settings())
+    scheduler = Scheduler(app=celery_app, lazy=False)
+    for name, task in JOBS.items():
+        entry = scheduler.schedule[name]
+        assert entry.task == task
+        assert entry.task in celery_app.tasks
+    assert scheduler.schedule["lapsewatch-check"].kwargs == {"limit": 10_000}
+
+
+def test_lapsewatch_beat_starts_celery_beat(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery_app, "start", lambda argv: started.append(argv))
+    state = tmp_path / "beat-state"
+    result = CliRunner().invoke(cli, ["beat", "--schedule-file", str(state)])
+    assert result.exit_code == 0, result.output
+    assert started == [["beat", "--loglevel=INFO", f"--schedule={state}"]]
+
+
+def test_lapsewatch_beat_refuses_a_bad_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(celery_app, "start", lambda argv: pytest.fail("beat must not start"))
+    result = CliRunner().invoke(cli, ["beat"], env={"LAPSEWATCH_BEAT_CHECK_EVERY": "never"})
+    assert result.exit_code == 2
+    assert "LAPSEWATCH_BEAT_CHECK_EVERY" in result.output
+
+
+def test_each_task_does_its_job(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run as a worker would (in this process): nothing due, nothing queued, nothing to
+    deliver, and every job says so."""
+    monkeypatch.setenv("LAPSEWATCH_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("LAPSEWATCH_SMTP_URL", "smtp://127.0.0.1:1")
+    sent: list[Any] = []
+    monkeypatch.setattr(tasks.check_domains, "delay", lambda *args: sent.append(args))
+    assert tasks.enqueue_due_task.apply(kwargs={"limit": 10}).get() == {"domains": 0, "tasks": 0}
+    assert sent == []
+    notified = tasks.notify_task.apply().get()
+    assert notified["sent"] == 0
+    assert notified["stopped"] is False
+    delivered = tasks.deliver_webhooks_task.apply().get()
+    assert delivered == {"queued": 0, "delivered": 0, "failed": 0, "gave_up": 0}

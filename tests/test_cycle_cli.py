@@ -32,6 +32,10 @@ EXPECTED = {  # address -> (verified after the cycle, unverify_reason)
     "heidi@camel.test": (False, "expiring"),
     "heidi@example.zz": (True, None),
     "ivan@nozone.test": (True, None),
+    "judy@lapsed.wz": (False, "redemption"),  # the registry's WHOIS record (no RDAP)
+    "judy@steady.wz": (True, None),
+    "ken@mailed.test": (False, "mail_host_lapsed"),  # its mail host's domain is available
+    "ken@hosted.test": (True, None),  # mail at Google: a provider, not checked
 }
 
 
@@ -77,7 +81,7 @@ def test_import_check_show_report_again(world: World, database_url: str) -> None
     checked = lapsewatch(world, database_url, "check", "--format", "json")
     assert checked.returncode == 1, checked.stderr  # 1: it unverified addresses
     summary = json.loads(checked.stdout)
-    assert summary["checked"] == 11
+    assert summary["checked"] == 15  # 11, and 2 WHOIS-covered, 2 with mail hosts
     assert summary["unverified"] == sum(not v for v, _ in EXPECTED.values())
     assert summary["errors"] == 1
     assert summary["verdicts"]["unknown"] == 1
@@ -105,7 +109,13 @@ def test_import_check_show_report_again(world: World, database_url: str) -> None
     assert report.returncode == 0, report.stderr
     data = json.loads(report.stdout)
     assert data["unverified_by_reason"]["expiring"] == 2
-    assert {a["username"] for a in data["accounts_at_risk"]} == {"grace", "heidi", "ivan"}
+    assert {a["username"] for a in data["accounts_at_risk"]} == {
+        "grace",
+        "heidi",
+        "ivan",
+        "judy",
+        "ken",
+    }
 
     again = lapsewatch(world, database_url, "check", "--format", "json")
     assert again.returncode == 0, again.stderr

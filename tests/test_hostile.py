@@ -114,6 +114,11 @@ def run_check(
             "LAPSEWATCH_MAX_RETRY_AFTER": "1",
             "LAPSEWATCH_DOMAIN_DEADLINE": str(DOMAIN_DEADLINE),
             "LAPSEWATCH_CONCURRENCY": "5",
+            # One limit per source, as before per-server pacing: every hostile domain
+            # shares the world's one RDAP server, and the pacer would (rightly) stop
+            # retrying all of them after the trickle's timeout; this test is about
+            # what each hostile answer does, one by one (pacing: tests/test_pace*.py).
+            "LAPSEWATCH_PACE": "source",
         }
     )
     out, err = tmp_path / "out.json", tmp_path / "err.txt"

@@ -177,7 +177,9 @@ def test_demo_scenario_covers_every_state_and_fault() -> None:
     assert {d.date_style for d in domains} == {"z", "fraction", "offset", "nozone"}
     assert any(d.status_style == "camel" for d in domains)
     assert any(not d.expiration_event for d in domains)
-    assert scenario.rdap_missing_tlds == {"nordap"}
+    assert scenario.rdap_missing_tlds == {"nordap", "wz"}
+    assert scenario.whois_tlds == ("wz",)
+    assert any(d.mx for d in domains)
 
 
 # -- RDAP ---------------------------------------------------------------------------------------
@@ -461,7 +463,8 @@ def test_set_and_remove_domain(small_world: World, client: httpx.Client) -> None
 
 def test_env_points_settings_at_the_world(small_world: World) -> None:
     settings = Settings.from_env(small_world.env())
-    assert settings.sources == ("rdap", "dns", "fastly")
+    assert settings.sources == ("rdap", "dns", "whois", "fastly")
+    assert settings.whois_servers == str(small_world.whois_servers_path)
     assert settings.dns_nameservers == (("127.0.0.1", small_world.dns_port),)
     assert settings.fastly_url == small_world.fastly_url
     assert settings.fastly_key == "k"

@@ -5,11 +5,23 @@ from __future__ import annotations
 import stamina.instrumentation
 import typer
 
-from lapsewatch.commands import check, demo, domain, init, notify, report, scan, serve, worker
+from lapsewatch.commands import (
+    beat,
+    check,
+    demo,
+    domain,
+    init,
+    notify,
+    report,
+    scan,
+    serve,
+    worker,
+)
 from lapsewatch.commands._common import exit_code
 from lapsewatch.commands.accounts import accounts_app
 from lapsewatch.commands.admin import admin_app
 from lapsewatch.commands.bootstrap import bootstrap_app
+from lapsewatch.commands.whois_servers import whois_servers_app
 
 __all__ = ["app", "exit_code", "main"]
 
@@ -30,8 +42,10 @@ app.command()(scan.scan)
 app.command()(demo.demo)
 app.command()(notify.notify)
 app.command()(worker.worker)
+app.command()(beat.beat)
 app.add_typer(admin_app, name="admin")
 app.add_typer(bootstrap_app, name="rdap-bootstrap")
+app.add_typer(whois_servers_app, name="whois-servers")
 
 
 def main() -> None:

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["ConfigError", "Settings"]
 
-KNOWN_SOURCES = ("rdap", "dns", "fastly")
+KNOWN_SOURCES = ("rdap", "dns", "fastly", "whois")
+DEFAULT_SOURCES = ("rdap", "dns", "whois")
+"""``whois`` is asked only for TLDs without an RDAP server (see ``sources.whois``)."""
 DEFAULT_FASTLY_URL = "https://api.fastly.com"
 
 
@@ -24,8 +26,11 @@ class ConfigError(ValueError):
 class Settings:
     """Everything configurable, with safe defaults for a first run."""
 
-    sources: tuple[str, ...] = ("rdap", "dns")
+    sources: tuple[str, ...] = DEFAULT_SOURCES
     rdap_bootstrap_url: str | None = None
+    whois_servers: str | None = None
+    """A JSON file of TLD → WHOIS server replacing the shipped table; ``None`` = shipped
+    (or the copy refreshed by ``lapsewatch whois-servers update``)."""
     """URL or file path of an RFC 9224 ``dns.json``; ``None`` = the shipped copy."""
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     """``(host, port)`` pairs; empty = the system's resolvers."""
@@ -61,7 +66,7 @@ class Settings:
     near_expiry_after_days: float = 45.0
     """Around a known expiration date (this window) the domain is checked daily."""
     rates: Mapping[str, float] = field(
-        default_factory=lambda: {"rdap": 10.0, "dns": 50.0, "fastly": 10.0}
+        default_factory=lambda: {"rdap": 10.0, "dns": 50.0, "fastly": 10.0, "whois": 2.0}
     )
     """Requests per second allowed per source."""
     concurrency: int = 20
@@ -72,6 +77,23 @@ class Settings:
     """How long a worker holds the domains it claimed; a dead worker's claim expires."""
     visibility_timeout: float = 3600.0
     """Seconds before Redis hands an unacknowledged task (dead worker) to another worker."""
+    # pace (per-server limits)
+    pace: str = "server"
+    """``server``: each server's rate is learned (lapsewatch.pace); ``source``: one rate per
+    source (``rates``), as before."""
+    source_caps: Mapping[str, float] = field(default_factory=dict)
+    """With ``pace = "server"``: a cap per source, only for the ``LAPSEWATCH_RATE_*`` set."""
+    pace_file: str | None = None
+    """JSON file pinning or capping servers' rates (see lapsewatch.pace.pins)."""
+    pace_redis: str = "auto"
+    """Redis URL sharing the limits between processes; ``auto``: the broker's, for workers."""
+    pace_start: float = 10.0
+    pace_max: float = 1000.0
+    """A new server's rate, and the highest rate learned, in requests/s."""
+    pace_max_wait: float = 10.0
+    """Longest ``Retry-After`` pause waited inside a check; longer: the domain is retried later."""
+    pace_window: int = 2000
+    """Domains being checked at once when pacing per server (a slow server's queue)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -85,7 +107,9 @@ class Settings:
         fastly_key = get("FASTLY_KEY")
         sources_text = get("SOURCES")
         if sources_text is None:
-            sources: tuple[str, ...] = ("rdap", "dns", "fastly") if fastly_key else ("rdap", "dns")
+            sources: tuple[str, ...] = (
+                (*DEFAULT_SOURCES, "fastly") if fastly_key else DEFAULT_SOURCES
+            )
         else:
             sources = _parse_sources(sources_text)
         if "fastly" in sources and not fastly_key:
@@ -95,6 +119,7 @@ class Settings:
         return cls(
             sources=sources,
             rdap_bootstrap_url=get("RDAP_BOOTSTRAP_URL"),
+            whois_servers=get("WHOIS_SERVERS"),
             dns_nameservers=_parse_nameservers(get("DNS_NAMESERVERS")),
             fastly_url=(get("FASTLY_URL") or DEFAULT_FASTLY_URL).rstrip("/"),
             fastly_key=fastly_key,
@@ -135,7 +160,12 @@ class Settings:
                 name: _parse_float(
                     f"RATE_{name.upper()}", get(f"RATE_{name.upper()}"), default, 0.01
                 )
-                for name, default in (("rdap", 10.0), ("dns", 50.0), ("fastly", 10.0))
+                for name, default in (
+                    ("rdap", 10.0),
+                    ("dns", 50.0),
+                    ("fastly", 10.0),
+                    ("whois", 2.0),
+                )
             },
             concurrency=int(_parse_float("CONCURRENCY", get("CONCURRENCY"), 20, minimum=1)),
             chunk_size=int(_parse_float("CHUNK_SIZE", get("CHUNK_SIZE"), 100, minimum=1)),
@@ -143,6 +173,19 @@ class Settings:
             visibility_timeout=_parse_float(
                 "VISIBILITY_TIMEOUT", get("VISIBILITY_TIMEOUT"), 3600.0, minimum=1
             ),
+            # pace (per-server limits)
+            pace=(get("PACE") or "server").lower(),
+            source_caps={
+                name: _parse_float(f"RATE_{name.upper()}", text, 10.0, 0.01)
+                for name in ("rdap", "dns", "fastly", "whois")
+                if (text := get(f"RATE_{name.upper()}")) is not None
+            },
+            pace_file=get("PACE_FILE"),
+            pace_redis=get("PACE_REDIS") or "auto",
+            pace_start=_parse_float("PACE_START", get("PACE_START"), 10.0, minimum=0.01),
+            pace_max=_parse_float("PACE_MAX", get("PACE_MAX"), 1000.0, minimum=0.01),
+            pace_max_wait=_parse_float("PACE_MAX_WAIT", get("PACE_MAX_WAIT"), 10.0, minimum=0),
+            pace_window=int(_parse_float("PACE_WINDOW", get("PACE_WINDOW"), 2000, minimum=1)),
         )
 
 

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 
 from lapsewatch import domains
 from lapsewatch.config import Settings
-from lapsewatch.sources import Observation, Source, guarded_observe, open_sources
+from lapsewatch.mail_hosts import MailHostChecks
+from lapsewatch.sources import Observation, Source, observe_relevant, open_sources
 from lapsewatch.verdict import Decision, Verdict, decide
 
 __all__ = ["DomainReport", "check", "check_all", "observe_all"]
@@ -32,8 +33,8 @@ class DomainReport:
 async def observe_all(
     sources: list[Source], domain: str, deadline: float = 60.0
 ) -> tuple[Observation, ...]:
-    """Ask every source at once; one slow or failing source is that source's error."""
-    return tuple(await asyncio.gather(*(guarded_observe(s, domain, deadline) for s in sources)))
+    """Ask every relevant source at once; one slow or failing source is that source's error."""
+    return await observe_relevant(sources, domain, deadline)
 
 
 async def check(
@@ -62,12 +63,18 @@ async def check_all(
     """Check several inputs concurrently with one set of sources (parse all first)."""
     parsed = [domains.parse(text, free_providers=free_providers) for text in texts]
     async with open_sources(settings) as sources:
-        reports = await asyncio.gather(
-            *(
-                _check_parsed(text, p, sources, verified_at, now, settings.domain_deadline)
-                for text, p in zip(texts, parsed, strict=True)
+        mail_hosts = MailHostChecks(sources, deadline=settings.domain_deadline)
+        try:
+            reports = await asyncio.gather(
+                *(
+                    _check_parsed(
+                        text, p, sources, verified_at, now, settings.domain_deadline, mail_hosts
+                    )
+                    for text, p in zip(texts, parsed, strict=True)
+                )
             )
-        )
+        finally:
+            await mail_hosts.aclose()
     return list(reports)
 
 
@@ -78,6 +85,7 @@ async def _check_parsed(
     verified_at: datetime | None,
     now: datetime | None,
     deadline: float,
+    mail_hosts: MailHostChecks,
 ) -> DomainReport:
     if parsed.free_provider:
         decision = Decision(
@@ -87,7 +95,12 @@ async def _check_parsed(
         )
         return DomainReport(text, parsed, decision, ())
     observations = await observe_all(sources, parsed.domain, deadline)
+    at = now or datetime.now(UTC)
     decision = decide(
-        parsed.domain, observations, now=now or datetime.now(UTC), verified_at=verified_at
+        parsed.domain,
+        observations,
+        now=at,
+        verified_at=verified_at,
+        mail_hosts=await mail_hosts.for_domain(parsed.domain, observations, at),
     )
     return DomainReport(text, parsed, decision, observations)

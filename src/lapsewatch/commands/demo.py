@@ -126,7 +126,11 @@ def _serve_world(world: World) -> None:
         for key, value in sorted(world.env().items()):
             console.print(f"export {key}={value}", highlight=False, soft_wrap=True)
         console.print(f"\nDomains: {', '.join(sorted(world.scenario.domains))}", highlight=False)
-        console.print("Then try: lapsewatch domain m@redeeming.test\nCtrl-C stops the world.")
+        console.print(
+            "Then try: lapsewatch domain m@redeeming.test (RDAP), m@lapsed.wz (WHOIS), "
+            "m@mailed.test (a lapsed mail host)\nCtrl-C stops the world.",
+            highlight=False,
+        )
         try:
             while True:
                 time.sleep(3600)

@@ -146,8 +146,8 @@ def scan(
         str,
         typer.Option(
             help="Comma list of verdicts that make the run exit 1: 'dangerous' (expiring, "
-            "redemption, pending_delete, available, reregistered, for_sale), any verdict such as "
-            "unknown or unparseable, 'all' or 'none'.",
+            "redemption, pending_delete, available, reregistered, for_sale, mail_host_lapsed), "
+            "any verdict such as unknown or unparseable, 'all' or 'none'.",
         ),
     ] = "dangerous",
     cache_dir: Annotated[

@@ -12,7 +12,9 @@ __all__ = ["domain_report", "dumps"]
 
 
 def domain_report(report: DomainReport) -> dict[str, Any]:
-    """Keys: input, domain, verdict, reason, free_provider, observations (+ details)."""
+    """Keys: input, domain, verdict, reason, free_provider, observations (+ details);
+    ``mail_hosts``: the mail hosts on other registrable domains that were checked, each
+    with its domain's verdict and reason."""
     decision = report.decision
     return {
         "input": report.input,
@@ -25,6 +27,18 @@ def domain_report(report: DomainReport) -> dict[str, Any]:
         "free_provider": report.parsed.free_provider,
         "registered_at": isoformat(decision.registered_at),
         "expires_at": isoformat(decision.expires_at),
+        "mail_hosts": [
+            {
+                "host": m.host,
+                "domain": m.domain,
+                "verdict": m.decision.verdict.value,
+                "dangerous": m.decision.verdict.dangerous,
+                "firm": m.decision.firm,
+                "reason": m.decision.reason,
+                "decided_by": m.decision.decided_by,
+            }
+            for m in decision.mail_hosts
+        ],
         "observations": [o.to_dict() for o in report.observations],
     }
 

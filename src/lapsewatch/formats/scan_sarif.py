@@ -55,6 +55,11 @@ _RULES: dict[Status, tuple[str, str]] = {
         "MaintainerDomainForSale",
         "The domain is parked or offered for sale: its owner is a reseller, not the maintainer.",
     ),
+    Status.MAIL_HOST_LAPSED: (
+        "MaintainerMailHostLapsed",
+        "The domain is registered, but a mail host (MX) it uses sits on another domain that is "
+        "lapsing, free or for sale: whoever registers that domain receives this address's mail.",
+    ),
     Status.UNKNOWN: (
         "MaintainerDomainUnknown",
         "No status source could say what state the domain is in; it is checked again next time.",

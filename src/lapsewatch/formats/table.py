@@ -46,6 +46,14 @@ def print_domain_report(console: Console, report: DomainReport) -> None:
     console.print(f"  {decision.reason}", highlight=False)
     if report.parsed.address:
         console.print(f"  address: {report.parsed.address}", highlight=False)
+    for mail in decision.mail_hosts:
+        console.print(
+            Text.assemble(
+                f"  mail host {mail.host} on {mail.domain}: ",
+                (mail.decision.verdict.value, verdict_style(mail.decision.verdict)),
+            ),
+            highlight=False,
+        )
     if not report.observations:
         return
     table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
@@ -78,10 +86,16 @@ def print_story(
         story = scenario.domain(report.parsed.domain)
         told: str = story.state if story else "-"
         faults = (
-            [f"{k}={v}" for k, v in (("rdap", story.rdap), ("dns", story.dns)) if v != "ok"]
+            [
+                f"{k}={v}"
+                for k, v in (("rdap", story.rdap), ("dns", story.dns), ("whois", story.whois_fault))
+                if v != "ok"
+            ]
             if story
             else []
         )
+        if story and story.mx:
+            faults.append(f"mx {', '.join(story.mx)}")
         if faults:
             told += f" ({', '.join(faults)})"
         verdict = report.decision.verdict

@@ -53,9 +53,12 @@ def _hours(ttl: timedelta) -> str:
 
 def _verdict_words(verdict: str) -> str:
     try:
-        return Verdict(verdict).value.replace("_", " ")
+        known = Verdict(verdict)
     except ValueError:
         return verdict
+    if known is Verdict.MAIL_HOST_LAPSED:
+        return "exposed: its mail goes to a host on a domain that has lapsed"
+    return known.value.replace("_", " ")
 
 
 def verification_mail(

@@ -35,8 +35,9 @@ import dns.rdatatype
 from lapsewatch.config import Settings
 from lapsewatch.cycle.limits import Limited
 from lapsewatch.dates import parse_datetime
+from lapsewatch.mail_hosts import mail_host_domains
 from lapsewatch.scan.cache import DiskCache
-from lapsewatch.sources import Observation, Outcome, Source, open_sources
+from lapsewatch.sources import Observation, Outcome, Source, observe_relevant, open_sources
 from lapsewatch.sources.bootstrap import BootstrapError
 from lapsewatch.sources.dns import system_nameservers
 from lapsewatch.sources.rdap import RdapSource
@@ -88,6 +89,11 @@ def observation_from_dict(data: Any) -> Observation:
             expires_at=when("expires_at"),
             last_changed_at=when("last_changed_at"),
             nameservers=tuple(str(n) for n in data.get("nameservers") or ()),
+            mail_hosts=(
+                tuple(str(h) for h in data["mail_hosts"])
+                if isinstance(data.get("mail_hosts"), list)
+                else None
+            ),
             evidence=str(data.get("evidence") or ""),
             retry_after=None,
             observed_at=when("observed_at") or parse_datetime("1970-01-01"),
@@ -267,17 +273,42 @@ async def check_domains(
     on_done: Callable[[str], None] = lambda _domain: None,
     in_flight: int | None = None,
 ) -> DomainChecks:
-    """Observations for every domain (each asked once), from the cache or the sources."""
+    """Observations for every domain (each asked once), from the cache or the sources.
+
+    The domains of their mail hosts (MX) on other registrable domains, providers
+    left out, are observed too, each once, and are in the result beside them
+    (``findings`` decides ``mail_host_lapsed`` from them); ``on_done`` is not
+    called for those."""
     found: dict[str, tuple[Observation, ...]] = {}
     to_ask: list[str] = []
-    for domain in dict.fromkeys(domains):
+    wanted = dict.fromkeys(domains)
+    mail_domains: list[str] = []
+
+    def follow(domain: str, observations: tuple[Observation, ...]) -> list[str]:
+        new = [
+            d
+            for _, d in mail_host_domains(domain, observations)
+            if d not in found and d not in wanted and d not in mail_domains
+        ]
+        mail_domains.extend(new)
+        return new
+
+    for domain in wanted:
         cached = _from_cache(cache, _cache_key(domain, settings)) if cache else None
         if cached is None:
             to_ask.append(domain)
         else:
             found[domain] = cached
             on_done(domain)
-    cached_count = len(found)
+    for domain in list(found):
+        follow(domain, found[domain])
+    for domain in list(mail_domains):
+        cached = _from_cache(cache, _cache_key(domain, settings)) if cache else None
+        if cached is None:
+            to_ask.append(domain)
+        else:
+            found[domain] = cached
+    cached_count = sum(1 for d in found if d in wanted)
     if not to_ask:
         return DomainChecks(found, 0, cached_count)
 
@@ -295,17 +326,26 @@ async def check_domains(
         ]
         slots = asyncio.Semaphore(in_flight or settings.concurrency * 2)
 
+        follow_ups: list[asyncio.Task[None]] = []
+
         async def one(domain: str) -> None:
             async with slots:
-                observations = tuple(await asyncio.gather(*(s.observe(domain) for s in guarded)))
+                observations = await observe_relevant(guarded, domain, settings.domain_deadline)
             found[domain] = observations
+            if domain in wanted:  # a mail-host domain's own mail hosts are not followed
+                follow_ups.extend(asyncio.create_task(one(d)) for d in follow(domain, observations))
             if cache is not None and any(o.answered for o in observations):
                 verdict = decide(domain, observations, now=observations[0].observed_at).verdict
                 ttl = min(cache.ttl, UNKNOWN_TTL) if verdict is Verdict.UNKNOWN else None
                 cache.put(
                     CACHE_NAMESPACE, _cache_key(domain, settings), _cache_value(observations), ttl
                 )
-            on_done(domain)
+            if domain in wanted:
+                on_done(domain)
 
         await asyncio.gather(*(one(domain) for domain in to_ask))
-    return DomainChecks(found, len(to_ask), cached_count, tuple(notes))
+        while follow_ups:
+            batch, follow_ups[:] = list(follow_ups), []
+            await asyncio.gather(*batch)
+    asked = sum(1 for d in to_ask if d in wanted)
+    return DomainChecks(found, asked, cached_count, tuple(notes))

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from lapsewatch.mail_hosts import mail_host_domains
 from lapsewatch.scan.addresses import Extracted
 from lapsewatch.scan.packages import Ecosystem, FirstPublished, Origin, PackageMetadata
 from lapsewatch.sources import Observation
-from lapsewatch.verdict import DANGEROUS, decide
+from lapsewatch.verdict import DANGEROUS, MailHostCheck, decide
 
 __all__ = [
     "DANGEROUS_STATUSES",
@@ -39,6 +40,7 @@ class Status(StrEnum):
     AVAILABLE = "available"
     REREGISTERED = "reregistered"
     FOR_SALE = "for_sale"
+    MAIL_HOST_LAPSED = "mail_host_lapsed"
     UNKNOWN = "unknown"
     FREE_PROVIDER = "free_provider"
     """A well-known mail provider: its domain does not lapse, so it is not checked."""
@@ -226,7 +228,13 @@ def _finding(
         reason = f"{parsed.domain} is a well-known mail provider; not checked"
     else:
         seen = observations.get(parsed.domain, ())
-        decision = decide(parsed.domain, seen, now=now, verified_at=trusted_at)
+        decision = decide(
+            parsed.domain,
+            seen,
+            now=now,
+            verified_at=trusted_at,
+            mail_hosts=_mail_hosts(parsed.domain, seen, observations, now),
+        )
         status, reason = Status(decision.verdict.value), decision.reason
         decided_by = decision.decided_by
         if status is Status.REREGISTERED and decision.registered_at and trusted_at:
@@ -246,6 +254,20 @@ def _finding(
         observations=seen,
         ecosystem=package.ecosystem,
         first_published=first,
+    )
+
+
+def _mail_hosts(
+    domain: str,
+    seen: tuple[Observation, ...],
+    observations: Mapping[str, tuple[Observation, ...]],
+    now: datetime,
+) -> tuple[MailHostCheck, ...]:
+    """The domain's mail hosts on other registrable domains that were observed."""
+    return tuple(
+        MailHostCheck(host, mail_domain, decide(mail_domain, observations[mail_domain], now=now))
+        for host, mail_domain in mail_host_domains(domain, seen)
+        if mail_domain in observations
     )
 
 

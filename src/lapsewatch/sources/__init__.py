@@ -18,8 +18,10 @@ from lapsewatch.sources.interface import (
     Source,
     SourceError,
     guarded_observe,
+    observe_relevant,
 )
 from lapsewatch.sources.rdap import RdapSource
+from lapsewatch.sources.whois import WhoisSource
 
 __all__ = [
     "DnsSource",
@@ -29,8 +31,10 @@ __all__ = [
     "RdapSource",
     "Source",
     "SourceError",
+    "WhoisSource",
     "build_sources",
     "guarded_observe",
+    "observe_relevant",
     "open_sources",
 ]
 
@@ -38,20 +42,22 @@ USER_AGENT = f"lapsewatch/{__version__} (+domain lapse checks)"
 
 
 def build_sources(settings: Settings, client: httpx.AsyncClient) -> list[Source]:
-    """The sources ``settings`` names, in a stable order, sharing one HTTP client."""
+    """The sources ``settings`` names, in a stable order, sharing one HTTP client.
+
+    ``whois`` beside ``rdap`` is asked only about TLDs without an RDAP server."""
     sources: list[Source] = []
+    rdap: RdapSource | None = None
     for name in settings.sources:
         if name == "rdap":
-            sources.append(
-                RdapSource(
-                    client,
-                    bootstrap_location=settings.rdap_bootstrap_url,
-                    attempts=settings.attempts,
-                    max_retry_after=settings.max_retry_after,
-                    deadline=settings.timeout,
-                    max_bytes=settings.max_response_bytes,
-                )
+            rdap = RdapSource(
+                client,
+                bootstrap_location=settings.rdap_bootstrap_url,
+                attempts=settings.attempts,
+                max_retry_after=settings.max_retry_after,
+                deadline=settings.timeout,
+                max_bytes=settings.max_response_bytes,
             )
+            sources.append(rdap)
         elif name == "dns":
             sources.append(
                 DnsSource(
@@ -70,6 +76,18 @@ def build_sources(settings: Settings, client: httpx.AsyncClient) -> list[Source]
                     max_bytes=settings.max_response_bytes,
                 )
             )
+        elif name == "whois":
+            sources.append(
+                WhoisSource(
+                    servers_location=settings.whois_servers,
+                    timeout=settings.timeout,
+                    attempts=min(settings.attempts, 2),
+                    deadline=settings.timeout * 2 + 1,
+                )
+            )
+    for source in sources:
+        if isinstance(source, WhoisSource):
+            source.rdap = rdap  # WHOIS only where RDAP has no server
     return sources
 
 

@@ -8,6 +8,8 @@ resolver (NS in the answer section) and from the TLD's authoritative server
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dns.asyncquery
 import dns.exception
 import dns.flags
@@ -19,7 +21,10 @@ import dns.resolver
 
 from lapsewatch.sources.interface import Observation, Outcome, Source, truncate
 
-__all__ = ["PARKING_NAMESERVER_DOMAINS", "DnsSource", "system_nameservers"]
+__all__ = ["MAX_MAIL_HOSTS", "PARKING_NAMESERVER_DOMAINS", "DnsSource", "system_nameservers"]
+
+MAX_MAIL_HOSTS = 10
+"""Most MX targets kept per domain (a hostile zone may list hundreds)."""
 
 PARKING_NAMESERVER_DOMAINS = frozenset(
     {
@@ -63,8 +68,11 @@ class DnsSource(Source):
         *,
         timeout: float = 5.0,
         attempts: int = 3,
+        mail_hosts: bool = True,
     ) -> None:
+        """``mail_hosts``: also read a delegated domain's MX records (one more query)."""
         self._nameservers = nameservers or system_nameservers()
+        self._mail_hosts = mail_hosts
         self._timeout = timeout
         self._attempts = attempts
         self._zones_seen: set[tuple[str, int, dns.name.Name]] = set()
@@ -90,7 +98,10 @@ class DnsSource(Source):
                     failures.append(doubt)
                     continue
             if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                return self._interpret(domain, response, f"{host}:{port}")
+                observation = self._interpret(domain, response, f"{host}:{port}")
+                if observation.found and self._mail_hosts:
+                    observation = await self._with_mail_hosts(observation, host, port)
+                return observation
             if rcode == dns.rcode.REFUSED and self.pacer is not None:
                 self.pacer.refused(None, f"{host}:{port}")  # how a busy server says 429
             failures.append(f"{dns.rcode.to_text(rcode)} from {host}:{port}")
@@ -123,6 +134,44 @@ class DnsSource(Source):
             return f"{server} denies zone {zone} too: resolver not trusted"
         self._zones_seen.add((host, port, zone))
         return None
+
+    async def _with_mail_hosts(self, observation: Observation, host: str, port: int) -> Observation:
+        """The observation with the domain's MX targets, asked at the same resolver.
+
+        One try: a failure leaves ``mail_hosts`` unknown (``None``), never an error of
+        the delegation answer. A null MX (RFC 7505, ``.``) is no mail host.
+        """
+        domain = observation.domain
+        try:
+            response = await self._query(domain, host, port, dns.rdatatype.MX)
+        except (dns.exception.DNSException, OSError, ValueError, EOFError) as exc:
+            detail = f"{observation.detail}; MX not read: {type(exc).__name__}"
+            return replace(observation, detail=detail)
+        if response.rcode() == dns.rcode.REFUSED and self.pacer is not None:
+            self.pacer.refused(None, f"{host}:{port}")  # how a busy server says 429
+        if response.rcode() != dns.rcode.NOERROR:
+            detail = f"{observation.detail}; MX not read: {dns.rcode.to_text(response.rcode())}"
+            return replace(observation, detail=detail)
+        name = dns.name.from_text(domain)
+        records: list[tuple[int, str]] = []
+        for rrset in response.answer:
+            if rrset.name == name and rrset.rdtype == dns.rdatatype.MX:
+                for rdata in rrset:
+                    target = rdata.exchange.to_text(omit_final_dot=True).lower()
+                    if target and target != ".":
+                        records.append((int(rdata.preference), target))
+        hosts = tuple(dict.fromkeys(target for _, target in sorted(records)))[:MAX_MAIL_HOSTS]
+        detail = observation.detail
+        if hosts:
+            more = f" and {len(hosts) - 4} more" if len(hosts) > 4 else ""
+            detail = f"{detail}; mail hosts: {', '.join(hosts[:4])}{more}"
+        evidence = truncate(f"{observation.evidence}\n;; MX\n{response.to_text()}")
+        return replace(
+            observation,
+            detail=detail,
+            mail_hosts=hosts,
+            evidence=evidence,
+        )
 
     async def _query(
         self, domain: str, host: str, port: int, rdtype: dns.rdatatype.RdataType = dns.rdatatype.NS

@@ -27,6 +27,8 @@ __all__ = [
     "Source",
     "SourceError",
     "guarded_observe",
+    "observe_relevant",
+    "relevant",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,9 @@ class Observation:
     expires_at: datetime | None = None
     last_changed_at: datetime | None = None
     nameservers: tuple[str, ...] = ()
+    mail_hosts: tuple[str, ...] | None = None
+    """The domain's mail hosts (MX targets, lower-case, best preference first) as the
+    DNS source read them; ``()`` none, ``None`` not asked or no answer."""
     evidence: str = ""
     """The raw answer (truncated to :data:`EVIDENCE_LIMIT`)."""
     retry_after: float | None = None
@@ -101,6 +106,7 @@ class Observation:
             "expires_at": isoformat(self.expires_at),
             "last_changed_at": isoformat(self.last_changed_at),
             "nameservers": list(self.nameservers),
+            "mail_hosts": None if self.mail_hosts is None else list(self.mail_hosts),
             "retry_after": self.retry_after,
             "observed_at": isoformat(self.observed_at),
             "evidence": self.evidence,
@@ -108,7 +114,11 @@ class Observation:
 
 
 def truncate(text: str) -> str:
-    """Keep evidence bounded so one hostile server cannot fill the store."""
+    """Keep evidence bounded so one hostile server cannot fill the store, and storable:
+    a NUL character (a garbage WHOIS answer) is written ``\\x00`` (PostgreSQL's text
+    columns refuse it, which would fail the whole batch)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
     if len(text) <= EVIDENCE_LIMIT:
         return text
     return text[:EVIDENCE_LIMIT] + f"\n[... {len(text) - EVIDENCE_LIMIT} more characters]"
@@ -145,6 +155,11 @@ class Source(ABC):
     async def observe(self, domain: str) -> Observation:
         """Observe one registrable (ASCII) domain; never raise for a failed lookup."""
 
+    async def relevant(self, domain: str) -> bool:
+        """Whether this source is to be asked about ``domain`` at all (WHOIS: only where
+        the TLD has no RDAP). An irrelevant source leaves no observation behind."""
+        return True
+
     async def observe_many(self, domains: Iterable[str]) -> list[Observation]:
         """Observe several domains concurrently; override where a batch API exists."""
         return list(await asyncio.gather(*(self.observe(d) for d in domains)))
@@ -178,3 +193,32 @@ async def guarded_observe(source: Source, domain: str, deadline: float) -> Obser
         return Observation.error(
             source.name, domain, f"check failed: {type(exc).__name__}: {str(exc)[:200]}"
         )
+
+
+def _innermost(source: Source) -> Source:
+    """The source behind wrappers (rate limiters, breakers), which keep it in ``inner``."""
+    seen = 0
+    while isinstance(inner := getattr(source, "inner", None), Source) and seen < 8:
+        source, seen = inner, seen + 1
+    return source
+
+
+async def relevant(source: Source, domain: str) -> bool:
+    """:meth:`Source.relevant` of the source behind any wrapper; a failure means relevant."""
+    try:
+        return await _innermost(source).relevant(domain)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("%s: %s could not tell whether it applies: %s", domain, source.name, exc)
+        return True
+
+
+async def observe_relevant(
+    sources: Iterable[Source], domain: str, deadline: float
+) -> tuple[Observation, ...]:
+    """Every relevant source's guarded observation of ``domain``, asked at once."""
+    sources = list(sources)
+    wanted = await asyncio.gather(*(relevant(s, domain) for s in sources))
+    asked = [s for s, keep in zip(sources, wanted, strict=True) if keep]
+    return tuple(await asyncio.gather(*(guarded_observe(s, domain, deadline) for s in asked)))

@@ -18,7 +18,10 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from lapsewatch.sources._http import FetchError
+from lapsewatch.sources.bootstrap import BootstrapError
 from lapsewatch.sources.interface import Observation, Outcome, Source, truncate
+from lapsewatch.sources.rdap import RdapSource
 from lapsewatch.sources.whois_servers import (
     WhoisServer,
     WhoisServerError,
@@ -170,9 +173,17 @@ class WhoisSource(Source):
         limiter: Limiter | None = None,
         retry_pause: float = 0.5,
         wordings: Mapping[str, str] | None = None,
+        rdap: RdapSource | None = None,
     ) -> None:
         """``wordings`` maps a TLD to the real TLD whose registry's wording its server
-        uses (a private or test registry speaking like ``ru``'s, say)."""
+        uses (a private or test registry speaking like ``ru``'s, say).
+
+        ``rdap``: the RDAP source asked alongside; WHOIS is then asked only about
+        domains whose TLD has no RDAP server in its bootstrap (:meth:`relevant`)."""
+        self.rdap = rdap
+        self._no_bootstrap = False
+        self._bootstrap_lock: asyncio.Lock | None = None
+        """The RDAP source asked alongside, if any (see :meth:`relevant`)."""
         self._servers = servers
         self._location = servers_location
         self._timeout = timeout
@@ -188,6 +199,23 @@ class WhoisSource(Source):
         if self._servers is None:
             self._servers = load_whois_servers(self._location)
         return self._servers
+
+    async def relevant(self, domain: str) -> bool:
+        """Without an RDAP source beside it, every domain; with one, only domains whose
+        TLD has no RDAP server (an unreadable bootstrap: none, RDAP reports it)."""
+        if self.rdap is None:
+            return True
+        if self._bootstrap_lock is None:
+            self._bootstrap_lock = asyncio.Lock()
+        async with self._bootstrap_lock:  # one try at a time, and a failure remembered:
+            if self._no_bootstrap:  # asking again for every domain would wait each time
+                return False
+            try:
+                bootstrap = await self.rdap.bootstrap()
+            except BootstrapError:
+                self._no_bootstrap = True
+                return False
+        return not bootstrap.base_urls(domain.lower().rstrip("."))
 
     async def observe(self, domain: str) -> Observation:
         domain = domain.lower().rstrip(".")
@@ -220,14 +248,18 @@ class WhoisSource(Source):
             )
         except WhoisQueryError as exc:
             return Observation.error(self.name, domain, f"{exc.reason} ({server})")
-        return self.interpret(domain, raw, server)
+        except FetchError as exc:  # the pacer would not send it (a slow or pausing server)
+            return Observation.error(self.name, domain, f"not sent: {exc} ({server})")
+        return self.interpret(domain, raw, server, wording=table.wording_for(domain))
 
-    def interpret(self, domain: str, raw: bytes, server: WhoisServer | str) -> Observation:
+    def interpret(
+        self, domain: str, raw: bytes, server: WhoisServer | str, *, wording: str | None = None
+    ) -> Observation:
         """Turn raw answer bytes into an observation (public for tests and tools)."""
         tld = domain.rsplit(".", 1)[-1]
         text = decode(raw, tld)
         evidence = truncate(f"WHOIS {server} {format_query(domain)}\n{text}")
-        answer = parse_answer(text, domain, wording=self._wordings.get(tld.lower()))
+        answer = parse_answer(text, domain, wording=self._wordings.get(tld.lower()) or wording)
         if answer.kind == "error":
             wait = _retry_after(answer.detail, text)
             limited = wait is not None or answer.detail.startswith("rate limit")

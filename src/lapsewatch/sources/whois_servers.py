@@ -17,7 +17,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,9 @@ class WhoisServers:
 
     servers: Mapping[str, WhoisServer]
     origin: str = "shipped"
+    wordings: Mapping[str, str] = field(default_factory=dict)
+    """Suffix → the real TLD whose registry's wording its server speaks (a private or
+    test registry's ``{"server": "127.0.0.1:4343", "like": "com"}`` entry)."""
 
     def server_for(self, domain: str) -> WhoisServer | None:
         """The server for the longest suffix of ``domain`` that has an entry."""
@@ -103,16 +106,35 @@ class WhoisServers:
                 return server
         return None
 
+    def wording_for(self, domain: str) -> str | None:
+        """The ``like`` TLD of the longest suffix of ``domain`` that has an entry."""
+        labels = domain.lower().rstrip(".").split(".")
+        for start in range(1, len(labels)):
+            suffix = ".".join(labels[start:])
+            if suffix in self.servers:
+                return self.wordings.get(suffix)
+        return None
+
     def __len__(self) -> int:
         return len(self.servers)
 
 
 def parse_table(data: Any, origin: str) -> WhoisServers:
-    """Validate a ``{"tld": "host[:port]"}`` mapping (keys without dots at either end)."""
+    """Validate a ``{"tld": "host[:port]"}`` mapping (keys without dots at either end).
+
+    A value may also be ``{"server": "host[:port]", "like": "com"}``: a private (or
+    test) registry whose answers use that real TLD registry's wording.
+    """
     if not isinstance(data, dict):
         raise WhoisServerError(f"{origin}: not a JSON object mapping TLDs to WHOIS servers")
     servers: dict[str, WhoisServer] = {}
+    wordings: dict[str, str] = {}
     for key, value in data.items():
+        like: object = None
+        if isinstance(value, dict):
+            like, value = value.get("like"), value.get("server")
+            if like is not None and (not isinstance(like, str) or not _SUFFIX.match(like)):
+                raise WhoisServerError(f"{origin}: entry {str(key)[:40]!r}: bad 'like'")
         if not isinstance(key, str) or not isinstance(value, str):
             raise WhoisServerError(f"{origin}: entry {str(key)[:40]!r} is not a string pair")
         suffix = key.strip().strip(".").lower()
@@ -122,7 +144,9 @@ def parse_table(data: Any, origin: str) -> WhoisServers:
             servers[suffix] = WhoisServer.parse(value)
         except ValueError as exc:
             raise WhoisServerError(f"{origin}: .{suffix}: {exc}") from None
-    return WhoisServers(servers, origin)
+        if isinstance(like, str):
+            wordings[suffix] = like
+    return WhoisServers(servers, origin, wordings)
 
 
 def cached_whois_servers_path() -> Path:

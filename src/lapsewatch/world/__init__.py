@@ -1,4 +1,5 @@
-"""A local world: fake-but-realistic RDAP, DNS and Fastly servers on loopback, from one scenario.
+"""A local world: fake-but-realistic RDAP, DNS, WHOIS and Fastly servers on loopback, from one
+scenario.
 
 Tests and ``lapsewatch demo`` run every source against it instead of the internet::
 
@@ -30,6 +31,7 @@ from lapsewatch.world.scenario import (
     load_scenario,
     parse_scenario,
 )
+from lapsewatch.world.whois_server import WorldWhoisServer
 
 __all__ = [
     "DnsBackend",
@@ -57,8 +59,12 @@ class _DnsServer(Protocol):
     def stop(self) -> None: ...
 
 
+WHOIS_WORDING = "com"
+"""The world's WHOIS server answers in Verisign's (.com) wording; its table says so."""
+
+
 class World:
-    """Starts the three servers for a scenario; stop() (or leaving ``with``) ends them all."""
+    """Starts the servers for a scenario; stop() (or leaving ``with``) ends them all."""
 
     dns_host = "127.0.0.1"
 
@@ -92,6 +98,7 @@ class World:
         self._rdap: RdapServer | None = None
         self._fastly: FastlyServer | None = None
         self._dns: _DnsServer | None = None
+        self._whois: WorldWhoisServer | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -110,10 +117,12 @@ class World:
             for paced in (self._rdap, self._fastly, self._dns):
                 if isinstance(paced, RdapServer | FastlyServer | BuiltinDnsServer):
                     paced.pacing = Pacing(latency=self.latency, rate=self.rate_limit)
+            self._whois = WorldWhoisServer(self._live, hang_seconds=self._hang_seconds)
             self._write_bootstrap(self._live.current)
             self._live.subscribe(self._write_bootstrap)
             for server in (self._rdap, self._fastly, self._dns):
                 server.start()
+            self._whois.start()
         except BaseException:
             self.stop()
             raise
@@ -121,10 +130,11 @@ class World:
 
     def stop(self) -> None:
         """Idempotent; in-flight 'timeout' requests are cut, not waited for."""
-        for server in (self._rdap, self._fastly, self._dns):
+        for server in (self._rdap, self._fastly, self._dns, self._whois):
             if server is not None:
                 server.stop()
         self._rdap = self._fastly = self._dns = None
+        self._whois = None
         self._live.unsubscribe(self._write_bootstrap)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -166,6 +176,17 @@ class World:
         return _running(self._fastly).url
 
     @property
+    def whois_address(self) -> str:
+        """``127.0.0.1:port`` of the registry WHOIS server of the TLDs without RDAP."""
+        return _running(self._whois).address
+
+    @property
+    def whois_servers_path(self) -> Path:
+        """The WHOIS server table (``LAPSEWATCH_WHOIS_SERVERS``): every TLD of
+        ``scenario.whois_tlds`` → this world's WHOIS server; rewritten on change."""
+        return _running(self._dir) / "whois-servers.json"
+
+    @property
     def scenario(self) -> Scenario:
         """The current scenario, including changes made with set_domain/remove_domain."""
         return self._live.current.scenario
@@ -177,7 +198,8 @@ class World:
             "LAPSEWATCH_DNS_NAMESERVERS": f"{self.dns_host}:{self.dns_port}",
             "LAPSEWATCH_FASTLY_URL": self.fastly_url,
             "LAPSEWATCH_FASTLY_KEY": self.fastly_key,
-            "LAPSEWATCH_SOURCES": "rdap,dns,fastly",
+            "LAPSEWATCH_WHOIS_SERVERS": str(self.whois_servers_path),
+            "LAPSEWATCH_SOURCES": "rdap,dns,whois,fastly",
         }
 
     # -- observing and changing ----------------------------------------------------------------
@@ -191,6 +213,11 @@ class World:
     def dns_requests(self) -> RequestCounter:
         """Keyed by query name; always empty with NSD, which cannot tell us."""
         return _running(self._dns).requests
+
+    @property
+    def whois_requests(self) -> RequestCounter:
+        """Keyed by the asked domain."""
+        return _running(self._whois).requests
 
     @property
     def fastly_requests(self) -> RequestCounter:
@@ -229,6 +256,8 @@ class World:
         for server in (self._rdap, self._fastly):
             if server is not None:
                 server.hang_seconds = value
+        if self._whois is not None:
+            self._whois.hang_seconds = value
 
     def set_domain(self, domain: DomainScenario) -> None:
         """Add or replace a domain; all servers (NSD too, by reload) answer the new state."""
@@ -248,6 +277,15 @@ class World:
         partial = path.with_suffix(".tmp")
         partial.write_text(json.dumps(document, indent=1))
         partial.replace(path)
+        if self._whois is not None:
+            table = {
+                tld: {"server": self._whois.address, "like": WHOIS_WORDING}
+                for tld in snapshot.scenario.whois_tlds
+            }
+            path = self._dir / "whois-servers.json"
+            partial = path.with_suffix(".tmp")
+            partial.write_text(json.dumps(table, indent=1))
+            partial.replace(path)
 
 
 def _running(part: _T | None) -> _T:

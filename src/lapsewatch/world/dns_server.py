@@ -32,7 +32,7 @@ import dns.zone
 from lapsewatch.world.live import LiveScenario, RequestCounter
 from lapsewatch.world.pacing import Pacing
 from lapsewatch.world.scenario import DnsFault, Scenario
-from lapsewatch.world.zone import Delegation, delegation
+from lapsewatch.world.zone import Delegation, delegation, mx_rrset
 
 __all__ = ["BuiltinDnsServer", "answer", "bind_udp_tcp"]
 
@@ -68,6 +68,11 @@ def answer(
         return response
     origin = zone.origin
     assert origin is not None
+    mail = _mail_hosts(qname, qtype, scenario)
+    if mail is not None:  # as the domain's own server would answer (NSD: its mail zone)
+        response.flags |= dns.flags.AA
+        response.answer.append(mail)
+        return response
     cut = _delegation(zone, qname, qtype)
     if cut is not None:  # a referral: the child zone is not ours, so no AA
         ns = zone.get_rdataset(cut, dns.rdatatype.NS)
@@ -153,6 +158,18 @@ def _scenario_delegation(
     if domain is None or not domain.delegated:
         return None
     return delegation(domain)
+
+
+def _mail_hosts(
+    qname: dns.name.Name, qtype: int, scenario: Scenario | None
+) -> dns.rrset.RRset | None:
+    """The MX records of a delegated scenario domain that lists mail hosts."""
+    if qtype != dns.rdatatype.MX or scenario is None:
+        return None
+    domain = scenario.domain(qname.to_text(omit_final_dot=True))
+    if domain is None or not domain.delegated or not domain.mx:
+        return None
+    return mx_rrset(domain)
 
 
 def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:

@@ -15,7 +15,7 @@ from functools import cached_property
 import dns.zone
 
 from lapsewatch.world.scenario import DomainScenario, Scenario
-from lapsewatch.world.zone import build_apex_zones, build_zones
+from lapsewatch.world.zone import build_apex_zones, build_mail_zones, build_zones
 
 __all__ = ["LiveScenario", "RequestCounter", "Snapshot"]
 
@@ -66,8 +66,12 @@ class Snapshot:
 
     @cached_property
     def zones(self) -> dict[str, dns.zone.Zone]:
-        """The complete zones (for NSD), built on first use: a big world's take a while."""
-        return build_zones(self.scenario, self.serial)
+        """The complete zones (for NSD), built on first use: a big world's take a while;
+        with a zone of its own for each domain that lists mail hosts (MX)."""
+        return {
+            **build_zones(self.scenario, self.serial),
+            **build_mail_zones(self.scenario, self.serial),
+        }
 
 
 Listener = Callable[[Snapshot], None]

@@ -29,6 +29,7 @@ __all__ = [
     "ScenarioError",
     "State",
     "StatusStyle",
+    "WhoisFault",
     "demo_scenario",
     "load_scenario",
     "parse_scenario",
@@ -65,6 +66,7 @@ RdapFault = Literal[
     "error_200",
 ]
 DnsFault = Literal["ok", "timeout", "servfail", "garbage", "lie"]
+WhoisFault = Literal["ok", "rate_limit", "empty", "close", "hang", "garbage", "huge"]
 FastlyFault = Literal[
     "ok",
     "401",
@@ -142,9 +144,14 @@ _DOMAIN_KEYS = frozenset(
         "statuses",
         "nameservers",
         "fastly_status",
+        "mx",
+        "whois",
+        "whois_fault",
     }
 )
-_WORLD_KEYS = frozenset({"rdap_missing_tlds", "description", "default_state", "tlds"})
+_WORLD_KEYS = frozenset(
+    {"rdap_missing_tlds", "whois_missing_tlds", "description", "default_state", "tlds"}
+)
 _RESERVED_LABEL = "nic"
 _TEMPLATE_LABEL = "default"
 """Stands for the name in the per-TLD template of ``default_state`` domains."""
@@ -173,6 +180,11 @@ class DomainScenario:
     statuses: tuple[str, ...] = ()
     nameservers: tuple[str, ...] = ()
     fastly_status: str = ""
+    mx: tuple[str, ...] = ()
+    """Mail hosts (MX targets, preference in list order); none by default."""
+    whois: str | None = None
+    """The WHOIS answer, as given; ``None``: the world writes one from the state."""
+    whois_fault: WhoisFault = "ok"
 
     @property
     def tld(self) -> str:
@@ -243,6 +255,13 @@ class DomainScenario:
             nameservers = ()
         else:
             nameservers = (f"ns1.{name}", f"ns2.{name}")
+        mx = tuple(
+            _hostname(host, f"{where}: key 'mx'")
+            for host in _string_list(data.get("mx", []), f"{where}: key 'mx'")
+        )
+        whois = data.get("whois")
+        if whois is not None and (not isinstance(whois, str) or not whois.strip()):
+            raise ScenarioError(f"{where}: key 'whois': must be a non-empty string")
         fastly_status = data.get("fastly_status", _DEFAULT_FASTLY[state])
         if not isinstance(fastly_status, str) or not fastly_status.split():
             raise ScenarioError(f"{where}: key 'fastly_status': must be a non-empty string")
@@ -261,6 +280,9 @@ class DomainScenario:
             statuses=statuses,
             nameservers=nameservers,
             fastly_status=" ".join(fastly_status.split()),
+            mx=mx,
+            whois=whois,
+            whois_fault=_choice(data, "whois_fault", where),
         )
 
 
@@ -271,6 +293,7 @@ _LITERALS: dict[str, object] = {
     "rdap": RdapFault,
     "dns": DnsFault,
     "fastly": FastlyFault,
+    "whois_fault": WhoisFault,
 }
 
 
@@ -305,6 +328,8 @@ class Scenario:
     description: str = ""
     default_state: State | None = None
     """The state of every unlisted ``label.<served TLD>``; ``None``: unlisted names do not exist."""
+    whois_missing_tlds: frozenset[str] = frozenset()
+    """TLDs without RDAP that have no WHOIS server either (as .gr or .za in real life)."""
 
     def __post_init__(self) -> None:
         templates: dict[str, DomainScenario] = {}
@@ -314,6 +339,14 @@ class Scenario:
                     f"{_TEMPLATE_LABEL}.{tld}", self.default_state, now=self.now
                 )
         object.__setattr__(self, "_templates", templates)
+
+    @property
+    def whois_tlds(self) -> tuple[str, ...]:
+        """TLDs whose registry answers WHOIS: the served TLDs without RDAP, except
+        ``whois_missing_tlds``."""
+        return tuple(
+            t for t in self.tlds if t in self.rdap_missing_tlds and t not in self.whois_missing_tlds
+        )
 
     @property
     def rdap_tlds(self) -> tuple[str, ...]:
@@ -376,6 +409,14 @@ class Scenario:
         )
         if any("." in t for t in missing):
             raise ScenarioError(f"{source}: [world] key 'rdap_missing_tlds': TLDs are one label")
+        no_whois = frozenset(
+            _hostname(t, f"{source}: [world] key 'whois_missing_tlds'")
+            for t in _string_list(
+                world.get("whois_missing_tlds", []), f"{source}: [world] key 'whois_missing_tlds'"
+            )
+        )
+        if any("." in t for t in no_whois):
+            raise ScenarioError(f"{source}: [world] key 'whois_missing_tlds': TLDs are one label")
         description = world.get("description", "")
         if not isinstance(description, str):
             raise ScenarioError(f"{source}: [world] key 'description': must be a string")
@@ -404,7 +445,7 @@ class Scenario:
             _check_reserved(domain.name, source)
             domains[domain.name] = domain
         tlds = tuple(sorted({d.tld for d in domains.values()} | missing | served))
-        return cls(domains, tlds, missing, now, source, description, default_state)
+        return cls(domains, tlds, missing, now, source, description, default_state, no_whois)
 
 
 def parse_scenario(text: str, *, now: datetime | None = None, source: str = "<string>") -> Scenario:

@@ -30,11 +30,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from lapsewatch.world.live import LiveScenario, RequestCounter
+from lapsewatch.world.scenario import DomainScenario
+
 __all__ = [
     "STATES",
     "LoopbackWhoisServer",
     "WhoisEntry",
+    "WorldWhoisServer",
     "render_answer",
+    "whois_entry",
 ]
 
 WhoisState = Literal["registered", "expiring", "redemption", "pending_delete", "available"]
@@ -180,7 +185,7 @@ class _Handler(socketserver.BaseRequestHandler):
         query = data.decode("utf-8", "replace")
         domain = _asked_domain(query)
         server.record(query.strip())
-        entry = server.entries.get(domain)
+        entry = server.entry_for(domain)
         payload = server.answer(domain, entry)
         if payload is None:
             return
@@ -229,6 +234,10 @@ class LoopbackWhoisServer(socketserver.ThreadingTCPServer):
     def record(self, query: str) -> None:
         with self._lock:
             self.queries.append(query)
+
+    def entry_for(self, domain: str) -> WhoisEntry | None:
+        """What to answer about ``domain`` (``None``: not registered)."""
+        return self.entries.get(domain)
 
     def entry_for_connection(self) -> WhoisEntry | None:
         mode = self.connection_mode
@@ -283,3 +292,48 @@ class LoopbackWhoisServer(socketserver.ThreadingTCPServer):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_STATE_FOR_WHOIS: Mapping[str, WhoisState] = {
+    "registered": "registered",
+    "for_sale": "registered",  # a parked name is registered; its name servers say the rest
+    "reregistered": "registered",
+    "expiring": "expiring",
+    "redemption": "redemption",
+    "pending_delete": "pending_delete",
+    "available": "available",
+}
+
+
+def whois_entry(domain: DomainScenario | None) -> WhoisEntry | None:
+    """What a world's registry WHOIS server says about a scenario domain: its given
+    ``whois`` text, its ``whois_fault``, or an answer written from its state."""
+    if domain is None:
+        return None
+    if domain.whois_fault != "ok":
+        return WhoisEntry(mode=domain.whois_fault)
+    if domain.whois is not None:
+        return WhoisEntry(text=domain.whois)
+    state = _STATE_FOR_WHOIS[domain.state]
+    if state == "available":
+        return None
+    return WhoisEntry(
+        state=state,
+        registered=domain.registered,
+        expires=domain.expires,
+        nameservers=domain.nameservers or ("ns1.example.net",),
+    )
+
+
+class WorldWhoisServer(LoopbackWhoisServer):
+    """The world's registry WHOIS server: answers from the live scenario, counts queries
+    per asked domain (``requests``)."""
+
+    def __init__(self, live: LiveScenario, *, hang_seconds: float = 30.0) -> None:
+        super().__init__(hang_seconds=hang_seconds)
+        self.live = live
+        self.requests = RequestCounter()
+
+    def entry_for(self, domain: str) -> WhoisEntry | None:
+        self.requests.add(domain)
+        return whois_entry(self.live.current.scenario.domain(domain))

@@ -35,8 +35,11 @@ __all__ = [
     "Delegation",
     "apex_nameserver",
     "build_apex_zones",
+    "build_mail_zones",
     "build_zones",
     "delegation",
+    "mail_zone",
+    "mx_rrset",
     "zone_text",
 ]
 
@@ -65,6 +68,43 @@ def build_zones(scenario: Scenario, serial: int) -> dict[str, dns.zone.Zone]:
         if domain.delegated and domain.tld in by_tld:
             by_tld[domain.tld].append(domain)
     return {tld: _build_zone(tld, by_tld[tld], serial) for tld in scenario.tlds}
+
+
+def build_mail_zones(scenario: Scenario, serial: int) -> dict[str, dns.zone.Zone]:
+    """For each listed delegated domain with mail hosts, its own zone (keyed by its name)
+    holding its MX records: NSD then answers MX as the domain's own server would (the
+    builtin server answers those from the scenario directly)."""
+    return {
+        domain.name: mail_zone(domain, serial)
+        for domain in scenario.domains.values()
+        if domain.delegated and domain.mx and domain.tld in scenario.tlds
+    }
+
+
+def mx_rrset(domain: DomainScenario) -> dns.rrset.RRset:
+    """The domain's MX records: preference 10, 20, … in the scenario's order."""
+    return dns.rrset.from_text_list(
+        domain.name + ".",
+        NS_TTL,
+        "IN",
+        "MX",
+        [f"{10 * (i + 1)} {host}." for i, host in enumerate(domain.mx)],
+    )
+
+
+def mail_zone(domain: DomainScenario, serial: int) -> dns.zone.Zone:
+    """The domain's own zone: SOA, its name servers (in-zone ones at loopback), MX."""
+    zone = dns.zone.Zone(dns.name.from_text(domain.name), relativize=False)
+    primary = domain.nameservers[0] if domain.nameservers else f"ns1.{domain.name}"
+    soa = f"{primary}. hostmaster.{domain.name}. {serial} 1800 900 604800 {SOA_MINIMUM}"
+    _add(zone, domain.name, "SOA", soa)
+    for host in domain.nameservers:
+        _add(zone, domain.name, "NS", f"{host}.")
+        if host.endswith(f".{domain.name}"):
+            _add(zone, host, "A", LOOPBACK)
+    for rdata in mx_rrset(domain):
+        _add(zone, domain.name, "MX", rdata.to_text())
+    return zone
 
 
 def build_apex_zones(scenario: Scenario, serial: int) -> dict[str, dns.zone.Zone]:

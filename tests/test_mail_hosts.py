@@ -1,0 +1,345 @@
+"""Mail hosts (MX) on other registrable domains (issue #12): ``mail_host_lapsed``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, select
+
+from lapsewatch.cycle import run_cycle
+from lapsewatch.domains import parse
+from lapsewatch.mail_hosts import MailProviders, mail_host_domains, mail_providers
+from lapsewatch.scan import checker as scan_checker
+from lapsewatch.scan.addresses import extract
+from lapsewatch.scan.findings import Status, findings_for_package
+from lapsewatch.scan.packages import PackageMetadata
+from lapsewatch.sources.interface import Observation, Outcome
+from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
+from lapsewatch.verdict import DANGEROUS, Decision, MailHostCheck, Verdict, decide, settle
+from lapsewatch.world import Scenario, World, parse_scenario
+from tests.cycle_support import settings_for
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+LONG_AGO = datetime(2019, 5, 1, tzinfo=UTC)
+
+SCENARIO = """
+[[domains]]
+name = "old-mail.test"          # the mail host's domain: nobody renewed it
+state = "available"
+
+[[domains]]
+name = "mailed.test"
+registered = "2010-06-01"
+mx = ["mx1.old-mail.test", "mx2.old-mail.test"]
+
+[[domains]]
+name = "also-mailed.test"       # shares the lapsed mail host with mailed.test
+registered = "2010-06-01"
+mx = ["mx.old-mail.test"]
+
+[[domains]]
+name = "hosted.test"            # Google Workspace: a provider, never asked about
+registered = "2010-06-01"
+mx = ["aspmx.l.google.com", "alt1.aspmx.l.google.com"]
+
+[[domains]]
+name = "selfmail.test"          # its own mail host
+registered = "2010-06-01"
+mx = ["mail.selfmail.test"]
+
+[[domains]]
+name = "good-mail.test"
+registered = "2010-06-01"
+
+[[domains]]
+name = "fine.test"              # mail hosted elsewhere, on a healthy domain
+registered = "2010-06-01"
+mx = ["mx.good-mail.test"]
+
+[[domains]]
+name = "shaky-mail.test"        # a mail host's domain with only thin evidence of danger
+registered = "2010-06-01"
+rdap = "500"
+dns = "lie"
+
+[[domains]]
+name = "thin.test"
+registered = "2010-06-01"
+mx = ["mx.shaky-mail.test"]
+"""
+
+ACCOUNTS = {
+    "mia": ["mia@mailed.test", "mia@gmail.com"],
+    "moe": ["moe@also-mailed.test"],
+    "hal": ["hal@hosted.test"],
+    "sam": ["sam@selfmail.test"],
+    "fin": ["fin@fine.test"],
+    "tim": ["tim@thin.test"],
+}
+
+
+def scenario() -> Scenario:
+    return parse_scenario(SCENARIO, now=NOW, source="mail-hosts")
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with World(scenario(), hang_seconds=1.0) as running:
+        yield running
+
+
+def seed(engine: Engine) -> None:
+    with make_sessionmaker(engine).begin() as session:
+        names: set[str] = set()
+        for username, addresses in ACCOUNTS.items():
+            account = Account(username=username, created_at=LONG_AGO, projects=[])
+            for index, address in enumerate(addresses):
+                parsed = parse(address)
+                account.emails.append(
+                    Email(
+                        address=address,
+                        domain=parsed.domain,
+                        free_provider=parsed.free_provider,
+                        primary=index == 0,
+                        verified=True,
+                        verified_at=LONG_AGO,
+                    )
+                )
+                if not parsed.free_provider:
+                    names.add(parsed.domain)
+            session.add(account)
+        session.add_all(Domain(name=n, consecutive_failures=0) for n in sorted(names))
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def dns_with(*hosts: str, domain: str = "x.test") -> Observation:
+    return Observation(
+        "dns", domain, Outcome.ANSWERED, "delegated", found=True, mail_hosts=tuple(hosts)
+    )
+
+
+def test_which_mail_hosts_are_checked() -> None:
+    observed = [
+        dns_with(
+            "mx1.old-mail.test",
+            "mx2.old-mail.test",  # the same registrable domain: once
+            "mail.x.test",  # the domain itself
+            "aspmx.l.google.com",
+            "x-test.mail.protection.outlook.com",
+            "in1-smtp.messagingengine.com",
+            "mx01.mail.icloud.com",
+            "mx.gmail.com",  # free providers count as providers
+            "mx.other.co.uk",  # the Public Suffix List decides the registrable domain
+            "127.0.0.1",
+        )
+    ]
+    assert mail_host_domains("x.test", observed) == [
+        ("mx1.old-mail.test", "old-mail.test"),
+        ("mx.other.co.uk", "other.co.uk"),
+    ]
+    assert mail_host_domains("x.test", observed, limit=1) == [
+        ("mx1.old-mail.test", "old-mail.test")
+    ]
+    errors = [Observation.error("dns", "x.test", "timeout")]
+    assert mail_host_domains("x.test", errors) == []
+    assert MailProviders(["protection.outlook.com"]).covers("a.mail.protection.outlook.com")
+    assert not MailProviders(["protection.outlook.com"]).covers("outlook.com.evil.test")
+    assert {"google.com", "pphosted.com", "mimecast.com"} <= mail_providers().entries
+
+
+def _decision(verdict: Verdict, doubt: str | None = None) -> Decision:
+    return Decision("old-mail.test", verdict, f"{verdict.value} because", "rdap", doubt=doubt)
+
+
+RECORD = Observation(
+    "rdap",
+    "x.test",
+    Outcome.ANSWERED,
+    "record",
+    found=True,
+    status=("active",),
+    expires_at=NOW + timedelta(days=200),
+)
+
+
+def test_verdict_with_mail_hosts() -> None:
+    assert Verdict.MAIL_HOST_LAPSED in DANGEROUS
+    firm = MailHostCheck("mx1.old-mail.test", "old-mail.test", _decision(Verdict.AVAILABLE))
+    decision = decide("x.test", [RECORD], now=NOW, mail_hosts=[firm])
+    assert decision.verdict is Verdict.MAIL_HOST_LAPSED
+    assert decision.firm
+    assert decision.reason.startswith(
+        "mail host mx1.old-mail.test is on old-mail.test, which is available: "
+    )
+    assert decision.mail_hosts == (firm,)
+
+    thin = MailHostCheck("mx.shaky.test", "shaky.test", _decision(Verdict.AVAILABLE, "dns alone"))
+    pending = decide("x.test", [RECORD], now=NOW, mail_hosts=[thin])
+    assert pending.verdict is Verdict.MAIL_HOST_LAPSED
+    assert not pending.firm
+    assert "dns alone" in (pending.doubt or "")
+    settled = settle(pending, None, now=NOW, confirm_after=timedelta(hours=1)).decision
+    assert settled.verdict is Verdict.UNKNOWN
+    assert settled.pending is Verdict.MAIL_HOST_LAPSED
+
+    fine = MailHostCheck("mx.good.test", "good.test", _decision(Verdict.REGISTERED))
+    unknown = MailHostCheck("mx.dark.test", "dark.test", _decision(Verdict.UNKNOWN))
+    assert decide("x.test", [RECORD], now=NOW, mail_hosts=[fine, unknown]).verdict is (
+        Verdict.REGISTERED
+    )
+    # The domain's own firm danger names the verdict.
+    redemption = Observation(
+        "rdap", "x.test", Outcome.ANSWERED, "r", found=True, status=("redemption period",)
+    )
+    assert decide("x.test", [redemption], now=NOW, mail_hosts=[firm]).verdict is (
+        Verdict.REDEMPTION
+    )
+    # The mail host's danger stands even when the domain's own registry cannot be reached.
+    down = Observation.error("rdap", "x.test", "HTTP 500")
+    assert decide("x.test", [down], now=NOW, mail_hosts=[firm]).verdict is (
+        Verdict.MAIL_HOST_LAPSED
+    )
+
+
+# ------------------------------------------------------------------ lapsewatch domain
+
+
+def lapsewatch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
+    environ.update({"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200"})
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "lapsewatch", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_domain_command(world: World) -> None:
+    result = lapsewatch("domain", "mia@mailed.test", "--format", "json", env=world.env())
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "mail_host_lapsed"
+    assert data["dangerous"]
+    assert "mail host mx1.old-mail.test is on old-mail.test, which is available" in data["reason"]
+    assert data["mail_hosts"][0]["domain"] == "old-mail.test"
+    assert data["mail_hosts"][0]["verdict"] == "available"
+    table = lapsewatch("domain", "mia@mailed.test", env=world.env())
+    assert table.returncode == 1
+    assert "mail_host_lapsed" in table.stdout
+    assert "mail host mx1.old-mail.test" in table.stdout
+
+    world.rdap_requests.reset()
+    world.dns_requests.reset()
+    hosted = lapsewatch("domain", "hal@hosted.test", "--format", "json", env=world.env())
+    assert hosted.returncode == 0, hosted.stdout
+    assert json.loads(hosted.stdout)["verdict"] == "registered"
+    assert json.loads(hosted.stdout)["mail_hosts"] == []
+    asked = {*world.rdap_requests.as_dict(), *world.dns_requests.as_dict()}
+    assert not any("google" in name for name in asked), asked
+
+
+# ------------------------------------------------------------------ the cycle
+
+
+def test_cycle_unverifies_behind_a_lapsed_mail_host(world: World, engine: Engine) -> None:
+    seed(engine)
+    for counter in (world.rdap_requests, world.dns_requests, world.fastly_requests):
+        counter.reset()
+    summary = run_cycle(settings_for(world), engine, now=NOW)
+    assert summary.verdicts["mail_host_lapsed"] == 2
+    assert summary.unverified == 2
+    with make_sessionmaker(engine)() as session:
+        emails = {e.address: e for e in session.scalars(select(Email))}
+        for address in ("mia@mailed.test", "moe@also-mailed.test"):
+            assert not emails[address].verified
+            assert emails[address].unverify_reason == "mail_host_lapsed"
+            assert "old-mail.test" in (emails[address].unverify_detail or "")
+        for address in ("hal@hosted.test", "sam@selfmail.test", "fin@fine.test", "tim@thin.test"):
+            assert emails[address].verified, address
+        assert emails["mia@gmail.com"].verified
+        events = session.scalars(select(Event).where(Event.kind == "email.unverified")).all()
+        assert {e.after["verdict"] for e in events if e.after} == {"mail_host_lapsed"}
+        notices = session.scalars(select(Notice)).all()
+        assert {n.subject.split()[2] for n in notices} == {
+            "mia@mailed.test",
+            "moe@also-mailed.test",
+        }
+        thin = session.get(Domain, "thin.test")
+        assert thin is not None
+        assert thin.last_verdict == "unknown"
+        pending = session.scalars(
+            select(Event).where(Event.kind == "domain.confirmation_pending")
+        ).all()
+        assert [e.domain for e in pending] == ["thin.test"]
+    # Each mail-host domain was asked about once, however many domains share it;
+    # a provider's domain never.
+    assert world.rdap_requests["old-mail.test"] == 1
+    assert world.fastly_requests["old-mail.test"] == 1
+    assert world.rdap_requests["good-mail.test"] == 1
+    asked = {*world.rdap_requests.as_dict(), *world.dns_requests.as_dict()}
+    asked |= set(world.fastly_requests.as_dict())
+    assert not any("google" in name for name in asked), asked
+
+
+# ------------------------------------------------------------------ scan
+
+
+def test_scan_shows_the_lapsed_mail_host(world: World) -> None:
+    settings = settings_for(world)
+    checks = asyncio.run(scan_checker.check_domains(["mailed.test", "hosted.test"], settings))
+    assert "old-mail.test" in checks.observations  # the mail host's domain, asked once
+    assert checks.asked == 2
+    assert not any("google" in d for d in checks.observations)
+    package = PackageMetadata(
+        "mail-lib", "1.0", author_email="a@mailed.test, b@hosted.test", published_at=LONG_AGO
+    )
+    found = findings_for_package(
+        package,
+        extract("Author-email", "a@mailed.test, b@hosted.test"),
+        checks.observations,
+        now=NOW,
+    )
+    by_address = {f.address: f for f in found}
+    assert by_address["a@mailed.test"].status is Status.MAIL_HOST_LAPSED
+    assert by_address["a@mailed.test"].status.dangerous
+    assert "mx1.old-mail.test" in by_address["a@mailed.test"].reason
+    assert by_address["b@hosted.test"].status is Status.REGISTERED
+
+
+# ------------------------------------------------------------------ the world's DNS servers
+
+
+@pytest.mark.parametrize("backend", ["builtin", pytest.param("nsd", marks=pytest.mark.nsd)])
+def test_both_dns_servers_answer_mx(backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "nsd":
+        request.getfixturevalue("require_nsd")
+    from lapsewatch.sources.dns import DnsSource
+
+    with World(scenario(), dns=backend) as running:  # type: ignore[arg-type]
+        source = DnsSource(((running.dns_host, running.dns_port),), timeout=2.0)
+
+        async def observe() -> list[Observation]:
+            names = ("mailed.test", "good-mail.test", "old-mail.test")
+            return list(await asyncio.gather(*(source.observe(n) for n in names)))
+
+        mailed, plain, gone = asyncio.run(observe())
+    assert mailed.found
+    assert mailed.nameservers == ("ns1.mailed.test", "ns2.mailed.test")
+    assert mailed.mail_hosts == ("mx1.old-mail.test", "mx2.old-mail.test")
+    assert plain.found
+    assert plain.mail_hosts == ()
+    assert gone.found is False
+    assert gone.mail_hosts is None

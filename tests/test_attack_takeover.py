@@ -26,11 +26,11 @@ from sqlalchemy import Engine, select
 from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.errors import AccountError, InvalidSecondFactor, RateLimited
 from lapsewatch.accounts.service import AccountService
-from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.store import Email, Event, make_sessionmaker
 from lapsewatch.store.models import AddressHistory, Domain
 from lapsewatch.world import DomainScenario, World, demo_scenario
+from tests.cycle_support import settings_for
 from tests.mail_support import (
     Clock,
     MailServer,
@@ -69,17 +69,6 @@ def domains(world: World) -> Iterator[None]:
         world.remove_domain(name)
 
 
-def check_settings(world: World) -> Settings:
-    return Settings.from_env(
-        {
-            **world.env(),
-            "LAPSEWATCH_TIMEOUT": "0.5",
-            "LAPSEWATCH_ATTEMPTS": "2",
-            "LAPSEWATCH_MAX_RETRY_AFTER": "1",
-        }
-    )
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock(YEARS_AGO)
@@ -90,13 +79,13 @@ def svc(
     engine: Engine, smtp: MailServer, world: World, clock: Clock, domains: None
 ) -> AccountService:
     smtp.clear()
-    checker = CycleDomainChecker(check_settings(world))
+    checker = CycleDomainChecker(settings_for(world))
     return make_service(engine, account_settings(smtp.url), clock=clock, checker=checker)
 
 
 @pytest.fixture
 def app(engine: Engine, svc: AccountService, world: World) -> Iterator[TestClient]:
-    checks = check_settings(world)
+    checks = settings_for(world)
     web = make_web_app(engine, svc, settings=checks, checker=CycleDomainChecker(checks))
     with TestClient(web) as client:
         yield client
@@ -155,7 +144,7 @@ def test_takeover_by_removing_and_re_adding_a_lapsed_address_fails(
     clock.now = NOW
     # 1. The domain lapses and the cycle unverifies the address.
     world.set_domain(DomainScenario.make("victimcorp.test", "available", now=NOW))
-    assert run_cycle(check_settings(world), engine, now=NOW).unverified == 1
+    assert run_cycle(settings_for(world), engine, now=NOW).unverified == 1
     # 2. The attacker registers it again: healthy-looking, registered an hour ago.
     world.set_domain(
         DomainScenario.make("victimcorp.test", "registered", now=NOW, registered="-1h")
@@ -196,7 +185,7 @@ def test_a_never_verified_address_on_a_re_registered_domain_needs_the_session(
     owner_years_ago(svc, smtp, "victim", VICTIM)
     clock.now = NOW
     world.set_domain(DomainScenario.make("victimcorp.test", "pending_delete", now=NOW))
-    run_cycle(check_settings(world), engine, now=NOW)
+    run_cycle(settings_for(world), engine, now=NOW)
     world.set_domain(
         DomainScenario.make("victimcorp.test", "registered", now=NOW, registered="-1h")
     )
@@ -254,7 +243,7 @@ def test_attack_case_variant_of_an_unverified_address_is_the_same_address(
     owner_years_ago(svc, smtp, "victim", VICTIM)
     clock.now = NOW
     world.set_domain(DomainScenario.make("victimcorp.test", "redemption", now=NOW))
-    assert run_cycle(check_settings(world), engine, now=NOW).unverified == 1
+    assert run_cycle(settings_for(world), engine, now=NOW).unverified == 1
     smtp.clear()
     # Nobody can add the upper-case variant as a new, separate address ...
     other = created(svc.sign_up("someone", PASSWORD, "someone@gmail.com"))
@@ -341,7 +330,7 @@ def test_attack_reset_links_die_when_their_address_is_unverified(
     link = token_from(smtp.inbox(VICTIM)[-1])
     assert svc.check_reset_token(link).username == "victim"
     world.set_domain(DomainScenario.make("victimcorp.test", "redemption", now=NOW))
-    run_cycle(check_settings(world), engine, now=NOW)
+    run_cycle(settings_for(world), engine, now=NOW)
     with pytest.raises(AccountError):
         svc.check_reset_token(link)
     with pytest.raises(AccountError):

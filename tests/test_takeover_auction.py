@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, select
 
-from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.store import Email, make_sessionmaker
 from lapsewatch.store.models import Account, Domain
 from lapsewatch.world import DomainScenario, World, demo_scenario
+from tests.cycle_support import settings_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 OWNER_NS = ["ns1.owner-dns.test", "ns2.owner-dns.test"]
@@ -26,12 +26,6 @@ OWNER_NS = ["ns1.owner-dns.test", "ns2.owner-dns.test"]
 def world() -> Iterator[World]:
     with World(demo_scenario(now=NOW), hang_seconds=1.0) as running:
         yield running
-
-
-def settings(world: World) -> Settings:
-    return Settings.from_env(
-        {**world.env(), "LAPSEWATCH_TIMEOUT": "0.5", "LAPSEWATCH_ATTEMPTS": "2"}
-    )
 
 
 def seed(engine: Engine, address: str, domain: str) -> None:
@@ -74,13 +68,13 @@ def test_takeover_by_auction_in_the_auto_renew_grace_is_caught(
     seed(engine, "m@sold.test", "sold.test")
     world.set_domain(DomainScenario.make("sold.test", "registered", now=NOW, nameservers=OWNER_NS))
     try:
-        run_cycle(settings(world), engine, now=NOW - timedelta(days=40))
+        run_cycle(settings_for(world), engine, now=NOW - timedelta(days=40))
         domain, email = row(engine, "sold.test")
         assert domain.nameservers == OWNER_NS
         assert email.verified
         # Expired, auto-renewed by the registry, auctioned and pushed to a buyer.
         world.set_domain(grace("sold.test", ["ns1.buyer-parking.test"]))
-        summary = run_cycle(settings(world), engine, now=NOW, everything=True)
+        summary = run_cycle(settings_for(world), engine, now=NOW, everything=True)
         assert summary.unverified == 1
         domain, email = row(engine, "sold.test")
         assert not email.verified
@@ -97,9 +91,9 @@ def test_a_paying_owner_in_the_grace_is_checked_daily_and_left_alone(
     seed(engine, "m@late.test", "late.test")
     world.set_domain(DomainScenario.make("late.test", "registered", now=NOW, nameservers=OWNER_NS))
     try:
-        run_cycle(settings(world), engine, now=NOW - timedelta(days=40))
+        run_cycle(settings_for(world), engine, now=NOW - timedelta(days=40))
         world.set_domain(grace("late.test", OWNER_NS))
-        assert run_cycle(settings(world), engine, now=NOW, everything=True).unverified == 0
+        assert run_cycle(settings_for(world), engine, now=NOW, everything=True).unverified == 0
         domain, email = row(engine, "late.test")
         assert email.verified
         assert domain.next_due_at == NOW + timedelta(days=1)  # daily while in the grace

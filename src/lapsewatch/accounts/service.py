@@ -101,7 +101,7 @@ from lapsewatch.accounts.totp import (
     provisioning_uri,
 )
 from lapsewatch.config import Settings
-from lapsewatch.cycle.apply import CheckResult, apply_result, remember_unverified
+from lapsewatch.cycle.apply import CheckResult, apply_result, unverify_email
 from lapsewatch.cycle.due import DueDomain, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.domains import DomainError, FreeProviders, load_free_providers, parse
@@ -1458,11 +1458,7 @@ def _refuse_verification(
         f"{verified.domain} was registered again on {isoformat(result.decision.registered_at)}, "
         f"after the registration seen before ({isoformat(known)})"
     )
-    email.verified = False
-    email.unverified_at = now
-    email.unverify_reason = Verdict.REREGISTERED.value
-    email.unverify_detail = reason
-    remember_unverified(session, email, Verdict.REREGISTERED, now)
+    unverify_email(session, email, Verdict.REREGISTERED, reason, now)
     record(
         session,
         at=now,

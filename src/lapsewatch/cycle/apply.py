@@ -60,9 +60,9 @@ __all__ = [
     "CheckResult",
     "apply_result",
     "apply_results",
-    "remember_unverified",
     "settle_results",
     "stored_evidence",
+    "unverify_email",
     "would_unverify",
 ]
 
@@ -440,20 +440,8 @@ def _unverify(session: Session, result: CheckResult) -> int:
     for email in candidates:
         if not _affected(email, result):
             continue
-        changed = session.execute(  # type: ignore[attr-defined]  # rowcount: CursorResult
-            update(Email)
-            .where(Email.id == email.id, Email.verified.is_(True))
-            .values(
-                verified=False,
-                unverified_at=now,
-                unverify_reason=decision.verdict.value,
-                unverify_detail=decision.reason,
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed != 1:
+        if not unverify_email(session, email, decision.verdict, decision.reason, now):
             continue  # another worker got there first
-        remember_unverified(session, email, decision.verdict, now)
         event_id = _insert_event(
             session,
             {
@@ -482,13 +470,30 @@ def _unverify(session: Session, result: CheckResult) -> int:
     return len(unverified)
 
 
-def remember_unverified(session: Session, email: Email, verdict: Verdict, now: datetime) -> None:
-    """Keep the unverify beyond the address row, and kill the links sent to it.
+def unverify_email(
+    session: Session, email: Email, verdict: Verdict, detail: str, now: datetime
+) -> bool:
+    """Unverify a verified address for ``verdict``; false if it was not verified
+    (another worker got there first). One conditional UPDATE, so it happens once.
 
-    The history survives the address's removal, so re-adding it (or importing a
-    case variant) cannot wash it clean; an open reset or verification link sent
+    The unverify is also kept beyond the address row (``address_history``), so
+    removing and re-adding the address (or importing a case variant) cannot wash
+    it clean, and the open links sent to it die: a reset or verification link sent
     before now may sit in a mailbox that is no longer the owner's.
     """
+    changed = session.execute(  # type: ignore[attr-defined]  # rowcount: CursorResult
+        update(Email)
+        .where(Email.id == email.id, Email.verified.is_(True))
+        .values(
+            verified=False,
+            unverified_at=now,
+            unverify_reason=verdict.value,
+            unverify_detail=detail,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        return False
     values = {
         "address_key": address_key(email.address),
         "domain": email.domain,
@@ -510,6 +515,7 @@ def remember_unverified(session: Session, email: Email, verdict: Verdict, now: d
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
+    return True
 
 
 def _queue_notices(

@@ -231,6 +231,6 @@ class DnsSource(Source):
             detail=f"{detail} ({server})",
             found=True,
             status=status,
-            nameservers=tuple(dict.fromkeys(nameservers)),
+            nameservers=tuple(sorted(set(nameservers))),  # an RRset has no order
             evidence=evidence,
         )

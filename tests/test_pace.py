@@ -207,7 +207,23 @@ class Hanging(Source):
                 return Observation.error(self.name, domain, exc.reason)
             self.sent += 1
             self.clock.now += 5.0  # the whole request timeout went by
+            self.pacer.timed_out("hang:443")
         return Observation.error(self.name, domain, "no answer")
+
+
+class Flaky(Hanging):
+    """Fails fast (a reset, a 503) and waits out a long backoff before each retry."""
+
+    async def observe(self, domain: str) -> Observation:
+        assert self.pacer is not None
+        for _ in range(3):
+            try:
+                await self.pacer.request("flaky:443")
+            except NotSent as exc:
+                return Observation.error(self.name, domain, exc.reason)
+            self.sent += 1
+            self.clock.now += 6.0  # a backoff longer than the request timeout
+        return Observation.error(self.name, domain, "connection reset")
 
 
 def test_a_timed_out_server_is_not_retried_inline() -> None:
@@ -219,6 +235,17 @@ def test_a_timed_out_server_is_not_retried_inline() -> None:
     assert source.sent == 1
     assert observation.outcome is Outcome.ERROR
     assert "not retried now" in observation.detail
+
+
+def test_a_pause_between_attempts_is_not_a_timeout() -> None:
+    clock = Clock()
+    pacer = _pacer(clock, timeout=5.0)
+    source = Flaky(clock)
+    limited = Limited(source, concurrency=2, pacer=pacer)
+    observation = asyncio.run(limited.observe("x.example"))
+    assert source.sent == 3
+    assert observation.detail == "connection reset"
+    assert pacer.not_sent == 0
 
 
 # -- the store --------------------------------------------------------------------------------

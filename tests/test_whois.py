@@ -344,6 +344,9 @@ class _Pacer:
         self.refusals.append(retry_after)
         self.servers.append(server)
 
+    def timed_out(self, server: str = "") -> None:
+        self.servers.append(f"timed out: {server}")
+
 
 def test_pacer_and_limiter_see_every_attempt(server: LoopbackWhoisServer) -> None:
     entered: list[str] = []

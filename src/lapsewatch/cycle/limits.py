@@ -101,6 +101,12 @@ class Limited(Source):
         while (wait := self._not_before - time.monotonic()) > 0:
             await asyncio.sleep(wait)
 
+    def timed_out(self, server: str = "") -> None:
+        """Mark ``server`` as silent for the rest of this observation (with a pacer)."""
+        trace = current_trace()
+        if self._pacer is not None and trace is not None:
+            trace.timed_out.add(server or f"({self.name})")
+
     def refused(self, retry_after: float | None, server: str = "") -> None:
         self.rate_limited += 1
         if self._pacer is not None:

@@ -14,7 +14,8 @@ every request on the wire, and what it learns from the answers.
   mid-run, this process goes on alone with what it last knew (logged once).
 * **Never holding a domain.** A request whose server is paused (``Retry-After``) for
   more than ``LAPSEWATCH_PACE_MAX_WAIT`` seconds, or a retry after the same server let
-  the previous attempt time out, is not sent: :class:`NotSent` makes that domain's
+  the previous attempt time out (the source reports it: ``Pacer.timed_out``; a pause
+  between attempts is not a timeout), is not sent: :class:`NotSent` makes that domain's
   observation an error at once, and the schedule retries it later (backoff). Waiting
   in a server's queue is not cut short: that is the cycle's real work, and the domain
   deadline (``LAPSEWATCH_DOMAIN_DEADLINE``) bounds it.
@@ -79,12 +80,8 @@ class Trace:
     slot: bool = False
     """Holds one of the source's concurrency slots (taken with the first request out)."""
     refused: bool = False
-
-    def last_to(self, server: str) -> float | None:
-        for name, at in reversed(self.sent):
-            if name == server:
-                return at
-        return None
+    timed_out: set[str] = field(default_factory=set)
+    """Servers that let a request of this observation time out (the source said so)."""
 
 
 _TRACE: ContextVar[Trace | None] = ContextVar("lapsewatch_pace_trace", default=None)
@@ -170,8 +167,7 @@ class ServerPacer:
         self._sources[server] = source
         trace = _TRACE.get()
         now = self._clock()
-        previous = trace.last_to(server) if trace is not None else None
-        if previous is not None and now - previous >= TIMEOUT_SHARE * self.timeout:
+        if trace is not None and server in trace.timed_out:
             self.not_sent += 1
             self._epoch(server, now).timeouts += 1
             raise NotSent(

@@ -210,7 +210,13 @@ async def _follow(
         try:
             async with asyncio.timeout(deadline):
                 reply, location = await _once(client, current, headers, max_bytes)
+        except httpx.TimeoutException:
+            if pacer is not None:
+                pacer.timed_out(server_of(current))
+            raise
         except TimeoutError:
+            if pacer is not None:
+                pacer.timed_out(server_of(current))
             raise RequestDeadline(
                 f"no answer within {deadline:g} s (deadline for the whole request)"
             ) from None

@@ -177,13 +177,19 @@ class DnsSource(Source):
         self, domain: str, host: str, port: int, rdtype: dns.rdatatype.RdataType = dns.rdatatype.NS
     ) -> dns.message.Message:
         query = dns.message.make_query(domain, rdtype)
+        server = f"{host}:{port}"
         if self.pacer is not None:
-            await self.pacer.request(f"{host}:{port}")
-        response = await dns.asyncquery.udp(query, host, port=port, timeout=self._timeout)
-        if response.flags & dns.flags.TC:
+            await self.pacer.request(server)
+        try:
+            response = await dns.asyncquery.udp(query, host, port=port, timeout=self._timeout)
+            if response.flags & dns.flags.TC:
+                if self.pacer is not None:
+                    await self.pacer.request(server)
+                response = await dns.asyncquery.tcp(query, host, port=port, timeout=self._timeout)
+        except dns.exception.Timeout:
             if self.pacer is not None:
-                await self.pacer.request(f"{host}:{port}")
-            response = await dns.asyncquery.tcp(query, host, port=port, timeout=self._timeout)
+                self.pacer.timed_out(server)
+            raise
         return response
 
     def _interpret(self, domain: str, response: dns.message.Message, server: str) -> Observation:

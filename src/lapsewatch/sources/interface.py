@@ -139,6 +139,10 @@ class Pacer(Protocol):
         """``server`` said "too many requests" (HTTP 429, DNS REFUSED, a WHOIS quota
         text); ``retry_after`` seconds, when it said how long, pause requests to it."""
 
+    def timed_out(self, server: str = "") -> None:
+        """The last request to ``server`` got no answer in time: a retry to it within
+        the same observation may be refused (the domain is checked again later)."""
+
 
 class Source(ABC):
     """A domain status source. Implementations must not touch the store."""

@@ -101,6 +101,7 @@ async def query_whois(
     max_bytes: int = DEFAULT_MAX_BYTES,
     pause: float = 0.5,
     before_attempt: Callable[[], Any] | None = None,
+    on_timeout: Callable[[], Any] | None = None,
     limiter: Limiter | None = None,
 ) -> bytes:
     """The raw answer of ``server`` to one query line; raises :class:`WhoisQueryError`.
@@ -108,6 +109,8 @@ async def query_whois(
     ``timeout`` bounds each attempt (connect, send, read to the end), ``deadline``
     all of them with the pauses between; only network failures and timeouts are
     retried (a registry's text answer, even a rate-limit one, is never asked again).
+    ``before_attempt`` is awaited before each attempt (a pacer's turn) and may raise
+    to stop; ``on_timeout`` is told of each attempt that timed out.
     """
     if not query.isascii() or any(c in query for c in "\r\n\x00"):
         raise WhoisQueryError("query is not one ASCII line")
@@ -130,6 +133,8 @@ async def query_whois(
                     return await _ask_once(server, query, timeout, max_bytes)
                 except TimeoutError:
                     last = f"no answer within {timeout:g} s"
+                    if on_timeout is not None:
+                        on_timeout()
                 except ConnectionRefusedError:
                     last = "connection refused"
                 except (ConnectionError, OSError) as exc:
@@ -241,6 +246,11 @@ class WhoisSource(Source):
                 pause=self._pause,
                 before_attempt=(
                     (lambda: pacer.request(f"{server.host}:{server.port}"))
+                    if pacer is not None
+                    else None
+                ),
+                on_timeout=(
+                    (lambda: pacer.timed_out(f"{server.host}:{server.port}"))
                     if pacer is not None
                     else None
                 ),

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Bump when the generated files change, so cached ones are not reused."""
 
 # Free providers as most registries see them: a few giants and a long tail.
@@ -74,15 +74,18 @@ FREE_PROVIDERS = (
     ("me.com", 1),
 )
 CUSTOM_TLDS: tuple[tuple[str, float], ...] = (
-    ("com", 60),
+    ("com", 57),
     ("org", 12),
     ("net", 10),
     ("io", 8),
     ("dev", 5),
     ("de", 5),
+    ("jp", 3),
 )
-"""The uniform world's TLDs (one RDAP server for all); the patchwork world's are those of
-``lapsewatch.world.pacing.PATCHWORK``."""
+"""The uniform world's TLDs (one RDAP server for all but :data:`WHOIS_TLDS`); the
+patchwork world's are those of ``lapsewatch.world.pacing.PATCHWORK``."""
+WHOIS_TLDS: tuple[str, ...] = ("jp",)
+"""The uniform world's TLDs without RDAP: its WHOIS server answers for them."""
 # Listed (non-default) domains, as fractions of the custom domains.
 LAPSED_STATES = (
     ("expiring", 0.006),
@@ -136,11 +139,20 @@ def generate(
     free_fraction: float,
     seed: int,
     custom_tlds: tuple[tuple[str, float], ...] = CUSTOM_TLDS,
+    whois_tlds: tuple[str, ...] = WHOIS_TLDS,
 ) -> Generated:
     """The registry (JSONL) and the world scenario (TOML); cached in ``workdir`` by parameters."""
     key = hashlib.sha256(
         json.dumps(
-            [GENERATOR_VERSION, addresses, domains, free_fraction, seed, list(custom_tlds)]
+            [
+                GENERATOR_VERSION,
+                addresses,
+                domains,
+                free_fraction,
+                seed,
+                list(custom_tlds),
+                list(whois_tlds),
+            ]
         ).encode()
     ).hexdigest()[:12]
     registry = workdir / f"registry-{key}.jsonl"
@@ -226,6 +238,7 @@ def generate(
         "[world]",
         'default_state = "registered"',
         f"tlds = {json.dumps(served)}",
+        f"rdap_missing_tlds = {json.dumps(list(whois_tlds))}",
         "",
     ]
     for name, options in sorted(listed.items()):
@@ -337,20 +350,20 @@ def world_main(argv: list[str]) -> None:
     parser.add_argument("--world", choices=("uniform", "patchwork"), default="uniform")
     args = parser.parse_args(argv)
     from lapsewatch.world import World, load_scenario
-    from lapsewatch.world.pacing import PatchworkRdap
+    from lapsewatch.world.pacing import Patchwork
 
     started = time.monotonic()
     scenario = load_scenario(args.scenario)
     world = World(scenario, latency=args.latency, rate_limit=args.rate or None, hang_seconds=6.0)
     with world, tempfile.TemporaryDirectory(prefix="lapsewatch-patchwork-") as directory:
         env = world.env()
-        patchwork: PatchworkRdap | None = None
+        patchwork: Patchwork | None = None
         if args.world == "patchwork":
-            # Every TLD on its own registry's RDAP server, each with its own quota and latency;
-            # DNS and Fastly stay the world's (--latency, --rate).
-            patchwork = PatchworkRdap(scenario, Path(directory))
+            # Every TLD on its own registry's RDAP or WHOIS server, each with its own quota
+            # and latency; DNS and Fastly stay the world's (--latency, --rate).
+            patchwork = Patchwork(scenario, Path(directory))
             patchwork.start()
-            env["LAPSEWATCH_RDAP_BOOTSTRAP_URL"] = str(patchwork.bootstrap_path)
+            env.update(patchwork.env())
         ready = time.monotonic() - started
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
@@ -372,16 +385,18 @@ def world_main(argv: list[str]) -> None:
                     usage = resource.getrusage(resource.RUSAGE_SELF)
                     pacing = world.pacing_stats()
                     # Per server: its quota and what it admitted and refused (the limit floor).
+                    if patchwork is not None:  # its own registries answer RDAP and WHOIS
+                        pacing.pop("rdap", None)
+                        pacing.pop("whois", None)
                     servers = {
                         name: {**counts, "quota": args.rate, "latency": args.latency}
                         for name, counts in pacing.items()
-                        if name != "rdap" or patchwork is None
                     }
                     if patchwork is not None:
-                        pacing.pop("rdap", None)
                         for name, stats in patchwork.stats().items():
-                            servers[f"rdap:{name}"] = stats
-                            pacing[f"rdap:{name}"] = {
+                            key = f"{stats['protocol']}:{name}"
+                            servers[key] = stats
+                            pacing[key] = {
                                 "admitted": stats["admitted"],
                                 "refused": stats["refused"],
                             }
@@ -1247,6 +1262,7 @@ def main(argv: list[str]) -> int:
             free_fraction=args.free_fraction,
             seed=args.seed,
             custom_tlds=CUSTOM_TLDS if args.world == "uniform" else _patchwork_tlds(),
+            whois_tlds=WHOIS_TLDS if args.world == "uniform" else (),  # patchwork: its own
         )
         log(
             f"starting the world: latency {args.latency * 1000:g} ms, {args.rate:g} requests/s "
@@ -1365,7 +1381,7 @@ def _one_database(
         env = {
             **world.env,
             "LAPSEWATCH_DATABASE_URL": url,
-            "LAPSEWATCH_SOURCES": "rdap,dns",
+            "LAPSEWATCH_SOURCES": "rdap,dns,whois",
             "LAPSEWATCH_CONCURRENCY": str(concurrency),
             "LAPSEWATCH_TIMEOUT": str(args.source_timeout),
             "LAPSEWATCH_PACE": args.pace,
@@ -1477,6 +1493,7 @@ def _cpu_pass(
             "LAPSEWATCH_SOURCES": env["LAPSEWATCH_SOURCES"],  # the measured cycle's sources
             "LAPSEWATCH_RATE_RDAP": "1000000",
             "LAPSEWATCH_RATE_DNS": "1000000",
+            "LAPSEWATCH_RATE_WHOIS": "1000000",
             "LAPSEWATCH_PACE": "source",  # CPU without any waiting: no rate to learn
             "LAPSEWATCH_CONCURRENCY": "100",
         }

@@ -12,7 +12,7 @@ import pytest
 
 from lapsewatch.sources import DnsSource
 from lapsewatch.world import World, demo_scenario
-from lapsewatch.world.pacing import PATCHWORK, Pacing, PatchworkRdap, Registry, tld_weights
+from lapsewatch.world.pacing import PATCHWORK, Pacing, Patchwork, Registry, tld_weights
 
 
 def test_token_bucket_admits_the_rate_and_refuses_above() -> None:
@@ -80,7 +80,7 @@ def test_each_patchwork_registry_has_its_own_server_and_quota(tmp_path: Path) ->
         Registry("one", (("test", 0.5),), quota=3, latency=0.0),
         Registry("two", (("example", 0.5),), quota=1000, latency=0.0),
     )
-    patchwork = PatchworkRdap(demo_scenario(), tmp_path, registries)
+    patchwork = Patchwork(demo_scenario(), tmp_path, registries)
     patchwork.start()
     try:
         services = json.loads(patchwork.bootstrap_path.read_text())["services"]
@@ -92,5 +92,39 @@ def test_each_patchwork_registry_has_its_own_server_and_quota(tmp_path: Path) ->
         stats = patchwork.stats()
         assert stats["one"]["refused"] == codes.count(429)
         assert stats["two"]["admitted"] == 0
+    finally:
+        patchwork.stop()
+
+
+def test_a_patchwork_whois_registry_answers_its_rate_limit_text(tmp_path: Path) -> None:
+    """A WHOIS-only registry: not in the RDAP bootstrap, in the WHOIS table, and above its
+    quota it answers as a busy registry does, which the WHOIS source reads as an error."""
+    from lapsewatch.sources import WhoisSource
+    from lapsewatch.sources.interface import Outcome
+    from lapsewatch.sources.whois_servers import load_whois_servers
+
+    registries = (
+        Registry("rdap-one", (("example", 0.5),), quota=1000, latency=0.0),
+        Registry("whois-one", (("test", 0.5),), quota=3, latency=0.0, protocol="whois"),
+    )
+    patchwork = Patchwork(demo_scenario(), tmp_path, registries)
+    patchwork.start()
+    try:
+        services = json.loads(patchwork.bootstrap_path.read_text())["services"]
+        assert [tlds for tlds, _ in services] == [["example"]]
+        source = WhoisSource(servers=load_whois_servers(str(patchwork.whois_servers_path)))
+
+        async def many() -> list[str]:
+            observations = [await source.observe("alive.test") for _ in range(8)]
+            return [o.outcome.value + ": " + o.detail for o in observations]
+
+        details = asyncio.run(many())
+        answered = [d for d in details if d.startswith(Outcome.ANSWERED.value)]
+        limited = [d for d in details if "rate limit" in d]
+        assert len(answered) == 3, details  # its quota, then its rate-limit text
+        assert len(limited) == 5, details
+        stats = patchwork.stats()["whois-one"]
+        assert (stats["protocol"], stats["admitted"], stats["refused"]) == ("whois", 3, 5)
+        assert patchwork.env()["LAPSEWATCH_WHOIS_SERVERS"] == str(patchwork.whois_servers_path)
     finally:
         patchwork.stop()

@@ -80,7 +80,8 @@ class World:
         trickle_seconds: float = 1.0,
     ) -> None:
         """``latency`` seconds are added to every answer and each server (RDAP, DNS,
-        Fastly) admits at most ``rate_limit`` requests a second (429 / REFUSED above);
+        Fastly, WHOIS) admits at most ``rate_limit`` requests a second (429, REFUSED or
+        a WHOIS rate-limit text above);
         a ``trickle`` fault sends a byte every ``trickle_seconds``."""
         if not isinstance(scenario, Scenario):
             scenario = load_scenario(scenario)
@@ -118,6 +119,7 @@ class World:
                 if isinstance(paced, RdapServer | FastlyServer | BuiltinDnsServer):
                     paced.pacing = Pacing(latency=self.latency, rate=self.rate_limit)
             self._whois = WorldWhoisServer(self._live, hang_seconds=self._hang_seconds)
+            self._whois.pacing = Pacing(latency=self.latency, rate=self.rate_limit)
             self._write_bootstrap(self._live.current)
             self._live.subscribe(self._write_bootstrap)
             for server in (self._rdap, self._fastly, self._dns):
@@ -227,7 +229,13 @@ class World:
     def pacing_stats(self) -> dict[str, dict[str, int]]:
         """Requests admitted and refused (over the rate limit) per server."""
         stats: dict[str, dict[str, int]] = {}
-        for name, server in (("rdap", self._rdap), ("fastly", self._fastly), ("dns", self._dns)):
+        servers = (
+            ("rdap", self._rdap),
+            ("fastly", self._fastly),
+            ("dns", self._dns),
+            ("whois", self._whois),
+        )
+        for name, server in servers:
             pacing = getattr(server, "pacing", None)
             if isinstance(pacing, Pacing):
                 stats[name] = {"admitted": pacing.admitted, "refused": pacing.refused}

@@ -1,6 +1,6 @@
 """Make the world behave like a real service under load: a fixed added latency per
 request and an enforced rate limit (what the benchmark measures against), and the
-"patchwork" world: many RDAP servers, each with its own unannounced quota."""
+"patchwork" world: many RDAP and WHOIS servers, each with its own unannounced quota."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from lapsewatch.world.rdap_server import RdapServer
     from lapsewatch.world.scenario import Scenario
+    from lapsewatch.world.whois_server import WorldWhoisServer
 
-__all__ = ["PATCHWORK", "Pacing", "PatchworkRdap", "Registry"]
+__all__ = ["PATCHWORK", "Pacing", "Patchwork", "Registry"]
 
 
 class Pacing:
@@ -54,14 +55,16 @@ class Pacing:
 
 @dataclass(frozen=True)
 class Registry:
-    """One RDAP server of the patchwork world: the TLDs it serves and their share of the
-    custom domains, its quota (requests/s, unannounced: 429 above it) and its latency."""
+    """One registry server of the patchwork world: the TLDs it serves and their share of
+    the custom domains, its quota (requests/s, unannounced: a 429 or, on WHOIS, a
+    rate-limit text above it), its latency and its protocol (RDAP, or WHOIS only)."""
 
     name: str
     tlds: tuple[tuple[str, float], ...]
     """``(tld, share of all custom domains)``."""
     quota: float
     latency: float
+    protocol: Literal["rdap", "whois"] = "rdap"
 
 
 PATCHWORK: tuple[Registry, ...] = (
@@ -69,8 +72,8 @@ PATCHWORK: tuple[Registry, ...] = (
     Registry("verisign", (("com", 0.42), ("net", 0.08)), quota=100, latency=0.06),
     Registry("pir", (("org", 0.12),), quota=40, latency=0.08),
     Registry("identity", (("io", 0.06), ("info", 0.02)), quota=30, latency=0.12),
-    Registry("google", (("dev", 0.04), ("app", 0.02)), quota=300, latency=0.02),
-    Registry("centralnic", (("xyz", 0.03), ("online", 0.01)), quota=200, latency=0.04),
+    Registry("google", (("dev", 0.03), ("app", 0.01)), quota=300, latency=0.02),
+    Registry("centralnic", (("xyz", 0.02), ("online", 0.01)), quota=200, latency=0.04),
     Registry("denic", (("de", 0.05),), quota=20, latency=0.15),
     Registry("nominet", (("uk", 0.03),), quota=15, latency=0.2),
     Registry("sidn", (("nl", 0.025),), quota=10, latency=0.1),
@@ -80,14 +83,19 @@ PATCHWORK: tuple[Registry, ...] = (
     Registry("switch", (("ch", 0.01),), quota=5, latency=0.4),
     Registry("punktum", (("dk", 0.01),), quota=6, latency=0.3),
     Registry("ai", (("ai", 0.01),), quota=5, latency=0.35),
+    # ccTLD registries without RDAP: their WHOIS servers, slow and strict.
+    Registry("jprs", (("jp", 0.01),), quota=4, latency=0.3, protocol="whois"),
+    Registry("tcinet", (("ru", 0.01),), quota=5, latency=0.25, protocol="whois"),
+    Registry("nic-it", (("it", 0.01),), quota=6, latency=0.2, protocol="whois"),
 )
 """Shares add up to 1; every registry but the first needs at most 60% of the first's
 time at its quota (share / quota), so a cycle paced well is as long as the first's."""
 
 
-class PatchworkRdap:
-    """One RDAP server per :class:`Registry`, each with its own :class:`Pacing`, and a
-    bootstrap file pointing each TLD at its registry's server."""
+class Patchwork:
+    """One server per :class:`Registry` (RDAP or WHOIS), each with its own
+    :class:`Pacing`; a bootstrap file pointing each RDAP TLD at its registry's server,
+    and a WHOIS server table for the others (``LAPSEWATCH_WHOIS_SERVERS``)."""
 
     def __init__(
         self,
@@ -98,48 +106,67 @@ class PatchworkRdap:
     ) -> None:
         from lapsewatch.world.live import LiveScenario
         from lapsewatch.world.rdap_server import RdapServer
+        from lapsewatch.world.whois_server import WorldWhoisServer
 
         self.registries = registries
         self.bootstrap_path = directory / "patchwork-dns.json"
+        self.whois_servers_path = directory / "patchwork-whois.json"
         live = LiveScenario(scenario)
-        self.servers: dict[str, RdapServer] = {}
+        self.servers: dict[str, RdapServer | WorldWhoisServer] = {}
         for registry in registries:
-            server = RdapServer(live, hang_seconds)
+            server: RdapServer | WorldWhoisServer
+            if registry.protocol == "whois":
+                server = WorldWhoisServer(live, hang_seconds=hang_seconds)
+            else:
+                server = RdapServer(live, hang_seconds)
             server.pacing = Pacing(latency=registry.latency, rate=registry.quota)
             self.servers[registry.name] = server
 
     def start(self) -> None:
-        from lapsewatch.world.rdap_server import tld_base_url
+        from lapsewatch.world import WHOIS_WORDING
+        from lapsewatch.world.rdap_server import RdapServer, tld_base_url
 
         for server in self.servers.values():
             server.start()
-        # Each TLD's own base URL, as IANA's file lists them.
-        document = {
-            "version": "1.0",
-            "description": "lapsewatch patchwork world",
-            "services": [
-                [[tld], [tld_base_url(self.servers[r.name].url, tld)]]
-                for r in self.registries
-                for tld, _ in r.tlds
-            ],
+        # Each TLD's own base URL, as IANA's file lists them; WHOIS TLDs are not in it.
+        services = []
+        whois: dict[str, dict[str, str]] = {}
+        for registry in self.registries:
+            server = self.servers[registry.name]
+            for tld, _ in registry.tlds:
+                if isinstance(server, RdapServer):
+                    services.append([[tld], [tld_base_url(server.url, tld)]])
+                else:
+                    whois[tld] = {"server": server.address, "like": WHOIS_WORDING}
+        document = {"version": "1.0", "description": "lapsewatch patchwork world"}
+        self.bootstrap_path.write_text(json.dumps({**document, "services": services}, indent=1))
+        self.whois_servers_path.write_text(json.dumps(whois, indent=1))
+
+    def env(self) -> dict[str, str]:
+        """Where the sources find this world's RDAP and WHOIS servers."""
+        return {
+            "LAPSEWATCH_RDAP_BOOTSTRAP_URL": str(self.bootstrap_path),
+            "LAPSEWATCH_WHOIS_SERVERS": str(self.whois_servers_path),
         }
-        self.bootstrap_path.write_text(json.dumps(document, indent=1))
 
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per registry: its quota, latency, and requests admitted and refused so far."""
-        return {
-            r.name: {
+        """Per registry: its protocol, quota, latency, and requests admitted and refused."""
+        stats: dict[str, dict[str, Any]] = {}
+        for r in self.registries:
+            pacing = self.servers[r.name].pacing
+            assert pacing is not None
+            stats[r.name] = {
+                "protocol": r.protocol,
                 "quota": r.quota,
                 "latency": r.latency,
-                "admitted": self.servers[r.name].pacing.admitted,
-                "refused": self.servers[r.name].pacing.refused,
+                "admitted": pacing.admitted,
+                "refused": pacing.refused,
             }
-            for r in self.registries
-        }
+        return stats
 
 
 def tld_weights(registries: tuple[Registry, ...] = PATCHWORK) -> tuple[tuple[str, float], ...]:

@@ -16,6 +16,10 @@ rate-limit text), ``empty`` (connection closed after the query, no bytes),
 server stops or ``hang_seconds`` pass), ``garbage`` (binary noise) and
 ``huge`` (an answer larger than any client should read). It only ever binds
 127.0.0.1.
+
+With a :class:`~lapsewatch.world.pacing.Pacing` (``pacing``) it acts like a busy
+registry: a fixed latency per answer and an unannounced quota, above which it
+answers with its rate-limit text, as real WHOIS servers do.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from lapsewatch.world.live import LiveScenario, RequestCounter
+from lapsewatch.world.pacing import Pacing
 from lapsewatch.world.scenario import DomainScenario
 
 __all__ = [
@@ -185,6 +190,13 @@ class _Handler(socketserver.BaseRequestHandler):
         query = data.decode("utf-8", "replace")
         domain = _asked_domain(query)
         server.record(query.strip())
+        pacing = server.pacing
+        if pacing is not None and not pacing.admit():
+            with contextlib.suppress(OSError):
+                connection.sendall(_RATE_LIMIT[server.default_style].encode())
+            return
+        if pacing is not None:
+            pacing.delay()
         entry = server.entry_for(domain)
         payload = server.answer(domain, entry)
         if payload is None:
@@ -216,6 +228,8 @@ class LoopbackWhoisServer(socketserver.ThreadingTCPServer):
         self.huge_bytes = huge_bytes
         self.now = now
         self.queries: list[str] = []
+        self.pacing: Pacing | None = None
+        """Latency and quota, when the server is to act busy (``None``: answers at once)."""
         self.connection_mode: WhoisMode | None = None
         """A fault applied to every connection before its query is read (``"close"``)."""
         self._lock = threading.Lock()

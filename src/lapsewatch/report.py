@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, Exists, and_, case, exists, func, or_, select
+from sqlalchemy import Connection, Engine, func, select
 
+from lapsewatch.cycle.due import count_due_query, scheduled, without_row
+from lapsewatch.mail.advice import accounts_at_risk
 from lapsewatch.store.models import Account, Domain, Email
 
 __all__ = [
@@ -72,7 +74,7 @@ class Report:
     domains_by_verdict: tuple[tuple[str, int], ...]
     """(verdict or ``never_checked``, domains), most frequent first."""
     domains_due: int
-    """Domains behind a verified address whose check is due now."""
+    """Domains that ``lapsewatch check`` would check now (``cycle.due``'s rule)."""
     next_due: tuple[DueDomain, ...]
     accounts_at_risk: tuple[AtRisk, ...]
     """The first ``at_risk_limit`` by username."""
@@ -95,6 +97,8 @@ def build_report(
     now = now or datetime.now(UTC)
     with bind.begin():
         domains_total, by_verdict = _domains_by_verdict(bind)
+        # cycle.due's own count: "due now" here is what `lapsewatch check` checks.
+        with_row, without_a_row = bind.execute(count_due_query(now)).one()
         at_risk, at_risk_total = _accounts_at_risk(bind, at_risk_limit)
         return Report(
             generated_at=now,
@@ -102,8 +106,8 @@ def build_report(
             unverified_by_reason=_unverified_by_reason(bind),
             domains_total=domains_total,
             domains_by_verdict=by_verdict,
-            domains_due=_domains_due(bind, now),
-            next_due=_next_due(bind, next_due_limit),
+            domains_due=int(with_row) + int(without_a_row),
+            next_due=_next_due(bind, now, next_due_limit, rowless=without_a_row > 0),
             accounts_at_risk=at_risk,
             accounts_at_risk_total=at_risk_total,
         )
@@ -159,72 +163,43 @@ def _domains_by_verdict(conn: Connection) -> tuple[int, tuple[tuple[str, int], .
     return sum(n for _, n in rows), tuple(rows)
 
 
-def _behind_verified_address() -> Exists:
-    """The schedule's scope: a domain is checked while a verified address depends on it."""
-    return exists().where(Email.domain == Domain.name, Email.verified.is_(True))
+def _next_due(
+    conn: Connection, now: datetime, limit: int, *, rowless: bool
+) -> tuple[DueDomain, ...]:
+    """In ``check``'s scope (``cycle.due``): never-checked domains first (due now,
+    and those without a row among them when ``rowless``), by name; then by due date.
 
-
-def _domains_due(conn: Connection, now: datetime) -> int:
-    query = select(func.count()).where(
-        or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now),
-        _behind_verified_address(),
-    )
-    return int(conn.execute(query).scalar_one())
-
-
-def _next_due(conn: Connection, limit: int) -> tuple[DueDomain, ...]:
-    """Never-checked domains first (due now), then by due date.
-
-    Two queries instead of ``NULLS FIRST`` so that each can walk the
-    ``next_due_at`` index on both SQLite and PostgreSQL.
+    Separate ``LIMIT`` queries instead of ``NULLS FIRST`` or a union so that each
+    can walk an index on both SQLite and PostgreSQL; rowless domains are only
+    looked for when counted, since finding none means reading every address.
     """
     columns = (Domain.name, Domain.next_due_at, Domain.last_verdict)
-    scope = _behind_verified_address()
-    rows = list(
-        conn.execute(
-            select(*columns)
-            .where(Domain.next_due_at.is_(None), scope)
-            .order_by(Domain.name)
-            .limit(limit)
-        )
+    scope = scheduled(now)
+    never = conn.execute(
+        select(*columns)
+        .where(Domain.next_due_at.is_(None), scope)
+        .order_by(Domain.name)
+        .limit(limit)
     )
-    if len(rows) < limit:
-        rows += conn.execute(
+    found = [DueDomain(name, due, verdict) for name, due, verdict in never]
+    if rowless:
+        names = conn.scalars(without_row().order_by(Email.domain).limit(limit))
+        found += (DueDomain(name, None, None) for name in names)
+        found = sorted(found, key=lambda due: due.domain)[:limit]
+    if len(found) < limit:
+        later = conn.execute(
             select(*columns)
             .where(Domain.next_due_at.is_not(None), scope)
             .order_by(Domain.next_due_at, Domain.name)
-            .limit(limit - len(rows))
+            .limit(limit - len(found))
         )
-    return tuple(DueDomain(name, due, verdict) for name, due, verdict in rows)
+        found += (DueDomain(name, due, verdict) for name, due, verdict in later)
+    return tuple(found)
 
 
 def _accounts_at_risk(conn: Connection, limit: int) -> tuple[tuple[AtRisk, ...], int]:
-    """No 2FA and a single verified address, on a custom (not free-provider) domain.
-
-    With one verified address a password reset can only go there: whoever
-    buys that domain once it lapses owns the account.
-    """
-    single = (
-        select(
-            Email.account_id,
-            func.min(Email.address).label("address"),
-            func.min(Email.domain).label("domain"),
-        )
-        .where(Email.verified.is_(True))
-        .group_by(Email.account_id)
-        .having(
-            and_(
-                func.count() == 1,
-                func.max(case((Email.free_provider.is_(True), 1), else_=0)) == 0,
-            )
-        )
-        .subquery()
-    )
-    at_risk = (
-        select(Account.username, single.c.address, single.c.domain)
-        .join(single, single.c.account_id == Account.id)
-        .where(Account.totp_enabled.is_(False))
-    )
+    """``mail.advice``'s rule: no 2FA and a single verified address, on a custom domain."""
+    at_risk = accounts_at_risk()
     total = conn.execute(select(func.count()).select_from(at_risk.subquery())).scalar_one()
     rows = conn.execute(at_risk.order_by(Account.username).limit(limit))
     return tuple(AtRisk(*row) for row in rows), int(total)

@@ -1,6 +1,11 @@
-"""Which domains are due: behind at least one verified, non-free address, and
-never checked or past their next due time. Oldest first, in a bounded batch
-(:func:`select_due`) or streamed page by page for a whole cycle (:func:`due_pages`)."""
+"""Which domains are due: behind at least one verified, non-free address, not
+leased by a worker, and never checked (or without a ``domains`` row) or past
+their next due time. Oldest first, in a bounded batch (:func:`select_due`) or
+streamed page by page for a whole cycle (:func:`due_pages`).
+
+This module owns the rule: :func:`count_due_query`, :func:`scheduled`,
+:func:`is_due` and :func:`without_row` are what the report counts and lists, so
+"due now" anywhere is what ``lapsewatch check`` checks."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
+    and_,
     func,
     literal_column,
     or_,
@@ -24,7 +30,17 @@ from sqlalchemy.orm import Session
 
 from lapsewatch.store.models import Domain, Email
 
-__all__ = ["DueDomain", "count_due", "due_pages", "select_due", "stream_due"]
+__all__ = [
+    "DueDomain",
+    "count_due",
+    "count_due_query",
+    "due_pages",
+    "is_due",
+    "scheduled",
+    "select_due",
+    "stream_due",
+    "without_row",
+]
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,7 @@ def select_due(
     if not include_leased:
         query = query.where(_not_leased(now))
     if not everything:
-        query = query.where(_is_due(now))
+        query = query.where(is_due(now))
     if names is not None:
         query = query.where(verified.c.domain.in_(names))
     if limit is not None:
@@ -147,23 +163,48 @@ def stream_due(
 
 def count_due(engine: Engine, *, now: datetime, everything: bool = False) -> int:
     """How many domains :func:`due_pages` would yield (without a limit)."""
-    behind = select(Email.id).where(Email.domain == Domain.name, *_watched()).exists()
-    rows = select(func.count()).select_from(Domain).where(behind, _not_leased(now))
-    if not everything:
-        rows = rows.where(_is_due(now))
-    orphans = select(func.count(func.distinct(Email.domain))).where(
-        *_watched(), _without_domain_row()
-    )
     with engine.connect() as connection:
-        return (connection.scalar(rows) or 0) + (connection.scalar(orphans) or 0)
+        with_row, without = connection.execute(count_due_query(now, everything=everything)).one()
+    return int(with_row) + int(without)
+
+
+def count_due_query(now: datetime, *, everything: bool = False) -> Select[int, int]:
+    """One statement counting what :func:`count_due` counts, on any connection.
+
+    Two disjoint counts whose sum is the total: ``domains`` rows in
+    :func:`scheduled` (due, unless ``everything``), and :func:`without_row`
+    (never checked, so always due). Apart, because a caller listing due domains
+    can skip the search for rowless ones, a scan of the addresses, when there are
+    none. The database counts; no row reaches Python.
+    """
+    rows = select(func.count()).select_from(Domain).where(scheduled(now))
+    if not everything:
+        rows = rows.where(is_due(now))
+    orphans = select(func.count()).select_from(without_row().subquery())
+    return select(rows.scalar_subquery(), orphans.scalar_subquery())
+
+
+def scheduled(now: datetime) -> ColumnElement[bool]:
+    """A ``domains`` row the cycle checks once due: a watched address depends on it
+    (a free provider's domain, or one whose addresses are all unverified, is not
+    checked), and no worker holds it now (a leased domain is being checked)."""
+    behind = select(Email.id).where(Email.domain == Domain.name, *_watched()).exists()
+    return and_(behind, _not_leased(now))
+
+
+def is_due(now: datetime) -> ColumnElement[bool]:
+    """Never checked, or past its next due time."""
+    return or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now)
+
+
+def without_row() -> Select[str]:
+    """Domains of watched addresses that have no ``domains`` row (added by another
+    path): due at once rather than forgotten. Unordered; add ``ORDER BY`` to page."""
+    return select(Email.domain).where(*_watched(), _without_domain_row()).group_by(Email.domain)
 
 
 def _not_leased(now: datetime) -> ColumnElement[bool]:
     return or_(Domain.lease_until.is_(None), Domain.lease_until < now)
-
-
-def _is_due(now: datetime) -> ColumnElement[bool]:
-    return or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now)
 
 
 def _watched() -> tuple[ColumnElement[bool], ...]:
@@ -237,14 +278,7 @@ def _still_behind(connection: Connection, names: list[str]) -> list[DueDomain]:
 
 def _phases(now: datetime, everything: bool, dialect: str) -> list[tuple[_Query, ...]]:
     def orphans(key: tuple[Any, ...] | None, page: int) -> _AnySelect:
-        # Addresses whose domain has no row (added by another path): due at once.
-        query = (
-            select(Email.domain)
-            .where(*_watched(), _without_domain_row())
-            .group_by(Email.domain)
-            .order_by(Email.domain)
-            .limit(page)
-        )
+        query = without_row().order_by(Email.domain).limit(page)
         if key is not None:
             query = query.where(Email.domain > key[0])
         return query

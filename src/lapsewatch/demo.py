@@ -21,16 +21,35 @@ from lapsewatch.cycle import CycleSummary, run_cycle
 from lapsewatch.lookup import DomainReport, check_all
 from lapsewatch.report import Report, build_report
 from lapsewatch.store import Domain, make_engine, make_sessionmaker, upgrade
-from lapsewatch.world import DnsBackend, Scenario, World
+from lapsewatch.world import (
+    DnsBackend,
+    NsdError,
+    Scenario,
+    ScenarioError,
+    World,
+    demo_scenario,
+    load_scenario,
+)
 
+# This module is the demo's one door to the local world (``lapsewatch.world``, a dev/demo
+# package no other product module imports: pyproject.toml's import-linter contracts). The
+# ``demo`` command reaches the world through it, hence the world's names re-exported here.
 __all__ = [
     "DEMO_DATABASE",
     "DEMO_VERIFIED_AGO",
+    "DnsBackend",
     "DomainOutcome",
+    "NsdError",
+    "Scenario",
+    "ScenarioError",
     "Story",
+    "World",
     "check_world",
+    "demo_scenario",
     "demo_settings",
+    "load_scenario",
     "run_story",
+    "world_says",
 ]
 
 DEMO_DATABASE = "lapsewatch-demo.db"
@@ -96,3 +115,21 @@ def check_world(
             )
         )
     return verified_at, reports
+
+
+def world_says(scenario: Scenario, domain: str) -> str:
+    """What the world was told about ``domain``: its state and faults (``-``: not in it)."""
+    story = scenario.domain(domain)
+    if story is None:
+        return "-"
+    told: str = story.state
+    faults = [
+        f"{k}={v}"
+        for k, v in (("rdap", story.rdap), ("dns", story.dns), ("whois", story.whois_fault))
+        if v != "ok"
+    ]
+    if story.mx:
+        faults.append(f"mx {', '.join(story.mx)}")
+    if faults:
+        told += f" ({', '.join(faults)})"
+    return told

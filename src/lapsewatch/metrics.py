@@ -457,8 +457,8 @@ class StoreCollector(Collector):
         from sqlalchemy import and_, func, select
 
         from lapsewatch.cycle.due import count_due
+        from lapsewatch.store.models import WEBHOOK_MAX_ATTEMPTS as MAX_ATTEMPTS
         from lapsewatch.store.models import Domain, Email, Notice, WebhookDelivery
-        from lapsewatch.web.webhooks import MAX_ATTEMPTS
 
         due = count_due(self.engine, now=now)
         watched = (

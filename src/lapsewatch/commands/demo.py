@@ -17,7 +17,6 @@ from lapsewatch.formats import table as table_format
 from lapsewatch.formats.accounts import import_summary
 from lapsewatch.formats.report import print_report
 from lapsewatch.formats.report import report as report_data
-from lapsewatch.world import NsdError, ScenarioError, World, demo_scenario, load_scenario
 
 __all__ = ["demo"]
 
@@ -53,12 +52,12 @@ def demo(
 ) -> None:
     """Run the main job offline: a local world, a small registry in SQLite, one check cycle."""
     try:
-        loaded = load_scenario(scenario) if scenario else demo_scenario()
-    except (ScenarioError, OSError) as exc:
+        loaded = story.load_scenario(scenario) if scenario else story.demo_scenario()
+    except (story.ScenarioError, OSError) as exc:
         raise fail(str(exc)) from None
     try:
         if world:
-            _serve_world(World(loaded, dns=dns.value, latency=latency, rate_limit=rate_limit))
+            _serve_world(story.World(loaded, dns=dns.value, latency=latency, rate_limit=rate_limit))
             return
         if all_domains:
             verified_at, reports = story.check_world(loaded, dns=dns.value)
@@ -66,7 +65,8 @@ def demo(
                 data = [json_format.domain_report(r) for r in reports]
                 console.print_json(json_format.dumps(data))
             else:
-                table_format.print_story(console, reports, loaded, verified_at)
+                told = {r.parsed.domain: story.world_says(loaded, r.parsed.domain) for r in reports}
+                table_format.print_story(console, reports, told, verified_at)
             return
         if database is None:
             Path(story.DEMO_DATABASE).unlink(missing_ok=True)  # a fresh registry every run
@@ -74,7 +74,7 @@ def demo(
                 Path(story.DEMO_DATABASE + suffix).unlink(missing_ok=True)
         url = database or f"sqlite:///{story.DEMO_DATABASE}"
         result = story.run_story(loaded, database_url=url, dns=dns.value)
-    except NsdError as exc:
+    except story.NsdError as exc:
         raise fail(str(exc)) from None
     except (SQLAlchemyError, OSError) as exc:
         raise fail(f"the demo registry could not be written: {exc}") from None
@@ -119,7 +119,7 @@ def _print_story(result: story.Story) -> None:
     )
 
 
-def _serve_world(world: World) -> None:
+def _serve_world(world: story.World) -> None:
     """Run the world until Ctrl-C, printing the settings that point lapsewatch at it."""
     with world:
         console.print("[bold]The local world is running.[/] In another shell:\n")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -14,7 +14,6 @@ from lapsewatch.dates import isoformat
 from lapsewatch.domains import to_unicode
 from lapsewatch.lookup import DomainReport
 from lapsewatch.verdict import Verdict
-from lapsewatch.world.scenario import Scenario
 
 __all__ = ["print_domain_outcomes", "print_domain_report", "print_story", "verdict_style"]
 
@@ -72,9 +71,13 @@ def print_domain_report(console: Console, report: DomainReport) -> None:
 
 
 def print_story(
-    console: Console, reports: list[DomainReport], scenario: Scenario, verified_at: datetime
+    console: Console,
+    reports: list[DomainReport],
+    world_says: Mapping[str, str],
+    verified_at: datetime,
 ) -> None:
-    """The demo's table: what the world was told, and what lapsewatch concluded."""
+    """The demo's table: what the world was told (``world_says``, by domain; written by
+    :func:`lapsewatch.demo.world_says`), and what lapsewatch concluded."""
     table = Table(
         title=f"Addresses verified {verified_at.date()}, checked now",
         header_style="bold",
@@ -83,21 +86,7 @@ def print_story(
     for column in ("domain", "world says", "verdict", "reason"):
         table.add_column(column, overflow="fold")
     for report in reports:
-        story = scenario.domain(report.parsed.domain)
-        told: str = story.state if story else "-"
-        faults = (
-            [
-                f"{k}={v}"
-                for k, v in (("rdap", story.rdap), ("dns", story.dns), ("whois", story.whois_fault))
-                if v != "ok"
-            ]
-            if story
-            else []
-        )
-        if story and story.mx:
-            faults.append(f"mx {', '.join(story.mx)}")
-        if faults:
-            told += f" ({', '.join(faults)})"
+        told = world_says.get(report.parsed.domain, "-")
         verdict = report.decision.verdict
         table.add_row(
             report.parsed.domain,

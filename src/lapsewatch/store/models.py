@@ -36,6 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from lapsewatch.names import address_key, username_key
 
 __all__ = [
+    "WEBHOOK_MAX_ATTEMPTS",
     "Account",
     "AddressHistory",
     "ApiKey",
@@ -355,6 +356,12 @@ class Webhook(Base):
     )
     """The API key that made it, and the only one that sees or deletes it (``None``: the CLI)."""
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+WEBHOOK_MAX_ATTEMPTS = 12
+"""Attempts after which a :class:`WebhookDelivery` is given up (about a day and a half of
+retries, with ``lapsewatch.web.webhooks``' backoff): the sender stops there, and the
+metrics count such a row as given up. Here, below both, so the metrics need not import web."""
 
 
 class WebhookDelivery(Base):

@@ -53,7 +53,15 @@ from sqlalchemy.orm import Session
 from lapsewatch import metrics
 from lapsewatch.dates import isoformat
 from lapsewatch.store.db import make_sessionmaker
-from lapsewatch.store.models import Account, ApiKey, Email, Event, Webhook, WebhookDelivery
+from lapsewatch.store.models import (
+    WEBHOOK_MAX_ATTEMPTS,
+    Account,
+    ApiKey,
+    Email,
+    Event,
+    Webhook,
+    WebhookDelivery,
+)
 from lapsewatch.web.config import IPNetwork
 
 __all__ = [
@@ -88,8 +96,8 @@ SIGNATURE_HEADER = "X-Lapsewatch-Signature"
 TIMESTAMP_HEADER = "X-Lapsewatch-Timestamp"
 EVENT_HEADER = "X-Lapsewatch-Event"
 DELIVERY_HEADER = "X-Lapsewatch-Delivery"
-MAX_ATTEMPTS = 12
-"""About a day and a half of retries before a delivery is given up."""
+MAX_ATTEMPTS = WEBHOOK_MAX_ATTEMPTS
+"""About a day and a half of retries before a delivery is given up (defined in the store)."""
 FIRST_RETRY = timedelta(minutes=1)
 LONGEST_RETRY = timedelta(hours=6)
 CLAIM = timedelta(minutes=5)

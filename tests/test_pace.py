@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 from lapsewatch.config import ConfigError, Settings
 from lapsewatch.cycle.limits import Limited
 from lapsewatch.pace import Learned, NotSent, Pin, Pins, Policy, ServerPacer, load_pins
-from lapsewatch.pace.pacer import open_pacer, shared_pace
-from lapsewatch.pace.policy import ServerBucket, cut_rate, raised_rate
+from lapsewatch.pace.pacer import open_pacer, policy_from_settings, shared_pace
+from lapsewatch.pace.policy import ServerBucket, cut_rate, raised_rate, start_for
 from lapsewatch.pace.shared import LocalBuckets
 from lapsewatch.pace.store import load_rates, save_rates
 from lapsewatch.sources.interface import Observation, Outcome, Source
@@ -125,6 +125,28 @@ def _pacer(clock: Clock, **kwargs: object) -> ServerPacer:
     )
 
 
+def test_waiters_get_their_slots_in_arrival_order_and_a_gone_one_gets_none() -> None:
+    """One reserver per server hands the slots out: in arrival order, many per turn of
+    the event loop, none to a request whose domain gave up while it waited."""
+    policy = Policy(burst=0.0)
+    pacer = ServerPacer(LocalBuckets(policy), policy=policy, known={"a:1": Learned(200.0)})
+    order: list[int] = []
+
+    async def one(index: int) -> None:
+        await pacer.acquire("a:1", "rdap")
+        order.append(index)
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(one(i)) for i in range(40)]
+        await asyncio.sleep(0)
+        tasks[5].cancel()  # gave up while queued
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert order == [i for i in range(40) if i != 5]
+    assert pacer._queues["a:1"].dispatcher is None  # nobody left: the reserver is gone
+
+
 def test_a_busy_clean_epoch_raises_a_refusal_cuts() -> None:
     clock = Clock()
     pacer = _pacer(clock)
@@ -169,6 +191,27 @@ def test_timeouts_cut_the_rate() -> None:
         return buckets.buckets["a:1"].rate
 
     assert asyncio.run(scenario()) == 70.0
+
+
+def test_slow_answers_cut_the_rate_but_set_no_ceiling() -> None:
+    """Only a refusal is the server's word on its quota; slow answers may be our own
+    busy event loop, and a ceiling set from them held a server far below its quota."""
+    bucket = ServerBucket(Learned(60.0), Policy())
+    bucket.cut(10.0)
+    assert bucket.rate == pytest.approx(42.0)
+    assert bucket.ceiling is None
+    bucket.raise_(11.5)
+    assert bucket.rate == pytest.approx(63.0)  # still the slow start
+    bucket.refused(13.0, None)
+    assert bucket.ceiling == pytest.approx(63.0)
+
+
+def test_a_new_server_starts_at_its_sources_rate() -> None:
+    policy = policy_from_settings(Settings())
+    assert (start_for(policy, "dns"), start_for(policy, "whois")) == (100.0, 2.0)
+    assert start_for(policy, "rdap") == start_for(policy, "fastly") == 10.0
+    every = policy_from_settings(Settings.from_env({"LAPSEWATCH_PACE_START": "7"}))
+    assert start_for(every, "dns") == start_for(every, "rdap") == 7.0
 
 
 def test_a_request_to_a_server_paused_too_long_is_not_sent() -> None:
@@ -273,7 +316,7 @@ def test_a_cycle_starts_where_the_last_one_ended(engine: Engine, tmp_path: Path)
             buckets = pacer.buckets
             assert isinstance(buckets, LocalBuckets)
             assert buckets.buckets["known:443"].rate == 42.0  # where the last cycle ended
-            assert buckets.buckets["new:443"].rate == settings.pace_start
+            assert buckets.buckets["new:443"].rate == 10.0  # an RDAP server never seen
             assert buckets.buckets["pinned:443"].rate == 3.0
             pacer.refused("known:443", None)
             return await pacer.learned()
@@ -282,7 +325,7 @@ def test_a_cycle_starts_where_the_last_one_ended(engine: Engine, tmp_path: Path)
     assert "pinned:443" not in learned  # a pin is configuration, not something learned
     stored = load_rates(engine)
     assert stored["known:443"] == Learned(pytest.approx(29.4), 42.0)  # type: ignore[arg-type]
-    assert stored["new:443"].rate == settings.pace_start
+    assert stored["new:443"].rate == 10.0
     assert "pinned:443" not in stored
 
 

@@ -65,7 +65,8 @@ def test_two_processes_share_one_bucket_per_server() -> None:
 @pytest.mark.usefixtures("require_redis")
 def test_the_lua_rule_is_the_python_rule() -> None:
     policy = Policy(epoch=0.0, cooldown=0.0, maximum=50.0)
-    steps = ["raise", "raise", "raise", "cut", "raise", "raise", "raise", "raise", "cut", "raise"]
+    # A cut (slow answers) sets no ceiling, a refusal does: both rules agree on both.
+    steps = ["raise", "raise", "raise", "cut", "raise", "raise", "refused", "raise", "cut"]
     steps += ["raise"] * 12
 
     local = ServerBucket(Learned(10.0), policy)
@@ -73,26 +74,37 @@ def test_the_lua_rule_is_the_python_rule() -> None:
     for index, step in enumerate(steps):
         if step == "raise":
             local.raise_(float(index))
-        else:
+        elif step == "cut":
             local.cut(float(index))
-        expected.append(local.rate)
+        else:
+            local.refused(float(index), None)
+        expected.append((local.rate, local.ceiling))
 
-    async def shared() -> list[float]:
+    async def shared() -> list[tuple[float, float | None]]:
         buckets = RedisBuckets(REDIS_URL, policy, prefix=_prefix())
-        rates = []
+        rates: list[tuple[float, float | None]] = []
         try:
             for step in steps:
                 if step == "raise":
                     await buckets.raise_("s:1", Learned(10.0), None)
-                else:
+                elif step == "cut":
                     await buckets.cut("s:1", Learned(10.0), None)
-                rates.append((await buckets.learned(["s:1"]))["s:1"].rate)
+                else:
+                    await buckets.refused("s:1", Learned(10.0), None, None)
+                learned = (await buckets.learned(["s:1"]))["s:1"]
+                rates.append((learned.rate, learned.ceiling))
         finally:
             await _forget(buckets)
             await buckets.aclose()
         return rates
 
-    assert asyncio.run(shared()) == pytest.approx(expected, rel=1e-9)
+    got = asyncio.run(shared())
+    assert [r for r, _ in got] == pytest.approx([r for r, _ in expected], rel=1e-9)
+    assert [c is None for _, c in got] == [c is None for _, c in expected]
+    ceilings = [(g, e) for (_, g), (_, e) in zip(got, expected, strict=True) if e is not None]
+    assert [g for g, _ in ceilings] == pytest.approx([e for _, e in ceilings], rel=1e-9)
+    assert expected[3][1] is None  # the cut set no ceiling
+    assert expected[6][1] is not None  # the refusal did
 
 
 @pytest.mark.redis

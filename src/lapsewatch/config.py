@@ -87,9 +87,11 @@ class Settings:
     """JSON file pinning or capping servers' rates (see lapsewatch.pace.pins)."""
     pace_redis: str = "auto"
     """Redis URL sharing the limits between processes; ``auto``: the broker's, for workers."""
-    pace_start: float = 10.0
+    pace_start: float | None = None
+    """A new server's rate in requests/s; unset: by source (``pace.policy.START_BY_SOURCE``:
+    DNS 100, WHOIS 2, the others 10)."""
     pace_max: float = 1000.0
-    """A new server's rate, and the highest rate learned, in requests/s."""
+    """The highest rate learned, in requests/s."""
     pace_max_wait: float = 10.0
     """Longest ``Retry-After`` pause waited inside a check; longer: the domain is retried later."""
     pace_window: int = 2000
@@ -182,7 +184,11 @@ class Settings:
             },
             pace_file=get("PACE_FILE"),
             pace_redis=get("PACE_REDIS") or "auto",
-            pace_start=_parse_float("PACE_START", get("PACE_START"), 10.0, minimum=0.01),
+            pace_start=(
+                _parse_float("PACE_START", text, 10.0, minimum=0.01)
+                if (text := get("PACE_START"))
+                else None
+            ),
             pace_max=_parse_float("PACE_MAX", get("PACE_MAX"), 1000.0, minimum=0.01),
             pace_max_wait=_parse_float("PACE_MAX_WAIT", get("PACE_MAX_WAIT"), 10.0, minimum=0),
             pace_window=int(_parse_float("PACE_WINDOW", get("PACE_WINDOW"), 2000, minimum=1)),

@@ -28,18 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import NoReturn
 
 import dns.exception
 from sqlalchemy import Engine
 
 from lapsewatch.config import Settings
 from lapsewatch.pace.pins import Pin, Pins, load_pins
-from lapsewatch.pace.policy import Learned, Policy
+from lapsewatch.pace.policy import START_BY_SOURCE, Learned, Policy, start_for
 from lapsewatch.pace.shared import Buckets, LocalBuckets, RedisBuckets
 from lapsewatch.sources._http import FetchError
 
@@ -113,8 +113,19 @@ class _Epoch:
     latency: float = 0.0
 
 
+@dataclass
+class _Queue:
+    """The requests waiting for one server's slots, and the task handing them out."""
+
+    waiters: deque[asyncio.Future[float]] = field(default_factory=deque)
+    dispatcher: asyncio.Task[None] | None = None
+
+
 def policy_from_settings(settings: Settings) -> Policy:
-    return Policy(start=settings.pace_start, maximum=settings.pace_max)
+    """``LAPSEWATCH_PACE_START``, when set, is every new server's start; else by source."""
+    if settings.pace_start is not None:
+        return Policy(start=settings.pace_start, maximum=settings.pace_max)
+    return Policy(maximum=settings.pace_max, starts=tuple(START_BY_SOURCE.items()))
 
 
 class ServerPacer:
@@ -144,7 +155,7 @@ class ServerPacer:
         self._pending: set[asyncio.Task[None]] = set()
         self._local: LocalBuckets | None = None
         self._paused_until: dict[str, float] = {}
-        self._queues: dict[str, asyncio.Lock] = {}
+        self._queues: dict[str, _Queue] = {}
         self.not_sent = 0
         """Requests not let out (too long a wait, or a retry after a timeout)."""
 
@@ -156,7 +167,8 @@ class ServerPacer:
 
     def _initial(self, server: str) -> tuple[Learned, Pin | None]:
         pin = self.pins.get(server)
-        learned = self.known.get(server) or Learned(self.policy.start)
+        source = self._sources.get(server, "")
+        learned = self.known.get(server) or Learned(start_for(self.policy, source))
         return learned, pin
 
     # -- requests -------------------------------------------------------------------------------
@@ -174,34 +186,67 @@ class ServerPacer:
                 f"no answer from {server} within {self.timeout:g} s: not retried now, "
                 "the domain is checked again later"
             )
-        initial, pin = self._initial(server)
-        queue = self._queues.setdefault(server, asyncio.Lock())
-        if queue.locked():
+        queue = self._queues.setdefault(server, _Queue())
+        if queue.waiters:
             self._epoch(server, now).waited = True  # requests queue for this server
-        # One reserver per server in this process, in arrival order: only the head of
-        # the queue asks the bucket, for a slot at most HORIZON away, so a rate that
-        # grows (or is cut) applies to the queue at once, and Redis sees one caller.
-        async with queue:
-            while True:
-                at = self._clock()
-                pause = self._paused_until.get(server, 0.0) - at
-                if pause > self.max_wait:
-                    self._busy(server)
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                await self._evaluate(server, self._clock())  # the head keeps the epochs
-                reserved, wait = await self._reserve(server, initial, pin)
-                if reserved:
-                    break
-                self._epoch(server, at).waited = True
-                await asyncio.sleep(min(wait - HORIZON, POLL))
+        turn: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        queue.waiters.append(turn)
+        if queue.dispatcher is None:
+            queue.dispatcher = asyncio.create_task(self._dispatch(server, queue))
+        wait = await turn
         if wait > 0:
             self._epoch(server, self._clock()).waited = True
             await asyncio.sleep(wait)
 
-    def _busy(self, server: str) -> NoReturn:
+    async def _dispatch(self, server: str, queue: _Queue) -> None:
+        """Hand ``server``'s slots to its waiters in arrival order, until none is left.
+
+        One reserver per server in this process: only it asks the bucket, for a slot at
+        most HORIZON away, so a rate that grows (or is cut) applies to the queue at once
+        and Redis sees one caller. It hands out as many slots as fall within HORIZON in
+        one turn of the event loop: a lock passed from waiter to waiter let one request
+        out per turn, and a busy loop (2,000 domains open) held a server at 60% of its
+        rate (measured in the bench's patchwork world)."""
+        try:
+            while queue.waiters:
+                head = queue.waiters[0]
+                if head.done():  # its domain gave up (deadline): no slot for it
+                    queue.waiters.popleft()
+                    continue
+                at = self._clock()
+                pause = self._paused_until.get(server, 0.0) - at
+                if pause > self.max_wait:
+                    queue.waiters.popleft()
+                    head.set_exception(self._busy(server))
+                    continue
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                await self._evaluate(server, self._clock())  # the reserver keeps the epochs
+                initial, pin = self._initial(server)
+                reserved, wait = await self._reserve(server, initial, pin)
+                if reserved:
+                    queue.waiters.popleft()
+                    if not head.done():
+                        head.set_result(wait)
+                    continue
+                self._epoch(server, at).waited = True
+                await asyncio.sleep(min(wait - HORIZON, POLL))
+        except BaseException as exc:  # cancelled (the pacer closes) or a bug: nobody hangs
+            while queue.waiters:
+                waiter = queue.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(
+                        NotSent(f"{server}: pacing failed ({type(exc).__name__}); checked later")
+                    )
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("pacing %s failed", server)
+        finally:
+            queue.dispatcher = None
+
+    def _busy(self, server: str) -> NotSent:
         self.not_sent += 1
-        raise NotSent(
+        return NotSent(
             f"{server} asked for a pause of more than {self.max_wait:g} s (Retry-After): "
             "not asked now, the domain is checked again later"
         )
@@ -323,6 +368,9 @@ class ServerPacer:
     async def aclose(self) -> None:
         for task in list(self._pending):
             task.cancel()
+        for queue in self._queues.values():
+            if queue.dispatcher is not None:
+                queue.dispatcher.cancel()
         with suppress(Exception):
             await self.buckets.aclose()
 

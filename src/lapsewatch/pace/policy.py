@@ -8,7 +8,8 @@ was refused, then by 1% an epoch (probing whether the server now allows more). A
 429, a ``Retry-After``, a DNS ``REFUSED``, a WHOIS quota text, a burst of
 timeouts or a jump in latency cuts the rate to 70% (at most once a ``cooldown``,
 so a volley of refusals to requests already in flight counts once), and the rate
-that was refused is remembered as the server's *ceiling*. ``Retry-After`` also
+that was refused is remembered as the server's *ceiling* (a refusal only: slow
+answers and timeouts cut the rate but set no ceiling). ``Retry-After`` also
 pauses every request to that server until it has passed.
 
 The bucket is GCRA (virtual scheduling): each request reserves the next slot,
@@ -25,7 +26,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Learned", "Policy", "ServerBucket", "cut_rate", "raised_rate"]
+__all__ = [
+    "START_BY_SOURCE",
+    "Learned",
+    "Policy",
+    "ServerBucket",
+    "cut_rate",
+    "raised_rate",
+    "start_for",
+]
+
+START_BY_SOURCE: dict[str, float] = {
+    "dns": 100.0,  # a resolver, usually the operator's own, answers thousands a second
+    "whois": 2.0,  # port-43 servers are the strictest (a few a minute at some ccTLDs)
+}
+"""Where a server never seen starts, by source, unless ``LAPSEWATCH_PACE_START`` sets one
+rate for all; other sources start at ``Policy.start``. A resolver started at 10/s held a
+whole cycle's first seconds (every domain waits for its DNS answer), measured in the
+bench's patchwork world."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +51,10 @@ class Policy:
     """The numbers of the learning rule; the defaults are what the bench measured."""
 
     start: float = 10.0
-    """Requests/s for a server never seen (nothing in the store, no pin)."""
+    """Requests/s for a server never seen (nothing in the store, no pin), unless its
+    source has its own in ``starts``."""
+    starts: tuple[tuple[str, float], ...] = ()
+    """``(source, start)`` pairs overriding ``start`` for that source's servers."""
     minimum: float = 0.5
     maximum: float = 1000.0
     """Learned rates stay within these (a pin does not)."""
@@ -61,6 +82,11 @@ class Learned:
     ceiling: float | None = None
     """The last rate the server refused (``None``: it never refused)."""
     pinned: bool = False
+
+
+def start_for(policy: Policy, source: str) -> float:
+    """The rate a server of ``source`` never seen starts at."""
+    return dict(policy.starts).get(source, policy.start)
 
 
 def raised_rate(rate: float, ceiling: float | None, policy: Policy) -> float:
@@ -105,15 +131,20 @@ class ServerBucket:
         return True, wait
 
     def refused(self, now: float, retry_after: float | None) -> None:
-        """The server said "too many requests": pause for ``retry_after``, cut the rate."""
+        """The server said "too many requests": pause for ``retry_after``, cut the rate,
+        and remember the refused rate as the ceiling."""
         if retry_after:
             self.paused_until = max(self.paused_until, now + retry_after)
-        self.cut(now)
+        self.cut(now, refused=True)
 
-    def cut(self, now: float) -> None:
+    def cut(self, now: float, *, refused: bool = False) -> None:
+        """Slow down. Only a refusal sets the ceiling: slow answers or timeouts may be
+        our own busy event loop, not the server's quota, and a ceiling set from them
+        held a server far below its quota for the rest of a cycle (measured)."""
         if self.pinned is not None or now - self.last_cut < self.policy.cooldown:
             return
-        self.ceiling = self.rate
+        if refused:
+            self.ceiling = self.rate
         self.rate = cut_rate(self.rate, self.policy)
         self.last_cut = self.last_change = now
 

@@ -160,9 +160,12 @@ if op == 'refused' and arg > 0 then
 end
 if op == 'refused' or op == 'cut' then
   if pinned <= 0 and now - last_cut >= cooldown then
-    ceiling = rate
+    if op == 'refused' then
+      ceiling = rate  -- only a refusal is the server's word on its quota
+      redis.call('HSET', key, 'ceiling', tostring(ceiling))
+    end
     rate = math.max(minimum, rate * decrease)
-    redis.call('HSET', key, 'rate', tostring(rate), 'ceiling', tostring(ceiling),
+    redis.call('HSET', key, 'rate', tostring(rate),
       'last_cut', string.format('%.6f', now), 'last_change', string.format('%.6f', now))
   end
 elseif op == 'raise' then

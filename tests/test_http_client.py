@@ -198,3 +198,34 @@ def test_rdap_is_strict_about_whose_record_it_is(data: dict[str, object], reason
 def test_an_idn_record_may_name_itself_in_unicode_only() -> None:
     data = {"objectClassName": "domain", "unicodeName": "bücher.de", "status": ["active"]}
     assert parse_domain_object(data, "xn--bcher-kva.de").answered
+
+
+def test_a_refused_or_dropped_connection_is_not_a_timeout() -> None:
+    """httpx-aiohttp calls every connection failure a ConnectTimeout; the pacer refuses a
+    retry to a server that timed out, so a refused or reset connection must not be one."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()  # accepted, then reset at once
+
+    async def scenario() -> list[type[BaseException]]:
+        server = await asyncio.start_server(drop, "127.0.0.1", 0)
+        dropping = server.sockets[0].getsockname()[1]
+        raised: list[type[BaseException]] = []
+        try:
+            async with open_client(timeout=5.0, max_connections=4, user_agent="t") as client:
+                for port in (closed, dropping):
+                    with pytest.raises(httpx.TransportError) as caught:
+                        await client.get(f"http://127.0.0.1:{port}/")
+                    raised.append(type(caught.value))
+        finally:
+            server.close()
+        return raised
+
+    raised = asyncio.run(scenario())
+    assert len(raised) == 2
+    assert not any(issubclass(kind, httpx.TimeoutException) for kind in raised), raised

@@ -278,6 +278,29 @@ def test_a_timed_out_server_is_not_retried_inline() -> None:
     assert source.sent == 1
     assert observation.outcome is Outcome.ERROR
     assert "not retried now" in observation.detail
+    assert pacer._epochs["hang:443"].timeouts == 1  # one hang, counted once
+
+
+def test_a_reserver_cancelled_before_it_ran_leaves_nobody_waiting() -> None:
+    pacer = ServerPacer(LocalBuckets(Policy()), policy=Policy())
+
+    async def scenario() -> BaseException | None:
+        waiter = asyncio.create_task(pacer.acquire("a:443", "rdap"))
+        await asyncio.sleep(0)  # queued, its reserver created but not yet run
+        await pacer.aclose()
+        outcome = (await asyncio.gather(waiter, return_exceptions=True))[0]
+        await asyncio.wait_for(pacer.acquire("a:443", "rdap"), 2.0)  # a new reserver serves
+        return outcome if isinstance(outcome, BaseException) else None
+
+    assert isinstance(asyncio.run(scenario()), NotSent)
+
+
+def test_a_refusal_right_after_a_cut_for_slowness_still_sets_the_ceiling() -> None:
+    bucket = ServerBucket(Learned(100.0), Policy())
+    bucket.cut(10.0)  # slow answers: no ceiling
+    bucket.refused(10.5, None)  # within the cooldown: no second cut, but a ceiling
+    assert bucket.rate == pytest.approx(70.0)
+    assert bucket.ceiling == pytest.approx(100.0)
 
 
 def test_a_pause_between_attempts_is_not_a_timeout() -> None:

@@ -146,3 +146,23 @@ def test_without_redis_a_process_paces_alone() -> None:
 
     learned = asyncio.run(scenario())
     assert learned["a:1"][1].rate == pytest.approx(4.9)
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("require_redis")
+def test_a_refusal_right_after_a_cut_sets_the_ceiling_in_redis_too() -> None:
+    policy = Policy(cooldown=60.0)
+
+    async def shared() -> Learned:
+        buckets = RedisBuckets(REDIS_URL, policy, prefix=_prefix())
+        try:
+            await buckets.cut("s:1", Learned(100.0), None)  # slow answers: no ceiling
+            await buckets.refused("s:1", Learned(100.0), None, None)  # within the cooldown
+            return (await buckets.learned(["s:1"]))["s:1"]
+        finally:
+            await _forget(buckets)
+            await buckets.aclose()
+
+    learned = asyncio.run(shared())
+    assert learned.rate == pytest.approx(70.0)
+    assert learned.ceiling == pytest.approx(100.0)

@@ -454,3 +454,17 @@ def test_refresh_from_a_loopback_iana(server: LoopbackWhoisServer) -> None:
     # .gr: IANA names no server any more; .it: no usable answer, the old entry stays
     assert refreshed == {"it": "whois.nic.it", "ru": "whois.tcinet.ru"}
     assert sorted(server.queries) == ["gr", "it", "ru"]
+
+
+def test_waiting_for_our_turn_is_not_the_querys_deadline(server: LoopbackWhoisServer) -> None:
+    """A slow registry's queue (the pacer, ``before_attempt``) may hold a query longer than
+    its deadline; only the query's own time counts (the domain's deadline bounds the rest)."""
+    target = WhoisServer("127.0.0.1", server.port)
+
+    async def our_turn() -> None:
+        await asyncio.sleep(0.6)
+
+    raw = asyncio.run(
+        query_whois(target, "example.com", timeout=0.3, deadline=0.4, before_attempt=our_turn)
+    )
+    assert b"EXAMPLE.COM" in raw.upper()

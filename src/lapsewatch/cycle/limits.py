@@ -143,7 +143,7 @@ class Limited(Source):
         if trace.sent and not trace.refused:
             server, sent = trace.sent[-1]
             seconds = pacer.now() - sent
-            timed_out = (
+            timed_out = server in trace.timed_out or (  # the source said so, or it took that long
                 observation.outcome is Outcome.ERROR and seconds >= TIMEOUT_SHARE * pacer.timeout
             )
             pacer.answered(server, seconds, timed_out=timed_out)

@@ -31,8 +31,9 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import dns.exception
 from sqlalchemy import Engine
@@ -180,8 +181,7 @@ class ServerPacer:
         trace = _TRACE.get()
         now = self._clock()
         if trace is not None and server in trace.timed_out:
-            self.not_sent += 1
-            self._epoch(server, now).timeouts += 1
+            self.not_sent += 1  # the timeout itself is counted once, when the check ends
             raise NotSent(
                 f"no answer from {server} within {self.timeout:g} s: not retried now, "
                 "the domain is checked again later"
@@ -191,8 +191,11 @@ class ServerPacer:
             self._epoch(server, now).waited = True  # requests queue for this server
         turn: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         queue.waiters.append(turn)
-        if queue.dispatcher is None:
-            queue.dispatcher = asyncio.create_task(self._dispatch(server, queue))
+        if queue.dispatcher is None or queue.dispatcher.done():
+            # Its own context: the reserver serves every domain, not the one that woke it.
+            task = asyncio.create_task(self._dispatch(server, queue), context=Context())
+            task.add_done_callback(partial(self._dispatcher_done, server, queue))
+            queue.dispatcher = task
         wait = await turn
         if wait > 0:
             self._epoch(server, self._clock()).waited = True
@@ -207,42 +210,50 @@ class ServerPacer:
         one turn of the event loop: a lock passed from waiter to waiter let one request
         out per turn, and a busy loop (2,000 domains open) held a server at 60% of its
         rate (measured in the bench's patchwork world)."""
-        try:
-            while queue.waiters:
-                head = queue.waiters[0]
-                if head.done():  # its domain gave up (deadline): no slot for it
+        while queue.waiters:
+            head = queue.waiters[0]
+            if head.done():  # its domain gave up (deadline): no slot for it
+                queue.waiters.popleft()
+                continue
+            at = self._clock()
+            pause = self._paused_until.get(server, 0.0) - at
+            if pause > self.max_wait:
+                queue.waiters.popleft()
+                head.set_exception(self._busy(server))
+                continue
+            if pause > 0:
+                await asyncio.sleep(pause)
+            await self._evaluate(server, self._clock())  # the reserver keeps the epochs
+            initial, pin = self._initial(server)
+            reserved, wait = await self._reserve(server, initial, pin)
+            if reserved:
+                # The slot goes to the first waiter still there (one may have left meanwhile).
+                while queue.waiters and queue.waiters[0].done():
                     queue.waiters.popleft()
-                    continue
-                at = self._clock()
-                pause = self._paused_until.get(server, 0.0) - at
-                if pause > self.max_wait:
-                    queue.waiters.popleft()
-                    head.set_exception(self._busy(server))
-                    continue
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                await self._evaluate(server, self._clock())  # the reserver keeps the epochs
-                initial, pin = self._initial(server)
-                reserved, wait = await self._reserve(server, initial, pin)
-                if reserved:
-                    queue.waiters.popleft()
-                    if not head.done():
-                        head.set_result(wait)
-                    continue
-                self._epoch(server, at).waited = True
-                await asyncio.sleep(min(wait - HORIZON, POLL))
-        except BaseException as exc:  # cancelled (the pacer closes) or a bug: nobody hangs
-            while queue.waiters:
-                waiter = queue.waiters.popleft()
-                if not waiter.done():
-                    waiter.set_exception(
-                        NotSent(f"{server}: pacing failed ({type(exc).__name__}); checked later")
-                    )
-            if not isinstance(exc, Exception):
-                raise
-            log.exception("pacing %s failed", server)
-        finally:
-            queue.dispatcher = None
+                if queue.waiters:
+                    queue.waiters.popleft().set_result(wait)
+                continue
+            self._epoch(server, at).waited = True
+            await asyncio.sleep(min(wait - HORIZON, POLL))
+
+    def _dispatcher_done(self, server: str, queue: _Queue, task: asyncio.Task[None]) -> None:
+        """Whatever ended the reserver (its queue empty, cancelled, even before it ever
+        ran, or a bug), no waiter is left hanging: each gets :class:`NotSent`."""
+        if queue.dispatcher is not task:
+            return  # a new reserver took over
+        queue.dispatcher = None
+        why = "cancelled"
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is None:
+                why = "ended"
+            else:
+                log.error("pacing %s failed", server, exc_info=exc)
+                why = type(exc).__name__
+        while queue.waiters:
+            waiter = queue.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(NotSent(f"{server}: pacing {why}; checked again later"))
 
     def _busy(self, server: str) -> NotSent:
         self.not_sent += 1

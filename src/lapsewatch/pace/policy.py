@@ -141,7 +141,11 @@ class ServerBucket:
         """Slow down. Only a refusal sets the ceiling: slow answers or timeouts may be
         our own busy event loop, not the server's quota, and a ceiling set from them
         held a server far below its quota for the rest of a cycle (measured)."""
-        if self.pinned is not None or now - self.last_cut < self.policy.cooldown:
+        if self.pinned is not None:
+            return
+        if now - self.last_cut < self.policy.cooldown:
+            if refused and self.ceiling is None:  # refused just after a cut for slowness
+                self.ceiling = self.rate / self.policy.decrease  # the rate that was refused
             return
         if refused:
             self.ceiling = self.rate

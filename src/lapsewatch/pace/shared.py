@@ -159,7 +159,12 @@ if op == 'refused' and arg > 0 then
   redis.call('HSET', key, 'paused', string.format('%.6f', math.max(paused, now + arg)))
 end
 if op == 'refused' or op == 'cut' then
-  if pinned <= 0 and now - last_cut >= cooldown then
+  if pinned <= 0 and now - last_cut < cooldown then
+    if op == 'refused' and ceiling == nil then  -- refused just after a cut for slowness
+      ceiling = rate / decrease
+      redis.call('HSET', key, 'ceiling', tostring(ceiling))
+    end
+  elseif pinned <= 0 then
     if op == 'refused' then
       ceiling = rate  -- only a refusal is the server's word on its quota
       redis.call('HSET', key, 'ceiling', tostring(ceiling))

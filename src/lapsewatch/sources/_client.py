@@ -82,6 +82,14 @@ class _Stream(httpx.AsyncByteStream):
 def _as_httpx_errors() -> Iterator[None]:
     try:
         yield
+    except httpx.ConnectTimeout as exc:
+        # httpx-aiohttp reports every connection failure as a timeout; a refused, reset
+        # or dropped connection is not one (the pacer never retries a server that timed
+        # out within a check, but retries a connection error).
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
+            raise httpx.ConnectError(f"{type(cause).__name__}: {cause}") from cause
+        raise
     except aiohttp.ClientError as exc:
         raise httpx.ProtocolError(f"{type(exc).__name__}: {exc}") from exc
     except TimeoutError as exc:

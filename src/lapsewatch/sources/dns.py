@@ -182,14 +182,19 @@ class DnsSource(Source):
             await self.pacer.request(server)
         try:
             response = await dns.asyncquery.udp(query, host, port=port, timeout=self._timeout)
-            if response.flags & dns.flags.TC:
-                if self.pacer is not None:
-                    await self.pacer.request(server)
-                response = await dns.asyncquery.tcp(query, host, port=port, timeout=self._timeout)
         except dns.exception.Timeout:
             if self.pacer is not None:
                 self.pacer.timed_out(server)
             raise
+        if response.flags & dns.flags.TC:
+            if self.pacer is not None:
+                await self.pacer.request(server)  # not in the try: a NotSent is no timeout
+            try:
+                response = await dns.asyncquery.tcp(query, host, port=port, timeout=self._timeout)
+            except dns.exception.Timeout:
+                if self.pacer is not None:
+                    self.pacer.timed_out(server)
+                raise
         return response
 
     def _interpret(self, domain: str, response: dns.message.Message, server: str) -> Observation:

@@ -107,7 +107,8 @@ async def query_whois(
     """The raw answer of ``server`` to one query line; raises :class:`WhoisQueryError`.
 
     ``timeout`` bounds each attempt (connect, send, read to the end), ``deadline``
-    all of them with the pauses between; only network failures and timeouts are
+    all of them with the pauses between (not the waits in ``before_attempt``); only
+    network failures and timeouts are
     retried (a registry's text answer, even a rate-limit one, is never asked again).
     ``before_attempt`` is awaited before each attempt (a pacer's turn) and may raise
     to stop; ``on_timeout`` is told of each attempt that timed out.
@@ -117,15 +118,21 @@ async def query_whois(
     total = deadline if deadline is not None else timeout * max(1, attempts) + pause * attempts
     tries = max(1, attempts)
     last = "no attempt"
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(total):
+        async with asyncio.timeout(total) as budget:
             for attempt in range(tries):
                 if attempt:
                     await asyncio.sleep(pause * attempt)
                 if before_attempt is not None:
+                    # Waiting for our turn (a slow registry's queue) is not this query's
+                    # time: the deadline stops while we wait (the domain's deadline still runs).
+                    left = (budget.when() or loop.time()) - loop.time()
+                    budget.reschedule(None)
                     waited = before_attempt()
                     if asyncio.iscoroutine(waited):
                         await waited
+                    budget.reschedule(loop.time() + left)
                 try:
                     if limiter is not None:
                         async with limiter(server):

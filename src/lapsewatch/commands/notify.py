@@ -37,15 +37,7 @@ def notify(
     except SQLAlchemyError as exc:
         raise fail(f"database error; queued notices are kept for the next run: {exc}") from None
     outbox = summary.outbox
-    data = {
-        "expiry_warnings_queued": summary.expiry_warnings,
-        "advice_queued": summary.advice,
-        "sent": outbox.sent,
-        "failed": outbox.failed,
-        "waiting": outbox.waiting,
-        "stopped": outbox.stopped,
-        "errors": list(outbox.errors),
-    }
+    data: dict[str, object] = {**summary.counts(), "errors": list(outbox.errors)}
     if output is Format.json:
         console.print_json(json_format.dumps(data))
     else:

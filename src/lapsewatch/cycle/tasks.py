@@ -259,16 +259,7 @@ def notify_task() -> dict[str, Any]:
 
     settings = Settings.from_env()
     mailer = SmtpMailer.from_settings(AccountSettings.from_env())
-    summary = run_mail_jobs(_engine(settings.database_url), mailer)
-    outbox = summary.outbox
-    return {
-        "expiry_warnings_queued": summary.expiry_warnings,
-        "advice_queued": summary.advice,
-        "sent": outbox.sent,
-        "failed": outbox.failed,
-        "waiting": outbox.waiting,
-        "stopped": outbox.stopped,
-    }
+    return run_mail_jobs(_engine(settings.database_url), mailer).counts()
 
 
 @celery_app.task(name="lapsewatch.deliver_webhooks")  # type: ignore[untyped-decorator]

@@ -28,6 +28,17 @@ class MailJobSummary:
     advice: int
     outbox: OutboxSummary
 
+    def counts(self) -> dict[str, int]:
+        """The figures ``notify`` prints and its Celery task returns, by one name each."""
+        return {
+            "expiry_warnings_queued": self.expiry_warnings,
+            "advice_queued": self.advice,
+            "sent": self.outbox.sent,
+            "failed": self.outbox.failed,
+            "waiting": self.outbox.waiting,
+            "stopped": self.outbox.stopped,
+        }
+
 
 def run_mail_jobs(
     engine: Engine,

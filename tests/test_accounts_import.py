@@ -25,6 +25,9 @@ from lapsewatch.accounts import (
     InputError,
     InputKind,
     import_accounts,
+    import_reconcile,
+    import_validate,
+    import_write,
     importer,
 )
 from lapsewatch.commands.accounts import accounts_app
@@ -447,7 +450,7 @@ def test_owners_an_import_may_not_have(engine: Engine, owner: str) -> None:
 
 def test_bulk_insert_refuses_to_guess_a_default_computed_from_the_row() -> None:
     with pytest.raises(TypeError, match="username_key"):
-        importer._column_default(Account.__table__.c.username_key)
+        import_write._column_default(Account.__table__.c.username_key)
 
 
 def test_primary_moves_when_the_file_names_another(engine: Engine) -> None:
@@ -502,16 +505,16 @@ def test_database_failure_keeps_whole_chunks_only(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = 0
-    real = importer._Chunk._ensure_domains
+    real = import_reconcile._Chunk._ensure_domains
 
-    def failing(self: importer._Chunk) -> int:
+    def failing(self: import_reconcile._Chunk) -> int:
         nonlocal calls
         calls += 1
         if calls == 2:  # after the second chunk's accounts and addresses were inserted
             raise OperationalError("INSERT", {}, Exception("disk I/O error"))
         return real(self)
 
-    monkeypatch.setattr(importer._Chunk, "_ensure_domains", failing)
+    monkeypatch.setattr(import_reconcile._Chunk, "_ensure_domains", failing)
     data = jsonl(*(account(f"u{i}", email(f"u{i}@d{i}.example")) for i in range(6)))
     with pytest.raises(ImportAborted, match="disk I/O error") as caught:
         run(engine, data, chunk_size=2)
@@ -520,7 +523,7 @@ def test_database_failure_keeps_whole_chunks_only(
     assert sorted(r["username"] for r in rows(engine, Account)) == ["u0", "u1"]
     assert len(rows(engine, Event)) == 2
 
-    monkeypatch.setattr(importer._Chunk, "_ensure_domains", real)
+    monkeypatch.setattr(import_reconcile._Chunk, "_ensure_domains", real)
     summary = run(engine, data, chunk_size=2)  # running it again completes the import
     assert (summary.accounts_created, summary.unchanged) == (4, 2)
 
@@ -626,7 +629,7 @@ def test_cached_address_parsing_matches_domains_parse(text: str) -> None:
         address, domain, free = result
         return (address, domain, str(free))
 
-    parser = importer._AddressParser(domains.load_free_providers())
+    parser = import_validate._AddressParser(domains.load_free_providers())
     expected = outcome(domains.parse)
     assert outcome(parser) == expected
     assert outcome(parser) == expected  # the second time from the cache

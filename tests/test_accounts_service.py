@@ -13,7 +13,7 @@ import pyotp
 import pytest
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts import service as service_module
+from lapsewatch.accounts import addresses as addresses_module
 from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.errors import (
     AccountError,
@@ -476,8 +476,8 @@ def test_a_lost_race_for_a_name_or_address_is_a_clean_refusal(
     """Two requests may pass the "is it free?" check together; the database decides."""
     alice = created(svc.sign_up("alice", PASSWORD, "alice@own.test"))
     bob = created(svc.sign_up("bob", PASSWORD, "bob@own.test"))
-    monkeypatch.setattr(service_module, "_account_by_username", lambda *_: None)
-    monkeypatch.setattr(service_module, "_email_by_address", lambda *_: None)
+    monkeypatch.setattr(addresses_module, "_account_by_username", lambda *_: None)
+    monkeypatch.setattr(addresses_module, "_email_by_address", lambda *_: None)
     with pytest.raises(UsernameTaken):
         svc.sign_up("alice", PASSWORD, "alice2@own.test")
     with pytest.raises(AddressInUse):

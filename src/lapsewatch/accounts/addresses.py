@@ -1,0 +1,348 @@
+"""Sign-up and an account's addresses: add, remove, make primary.
+
+Sign-up and adding an address never say whether an address already has an
+account (its owner is mailed instead), and an address that may now be read by
+someone else gets only a login-bound verification link
+(:func:`~lapsewatch.accounts.core._verification_kind`). Redeeming the links is
+:mod:`lapsewatch.accounts.verification`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from lapsewatch.accounts import tokens
+from lapsewatch.accounts.core import (
+    AccountCore,
+    _account,
+    _account_by_username,
+    _clean_client,
+    _email_by_address,
+    _own_email,
+    _verification_kind,
+)
+from lapsewatch.accounts.errors import (
+    AccountError,
+    AddressInUse,
+    InvalidAddress,
+    InvalidUsername,
+    LastVerifiedAddress,
+    NotVerified,
+    PrimaryAddress,
+    RateLimited,
+    TooManyAddresses,
+    UsernameTaken,
+)
+from lapsewatch.accounts.events import SYSTEM, record, user_actor
+from lapsewatch.accounts.passwords import check_policy
+from lapsewatch.accounts.results import EmailAdded, SignedUp
+from lapsewatch.accounts.tokens import TokenKind
+from lapsewatch.domains import DomainError, parse
+from lapsewatch.mail import messages
+from lapsewatch.mail.smtp import Mail
+from lapsewatch.names import InvalidName
+from lapsewatch.names import check_username as _check_name
+from lapsewatch.store.models import Account, Email, Token
+
+__all__ = ["AddressService", "check_username"]
+
+
+class AddressService(AccountCore):
+    """Sign-up and the logged-in owner's changes to their addresses."""
+
+    def sign_up(
+        self, username: str, password: str, email: str, *, client: str | None = None
+    ) -> SignedUp:
+        """Create an account with one unverified primary address and mail its verification link.
+
+        If the address already belongs to an account, nothing is made and the
+        address gets a mail saying so: the visitor sees the same answer either
+        way, so sign-up tells nobody which addresses have accounts.
+        """
+        username = check_username(username.strip())
+        parsed = self._parse_address(email)
+        check_policy(
+            password,
+            username=username,
+            addresses=(parsed.address,),
+            minimum=self.settings.min_password_length,
+            maximum=self.settings.max_password_length,
+        )
+        password_hash = self._passwords.hash(password)
+        now = self._clock()
+        client = _clean_client(client)
+        with self._sessions.begin() as session:
+            if client is not None and not self._limiter.allow(
+                session,
+                self._limiter.key("sign-up-client", client),
+                self.settings.limits.sign_ups_per_client,
+                now=now,
+            ):
+                outcome: AccountError | tuple[int, int, str, bool] | None = RateLimited(
+                    "too many sign-ups from here; try again later"
+                )
+            else:
+                outcome = self._create_account(session, username, password_hash, parsed, now)
+        if isinstance(outcome, AccountError):
+            raise outcome
+        if outcome is None:
+            sent = self._send(
+                messages.address_taken_mail(
+                    address=parsed.address,
+                    sign_in_url=messages.link(self.settings.base_url, messages.LOGIN_PATH),
+                )
+            )
+            return SignedUp(None, username, None, parsed.address, sent)
+        account_id, email_id, token, again = outcome
+        sent = self._send(
+            messages.verification_mail(
+                address=parsed.address,
+                username=username,
+                url=messages.link(self.settings.base_url, messages.VERIFY_EMAIL_PATH, token),
+                ttl=self.settings.verify_token_ttl,
+                again=again,
+            )
+        )
+        return SignedUp(account_id, username, email_id, parsed.address, sent)
+
+    def _create_account(
+        self, session: Session, username: str, password_hash: str, parsed: _Address, now: datetime
+    ) -> AccountError | tuple[int, int, str, bool] | None:
+        """The new account's ids, its link and whether it is login-bound; ``None``: the
+        address is someone else's (the caller mails it instead of saying so)."""
+        if _account_by_username(session, username) is not None:
+            return UsernameTaken(f"the username {username!r} is taken")
+        if not self._address_free(session, parsed.address, now):
+            return None
+        account = Account(
+            username=username, created_at=now, password_hash=password_hash, projects=[]
+        )
+        email = parsed.new_email(primary=True, now=now)
+        account.emails.append(email)
+        try:
+            # Added inside the savepoint, so a refused insert leaves nothing pending.
+            with session.begin_nested():
+                session.add(account)
+                session.flush()
+        except IntegrityError:  # a concurrent sign-up took the name or the address
+            return UsernameTaken("that username or address was just taken")
+        actor = user_actor(username)
+        record(session, at=now, actor=actor, kind="account.created", account_id=account.id)
+        self._record_email_added(session, email, actor, now)
+        kind = _verification_kind(session, email)
+        token = tokens.issue(
+            session,
+            kind,
+            account_id=account.id,
+            email_id=email.id,
+            now=now,
+            ttl=self.settings.verify_token_ttl,
+        )
+        return account.id, email.id, token, kind is TokenKind.REVERIFY_EMAIL
+
+    def add_email(self, account_id: int, address: str) -> EmailAdded:
+        """Add an unverified address to the logged-in account and mail its verification link."""
+        parsed = self._parse_address(address)
+        now = self._clock()
+        with self._sessions.begin() as session:
+            outcome = self._add_email(session, account_id, parsed, now)
+        if isinstance(outcome, AccountError):
+            raise outcome
+        email_id, username, token, again, notices = outcome
+        sent = self._send(
+            messages.verification_mail(
+                address=parsed.address,
+                username=username,
+                url=messages.link(self.settings.base_url, messages.VERIFY_EMAIL_PATH, token),
+                ttl=self.settings.verify_token_ttl,
+                again=again,
+            )
+        )
+        self._send_all(notices)
+        return EmailAdded(email_id, parsed.address, sent)
+
+    def _add_email(
+        self, session: Session, account_id: int, parsed: _Address, now: datetime
+    ) -> AccountError | tuple[int, str, str, bool, list[Mail]]:
+        account = _account(session, account_id)
+        if len(account.emails) >= self.settings.max_addresses:
+            return TooManyAddresses(
+                f"an account can have at most {self.settings.max_addresses} addresses"
+            )
+        if not self._address_free(session, parsed.address, now):
+            return AddressInUse("this address is already used by an account")
+        if not self._verification_allowed(session, account.id, now):
+            return RateLimited("too many verification mails; try again later")
+        email = parsed.new_email(primary=not account.emails, now=now)
+        try:
+            with session.begin_nested():
+                account.emails.append(email)
+                session.flush()
+        except IntegrityError:
+            return AddressInUse("this address is already used by an account")
+        self._record_email_added(session, email, user_actor(account.username), now)
+        kind = _verification_kind(session, email)
+        token = tokens.issue(
+            session,
+            kind,
+            account_id=account.id,
+            email_id=email.id,
+            now=now,
+            ttl=self.settings.verify_token_ttl,
+        )
+        notices = self._security_mails(account, "email.added", email.address, now)
+        return email.id, account.username, token, kind is TokenKind.REVERIFY_EMAIL, notices
+
+    def remove_email(self, account_id: int, email_id: int) -> None:
+        """Remove an address; never the primary, never the last verified one.
+
+        The last verified address is the only way a forgotten password comes
+        back, so it goes only once another address is verified.
+        """
+        now = self._clock()
+        notices: list[Mail] = []
+        with self._sessions.begin() as session:
+            account = _account(session, account_id)
+            email = _own_email(account, email_id)
+            verified_others = [e for e in account.emails if e.verified and e.id != email.id]
+            error: AccountError | None = None
+            if email.primary:
+                error = PrimaryAddress("make another verified address primary first")
+            elif email.verified and not verified_others:
+                error = LastVerifiedAddress(
+                    "this is your only verified address; verify another one first"
+                )
+            else:
+                record(
+                    session,
+                    at=now,
+                    actor=user_actor(account.username),
+                    kind="email.removed",
+                    account_id=account.id,
+                    domain=email.domain,
+                    before={"address": email.address, "verified": email.verified},
+                )
+                # The removed address hears of it too: it may be the owner's last word.
+                notices = self._security_mails(account, "email.removed", email.address, now)
+                account.emails.remove(email)
+        if error is not None:
+            raise error
+        self._send_all(notices)
+
+    def set_primary(self, account_id: int, email_id: int) -> None:
+        """Make a verified address the primary one."""
+        now = self._clock()
+        with self._sessions.begin() as session:
+            account = _account(session, account_id)
+            email = _own_email(account, email_id)
+            if not email.verified:
+                raise NotVerified("only a verified address can be primary")
+            old = next((e for e in account.emails if e.primary), None)
+            if old is email:
+                return
+            for other in account.emails:
+                other.primary = other is email
+            record(
+                session,
+                at=now,
+                actor=user_actor(account.username),
+                kind="email.primary_changed",
+                account_id=account.id,
+                email_id=email.id,
+                before={"primary": old.address if old else None},
+                after={"primary": email.address},
+            )
+            notices = self._security_mails(account, "email.primary_changed", email.address, now)
+        self._send_all(notices)
+
+    # -------------------------------------------------------------------------- helpers
+
+    def _parse_address(self, text: str) -> _Address:
+        try:
+            parsed = parse(text, free_providers=self._free)
+        except DomainError as exc:
+            raise InvalidAddress(f"not a usable email address: {exc}") from None
+        if parsed.address is None:
+            raise InvalidAddress("an email address needs a local part and '@'")
+        if len(parsed.address) > 320:
+            raise InvalidAddress("the address is too long")
+        return _Address(parsed.address, parsed.domain, parsed.free_provider)
+
+    def _record_email_added(
+        self, session: Session, email: Email, actor: str, now: datetime
+    ) -> None:
+        record(
+            session,
+            at=now,
+            actor=actor,
+            kind="email.added",
+            account_id=email.account_id,
+            email_id=email.id,
+            domain=email.domain,
+            after={"address": email.address, "primary": email.primary},
+        )
+
+    def _address_free(self, session: Session, address: str, now: datetime) -> bool:
+        """Whether ``address`` may be added. An address someone added but never verified,
+        whose link has expired, is dropped: nobody can squat on an address for good."""
+        email = _email_by_address(session, address)
+        if email is None:
+            return True
+        if email.verified or email.verified_at is not None or email.unverified_at is not None:
+            return False
+        open_link = session.scalar(
+            select(
+                exists().where(
+                    Token.email_id == email.id, Token.used_at.is_(None), Token.expires_at > now
+                )
+            )
+        )
+        if open_link:
+            return False
+        record(
+            session,
+            at=now,
+            actor=SYSTEM,
+            kind="email.expired",
+            account_id=email.account_id,
+            domain=email.domain,
+            before={"address": email.address, "verified": False},
+            reason="never verified, and its verification link expired",
+        )
+        session.delete(email)
+        session.flush()
+        return True
+
+
+# --------------------------------------------------------------------------- functions
+
+
+@dataclass(frozen=True)
+class _Address:
+    address: str
+    domain: str
+    free_provider: bool
+
+    def new_email(self, *, primary: bool, now: datetime) -> Email:
+        return Email(
+            added_at=now,
+            address=self.address,
+            domain=self.domain,
+            free_provider=self.free_provider,
+            primary=primary,
+            verified=False,
+        )
+
+
+def check_username(username: str) -> str:
+    """The username as stored; raises :class:`InvalidUsername` (the one rule,
+    :func:`lapsewatch.names.check_username`)."""
+    try:
+        return _check_name(username)
+    except InvalidName as exc:
+        raise InvalidUsername(str(exc)) from None

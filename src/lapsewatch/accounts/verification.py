@@ -1,0 +1,293 @@
+"""Verifying an address: mailing a new link, redeeming it, and checking its domain at once.
+
+The rules against the ``ctx`` attack that live here: a verification link
+issued before the address was unverified is dead; a login-bound link works only
+while its owner is logged in, so whoever now reads a lapsed domain's mail
+cannot re-verify it; and the domain is checked the moment an address is
+verified, a registration date newer than the one the store saw before being a
+re-registration (the verification is refused). This is the one job service
+that calls the cycle (:mod:`lapsewatch.cycle.apply`, :mod:`lapsewatch.cycle.due`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from lapsewatch.accounts import tokens
+from lapsewatch.accounts.core import AccountCore, _account, _own_email, _verification_kind
+from lapsewatch.accounts.errors import (
+    AccountError,
+    AlreadyVerified,
+    LoginRequired,
+    RateLimited,
+    TokenInvalid,
+)
+from lapsewatch.accounts.events import SYSTEM, record, user_actor
+from lapsewatch.accounts.results import EmailVerified, VerificationSent
+from lapsewatch.accounts.tokens import TokenKind
+from lapsewatch.cycle.apply import CheckResult, apply_result, unverify_email
+from lapsewatch.cycle.due import DueDomain, select_due
+from lapsewatch.dates import isoformat
+from lapsewatch.mail import messages
+from lapsewatch.mail.smtp import Mail
+from lapsewatch.store.models import Domain, Email
+from lapsewatch.verdict import Verdict
+
+__all__ = ["VerificationService", "reregistered_since"]
+
+log = logging.getLogger(__name__)
+
+
+class VerificationService(AccountCore):
+    """Verification links: asked for again, redeemed, and the domain checked right away."""
+
+    def request_reverification(self, account_id: int, email_id: int) -> VerificationSent:
+        """Mail a verification link to that address of the logged-in account.
+
+        Also for an address never verified (a lost first link). For an address
+        lapsewatch unverified, the link only works while its owner is logged in
+        (see :meth:`verify_email`).
+        """
+        now = self._clock()
+        with self._sessions.begin() as session:
+            account = _account(session, account_id)
+            email = _own_email(account, email_id)
+            outcome: AccountError | tuple[str, bool]
+            if email.verified:
+                outcome = AlreadyVerified("this address is already verified")
+            elif not self._verification_allowed(session, account.id, now):
+                outcome = RateLimited("too many verification mails; try again later")
+            else:
+                kind = _verification_kind(session, email)
+                again = kind is TokenKind.REVERIFY_EMAIL
+                # Only the newest link works: an older one may sit in a mailbox we doubt.
+                tokens.revoke(
+                    session,
+                    (TokenKind.VERIFY_EMAIL, TokenKind.REVERIFY_EMAIL),
+                    account_id=account.id,
+                    email_id=email.id,
+                    now=now,
+                )
+                token = tokens.issue(
+                    session,
+                    kind,
+                    account_id=account.id,
+                    email_id=email.id,
+                    now=now,
+                    ttl=self.settings.verify_token_ttl,
+                )
+                record(
+                    session,
+                    at=now,
+                    actor=user_actor(account.username),
+                    kind="email.verification_requested",
+                    account_id=account.id,
+                    email_id=email.id,
+                    domain=email.domain,
+                    after={"address": email.address, "kind": kind.value},
+                )
+                outcome = (token, again)
+            address, username = email.address, account.username
+        if isinstance(outcome, AccountError):
+            raise outcome
+        token, again = outcome
+        sent = self._send(
+            messages.verification_mail(
+                address=address,
+                username=username,
+                url=messages.link(self.settings.base_url, messages.VERIFY_EMAIL_PATH, token),
+                ttl=self.settings.verify_token_ttl,
+                again=again,
+            )
+        )
+        return VerificationSent(email_id, address, sent)
+
+    def verify_email(self, token: str, *, session_account_id: int | None = None) -> EmailVerified:
+        """Redeem a verification link, then check the address's domain at once.
+
+        ``session_account_id`` is the logged-in account, if any: a
+        re-verification link requires it to be the owner (:class:`LoginRequired`).
+        If the domain has already lapsed the address is unverified again at once
+        (``verified=False`` in the result); if the sources cannot answer, the
+        verification stands and the cycle retries the domain soon.
+        """
+        now = self._clock()
+        due: list[DueDomain] = []
+        known_registration: datetime | None = None
+        notices: list[Mail] = []
+        with self._sessions.begin() as session:
+            outcome = self._redeem_verification(session, token, session_account_id, now)
+            if isinstance(outcome, EmailVerified) and not outcome.already_verified:
+                account = _account(session, outcome.account_id)
+                notices = self._security_mails(
+                    account, "email.verified", outcome.address, now, skip=outcome.address
+                )
+            if isinstance(outcome, EmailVerified) and not (
+                outcome.already_verified or outcome.free_provider
+            ):
+                stored = session.get(Domain, outcome.domain)
+                known_registration = stored.registered_at if stored is not None else None
+                # Well-known providers are never checked; for a custom domain the
+                # oldest verification on it decides what counts as a re-registration.
+                due = select_due(
+                    session,
+                    now=now,
+                    limit=None,
+                    everything=True,
+                    names=[outcome.domain],
+                    include_leased=True,
+                )
+        if isinstance(outcome, AccountError):
+            raise outcome
+        self._send_all(notices)
+        if not due:
+            return outcome
+        result = None
+        if self._checker is not None:
+            try:
+                result = self._checker.check(due[0], now=now)
+            except Exception:  # a verification must not fail because a source did
+                log.exception("checking %s at verification failed", outcome.domain)
+        with self._sessions.begin() as session:
+            if result is not None:
+                apply_result(session, result, policy=self._policy)
+                new_owner = result.decision.registered_at
+                if reregistered_since(known_registration, new_owner):
+                    _refuse_verification(session, outcome, known_registration, result, now)
+            else:
+                _make_due(session, outcome.domain, now)
+        with self._sessions() as session:
+            email = session.get(Email, outcome.email_id)
+            still = bool(email is not None and email.verified)
+        return replace(
+            outcome,
+            verified=still,
+            checked=result is not None,
+            verdict=result.decision.verdict.value if result else None,
+            reason=result.decision.reason if result else None,
+        )
+
+    def _redeem_verification(
+        self, session: Session, token: str, session_account_id: int | None, now: datetime
+    ) -> AccountError | EmailVerified:
+        kinds = (TokenKind.VERIFY_EMAIL, TokenKind.REVERIFY_EMAIL)
+        try:
+            row = tokens.peek(session, kinds, token, now=now)
+        except TokenInvalid as exc:
+            return exc
+        if row.kind == TokenKind.REVERIFY_EMAIL and session_account_id != row.account_id:
+            return LoginRequired(
+                "sign in to the account this address belongs to, then open the link"
+            )
+        email = session.get(Email, row.email_id, with_for_update=True) if row.email_id else None
+        if email is None or email.account_id != row.account_id:
+            return TokenInvalid("this link is not valid")
+        if email.unverified_at is not None and row.created_at < email.unverified_at:
+            # Sent before lapsewatch doubted the domain: it may sit in a mailbox
+            # that now belongs to someone else.
+            return TokenInvalid(
+                "this link was sent before the address was unverified; ask for a new one "
+                "from your account page"
+            )
+        tokens.consume(session, kinds, token, now=now)
+        account = email.account
+        base = EmailVerified(
+            account.id,
+            account.username,
+            email.id,
+            email.address,
+            email.domain,
+            email.free_provider,
+            verified=True,
+        )
+        if email.verified:
+            return replace(base, already_verified=True)
+        before = {
+            "verified": False,
+            "verified_at": isoformat(email.verified_at),
+            "unverified_at": isoformat(email.unverified_at),
+            "unverify_reason": email.unverify_reason,
+        }
+        email.verified = True
+        email.verified_at = now
+        if row.kind == TokenKind.REVERIFY_EMAIL:
+            # Its owner, signed in, proved the mailbox now: trusted from here on
+            # (a domain they bought back is theirs), not since it was first added.
+            email.added_at = now
+        email.unverified_at = None
+        email.unverify_reason = None
+        email.unverify_detail = None
+        tokens.revoke(session, kinds, account_id=account.id, email_id=email.id, now=now)
+        record(
+            session,
+            at=now,
+            actor=user_actor(account.username),
+            kind="email.verified",
+            account_id=account.id,
+            email_id=email.id,
+            domain=email.domain,
+            before=before,
+            after={"verified": True, "verified_at": isoformat(now), "via": row.kind},
+        )
+        return base
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def reregistered_since(known: datetime | None, observed: datetime | None) -> bool:
+    """Whether the registry's registration date is newer than the one the store had
+    seen: the domain was registered again, by whoever, since we last looked."""
+    return known is not None and observed is not None and observed > known
+
+
+def _refuse_verification(
+    session: Session,
+    verified: EmailVerified,
+    known: datetime | None,
+    result: CheckResult,
+    now: datetime,
+) -> None:
+    """Undo a verification whose domain was re-registered since the store last saw it,
+    and remember the domain and the address as ones that may have changed hands."""
+    email = session.get(Email, verified.email_id, with_for_update=True)
+    domain = session.get(Domain, verified.domain, with_for_update=True)
+    if domain is not None:
+        domain.dangerous_at = now
+        domain.dangerous_verdict = Verdict.REREGISTERED.value
+    if email is None:
+        return
+    reason = (
+        f"{verified.domain} was registered again on {isoformat(result.decision.registered_at)}, "
+        f"after the registration seen before ({isoformat(known)})"
+    )
+    unverify_email(session, email, Verdict.REREGISTERED, reason, now)
+    record(
+        session,
+        at=now,
+        actor=SYSTEM,
+        kind="email.verification_refused",
+        account_id=email.account_id,
+        email_id=email.id,
+        domain=email.domain,
+        before={"registered_at": isoformat(known)},
+        after={
+            "verified": False,
+            "verdict": Verdict.REREGISTERED.value,
+            "registered_at": isoformat(result.decision.registered_at),
+        },
+        reason=reason,
+    )
+
+
+def _make_due(session: Session, name: str, now: datetime) -> None:
+    """The check at verification did not happen: have the next cycle run do it."""
+    domain = session.get(Domain, name, with_for_update=True)
+    if domain is None:
+        session.add(Domain(name=name, consecutive_failures=0, next_due_at=now))
+    elif domain.next_due_at is None or domain.next_due_at > now:
+        domain.next_due_at = now

@@ -2,12 +2,19 @@
 
 Store tests run twice, on SQLite and on PostgreSQL. PostgreSQL tests skip on a
 machine without the server, and fail in CI (``LAPSEWATCH_REQUIRE_SERVICES=1``).
+
+Alembic runs once per backend and test session, into a template; each test gets its
+own copy of it (a file copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL).
+A copy is as fresh as a migrated database and costs a few milliseconds instead of the
+0.4 to 0.9 s a migration takes, which is most of what a store test used to cost.
 """
 
 from __future__ import annotations
 
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -29,7 +36,7 @@ def require_redis() -> None:
     require_service("Redis on 127.0.0.1:6379", redis_reachable())
 
 
-def _postgres_database() -> Iterator[str]:
+def _postgres_database() -> Generator[str]:
     import psycopg
 
     require_service("PostgreSQL on 127.0.0.1:5432", postgres_reachable())
@@ -54,10 +61,66 @@ def database_url(
         yield from _postgres_database()
 
 
+class _Templates:
+    """Migrated template databases, made on first use and kept for the session."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp = tmp_path_factory
+        self._sqlite: Path | None = None
+        self._postgres: Generator[str] | None = None
+        self._postgres_name: str | None = None
+
+    def sqlite(self) -> Path:
+        if self._sqlite is None:
+            path = self._tmp.mktemp("template") / "lapsewatch.db"
+            _migrate(f"sqlite:///{path}")
+            self._sqlite = path
+        return self._sqlite
+
+    def postgres(self) -> str:
+        if self._postgres_name is None:
+            databases = _postgres_database()
+            self._postgres = databases
+            url = next(databases)
+            _migrate(url)
+            self._postgres_name = make_url(url).database
+        assert self._postgres_name is not None
+        return self._postgres_name
+
+    def close(self) -> None:
+        if self._postgres is not None:
+            self._postgres.close()
+
+
+def _migrate(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()  # no connection may stay open on a template
+
+
+@pytest.fixture(scope="session")
+def _templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Templates]:
+    templates = _Templates(tmp_path_factory)
+    yield templates
+    templates.close()
+
+
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated database on each backend."""
+def engine(database_url: str, _templates: _Templates) -> Iterator[Engine]:
+    """A migrated database on each backend, at ``database_url``: a copy of the template."""
+    url = make_url(database_url)
+    assert url.database is not None
+    if url.get_backend_name() == "sqlite":
+        shutil.copyfile(_templates.sqlite(), url.database)
+    else:
+        import psycopg
+
+        template = _templates.postgres()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{url.database}"')
+            admin.execute(f'CREATE DATABASE "{url.database}" TEMPLATE "{template}"')
     engine = make_engine(database_url)
-    upgrade(engine)
     yield engine
     engine.dispose()

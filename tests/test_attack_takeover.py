@@ -15,10 +15,12 @@ an address on it belongs to the attacker, who holds no session of the victim.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
@@ -26,9 +28,10 @@ from sqlalchemy import Engine, select
 from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.errors import AccountError, InvalidSecondFactor, RateLimited
 from lapsewatch.accounts.service import AccountService
+from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle import run_cycle
 from lapsewatch.store import Email, Event, make_sessionmaker
-from lapsewatch.store.models import AddressHistory, Domain
+from lapsewatch.store.models import AddressHistory, Domain, Token
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cycle_support import settings_for
 from tests.mail_support import (
@@ -39,7 +42,7 @@ from tests.mail_support import (
     make_service,
     token_from,
 )
-from tests.web_support import WebClient, make_web_app
+from tests.web_support import LiveServer, WebClient, csrf_of, make_web_app
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 YEARS_AGO = NOW - timedelta(days=3 * 365)
@@ -124,12 +127,33 @@ def logged_in(app: TestClient, username: str) -> WebClient:
     return client
 
 
-def attacker_redeems(app: TestClient, smtp: MailServer, address: str) -> None:
+def attacker_redeems(app: TestClient, smtp: MailServer, address: str) -> httpx.Response:
     """Whoever now reads the domain's mail posts the newest link, with no session."""
     attacker = WebClient(TestClient(app.app))
     token = token_from(smtp.inbox(address)[-1])
     attacker.get(f"/account/verify-email?token={token}")
-    attacker.post("/account/verify-email", {"token": token})
+    return attacker.post("/account/verify-email", {"token": token})
+
+
+def assert_login_bound(smtp: MailServer, engine: Engine, address: str, username: str) -> None:
+    """The newest link to ``address`` is the login-bound kind: its mail says so and
+    the only open verification link of that address is a re-verification one."""
+    mail = smtp.inbox(address)[-1]
+    assert mail.kind == "verify_email"
+    assert f"only while you are signed in as {username!r}" in mail.body
+    with make_sessionmaker(engine)() as session:
+        row = session.scalars(select(Email).where(Email.address == address)).one()
+        kinds = session.scalars(
+            select(Token.kind).where(Token.email_id == row.id, Token.used_at.is_(None))
+        ).all()
+    assert kinds == [TokenKind.REVERIFY_EMAIL.value]
+
+
+def assert_sign_in_first(response: httpx.Response) -> None:
+    """The app's refusal of a login-bound link posted without its owner's session."""
+    assert response.status_code == 403, response.text
+    assert "Sign in first" in response.text
+    assert "sign in to the account this address belongs to" in response.text
 
 
 def test_takeover_by_removing_and_re_adding_a_lapsed_address_fails(
@@ -160,8 +184,10 @@ def test_takeover_by_removing_and_re_adding_a_lapsed_address_fails(
     owner.get("/account/security")
     owner.post("/account/emails", {"address": VICTIM, "password": PASSWORD})
     assert email_row(engine, VICTIM) is not None
-    # 4. The link lands in the attacker's mailbox; posting it without a session fails.
-    attacker_redeems(app, smtp, VICTIM)
+    # 4. The link lands in the attacker's mailbox, but it is the login-bound kind:
+    # posting it without the owner's session is refused before anything is checked.
+    assert_login_bound(smtp, engine, VICTIM, "victim")
+    assert_sign_in_first(attacker_redeems(app, smtp, VICTIM))
     again = email_row(engine, VICTIM)
     assert again is not None
     assert not again.verified
@@ -193,10 +219,102 @@ def test_a_never_verified_address_on_a_re_registered_domain_needs_the_session(
     owner.get("/account/security")
     owner.post("/account/emails", {"address": "new@victimcorp.test", "password": PASSWORD})
     assert email_row(engine, "new@victimcorp.test") is not None
-    attacker_redeems(app, smtp, "new@victimcorp.test")
+    # A new address on a domain once found dangerous gets the login-bound link only.
+    assert_login_bound(smtp, engine, "new@victimcorp.test", "victim")
+    assert_sign_in_first(attacker_redeems(app, smtp, "new@victimcorp.test"))
     row = email_row(engine, "new@victimcorp.test")
     assert row is not None
     assert not row.verified
+
+
+RACE_LATENCY = 1.5
+"""Seconds each answer of the slow world takes: the check at verification then lasts
+about two of them (RDAP and DNS together, then Fastly), the attacker's window."""
+
+
+def _poll(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_attack_reset_asked_during_the_check_at_verification_reaches_nobody(
+    engine: Engine, smtp: MailServer
+) -> None:
+    """H2, the race: whoever reads the re-registered domain's mail posts the plain link
+    to the running app and, while the registry takes its time to answer the check that
+    follows, asks that app for a password reset of the address. The address must stay
+    unverified until the check's answer is in, so no reset reaches that mailbox (the
+    owner's other, verified address hears of the request instead)."""
+    smtp.clear()
+    target = "me@quietcorp.test"
+    with World(demo_scenario(now=NOW), latency=RACE_LATENCY) as slow:
+        slow.set_domain(DomainScenario.make("quietcorp.test", "registered", now=NOW))
+        checks = settings_for(slow, LAPSEWATCH_TIMEOUT="10")
+        clock = Clock(NOW - timedelta(days=400))
+        svc = make_service(
+            engine, account_settings(smtp.url), clock=clock, checker=CycleDomainChecker(checks)
+        )
+        # The owner added the address while the domain was theirs and never verified it.
+        account_id = created(svc.sign_up("fresh", PASSWORD, target))
+        spare = svc.add_email(account_id, "fresh@gmail.com")
+        assert svc.verify_email(token_from(smtp.inbox("fresh@gmail.com")[-1])).verified
+        svc.set_primary(account_id, spare.email_id)
+        # The domain lapses and the attacker registers it (an hour ago, while the test runs).
+        clock.now = NOW
+        slow.set_domain(
+            DomainScenario.make("quietcorp.test", "registered", now=NOW, registered="-1h")
+        )
+        row = email_row(engine, target)
+        assert row is not None
+        svc.request_reverification(account_id, row.id)  # the owner asks for a new link
+        link = smtp.inbox(target)[-1]
+        assert "signed in" not in link.body  # a plain link: nothing was known to be wrong
+        token = token_from(link)
+        live = LiveServer()
+        live.start(make_web_app(engine, svc, settings=checks, checker=CycleDomainChecker(checks)))
+        try:
+            with (
+                httpx.Client(base_url=live.url, timeout=30) as verifier,
+                httpx.Client(base_url=live.url, timeout=30) as resetter,
+                ThreadPoolExecutor(1) as pool,
+            ):
+                page = verifier.get(f"/account/verify-email?token={token}")
+                verifying = pool.submit(
+                    verifier.post,
+                    "/account/verify-email",
+                    data={"token": token, "csrf_token": csrf_of(page.text)},
+                )
+                # The registry has been asked about the domain: the check is under way.
+                _poll(
+                    lambda: slow.rdap_requests["quietcorp.test"] or verifying.done(),
+                    "the check at verification",
+                )
+                assert not verifying.done(), verifying.result().text
+                page = resetter.get("/account/forgot-password")
+                asked = resetter.post(
+                    "/account/forgot-password",
+                    data={"identifier": target, "csrf_token": csrf_of(page.text)},
+                )
+                assert asked.status_code == 200
+                _poll(lambda: events(engine, "password_reset.requested"), "the reset request")
+                assert not verifying.done(), "the check ended first: the race was not run"
+                verified = verifying.result()
+        finally:
+            live.stop()
+    assert verified.status_code == 200, verified.text
+    (requested,) = events(engine, "password_reset.requested")
+    assert requested.after is not None
+    recipients = requested.after["recipients"]
+    assert target not in recipients, "the reset went to the new owner of the domain"
+    assert recipients == ["fresh@gmail.com"]
+    _poll(lambda: resets_to(smtp, "fresh@gmail.com"), "the reset mail to the owner")
+    assert resets_to(smtp, target) == 0
+    after = email_row(engine, target)
+    assert after is not None
+    assert not after.verified
+    assert after.unverify_reason == "reregistered"
 
 
 def test_resurrection_between_checks_is_refused_at_verification(
@@ -388,8 +506,9 @@ def test_attack_a_stolen_session_cannot_change_things_silently(
 def test_attack_an_unverified_squat_on_an_address_expires(
     svc: AccountService, smtp: MailServer, clock: Clock, engine: Engine
 ) -> None:
-    """Someone adds another person's address and never verifies it: once the link has
-    expired, the real owner can add it (first to verify wins)."""
+    """Someone adds another person's address and never verifies it: a day (a link's
+    lifetime) after that adding, the real owner can add it (first to verify wins).
+    Over HTTP, and with links asked for again: tests/test_attack_squat.py."""
     clock.now = NOW
     squatter = created(svc.sign_up("squatter", PASSWORD, "squatter@gmail.com"))
     svc.add_email(squatter, "real.owner@gmail.com")
@@ -436,3 +555,44 @@ def test_resurrection_after_an_address_was_added_but_never_verified_is_refused(
     before = resets_to(smtp, "me@quietcorp.test")
     svc.request_password_reset("me@quietcorp.test")
     assert resets_to(smtp, "me@quietcorp.test") == before
+
+
+def test_attack_plain_link_during_a_registry_outage_verifies_nothing(
+    app: TestClient,
+    svc: AccountService,
+    smtp: MailServer,
+    world: World,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    """The domain was re-registered between two checks, and its registry does not
+    answer when the new owner posts a plain link: with a registration date known but
+    none to compare it with, nothing is verified, and the link works once the
+    registry answers again (and then it is refused as a re-registration)."""
+    first = owner_years_ago(svc, smtp, "former", "boss@quietcorp.test")
+    with make_sessionmaker(engine)() as session:
+        old = session.scalars(select(Email).where(Email.address == "boss@quietcorp.test")).one()
+        old_id = old.id
+    svc.remove_email(first, old_id)
+    clock.now = NOW
+    world.set_domain(
+        DomainScenario.make("quietcorp.test", "registered", now=NOW, registered="-1h", rdap="500")
+    )
+    created(svc.sign_up("newcomer", PASSWORD, "boss@quietcorp.test"))
+    during = attacker_redeems(app, smtp, "boss@quietcorp.test")
+    assert during.status_code == 503, during.text
+    assert "did not answer" in during.text
+    row = email_row(engine, "boss@quietcorp.test")
+    assert row is not None
+    assert not row.verified
+    assert resets_to(smtp, "boss@quietcorp.test") == 0
+    svc.request_password_reset("newcomer")
+    assert resets_to(smtp, "boss@quietcorp.test") == 0
+    # The registry is back: the same link is redeemed now, and refused for what it shows.
+    world.set_domain(DomainScenario.make("quietcorp.test", "registered", now=NOW, registered="-1h"))
+    after = attacker_redeems(app, smtp, "boss@quietcorp.test")
+    assert after.status_code == 200, after.text
+    row = email_row(engine, "boss@quietcorp.test")
+    assert row is not None
+    assert not row.verified
+    assert row.unverify_reason == "reregistered"

@@ -5,14 +5,20 @@ account (its owner is mailed instead), and an address that may now be read by
 someone else gets only a login-bound verification link
 (:func:`~lapsewatch.accounts.core._verification_kind`). Redeeming the links is
 :mod:`lapsewatch.accounts.verification`'s job.
+
+Nobody can squat on someone else's address: one a web account added but never
+verified is held for it only for the verification link's lifetime from its first
+adding (asking for new links does not extend that); after it, whoever verifies
+first keeps the address (:meth:`AddressService._address_free`). An address of an
+account the registry owns (an import, an API key) is never taken from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -45,11 +51,14 @@ from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.domains import DomainError, parse
 from lapsewatch.mail import messages
 from lapsewatch.mail.smtp import Mail
-from lapsewatch.names import InvalidName
+from lapsewatch.names import InvalidName, address_key
 from lapsewatch.names import check_username as _check_name
-from lapsewatch.store.models import Account, Email, Token
+from lapsewatch.store.models import Account, Email, Event
 
-__all__ = ["AddressService", "check_username"]
+__all__ = ["WEB_OWNER", "AddressService", "check_username"]
+
+WEB_OWNER = "web"
+"""``accounts.owner`` of the web app's own accounts (sign-up, ``admin create-admin``)."""
 
 
 class AddressService(AccountCore):
@@ -288,21 +297,36 @@ class AddressService(AccountCore):
         )
 
     def _address_free(self, session: Session, address: str, now: datetime) -> bool:
-        """Whether ``address`` may be added. An address someone added but never verified,
-        whose link has expired, is dropped: nobody can squat on an address for good."""
+        """Whether ``address`` may be added (or signed up with) by someone.
+
+        Never while it is verified or lapsewatch ever unverified it, and never while an
+        account the web app does not own has it (an import's or an API key's: the
+        registry decides about those). An address a web account added but never
+        verified is held for :attr:`AccountSettings.verify_token_ttl` from that
+        account's first adding of it; after that it is free, whatever links were
+        asked for since or however often it was removed and added again: the row
+        is dropped (its links die) and whoever verifies first keeps the address.
+        """
         email = _email_by_address(session, address)
         if email is None:
             return True
-        if email.verified or email.verified_at is not None or email.unverified_at is not None:
+        if not _never_verified(email) or email.account.owner != WEB_OWNER:
             return False
-        open_link = session.scalar(
-            select(
-                exists().where(
-                    Token.email_id == email.id, Token.used_at.is_(None), Token.expires_at > now
-                )
-            )
+        held_since = _held_since(session, email)
+        if held_since is not None and now < held_since + self.settings.verify_token_ttl:
+            return False
+        # Read again under a row lock: its holder may have verified it a moment ago (a
+        # verified address is never dropped), or another newcomer dropped it already
+        # (then this one trips over the winner's row and its unique address).
+        email = session.scalar(
+            select(Email)
+            .where(Email.id == email.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
-        if open_link:
+        if email is None:
+            return True
+        if not _never_verified(email):
             return False
         record(
             session,
@@ -312,7 +336,11 @@ class AddressService(AccountCore):
             account_id=email.account_id,
             domain=email.domain,
             before={"address": email.address, "verified": False},
-            reason="never verified, and its verification link expired",
+            reason=(
+                "never verified within "
+                f"{_duration(self.settings.verify_token_ttl)} of being added; "
+                "it was added again"
+            ),
         )
         session.delete(email)
         session.flush()
@@ -337,6 +365,38 @@ class _Address:
             primary=primary,
             verified=False,
         )
+
+
+def _never_verified(email: Email) -> bool:
+    """Added, never verified and never unverified by lapsewatch (nothing to protect)."""
+    return not email.verified and email.verified_at is None and email.unverified_at is None
+
+
+def _held_since(session: Session, email: Email) -> datetime | None:
+    """Since when the account that has this never-verified address has held it: the
+    first time it added the address (a removal and a new adding restart nothing);
+    ``None`` for a row older than ``added_at`` with no event to tell."""
+    key = address_key(email.address)
+    added = session.execute(
+        select(Event.at, Event.after).where(
+            Event.account_id == email.account_id,
+            Event.kind == "email.added",
+            Event.domain == email.domain,
+        )
+    ).all()
+    times = [
+        at
+        for at, after in added
+        if isinstance(after, dict) and address_key(str(after.get("address", ""))) == key
+    ]
+    if email.added_at is not None:
+        times.append(email.added_at)
+    return min(times, default=None)
+
+
+def _duration(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    return f"{hours:g} hours"
 
 
 def check_username(username: str) -> str:

@@ -14,6 +14,7 @@ __all__ = [
     "AccountNotFound",
     "AddressInUse",
     "AlreadyVerified",
+    "CheckUnavailable",
     "EmailNotFound",
     "InvalidAddress",
     "InvalidCredentials",
@@ -121,6 +122,11 @@ class TokenUsed(TokenInvalid):
 
 class TokenExpired(TokenInvalid):
     pass
+
+
+class CheckUnavailable(AccountError):
+    """The registry could not be asked at verification, and the store knows a
+    registration date to compare with: the link stays valid for a later try."""
 
 
 class LoginRequired(AccountError):

@@ -22,6 +22,7 @@ from lapsewatch.accounts.core import AccountCore, _account, _own_email, _verific
 from lapsewatch.accounts.errors import (
     AccountError,
     AlreadyVerified,
+    CheckUnavailable,
     LoginRequired,
     RateLimited,
     TokenInvalid,
@@ -107,65 +108,91 @@ class VerificationService(AccountCore):
         return VerificationSent(email_id, address, sent)
 
     def verify_email(self, token: str, *, session_account_id: int | None = None) -> EmailVerified:
-        """Redeem a verification link, then check the address's domain at once.
+        """Redeem a verification link, after checking the address's domain.
 
         ``session_account_id`` is the logged-in account, if any: a
         re-verification link requires it to be the owner (:class:`LoginRequired`).
-        If the domain has already lapsed the address is unverified again at once
-        (``verified=False`` in the result); if the sources cannot answer, the
-        verification stands and the cycle retries the domain soon.
+
+        The address stays unverified while its domain is checked: the link is
+        first redeemed in a transaction that is rolled back (it only learns the
+        domain), then checked with no transaction open, then redeemed for real
+        together with the check's result, in one transaction. Committing the
+        verification before the check would let whoever reads the domain's mail
+        ask for a password reset during the check (issue #10, H2). If the
+        domain has lapsed the address is unverified again in that same
+        transaction (``verified=False`` in the result); a registration newer than
+        the one the store saw before refuses the verification. If the check gives
+        no registration date while the store knows one, nothing is redeemed
+        (:class:`CheckUnavailable`: the link works again later); if the store knows
+        none, the verification stands and the cycle checks the domain at once.
         """
         now = self._clock()
         due: list[DueDomain] = []
         known_registration: datetime | None = None
-        notices: list[Mail] = []
-        with self._sessions.begin() as session:
-            outcome = self._redeem_verification(session, token, session_account_id, now)
-            if isinstance(outcome, EmailVerified) and not outcome.already_verified:
-                account = _account(session, outcome.account_id)
-                notices = self._security_mails(
-                    account, "email.verified", outcome.address, now, skip=outcome.address
-                )
-            if isinstance(outcome, EmailVerified) and not (
-                outcome.already_verified or outcome.free_provider
+        with self._sessions() as session:  # a dry run: rolled back when the block ends
+            probe = self._redeem_verification(session, token, session_account_id, now)
+            if isinstance(probe, EmailVerified) and not (
+                probe.already_verified or probe.free_provider
             ):
-                stored = session.get(Domain, outcome.domain)
+                stored = session.get(Domain, probe.domain)
                 known_registration = stored.registered_at if stored is not None else None
                 # Well-known providers are never checked; for a custom domain the
-                # oldest verification on it decides what counts as a re-registration.
+                # oldest verification on it decides what counts as a re-registration
+                # (asked while the address counts as verified, in this dry run).
                 due = select_due(
                     session,
                     now=now,
                     limit=None,
                     everything=True,
-                    names=[outcome.domain],
+                    names=[probe.domain],
                     include_leased=True,
                 )
-        if isinstance(outcome, AccountError):
-            raise outcome
-        self._send_all(notices)
-        if not due:
-            return outcome
-        result = None
-        if self._checker is not None:
+            session.rollback()
+        if isinstance(probe, AccountError):
+            raise probe
+        result: CheckResult | None = None
+        if due and self._checker is not None:
             try:
                 result = self._checker.check(due[0], now=now)
             except Exception:  # a verification must not fail because a source did
-                log.exception("checking %s at verification failed", outcome.domain)
+                log.exception("checking %s at verification failed", probe.domain)
+        if (
+            due
+            and self._checker is not None
+            and known_registration is not None
+            and (result is None or result.decision.registered_at is None)
+        ):
+            # Without the registry's date there is no telling whether the domain was
+            # registered again since the store saw it: never call it safe on doubt.
+            raise CheckUnavailable(
+                f"the registry of {probe.domain} did not answer, so the address was not "
+                "verified; open the link again in a few minutes"
+            )
+        notices: list[Mail] = []
         with self._sessions.begin() as session:
-            if result is not None:
-                apply_result(session, result, policy=self._policy)
-                new_owner = result.decision.registered_at
-                if reregistered_since(known_registration, new_owner):
-                    _refuse_verification(session, outcome, known_registration, result, now)
-            else:
-                _make_due(session, outcome.domain, now)
-        with self._sessions() as session:
-            email = session.get(Email, outcome.email_id)
-            still = bool(email is not None and email.verified)
+            outcome = self._redeem_verification(session, token, session_account_id, now)
+            if isinstance(outcome, EmailVerified) and not outcome.already_verified:
+                if due and result is not None:
+                    apply_result(session, result, policy=self._policy)
+                    if reregistered_since(known_registration, result.decision.registered_at):
+                        _refuse_verification(session, outcome, known_registration, result, now)
+                elif due:
+                    _make_due(session, outcome.domain, now)
+                email = session.get(Email, outcome.email_id)
+                still = bool(email is not None and email.verified)
+                if still:
+                    account = _account(session, outcome.account_id)
+                    notices = self._security_mails(
+                        account, "email.verified", outcome.address, now, skip=outcome.address
+                    )
+                outcome = replace(outcome, verified=still)
+        if isinstance(outcome, AccountError):
+            raise outcome
+        self._send_all(notices)
+        if not due or outcome.already_verified:
+            return outcome
         return replace(
             outcome,
-            verified=still,
             checked=result is not None,
             verdict=result.decision.verdict.value if result else None,
             reason=result.decision.reason if result else None,

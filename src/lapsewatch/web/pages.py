@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from lapsewatch.accounts.errors import (
     AccountError,
+    CheckUnavailable,
     LoginRequired,
     RateLimited,
     TotpAlreadyEnabled,
@@ -186,6 +187,14 @@ def verify_email(request: Request, context: Ctx, viewer: MaybeUser, token: Text 
             f"lapsed once, or lapsewatch unverified it before); {exc}.",
             status_code=403,
             **{"Sign in": login},
+        )
+    except CheckUnavailable as exc:
+        return _message(
+            request,
+            "Try again in a few minutes",
+            str(exc),
+            status_code=503,
+            **{"Your account": "/account/security"},
         )
     except AccountError as exc:
         return _message(

@@ -3,7 +3,7 @@ at once): racing requests must buy an attacker nothing.
 
 * M4: one recovery code, posted by 8 logins at the same moment, logs in once.
 * M5: 30 wrong passwords at once are not all checked: the limit is counted
-  before Argon2 runs.
+  before Argon2 runs. The same for 20 wrong TOTP codes at the 2FA step.
 * The TOTP code that confirmed the set-up cannot log in again.
 * Wrong passwords do not lock out an account that has 2FA (the code guards it).
 """
@@ -11,6 +11,7 @@ at once): racing requests must buy an attacker nothing.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -52,7 +53,20 @@ def with_totp(svc: AccountService, username: str) -> tuple[str, tuple[str, ...]]
 
 
 def client(server: LiveServer) -> httpx.Client:
-    return httpx.Client(base_url=server.url, follow_redirects=False, timeout=30)
+    """One browser; every request on a connection of its own.
+
+    A kept-alive connection lies idle while the other clients are prepared, and
+    uvicorn closes one idle for 5 s: if its timer fires during the burst, before
+    the loop has read the request already on that socket, the close resets it
+    ("connection reset by peer", or "server disconnected"). Slow preparation under
+    load made that happen; a fresh connection per request has no idle timer to race.
+    """
+    return httpx.Client(
+        base_url=server.url,
+        follow_redirects=False,
+        timeout=30,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
 
 
 def password_step(http: httpx.Client, username: str, password: str) -> httpx.Response:
@@ -120,6 +134,45 @@ def test_attack_thirty_wrong_passwords_at_once_are_not_all_checked(
 
     outcomes = at_once(30, prepare)
     assert outcomes.count("checked") <= limit, outcomes
+
+
+def wrong_codes(secret: str, count: int) -> list[str]:
+    """``count`` six-digit codes that are none of the codes accepted around now."""
+    now = time.time()
+    accepted = {pyotp.TOTP(secret).at(now + 30 * step) for step in range(-3, 4)}
+    codes = (f"{(n * 7919 + 104729) % 1_000_000:06d}" for n in range(count * 2))
+    return [code for code in codes if code not in accepted][:count]
+
+
+def test_attack_twenty_wrong_totp_codes_at_once_are_not_all_checked(
+    server: LiveServer, svc: AccountService
+) -> None:
+    """M5 at the second step: 20 logins that passed the password step post a wrong TOTP
+    code at the same moment; at most the limit (5) are checked, the rest get 429."""
+    secret, _codes = with_totp(svc, "totpracer")
+    limit = svc.settings.limits.second_factor_per_account.count
+    guesses = wrong_codes(secret, 20)
+
+    def prepare(n: int) -> Callable[[], str]:
+        http = client(server)
+        assert password_step(http, "totpracer", PASSWORD).headers["location"] == (
+            "/account/login/2fa"
+        )
+        token = csrf_of(http.get("/account/login/2fa").text)
+
+        def shot() -> str:
+            answer = http.post("/account/login/2fa", data={"code": guesses[n], "csrf_token": token})
+            return {400: "checked", 429: "limited", 303: "in"}.get(
+                answer.status_code, str(answer.status_code)
+            )
+
+        return shot
+
+    outcomes = at_once(20, prepare)
+    assert "in" not in outcomes, outcomes
+    assert set(outcomes) <= {"checked", "limited"}, outcomes
+    assert 1 <= outcomes.count("checked") <= limit, outcomes
+    assert outcomes.count("limited") >= 20 - limit, outcomes
 
 
 def test_attack_the_code_that_confirmed_2fa_does_not_log_in(

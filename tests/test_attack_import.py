@@ -24,9 +24,10 @@ import pytest
 from sqlalchemy import Engine, delete, func, insert, select, update
 from typer.testing import CliRunner
 
+from lapsewatch.accounts.tokens import TokenKind, issue
 from lapsewatch.cli import app
 from lapsewatch.store import Account, Email, Event, make_sessionmaker
-from lapsewatch.store.models import AddressHistory
+from lapsewatch.store.models import AddressHistory, Token
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 LONG_AGO = "2020-01-01T00:00:00Z"
@@ -349,6 +350,51 @@ def test_resurrection_through_a_new_account_stays_unverified(
     assert reset_targets(engine, "ctx5-new") == set()
     code, summary = import_lines(cli, line("ctx5-new", mail("Ctx5@lapsed5.test", primary=True)))
     assert (code, summary["unchanged"]) == (0, 1)  # and it stays so: idempotent
+
+
+@pytest.mark.parametrize("owner", [None, "api:registry"])
+def test_attack_an_imported_unverify_revokes_the_links_sent_to_the_address(
+    cli: CliRunner, engine: Engine, owner: str | None
+) -> None:
+    """A reset (or verification) link mailed before an import or a push unverified the
+    address must not work again once a later one verifies the address anew."""
+    addresses = ("gina@gina.test", "gina@gmail.com")
+    code, _ = import_lines(
+        cli, line("gina", mail(addresses[0], primary=True), mail(addresses[1])), owner=owner
+    )
+    assert code == 0
+    with make_sessionmaker(engine).begin() as session:
+        account = session.scalars(select(Account).where(Account.username == "gina")).one()
+        ids = {e.address: e.id for e in account.emails}
+        for kind, address in [
+            (TokenKind.PASSWORD_RESET, addresses[0]),
+            (TokenKind.VERIFY_EMAIL, addresses[0]),
+            (TokenKind.PASSWORD_RESET, addresses[1]),
+        ]:
+            issue(
+                session,
+                kind,
+                account_id=account.id,
+                email_id=ids[address],
+                now=NOW,
+                ttl=timedelta(hours=1),
+            )
+
+    code, summary = import_lines(cli, line("gina", mail(addresses[0], verified=False)), owner=owner)
+    assert (code, summary["emails_updated"]) == (0, 1), summary
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    code, summary = import_lines(
+        cli, line("gina", mail(addresses[0], verified_at=later)), owner=owner
+    )
+    assert (code, summary["emails_updated"]) == (0, 1), summary
+    assert reset_targets(engine, "gina") == set(addresses)  # verified again ...
+    with engine.connect() as conn:
+        used = dict(conn.execute(select(Token.email_id, Token.used_at)).all())
+        kinds = conn.execute(
+            select(Token.kind).where(Token.email_id == ids[addresses[0]], Token.used_at.is_(None))
+        ).all()
+    assert kinds == []  # ... but the links sent before the unverify are dead for good
+    assert used[ids[addresses[1]]] is None  # the other address's link is untouched
 
 
 # ------------------------------------------------------------------ Low: usernames

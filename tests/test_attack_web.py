@@ -369,14 +369,23 @@ def test_attack_webhooks_to_internal_addresses_are_refused(
     assert ok.status_code == 201  # a public host is fine
 
 
-def _unverification(engine: Engine) -> None:
-    """An ``email.unverified`` event for the webhooks to deliver."""
+def _unverification(engine: Engine, *, owner: str | None = None) -> None:
+    """An ``email.unverified`` event for the webhooks to deliver: of no account (the
+    operator's webhooks hear of it), or of an account of ``owner`` (``api:<key name>``:
+    that key's webhooks hear of it)."""
     with make_sessionmaker(engine).begin() as session:
+        account_id = None
+        if owner is not None:
+            account = Account(username="lapsed", owner=owner, created_at=datetime.now(UTC))
+            session.add(account)
+            session.flush()
+            account_id = account.id
         session.add(
             Event(
                 at=datetime.now(UTC) + timedelta(seconds=1),
                 actor="cycle",
                 kind="email.unverified",
+                account_id=account_id,
                 domain="lapsed.test",
                 after={"verdict": "redemption"},
                 reason="RDAP status: redemption period",
@@ -424,7 +433,7 @@ def test_attack_dns_rebinding_after_registration_reaches_nothing(
             app_client.post("/api/v1/webhooks", headers=api, json={"url": url}).status_code == 201
         )
         dns.names["rebind.registry.test"] = ["127.0.0.1"]  # ... loopback when it is used
-        _unverification(engine)
+        _unverification(engine, owner="api:registry")  # an account of this key
         summary = deliver_webhooks(engine)
         assert summary.delivered == 0
         assert receiver.received == []
@@ -520,6 +529,58 @@ def test_attack_stolen_session_cannot_take_over_the_account(
     assert "Every other session of your account was signed out" in done.text
     assert not signed_in(thief, "victim")
     assert signed_in(victim, "victim")
+
+
+def test_attack_every_change_by_a_stolen_session_is_mailed_to_every_verified_address(
+    app_client: TestClient, smtp: MailServer, engine: Engine, clock: Clock
+) -> None:
+    """The thief holds the cookie and passes the re-authentication the app asks for (say
+    the password was phished too): each change that guards the account is still mailed
+    to every address verified at that moment, so the owner hears of it."""
+    spare = "victim@gmail.com"
+    mallory = "mallory@gmail.com"
+    victim = member(app_client, smtp, "victim", VICTIM)
+    victim.get("/account/security")
+    assert "We sent a verification link" in victim.post("/account/emails", {"address": spare}).text
+    token = token_from(smtp.inbox(spare)[-1])
+    victim.get(f"/account/verify-email?token={token}")
+    assert f"{spare} is verified" in victim.post("/account/verify-email", {"token": token}).text
+    clock.advance(minutes=11)  # the owner's login is no longer recent
+    thief = copy_session(app_client, victim)
+    smtp.clear()
+
+    thief.get("/account/security")
+    asked = thief.post("/account/emails", {"address": mallory})
+    assert "Confirm your password" in asked.text
+    assert str(thief.confirm_password().url).endswith("/account/security")
+    added = thief.post("/account/emails", {"address": mallory})
+    assert f"We sent a verification link to {mallory}" in added.text
+    token = token_from(smtp.inbox(mallory)[-1])
+    thief.get(f"/account/verify-email?token={token}")
+    assert f"{mallory} is verified" in thief.post("/account/verify-email", {"token": token}).text
+    emails = _emails(engine)
+    thief.get("/account/security")
+    assert thief.post(f"/account/emails/{emails[mallory].id}/primary").status_code == 200
+    thief.get("/account/security")
+    assert thief.post(f"/account/emails/{emails[VICTIM].id}/remove").status_code == 200
+    assert VICTIM not in _emails(engine)
+    thief.enable_2fa()
+
+    def told(address: str) -> list[str]:
+        return [m.subject for m in smtp.inbox(address) if m.kind == "security_change"]
+
+    changes = [
+        f"the address {mallory} was added",
+        f"the address {mallory} was verified",
+        f"{mallory} became the primary address",
+        f"the address {VICTIM} was removed",
+        "two-factor authentication was turned on",
+    ]
+    # Every change reached the address the owner kept, each once ...
+    assert [s.split(": ", 1)[1] for s in told(spare)] == changes
+    # ... and the removed address heard of everything up to its own removal.
+    assert [s.split(": ", 1)[1] for s in told(VICTIM)] == changes[:4]
+    assert "Security change on victim" in told(spare)[0]
 
 
 def test_attack_copied_cookie_dies_at_logout_and_when_2fa_is_turned_on(

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, upd
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from lapsewatch.accounts import tokens
 from lapsewatch.accounts.import_validate import LineProblem
 from lapsewatch.dates import isoformat
 from lapsewatch.store.models import Account, Domain, Email, Event, UTCDateTime
@@ -174,7 +175,7 @@ class _ChunkWriter:
         result.accounts_created += self._insert_accounts(now, event)
         result.accounts_updated += self._update_accounts(event)
         result.emails_added += self._insert_mails(event)
-        result.emails_updated += self._update_mails(event)
+        result.emails_updated += self._update_mails(event, now)
         result.domains_added += self._ensure_domains()
         if events:
             keys = ("at", "actor", "kind", "account_id", "email_id", "domain", "before", "after")
@@ -245,13 +246,19 @@ class _ChunkWriter:
                 event("email.added", mail.line, account_id, id_, domain, after=_added(mail))
         return len(new)
 
-    def _update_mails(self, event: _EventSink) -> int:
+    def _update_mails(self, event: _EventSink, now: datetime) -> int:
+        """Changed addresses, with an event each; an address the import unverifies loses
+        its open links (:func:`tokens.revoke_sent_to`), as the cycle's unverify does."""
         updates: list[dict[str, Any]] = []
+        unverified: list[int] = []
         for mail in self.mails.values():
             original = mail.original
             if original is None or mail.fields == original:
                 continue
             changed = {k: v for k, v in mail.fields.items() if original[k] != v}
+            if original["verified"] and not mail.fields["verified"]:
+                assert mail.id is not None  # an address stored before this chunk
+                unverified.append(mail.id)
             reverified = (
                 original["unverify_reason"] is not None
                 and not original["verified"]
@@ -268,6 +275,9 @@ class _ChunkWriter:
                 after=_jsonable({"address": mail.address, **changed}),
             )
         _bulk_update(self.conn, _EMAILS_TABLE, updates)
+        # A reset link mailed before must not come back to life when the registry
+        # verifies the address again (perhaps for the domain's next owner).
+        tokens.revoke_sent_to(self.conn, unverified, now=now)
         return len(updates)
 
     def _ensure_domains(self) -> int:

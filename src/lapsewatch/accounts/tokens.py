@@ -11,20 +11,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from lapsewatch.accounts.errors import TokenExpired, TokenInvalid, TokenUsed
 from lapsewatch.store.models import Token
 
-__all__ = ["TokenKind", "consume", "digest", "issue", "new_token", "peek", "revoke"]
+__all__ = [
+    "TokenKind",
+    "consume",
+    "digest",
+    "issue",
+    "new_token",
+    "peek",
+    "revoke",
+    "revoke_sent_to",
+]
 
 _MAX_TOKEN_LENGTH = 200
 """Ours are 43 characters; anything much longer is not worth hashing."""
+_IN_BATCH = 1000
+"""Ids per ``IN (...)``: far below SQLite's and PostgreSQL's bind limits."""
 
 
 class TokenKind(StrEnum):
@@ -127,3 +139,24 @@ def revoke(
     if email_id is not None:
         query = query.where(Token.email_id == email_id)
     return int(session.execute(query).rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_sent_to(db: Session | Connection, email_ids: Sequence[int], *, now: datetime) -> int:
+    """Use up every open token of any kind sent to these addresses; how many.
+
+    What unverifying an address does (the check cycle's, an import's, an API push's):
+    a reset or verification link sent before may sit in a mailbox that is no longer
+    the owner's, and a later verification of the address must not bring it back.
+    """
+    revoked = 0
+    ids = sorted(set(email_ids))
+    for start in range(0, len(ids), _IN_BATCH):
+        batch = ids[start : start + _IN_BATCH]
+        result = db.execute(
+            update(Token)
+            .where(Token.email_id.in_(batch), Token.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        revoked += int(result.rowcount)  # type: ignore[attr-defined]
+    return revoked

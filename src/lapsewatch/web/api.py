@@ -207,9 +207,9 @@ def get_report(context: Ctx) -> ReportOut:
     },
 )
 def create_webhook(body: WebhookIn, context: Ctx, key: Key) -> WebhookCreated:
-    """Every `email.unverified` event from now on is POSTed to the URL as JSON, signed
-    (see `secret`), retried with backoff until it gets a 2xx answer. Deliveries are
-    at least once: deduplicate on `event_id`.
+    """Every `email.unverified` event of an account this key pushed is, from now on,
+    POSTed to the URL as JSON, signed (see `secret`), retried with backoff until it
+    gets a 2xx answer. Deliveries are at least once: deduplicate on `event_id`.
 
     The host must resolve to public addresses only (no loopback, private, link-local,
     CGNAT, multicast or reserved address), now and at every delivery. The webhook

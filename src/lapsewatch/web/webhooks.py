@@ -3,8 +3,9 @@
 Built as an outbox so nothing is lost and nothing blocks the check cycle:
 
 1. :func:`deliver_webhooks` first *queues* one ``webhook_deliveries`` row per
-   (active webhook, ``email.unverified`` event since the webhook was made). The
-   pair is unique in the database, so two runs at once queue each pair once.
+   (active webhook, ``email.unverified`` event since the webhook was made) that
+   the webhook may see. The pair is unique in the database, so two runs at once
+   queue each pair once.
 2. It then *claims* each due row (a conditional update, so two runs never send
    the same row at once), POSTs it, and records the outcome. A failure is
    retried with exponential backoff (1 min, 2, 4 … capped at 6 h) and given up
@@ -27,6 +28,11 @@ the ``Host`` header and TLS SNI), so a DNS answer that changes between check and
 connection (rebinding) reaches nothing else. An operator may allow internal
 networks explicitly (``LAPSEWATCH_WEBHOOK_ALLOW``, CIDRs). A webhook made
 through the API belongs to its API key: only that key sees or stops it.
+
+A delivery names an account and its address, so it goes only where that is
+already known: a webhook made through the API hears only of the accounts its
+key owns (``accounts.owner`` is ``api:<key name>``), never of a web account or
+another key's; a webhook the operator made on the command line hears of all.
 """
 
 from __future__ import annotations
@@ -45,12 +51,13 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
-from sqlalchemy import Engine, and_, exists, literal, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, exists, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from lapsewatch import metrics
+from lapsewatch.accounts.importer import API_OWNER_PREFIX
 from lapsewatch.dates import isoformat
 from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.store.models import (
@@ -359,12 +366,17 @@ def backoff(attempts: int) -> timedelta:
 
 
 def queue_deliveries(session: Session, *, now: datetime) -> int:
-    """One row per active webhook and unverification since it was made; never twice."""
+    """One row per active webhook and unverification since it was made that the webhook
+    may see (:func:`_may_see`); never twice."""
     candidates = (
         select(Webhook.id, Event.id, literal(0), literal(now, WebhookDelivery.next_attempt_at.type))
+        .select_from(Webhook)
         .join(Event, and_(Event.kind == EVENT_KIND, Event.at >= Webhook.created_at))
+        .outerjoin(ApiKey, ApiKey.id == Webhook.api_key_id)
+        .outerjoin(Account, Account.id == Event.account_id)
         .where(
             Webhook.active.is_(True),
+            _may_see(),
             ~exists().where(
                 WebhookDelivery.webhook_id == Webhook.id, WebhookDelivery.event_id == Event.id
             ),
@@ -378,6 +390,23 @@ def queue_deliveries(session: Session, *, now: datetime) -> int:
         .on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
     )
     return len(session.execute(statement.returning(WebhookDelivery.id)).all())
+
+
+def _may_see() -> ColumnElement[bool]:
+    """Whether a webhook (joined to its API key) may be told of an event (joined to its
+    account): the operator's webhooks (no key) hear of every account; a key's only of
+    the accounts that key owns. An event of no account (or of a deleted one) goes to
+    the operator's webhooks only: a payload names the account and its address, which
+    no key may learn of an account it does not own (a web user's, the admin's, another
+    registry's)."""
+    return or_(
+        Webhook.api_key_id.is_(None),
+        and_(
+            Account.id.is_not(None),
+            ApiKey.id.is_not(None),
+            Account.owner == literal(API_OWNER_PREFIX) + ApiKey.name,
+        ),
+    )
 
 
 def _payload(session: Session, delivery: WebhookDelivery) -> dict[str, Any] | None:
@@ -463,7 +492,8 @@ def deliver_webhooks(
     """Queue new deliveries, then send up to ``limit`` due ones (one pass; call it often).
 
     ``allow``: internal networks the operator lets webhooks reach (see the module doc).
-    Webhooks of a revoked API key are not delivered.
+    Webhooks of a revoked API key are not delivered, and a key's webhook gets only the
+    events of accounts that key owns (see :func:`_may_see`).
     """
     now = now or datetime.now(UTC)
     sessions = make_sessionmaker(engine)
@@ -474,9 +504,12 @@ def deliver_webhooks(
             select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
             .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
             .outerjoin(ApiKey, ApiKey.id == Webhook.api_key_id)
+            .outerjoin(Event, Event.id == WebhookDelivery.event_id)
+            .outerjoin(Account, Account.id == Event.account_id)
             .where(
                 Webhook.active.is_(True),
                 or_(Webhook.api_key_id.is_(None), ApiKey.revoked_at.is_(None)),
+                _may_see(),  # again: the account may have changed hands since it was queued
                 WebhookDelivery.delivered_at.is_(None),
                 WebhookDelivery.attempts < max_attempts,
                 WebhookDelivery.next_attempt_at <= now,

@@ -11,15 +11,18 @@ What it does, each step printed as it goes:
    providers, the rest on a few hundred custom domains shared Zipf-like; one ctx-pattern
    package on a re-registered domain, a few on lapsed ones);
 2. starts the local world (RDAP, DNS, Fastly) and the npm registry, both adding
-   ``--latency`` to every answer; the sources keep their default rate limits;
-3. **cold**: one full scan with an empty cache, the default concurrency;
+   ``--latency`` to every answer; the sources keep their default rate limits (the
+   world's settings only: ``LAPSEWATCH_*`` of the environment are not read);
+3. **cold**: one full scan with an empty cache, the default concurrency and pacing
+   (per server: each RDAP server from 10/s, raised while domains queue);
 4. **warm**: the same scan again, answered from the cache filled by the cold run;
 5. **baseline**: the registry asked one packument at a time (``npm_concurrency=1``) on a
    sample of ``--sample`` names, extrapolated to the whole lock file;
 6. prints the figures: wall time per run, packument and RDAP requests, the most
    requests any single domain got (must be 1), the verdicts.
 
-Figures are for this machine and this world; they are not asserted by any test.
+Figures are for this machine and this world, and move with its load (the load
+average is printed first); they are not asserted by any test. See bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import random
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -84,8 +88,11 @@ class _Clock:
 class Figures:
     label: str
     seconds: float
+    cpu_seconds: float
+    """CPU of this process (the scan, and the world's servers on their threads)."""
     metadata_seconds: float
     packument_requests: int
+    domains_asked: int
     rdap_requests: int
     max_per_domain: int
     findings: int
@@ -178,38 +185,38 @@ def one_run(
     world: World,
     registry: Registry,
     cache: DiskCache | None,
-    concurrency: int = 16,
+    concurrency: int | None = None,
 ) -> tuple[Figures, ScanReport]:
     settings = Settings.from_env(world.env())
     inputs = collect(
         paths=[lock], index_url="https://pypi.org/pypi", npm_registry_url=registry.registry_url
     )
-    options = ScanOptions(
-        settings,
-        cache=cache,
-        npm_registry_url=registry.registry_url,
-        npm_concurrency=concurrency,
-    )
+    options = ScanOptions(settings, cache=cache, npm_registry_url=registry.registry_url)
+    if concurrency is not None:
+        options = replace(options, npm_concurrency=concurrency)
     registry.ask("reset")
     world.rdap_requests.reset()
     clock = _Clock()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     report = asyncio.run(run_scan(inputs, options, clock))
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     metadata = clock.started.get("domains", started + elapsed) - started
     rdap = {k: v for k, v in world.rdap_requests.as_dict().items() if "/" not in k}
     figures = Figures(
         label=label,
         seconds=elapsed,
+        cpu_seconds=cpu,
         metadata_seconds=metadata,
         packument_requests=registry.ask("count"),
+        domains_asked=report.domains_asked,
         rdap_requests=sum(rdap.values()),
         max_per_domain=max(rdap.values(), default=0),
         findings=len(report.findings),
         verdicts=dict(Counter(f.status.value for f in report.findings)),
     )
     print(
-        f"  {label:<9} {elapsed:7.2f} s (metadata {metadata:5.2f} s)  "
+        f"  {label:<9} {elapsed:7.2f} s (metadata {metadata:5.2f} s, CPU {cpu:5.2f} s)  "
         f"packuments {figures.packument_requests:5d}  "
         f"RDAP {figures.rdap_requests:4d} (max {figures.max_per_domain}/domain)  "
         f"findings {figures.findings}",
@@ -230,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     catalog, document = generate(args.packages, args.seed, now)
     entries = len(document["packages"]) - 1
     print(f"lock file: {entries} entries, {len(catalog.packages)} names", flush=True)
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory(prefix="scan-npm-bench-") as scratch:
         root = Path(scratch)
         lock = root / "package-lock.json"
@@ -250,13 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     per_name = one.metadata_seconds / max(one.packument_requests, 1)
     baseline = per_name * cold.packument_requests
     ctx = [f for f in report.findings if f.status.value == "reregistered"]
-    rate = Settings.from_env({}).rates.get("rdap")
+    defaults = Settings.from_env({})
+    pacing = (
+        f"{defaults.rates.get('rdap')}/s for the whole source"
+        if defaults.pace == "source"
+        else "paced per server, from 10/s"
+    )
     print()
     print(
         f"cold scan:   {cold.seconds:.1f} s for {entries} entries: metadata "
         f"{cold.metadata_seconds:.1f} s ({cold.packument_requests} packuments), domains "
-        f"{cold.seconds - cold.metadata_seconds:.1f} s ({cold.rdap_requests} RDAP requests, "
-        f"{rate}/s by default); each domain checked once: {cold.max_per_domain <= 1}"
+        f"{cold.seconds - cold.metadata_seconds:.1f} s ({cold.domains_asked} domains, "
+        f"{cold.rdap_requests} RDAP requests, "
+        f"{pacing}); each domain checked once: {cold.max_per_domain <= 1}"
     )
     print(
         f"warm scan:   {warm.seconds:.2f} s, {warm.packument_requests} packument and "
@@ -273,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         data = {
             "entries": entries,
             "latency": args.latency,
+            "load_average_before": load,
             "runs": [vars(f) for f in (cold, warm, one)],
             "baseline_seconds": baseline,
         }

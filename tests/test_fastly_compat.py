@@ -8,18 +8,26 @@ live checks, the ``unknown`` option, and the request exactly as Warehouse's
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
 
 from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.config import ConfigError
-from lapsewatch.store import Domain, Email, make_sessionmaker
+from lapsewatch.logs import JsonFormatter
+from lapsewatch.sources import Observation
+from lapsewatch.sources.dns import DnsSource
+from lapsewatch.store import Account, Domain, Email, make_sessionmaker
 from lapsewatch.verdict import Verdict
 from lapsewatch.web.apikeys import revoke_api_key
 from lapsewatch.web.fastly_compat import (
@@ -311,6 +319,115 @@ def test_live_checks_are_rate_limited(world: World, engine: Engine) -> None:
         assert int(response.headers["retry-after"]) >= 1
         # What is in the store is still answered.
         assert ask(client, "alive.test", key)["lapsewatch"]["answered_from"] == "store"  # type: ignore[index]
+
+
+def test_a_live_check_of_a_lapsed_mail_host(world: World, engine: Engine) -> None:
+    """The demo world's mailed.test is healthy, but its mail hosts are on old-mail.test,
+    which lapsed: checked live, it is ``mail_host_lapsed``, in tokens PyPI unverifies
+    on, and its verified address is unverified for that reason."""
+    with make_sessionmaker(engine).begin() as session:
+        account = Account(username="ken", created_at=NOW - timedelta(days=3000), projects=[])
+        account.emails.append(
+            Email(
+                address="ken@mailed.test",
+                domain="mailed.test",
+                primary=True,
+                verified=True,
+                verified_at=datetime(2019, 9, 9, tzinfo=UTC),
+            )
+        )
+        session.add(account)
+        session.add(Domain(name="mailed.test", consecutive_failures=0))
+    key = make_api_key(engine)
+    with TestClient(make_app(engine, world)) as client:
+        body = ask(client, "mailed.test", key)
+        extra = body["lapsewatch"]
+        assert isinstance(extra, dict)
+        assert extra["answered_from"] == "live"
+        assert extra["verdict"] == "mail_host_lapsed", extra["reason"]
+        assert "old-mail.test" in str(extra["reason"])
+        assert extra["unverify"] is True
+        assert body["status"] == "active expiring"
+        assert PYPI_UNVERIFY & set(str(body["status"]).split())
+        again = ask(client, "mailed.test", key)["lapsewatch"]
+        assert again["answered_from"] == "store"  # type: ignore[index]
+        assert again["verdict"] == "mail_host_lapsed"  # type: ignore[index]
+    with make_sessionmaker(engine)() as session:
+        ken = session.scalars(select(Email).where(Email.address == "ken@mailed.test")).one()
+        assert not ken.verified
+        assert ken.unverify_reason == "mail_host_lapsed"
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: TestClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(
+        v
+        for (sample, sample_labels), v in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+def test_a_live_check_is_counted_in_metrics_and_logged_with_its_domain(
+    world: World, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like a cycle's check: by verdict, each source's outcome, requests per server,
+    latency and the addresses unverified; its log lines carry domain and source."""
+    seed(engine)  # dave@vacant.test is verified
+    key = make_api_key(engine)
+    observe = DnsSource.observe
+
+    async def observe_and_say(self: DnsSource, domain: str) -> Observation:
+        logging.getLogger("lapsewatch.sources.dns").info("asking")
+        return await observe(self, domain)
+
+    monkeypatch.setattr(DnsSource, "observe", observe_and_say)
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("lapsewatch")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        with TestClient(make_app(engine, world)) as client:
+            before = scrape(client)
+            assert ask(client, "vacant.test", key)["lapsewatch"]["answered_from"] == "live"  # type: ignore[index]
+            after = scrape(client)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    def moved(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    rdap = f"127.0.0.1:{urlsplit(world.rdap_url).port}"
+    assert moved("lapsewatch_checks_total") == 1
+    assert moved("lapsewatch_checks_total", verdict="available") == 1
+    assert moved("lapsewatch_source_observations_total", source="rdap", outcome="answered") == 1
+    assert moved("lapsewatch_source_observations_total", source="dns", outcome="answered") == 1
+    assert moved("lapsewatch_source_requests_total", source="rdap", server=rdap) >= 1
+    assert moved("lapsewatch_source_latency_seconds_count", source="rdap") == 1
+    assert moved("lapsewatch_unverified_total", reason="available") == 1  # dave@vacant.test
+    assert moved("lapsewatch_status_api_answers_total", answer="live") == 1
+    logged = [json.loads(line) for line in lines.getvalue().splitlines()]
+    result = [e for e in logged if e["logger"] == "lapsewatch.cycle.results"]
+    assert [(e["domain"], e["verdict"], e["unverified"]) for e in result] == [
+        ("vacant.test", "available", 1)
+    ]
+    asking = [e for e in logged if e["msg"] == "asking"]
+    assert [(e["domain"], e["source"]) for e in asking] == [("vacant.test", "dns")]
 
 
 # --------------------------------------------------------------- Warehouse, as it sends

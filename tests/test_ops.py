@@ -142,6 +142,46 @@ def test_readyz_from_env_checks_redis_only_when_configured() -> None:
     assert OpsSettings.from_env({"LAPSEWATCH_METRICS_TOKEN": "t"}).metrics_token == "t"
     assert OpsSettings.from_env({}).healthz_database
     assert not OpsSettings.from_env({"LAPSEWATCH_HEALTHZ_DATABASE": "false"}).healthz_database
+    # The pacer's shared Redis: only an explicit URL (auto is the broker's, for workers).
+    for unset in ({}, {"LAPSEWATCH_PACE_REDIS": "auto"}, {"LAPSEWATCH_PACE_REDIS": "off"}):
+        assert OpsSettings.from_env(unset).pace_redis_url is None
+    both = OpsSettings.from_env(
+        {"LAPSEWATCH_BROKER_URL": "redis://h:1/0", "LAPSEWATCH_PACE_REDIS": "redis://p:2/1"}
+    )
+    assert (both.redis_url, both.pace_redis_url) == ("redis://h:1/0", "redis://p:2/1")
+
+
+def test_readyz_checks_the_pacers_redis_when_configured(engine: Engine) -> None:
+    """LAPSEWATCH_PACE_REDIS set, its Redis down (nothing listens on the port): not ready,
+    whether or not a broker is configured."""
+    with closed_port() as port:
+        env = {
+            "LAPSEWATCH_PACE_REDIS": f"redis://127.0.0.1:{port}/0",
+            "LAPSEWATCH_READY_TIMEOUT": "2",
+        }
+        with client_for(engine, OpsSettings.from_env(env)) as client:
+            ready = client.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        checks = ready.json()["checks"]
+        assert checks["database"] == "ok"
+        assert "redis" not in checks  # no broker configured
+        assert checks["pace_redis"].startswith("unreachable")
+
+
+@pytest.mark.redis
+def test_readyz_checks_the_broker_and_the_pacers_redis(engine: Engine, require_redis: None) -> None:
+    up = "redis://127.0.0.1:6379/0"
+    with client_for(engine, OpsSettings(redis_url=up, pace_redis_url=up)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "pace_redis": "ok"}
+    with closed_port() as port:
+        down = f"redis://127.0.0.1:{port}/0"
+        with client_for(engine, OpsSettings(redis_url=up, pace_redis_url=down)) as client:
+            ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"] == "ok"
+        assert ready.json()["checks"]["pace_redis"].startswith("unreachable")
 
 
 class DroppingProxy:

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,13 @@ import pytest
 
 from lapsewatch.world import World, demo_scenario
 from lapsewatch.world.index_server import IndexServer, load_index
-from lapsewatch.world.npm_registry import NpmRegistry, load_npm_catalog
+from lapsewatch.world.npm_registry import (
+    NpmCatalog,
+    NpmPackage,
+    NpmRegistry,
+    NpmRelease,
+    load_npm_catalog,
+)
 from tests.test_scan_cli import DATA, NOW, lapsewatch_scan
 
 NPM = DATA / "npm"
@@ -124,6 +131,7 @@ def test_ctx_pattern_on_npm_names_the_first_release(
     assert ctx["verdict"] == "reregistered"
     assert ctx["first_published"]["version"] == "0.9.0"
     assert "ctx-js 0.9.0 first published this address" in ctx["reason"]
+    assert ctx["reason"].startswith("RDAP: registered ")  # .test has RDAP
     assert "the scanned 1.0.1" in ctx["reason"]
     # published after the domain was caught, never before: its (new) owner published it
     assert found[("fresh-js", "1.0.0", "f@caught.test")]["verdict"] == "registered"
@@ -248,3 +256,76 @@ def test_bad_registry_url_exits_2(world: World, registry: NpmRegistry) -> None:
     result = lapsewatch_scan("npm:left-pad", "--npm-registry-url", "registry.npmjs.org")
     assert result.returncode == 2
     assert "--npm-registry-url" in result.stderr
+
+
+# ------------------------------------------------------- mail hosts, and WHOIS-only TLDs
+
+
+@pytest.fixture(scope="module")
+def world_registry() -> Iterator[NpmRegistry]:
+    """Packages whose maintainers sit on the demo world's ``mailed.test`` (healthy, but
+    its mail hosts are on ``old-mail.test``, which lapsed) and ``steady.wz`` (a .wz
+    domain, WHOIS only, registered 2011-03-01)."""
+
+    def person(address: str) -> dict[str, str]:
+        return {"name": address.split("@")[0], "email": address}
+
+    day = datetime(2019, 5, 1, tzinfo=UTC)
+    catalog = NpmCatalog.of(
+        [
+            NpmPackage("mailed-js", [NpmRelease("1.0.0", day, author=person("mia@mailed.test"))]),
+            NpmPackage("fine-js", [NpmRelease("2.0.0", day, author=person("ann@alive.test"))]),
+            NpmPackage(
+                "old-wz-js",
+                [
+                    NpmRelease(
+                        "0.1.0",
+                        datetime(2009, 2, 1, tzinfo=UTC),
+                        maintainers=(person("old@steady.wz"),),
+                    ),
+                    NpmRelease("1.0.0", day, maintainers=(person("old@steady.wz"),)),
+                ],
+            ),
+        ]
+    )
+    with NpmRegistry(catalog) as server:
+        yield server
+
+
+def test_mail_host_lapsed_in_json_and_the_exit_code(
+    world: World, world_registry: NpmRegistry, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    result = npm_scan(
+        world, world_registry, "npm:mailed-js", "npm:fine-js", "--format", "json", cache=cache
+    )
+    assert result.returncode == 1, result.stderr  # mail_host_lapsed is dangerous
+    found = findings(result.stdout)
+    mailed = found[("mailed-js", "1.0.0", "mia@mailed.test")]
+    assert mailed["verdict"] == "mail_host_lapsed"
+    assert mailed["dangerous"] is True
+    assert mailed["domain"] == "mailed.test"
+    assert "old-mail.test" in mailed["reason"]
+    assert found[("fine-js", "2.0.0", "ann@alive.test")]["verdict"] == "registered"
+    # --fail-on: named, in 'dangerous' (above), or left out (the second runs hit the cache)
+    for fail_on, code in (("mail_host_lapsed", 1), ("none", 0), ("expiring,unknown", 0)):
+        again = npm_scan(
+            world, world_registry, "npm:mailed-js", "npm:fine-js", "--fail-on", fail_on,
+            "--format", "json", cache=cache,
+        )  # fmt: skip
+        assert again.returncode == code, (fail_on, again.stderr)
+        assert findings(again.stdout)[("mailed-js", "1.0.0", "mia@mailed.test")]["verdict"] == (
+            "mail_host_lapsed"
+        )
+
+
+def test_a_reregistration_seen_by_whois_says_whois(
+    world: World, world_registry: NpmRegistry
+) -> None:
+    result = npm_scan(world, world_registry, "npm:old-wz-js", "--format", "json")
+    assert result.returncode == 1, result.stderr
+    found = findings(result.stdout)[("old-wz-js", "1.0.0", "old@steady.wz")]
+    assert found["verdict"] == "reregistered"
+    assert found["decided_by"] == "whois"
+    assert found["reason"].startswith("WHOIS: registered 2011-03-01, after old-wz-js 0.1.0 ")
+    assert "RDAP" not in found["reason"]

@@ -1,9 +1,10 @@
 """Ask the status sources about each distinct domain once, with the cache in front.
 
 The scan's observations are the same as ``lapsewatch domain``'s (one shared
-set of sources, each under the cycle's rate limit); only the verdict is decided
-later, per package, because the release date of each package is what the
-re-registration check compares with. A scan is one-shot and often offline, so
+set of sources, each under the cycle's rate limits: per server with
+``LAPSEWATCH_PACE=server``, the default; see :func:`_pacing`); only the verdict
+is decided later, per package, because the release date of each package is
+what the re-registration check compares with. A scan is one-shot and often offline, so
 where the check cycle would rather wait and retry, it keeps quick and honest:
 
 * a source that has failed for its first few domains without ever answering is
@@ -25,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dns.message
@@ -36,6 +38,7 @@ from lapsewatch.config import Settings
 from lapsewatch.cycle.limits import Limited
 from lapsewatch.dates import parse_datetime
 from lapsewatch.mail_hosts import mail_host_domains
+from lapsewatch.pace import ServerPacer, open_pacer
 from lapsewatch.scan.cache import DiskCache
 from lapsewatch.sources import Observation, Outcome, Source, observe_relevant, open_sources
 from lapsewatch.sources.bootstrap import BootstrapError
@@ -265,6 +268,28 @@ async def _usable(source: Source, settings: Settings, notes: list[str]) -> Sourc
     return _Down(source.name, f"not asked: {why}")
 
 
+@asynccontextmanager
+async def _pacing(settings: Settings, notes: list[str]) -> AsyncIterator[ServerPacer | None]:
+    """The cycle's limits (``LAPSEWATCH_PACE``): with ``server``, a per-server pacer
+    (pins, caps and shared Redis buckets as configured; nothing read from or saved to
+    a store); with ``source``, ``None``: one rate per source. Another value is paced
+    per server, with a note (a scan reports, it does not stop on a setting it does
+    not need).
+
+    A scan waits out a ``Retry-After`` of up to ``LAPSEWATCH_MAX_RETRY_AFTER`` (it has
+    no later cycle to leave the domain to), or ``LAPSEWATCH_PACE_MAX_WAIT`` if longer."""
+    if settings.pace == "source":
+        yield None
+        return
+    if settings.pace != "server":
+        notes.append(
+            f"LAPSEWATCH_PACE={settings.pace!r} is neither server nor source: paced per server"
+        )
+    patient = replace(settings, pace_max_wait=max(settings.pace_max_wait, settings.max_retry_after))
+    async with open_pacer(patient, None, save=False) as pacer:
+        yield pacer
+
+
 async def check_domains(
     domains: Sequence[str],
     settings: Settings,
@@ -313,13 +338,19 @@ async def check_domains(
         return DomainChecks(found, 0, cached_count)
 
     notes: list[str] = []
-    async with open_sources(settings) as opened:
+    async with open_sources(settings) as opened, _pacing(settings, notes) as pacer:
         sources = [await _usable(source, settings, notes) for source in opened]
         guarded = [
             s
             if isinstance(s, _Down)
             else _Breaker(
-                Limited(s, rate=settings.rates.get(s.name, 10.0), concurrency=settings.concurrency),
+                Limited(
+                    s,
+                    rate=settings.rates.get(s.name, 10.0),
+                    concurrency=settings.concurrency,
+                    pacer=pacer,
+                    cap=settings.source_caps.get(s.name),
+                ),
                 settings.concurrency,
             )
             for s in sources

@@ -1,6 +1,6 @@
 """Findings: one per package and address, with a verdict-like status and its reason.
 
-The statuses are the eight verdicts plus what only a scan can meet: a free
+The statuses are the nine verdicts plus what only a scan can meet: a free
 provider (not checked), an unparseable address, a package with no address, a
 package the index does not have, and an index that could not be read. Joining
 packages with the domain observations happens here, and only here; the output
@@ -238,7 +238,9 @@ def _finding(
         status, reason = Status(decision.verdict.value), decision.reason
         decided_by = decision.decided_by
         if status is Status.REREGISTERED and decision.registered_at and trusted_at:
-            reason = _reregistered(package, first, decision.registered_at, trusted_at)
+            reason = _reregistered(
+                package, first, decision.registered_at, trusted_at, decision.decided_by
+            )
     return Finding(
         package.name,
         package.version,
@@ -271,16 +273,25 @@ def _mail_hosts(
     )
 
 
+_SOURCE_LABELS = {"rdap": "RDAP", "whois": "WHOIS"}
+"""How a reason names the registry source that gave the registration date."""
+
+
 def _reregistered(
     package: PackageMetadata,
     first: FirstPublished | None,
     registered: datetime,
     trusted_at: datetime,
+    source: str | None,
 ) -> str:
-    """Name the release the comparison was made with; say so when it is not the scanned one."""
+    """Name the release the comparison was made with; say so when it is not the scanned one.
+
+    The reason starts with the source that gave the registration date (``RDAP:``, or
+    ``WHOIS:`` for a TLD without RDAP), as :func:`lapsewatch.verdict.decide`'s do."""
+    label = _SOURCE_LABELS.get(source or "", source or "registry")
     if first is None or first.version == package.version:
         return (
-            f"RDAP: registered {registered.date()}, after {package.name} "
+            f"{label}: registered {registered.date()}, after {package.name} "
             f"{package.version} was published with this address on {trusted_at.date()}"
         )
     newer = (
@@ -290,7 +301,7 @@ def _reregistered(
         else ""
     )
     return (
-        f"RDAP: registered {registered.date()}, after {package.name} {first.version} first "
+        f"{label}: registered {registered.date()}, after {package.name} {first.version} first "
         f"published this address on {first.published_at.date()}{newer}: the newest release "
         "can be the new owner's own (the ctx pattern)"
     )

@@ -17,11 +17,14 @@ The answer comes from the store when the domain's last check is younger than
 ``LAPSEWATCH_STATUS_MAX_AGE_HOURS``; otherwise the domain is checked now, with
 the cycle's own checker (rate-limited here by ``LAPSEWATCH_STATUS_LIVE_RATE``
 checks a second, 429 above it), and the result is applied and stored exactly
-as the cycle would (evidence, schedule, unverify, notices).
+as the cycle would (evidence, schedule, unverify, notices) and counted in the
+same metrics (``lapsewatch_checks_total``, the source counters and latency,
+``lapsewatch_unverified_total``), its log lines carrying ``domain`` and ``source``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import threading
@@ -37,10 +40,13 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from lapsewatch import domains, metrics
-from lapsewatch.config import ConfigError
-from lapsewatch.cycle.apply import apply_result, settle_results
+from lapsewatch.accounts.domaincheck import CycleDomainChecker, DomainChecker
+from lapsewatch.config import ConfigError, Settings
+from lapsewatch.cycle.apply import CheckResult, apply_result, settle_results
+from lapsewatch.cycle.checker import open_checker
 from lapsewatch.cycle.due import DueDomain, select_due
 from lapsewatch.dates import isoformat
+from lapsewatch.logs import log_context
 from lapsewatch.store.models import Domain
 from lapsewatch.verdict import Verdict
 from lapsewatch.web.apikeys import authenticate
@@ -250,21 +256,41 @@ def _stored(context: WebContext, name: str, max_age: timedelta) -> StatusAnswer 
         )
 
 
+async def _metered_check(settings: Settings, due: DueDomain, now: datetime) -> CheckResult:
+    """The cycle's checker, its sources metered as :func:`lapsewatch.cycle.run` meters
+    them (requests and refusals per server, latency, ``domain``/``source`` on log lines)."""
+    async with open_checker(settings) as checker:
+        metrics.instrument(checker)
+        return await checker.check_one(due, now)
+
+
+def _check(checker: DomainChecker, due: DueDomain, now: datetime) -> CheckResult:
+    """Run on a worker thread (no event loop). Another kind of checker (a test's, an
+    embedder's) is asked as it is: its result is still counted, its requests are not."""
+    if isinstance(checker, CycleDomainChecker):
+        return asyncio.run(_metered_check(checker.settings, due, now))
+    return checker.check(due, now=now)
+
+
 def _live(context: WebContext, name: str) -> StatusAnswer:
-    """Check now with the cycle's checker; apply and store the result as the cycle does."""
+    """Check now with the cycle's checker; apply, store and count the result as the
+    cycle does (``metrics.result_hook``: checks by verdict, each source's outcome, the
+    addresses unverified, and the result's log line)."""
     now = context.clock()
-    with context.sessions() as session:
-        due = select_due(
-            session, now=now, limit=None, everything=True, names=[name], include_leased=True
-        )
-        row = session.get(Domain, name)
-        # No verified address to compare with: the registration date seen before stands
-        # in for it, so a domain that changed hands since is still caught.
-        since = due[0].earliest_verified_at if due else (row.registered_at if row else None)
-    result = context.checker.check(DueDomain(name, since), now=now)
-    with context.sessions.begin() as session:
-        settled = settle_results(session, [result], policy=context.policy)[0]
-        apply_result(session, settled, policy=context.policy)
+    with log_context(domain=name):
+        with context.sessions() as session:
+            due = select_due(
+                session, now=now, limit=None, everything=True, names=[name], include_leased=True
+            )
+            row = session.get(Domain, name)
+            # No verified address to compare with: the registration date seen before
+            # stands in for it, so a domain that changed hands since is still caught.
+            since = due[0].earliest_verified_at if due else (row.registered_at if row else None)
+        result = _check(context.checker, DueDomain(name, since), now)
+        with context.sessions.begin() as session:
+            settled = settle_results(session, [result], policy=context.policy)[0]
+            unverified = apply_result(session, settled, policy=context.policy)
+        metrics.result_hook(None, dry_run=False)(settled, unverified)
     decision = settled.decision
     return StatusAnswer(
         name,

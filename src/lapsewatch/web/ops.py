@@ -8,10 +8,12 @@
   ``LAPSEWATCH_HEALTHZ_DATABASE=false``: restarting every web process during a
   database outage mends nothing (``/readyz`` still says the truth).
 * ``/readyz`` answers 200 only when the database answers and its schema is the
-  newest this code knows (migrated), and, when a Redis broker is configured, when
-  Redis answers a ``PING``; otherwise 503 with the failing check named. Every
-  check runs under a deadline, so a database that went silent is a 503, not a
-  hung probe.
+  newest this code knows (migrated), and, for each Redis configured, when it
+  answers a ``PING``: the Celery broker (``LAPSEWATCH_BROKER_URL``, check
+  ``redis``) and the pacer's shared rate limits (an explicit
+  ``LAPSEWATCH_PACE_REDIS`` URL, check ``pace_redis``; not ``auto`` or ``off``);
+  otherwise 503 with the failing check named. Every check runs under a deadline,
+  so a database that went silent is a 503, not a hung probe.
 * ``/metrics`` is :func:`lapsewatch.metrics.render`: the counted metrics (of every
   process, with ``LAPSEWATCH_METRICS_DIR``) and the gauges read from the store.
   With ``LAPSEWATCH_METRICS_TOKEN`` set it needs ``Authorization: Bearer <token>``.
@@ -48,6 +50,9 @@ OPS_STATE = "ops"
 class OpsSettings:
     redis_url: str | None = None
     """Checked by ``/readyz`` when set (``LAPSEWATCH_BROKER_URL`` given explicitly)."""
+    pace_redis_url: str | None = None
+    """Checked by ``/readyz`` when set (``LAPSEWATCH_PACE_REDIS`` given as a URL): the
+    Redis the pacer shares each server's limit through (also this process's live checks)."""
     ready_timeout: float = 5.0
     """Seconds ``/readyz`` waits for each check (``LAPSEWATCH_READY_TIMEOUT``)."""
     metrics_token: str | None = None
@@ -60,6 +65,9 @@ class OpsSettings:
         env = os.environ if environ is None else environ
         broker = env.get("LAPSEWATCH_BROKER_URL") or None
         redis_url = broker if broker and broker.startswith(("redis://", "rediss://")) else None
+        # As the pacer reads it (lapsewatch.pace.open_pacer): anything but auto/off is a URL.
+        pace = (env.get("LAPSEWATCH_PACE_REDIS") or "").strip()
+        pace_redis_url = pace if pace.lower() not in ("", "auto", "off") else None
         try:
             timeout = float(env.get("LAPSEWATCH_READY_TIMEOUT") or 5.0)
         except ValueError:
@@ -67,6 +75,7 @@ class OpsSettings:
         deep = (env.get("LAPSEWATCH_HEALTHZ_DATABASE") or "true").strip().lower()
         return cls(
             redis_url=redis_url,
+            pace_redis_url=pace_redis_url,
             ready_timeout=max(0.1, timeout),
             metrics_token=env.get("LAPSEWATCH_METRICS_TOKEN") or None,
             healthz_database=deep not in ("0", "false", "no", "off"),
@@ -157,10 +166,9 @@ async def readyz(request: Request) -> Response:
     context = get_context(request)
     ops = get_ops(request)
     checks = {"database": await _within(ops.ready_timeout, check_database, context.engine)}
-    if ops.redis_url:
-        checks["redis"] = await _within(
-            ops.ready_timeout, check_redis, ops.redis_url, ops.ready_timeout
-        )
+    for name, url in (("redis", ops.redis_url), ("pace_redis", ops.pace_redis_url)):
+        if url:
+            checks[name] = await _within(ops.ready_timeout, check_redis, url, ops.ready_timeout)
     ready = all(value == "ok" for value in checks.values())
     if not ready:
         log.warning("not ready: %s", checks)

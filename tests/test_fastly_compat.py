@@ -19,7 +19,6 @@ import pytest
 import requests
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, select
 
 from lapsewatch.accounts.domaincheck import CycleDomainChecker
@@ -40,6 +39,7 @@ from lapsewatch.web.fastly_compat import (
 from lapsewatch.world import World, demo_scenario
 from tests.cycle_support import NOW, seed, settings_for
 from tests.mail_support import account_settings
+from tests.metrics_support import scrape, total
 from tests.web_support import LiveServer, make_api_key, make_service, make_web_app
 
 # The mapping docs/status-api.md documents (issue #16).
@@ -356,27 +356,6 @@ def test_a_live_check_of_a_lapsed_mail_host(world: World, engine: Engine) -> Non
         ken = session.scalars(select(Email).where(Email.address == "ken@mailed.test")).one()
         assert not ken.verified
         assert ken.unverify_reason == "mail_host_lapsed"
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(client: TestClient) -> Samples:
-    response = client.get("/metrics")
-    assert response.status_code == 200, response.text
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    return sum(
-        v
-        for (sample, sample_labels), v in samples.items()
-        if sample == name and set(labels.items()) <= set(sample_labels)
-    )
 
 
 def test_a_live_check_is_counted_in_metrics_and_logged_with_its_domain(

@@ -20,6 +20,7 @@ from lapsewatch.store import Domain, Email, Event, make_sessionmaker
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cycle_support import EXPECTED_UNVERIFIED, NOW, seed
 from tests.mail_support import MailServer, account_settings, token_from
+from tests.metrics_support import scrape, total
 from tests.web_support import WebClient, make_admin, make_service, make_web_app
 
 ADMIN_PAGES = ["/admin", "/admin/unverified", "/admin/domains/alive.test", "/admin/accounts/bob"]
@@ -176,6 +177,30 @@ def test_check_now_runs_the_checker_and_applies_the_verdict(
         ).all()
         assert event.actor == "admin:root"
     assert admin.post("/admin/domains/nowhere.test/check").status_code == 404
+
+
+def test_check_now_is_counted_in_metrics(
+    admin: WebClient, app_client: TestClient, smtp: MailServer, world: World
+) -> None:
+    """Like a cycle's check: by verdict, each source's requests, the addresses unverified."""
+    world.set_domain(DomainScenario.make("counted-now.test", "registered", now=NOW))
+    try:
+        account(app_client, smtp, "counted", "c@counted-now.test")
+        world.set_domain(DomainScenario.make("counted-now.test", "redemption", now=NOW))
+        before = scrape(app_client)
+        admin.get("/admin/domains/counted-now.test")
+        assert admin.post("/admin/domains/counted-now.test/check").status_code == 200
+        after = scrape(app_client)
+    finally:
+        world.remove_domain("counted-now.test")
+
+    def moved(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert moved("lapsewatch_checks_total", verdict="redemption") == 1
+    assert moved("lapsewatch_source_observations_total", source="rdap", outcome="answered") == 1
+    assert moved("lapsewatch_source_requests_total", source="rdap") >= 1
+    assert moved("lapsewatch_unverified_total", reason="redemption") == 1
 
 
 def test_dashboard_after_a_cycle(admin: WebClient, engine: Engine, world: World) -> None:

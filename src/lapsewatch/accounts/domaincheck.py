@@ -2,7 +2,9 @@
 
 Used when an address is verified: its domain's registration date is recorded
 right away (so a later re-registration is recognised) and a domain that has
-already lapsed is caught before the address can receive a password reset.
+already lapsed is caught before the address can receive a password reset. Also
+by the admin's "check now" and the status endpoint's live checks. Its sources
+are metered like the cycle's (requests, refusals and latency per server).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 from datetime import datetime
 from typing import Protocol
 
+from lapsewatch import metrics
 from lapsewatch.config import Settings
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.checker import open_checker
@@ -56,4 +59,5 @@ class CycleDomainChecker:
 
     async def _check(self, due: DueDomain, now: datetime) -> CheckResult:
         async with open_checker(self.settings) as checker:
+            metrics.instrument(checker)
             return await checker.check_one(due, now)

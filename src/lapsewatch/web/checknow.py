@@ -1,4 +1,5 @@
-"""An admin's "check this domain now": the cycle's own checker and ``apply_result``.
+"""An admin's "check this domain now": the cycle's own checker and ``apply_result``,
+counted in the metrics like a cycle's check.
 
 Exactly what a scheduled check does (same sources, same verdict, same
 transaction that records evidence, unverifies and queues notices), for one
@@ -12,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, select
 
+from lapsewatch import metrics
 from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.events import record
 from lapsewatch.cycle.apply import apply_result
@@ -76,4 +78,5 @@ def check_now(
             after={"verdict": result.decision.verdict.value, "unverified": unverified},
             reason=result.decision.reason,
         )
+    metrics.result_hook(None, dry_run=False)(result, unverified)
     return CheckedNow(name, result.decision.verdict.value, result.decision.reason, unverified)

@@ -24,7 +24,6 @@ same metrics (``lapsewatch_checks_total``, the source counters and latency,
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import threading
@@ -40,10 +39,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from lapsewatch import domains, metrics
-from lapsewatch.accounts.domaincheck import CycleDomainChecker, DomainChecker
-from lapsewatch.config import ConfigError, Settings
-from lapsewatch.cycle.apply import CheckResult, apply_result, settle_results
-from lapsewatch.cycle.checker import open_checker
+from lapsewatch.config import ConfigError
+from lapsewatch.cycle.apply import apply_result, settle_results
 from lapsewatch.cycle.due import DueDomain, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.logs import log_context
@@ -256,22 +253,6 @@ def _stored(context: WebContext, name: str, max_age: timedelta) -> StatusAnswer 
         )
 
 
-async def _metered_check(settings: Settings, due: DueDomain, now: datetime) -> CheckResult:
-    """The cycle's checker, its sources metered as :func:`lapsewatch.cycle.run` meters
-    them (requests and refusals per server, latency, ``domain``/``source`` on log lines)."""
-    async with open_checker(settings) as checker:
-        metrics.instrument(checker)
-        return await checker.check_one(due, now)
-
-
-def _check(checker: DomainChecker, due: DueDomain, now: datetime) -> CheckResult:
-    """Run on a worker thread (no event loop). Another kind of checker (a test's, an
-    embedder's) is asked as it is: its result is still counted, its requests are not."""
-    if isinstance(checker, CycleDomainChecker):
-        return asyncio.run(_metered_check(checker.settings, due, now))
-    return checker.check(due, now=now)
-
-
 def _live(context: WebContext, name: str) -> StatusAnswer:
     """Check now with the cycle's checker; apply, store and count the result as the
     cycle does (``metrics.result_hook``: checks by verdict, each source's outcome, the
@@ -286,7 +267,9 @@ def _live(context: WebContext, name: str) -> StatusAnswer:
             # No verified address to compare with: the registration date seen before
             # stands in for it, so a domain that changed hands since is still caught.
             since = due[0].earliest_verified_at if due else (row.registered_at if row else None)
-        result = _check(context.checker, DueDomain(name, since), now)
+        # The cycle's checker meters its sources itself (accounts.domaincheck); a
+        # test's or an embedder's checker is asked as it is.
+        result = context.checker.check(DueDomain(name, since), now=now)
         with context.sessions.begin() as session:
             settled = settle_results(session, [result], policy=context.policy)[0]
             unverified = apply_result(session, settled, policy=context.policy)

@@ -4,10 +4,16 @@ domain, under PyPI's schedule (``warehouse``) and lapsewatch's, on the same simu
     python bench/window.py --json bench/window.json            # defaults, seed 1
     python bench/window.py --perturb 0.5 --perturb 1.6         # and every duration x0.5, x1.6
     python bench/window.py --dump-params > p.json; python bench/window.py --params p.json
+    python bench/window.py --perturb 0.5 --perturb 1.6 --plot docs/window-exposure.svg
 
-It drives lapsewatch's real pure code (``verdict.decide``, ``schedule.next_check``)
-with a simulated clock and synthetic observations (``window_world``): no network, no
-database. Each policy sees the same world and its own stream of source errors.
+The exit status is 1 when an acceptance criterion of issue #17 fails against
+``warehouse`` (PyPI's tasks with their real batch limits).
+
+It drives lapsewatch's real pure code (``verdict.decide`` and ``settle``,
+``mail_hosts.mail_host_domains``, ``cycle.apply``'s next state and affected addresses,
+``schedule.next_check`` through it) with a simulated clock and synthetic observations
+(``window_world``; the policies in ``window_policies``): no network, no database. Each
+policy sees the same world and its own stream of source errors.
 
 Figures per policy (``--json`` writes exactly these keys):
 
@@ -18,7 +24,9 @@ Figures per policy (``--json`` writes exactly these keys):
   on the name was still verified, counted per address;
 * ``false_unverifications``: addresses unverified while their domain was healthy and
   held by the same registrant;
-* ``requests``: status requests sent, retries included;
+* ``requests``: status requests sent, retries included (lapsewatch: RDAP, the DNS
+  delegation and the MX query, the SOA query confirming an NXDOMAIN, and the checks of
+  mail-host domains; warehouse: one Fastly request per email row checked);
 * ``drop_to_unverify_p50_hours`` / ``_p99_hours``: time from a domain's drop to the
   unverification of each of its addresses (0 when unverified before the drop; an address
   never unverified counts the time to the end of the run, a lower bound).
@@ -27,33 +35,37 @@ Figures per policy (``--json`` writes exactly these keys):
 from __future__ import annotations
 
 import argparse
-import heapq
 import json
 import math
-import random
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import window_plot
 import window_world as ww
-from lapsewatch.schedule import Policy, next_check
-from lapsewatch.sources.interface import Observation
-from lapsewatch.verdict import (
-    Decision,
-    Verdict,
-    decide,
-    healthy_nameservers,
-    in_auto_renew_grace,
+from window_policies import (
+    WAREHOUSE_UNVERIFY,
+    Lapsewatch,
+    LapsewatchRun,
+    PolicySpec,
+    Run,
+    Warehouse,
+    default_policies,
+    run_lapsewatch,
+    run_policy,
+    run_warehouse,
 )
 
 __all__ = [
     "FIGURES",
+    "WAREHOUSE_UNVERIFY",
     "Lapsewatch",
+    "LapsewatchRun",
+    "PolicySpec",
     "Run",
     "Warehouse",
     "default_policies",
@@ -73,210 +85,8 @@ FIGURES = (
     "drop_to_unverify_p50_hours",
     "drop_to_unverify_p99_hours",
 )
-WAREHOUSE_UNVERIFY = frozenset({"undelegated", "inactive", "expiring", "deleting", "unknown"})
-"""Fastly tokens on which PyPI's task unverifies an address."""
-
-
-@dataclass(frozen=True)
-class Warehouse:
-    """PyPI's task: per address, due 30 days after its last check, a daily job with a
-    batch limit, one Fastly request each, retried ~7 days after an error."""
-
-    name: str = "warehouse"
-    interval_days: float = 30.0
-    retry_days: float = 7.0
-    run_hour: float = 3.0
-    batch_limit: int | None = None
-    """Addresses per daily run; ``None``: twice the steady-state load (never binding)."""
-
-
-@dataclass(frozen=True)
-class Lapsewatch:
-    """lapsewatch's cycle, run every ``run_every_hours`` (cron), through the real schedule."""
-
-    name: str = "lapsewatch"
-    policy: Policy = field(default_factory=Policy)
-    sources: tuple[str, ...] = ("rdap", "dns")
-    run_every_hours: float = 1.0
-    confirm_hours: float | None = 1.0
-    """A dangerous verdict not named by the registry's record waits this long for a
-    confirming check (``LAPSEWATCH_CONFIRM_MINUTES``, being added to the cycle)."""
-    before_fixes: bool = False
-    """Leave out what this simulation made us add to the product (daily checks in the
-    auto-renew grace, 14 days without an expiry date, the name-server rule), to show
-    what they changed (docs/window.md)."""
-
-
-PolicySpec = Warehouse | Lapsewatch
-
-
-def default_policies() -> list[PolicySpec]:
-    """What the issue asks to compare, and the variants worth showing."""
-    return [
-        Warehouse(),
-        Lapsewatch(),
-        Lapsewatch("lapsewatch_7d", Policy(interval=timedelta(days=7))),
-        Lapsewatch("lapsewatch_fastly", sources=("rdap", "dns", "fastly")),
-        Lapsewatch("lapsewatch_daily_run", run_every_hours=24.0),
-        Lapsewatch(
-            "lapsewatch_before_fixes",
-            Policy(no_expiry_interval=timedelta(days=30)),
-            before_fixes=True,
-        ),
-    ]
-
-
-@dataclass
-class Run:
-    """One policy over one world: when each address was unverified (``None``: never)."""
-
-    name: str
-    unverified_at: list[float | None]
-    requests: int
-
-
-def _hours(value: datetime) -> float:
-    return (value - ww.BASE).total_seconds() / 3600.0
-
-
-def run_warehouse(
-    world: ww.World, spec: Warehouse, params: Mapping[str, float], *, end: float, seed: int
-) -> Run:
-    rng = random.Random(seed)
-    addresses = world.addresses
-    interval, retry = spec.interval_days * 24.0, spec.retry_days * 24.0
-    limit = spec.batch_limit or max(1, math.ceil(2 * len(addresses) / spec.interval_days))
-    unverified: list[float | None] = [None] * len(addresses)
-    due = [(-rng.uniform(0.0, interval) + interval, i) for i in range(len(addresses))]
-    heapq.heapify(due)
-    requests = 0
-    now = spec.run_hour
-    while now < end:
-        taken = 0
-        while due and due[0][0] <= now and taken < limit:
-            _, i = heapq.heappop(due)
-            taken += 1
-            requests += 1
-            if rng.random() < params["fastly_error_rate"]:
-                heapq.heappush(due, (now + retry, i))  # last checked set back: due in ~7 days
-                continue
-            if rng.random() < params["fastly_unknown_rate"]:
-                tokens: Sequence[str] = ("unknown",)
-            elif addresses[i].domain < 0:
-                tokens = ("active",)
-            else:
-                tokens = world.domains[addresses[i].domain].timeline.at(now).fastly.split()
-            if WAREHOUSE_UNVERIFY.intersection(tokens):
-                unverified[i] = now
-            else:
-                heapq.heappush(due, (now + interval, i))
-        now += 24.0
-    return Run(spec.name, unverified, requests)
-
-
-def _affected(decision: Decision, verified_at: float) -> bool:
-    """As ``lapsewatch.cycle.apply``: ``reregistered`` only takes addresses verified before."""
-    if decision.verdict is Verdict.REREGISTERED:
-        return decision.registered_at is not None and ww.when(verified_at) < decision.registered_at
-    return decision.verdict.dangerous
-
-
-@dataclass
-class _DomainState:
-    failures: int = 0
-    expires_at: datetime | None = None
-    confirming: bool = False
-    nameservers: tuple[str, ...] = ()
-    """Last seen while the domain was judged registered outside the grace."""
-
-
-def run_lapsewatch(
-    world: ww.World, spec: Lapsewatch, params: Mapping[str, float], *, end: float, seed: int
-) -> Run:
-    rng = random.Random(seed)
-    policy, step = spec.policy, spec.run_every_hours
-    unverified: list[float | None] = [None] * len(world.addresses)
-    states = [_DomainState() for _ in world.domains]
-    queue: list[tuple[float, int]] = []
-    interval = policy.interval.total_seconds() / 3600.0
-    for i, domain in enumerate(world.domains):
-        # Steady state: each domain was last checked some time in the last interval.
-        last = -rng.uniform(0.0, interval)
-        seen = domain.timeline.at(last)
-        states[i].expires_at = None if seen.expires_at is None else ww.when(seen.expires_at)
-        if not spec.before_fixes:
-            states[i].nameservers = seen.nameservers
-        due = next_check(
-            policy,
-            now=ww.when(last),
-            verdict=Verdict.REGISTERED,
-            expires_at=states[i].expires_at,
-            failures=0,
-        )
-        queue.append((max(_hours(due), 0.0), i))
-    heapq.heapify(queue)
-    requests = 0
-    while queue:
-        due_at, i = heapq.heappop(queue)
-        t = math.ceil(due_at / step - 1e-9) * step
-        if t >= end:
-            break
-        domain, state = world.domains[i], states[i]
-        watched = [a for a in domain.addresses if unverified[a] is None]
-        if not watched:
-            continue
-        observations: list[Observation] = []
-        for source in spec.sources:
-            observation, sent = domain.observe(source, t, rng, params)
-            observations.append(observation)
-            requests += sent
-        now = ww.when(t)
-        earliest = min(world.addresses[a].verified_at for a in watched)
-        decision = decide(
-            domain.name,
-            observations,
-            now=now,
-            verified_at=ww.when(earliest),
-            known_nameservers=state.nameservers,
-        )
-        if not spec.before_fixes:  # as cycle/apply.py keeps them
-            state.nameservers = healthy_nameservers(decision, observations) or state.nameservers
-        if any(o.source == "rdap" and o.answered for o in observations):
-            state.expires_at = decision.expires_at  # only the registry's record moves it
-        if decision.verdict.dangerous:
-            if (
-                spec.confirm_hours is not None
-                and decision.doubt is not None
-                and not state.confirming
-            ):
-                state.confirming = True
-                heapq.heappush(queue, (t + spec.confirm_hours, i))
-                continue
-            for a in watched:
-                if _affected(decision, world.addresses[a].verified_at):
-                    unverified[a] = t
-            if all(unverified[a] is not None for a in watched):
-                continue  # nothing verified left on it: no longer checked
-        state.confirming = False
-        state.failures = state.failures + 1 if decision.verdict is Verdict.UNKNOWN else 0
-        due = next_check(
-            policy,
-            now=now,
-            verdict=decision.verdict,
-            expires_at=state.expires_at,
-            failures=state.failures,
-            in_grace=not spec.before_fixes and in_auto_renew_grace(observations),
-        )
-        heapq.heappush(queue, (_hours(due), i))
-    return Run(spec.name, unverified, requests)
-
-
-def run_policy(
-    world: ww.World, spec: PolicySpec, params: Mapping[str, float], *, end: float, seed: int
-) -> Run:
-    if isinstance(spec, Warehouse):
-        return run_warehouse(world, spec, params, end=end, seed=seed)
-    return run_lapsewatch(world, spec, params, end=end, seed=seed)
+WAREHOUSES = ("warehouse", "warehouse_10k")
+"""The PyPI policies the criteria are checked against."""
 
 
 def _overlap(intervals: Sequence[tuple[float, float]], start: float, stop: float) -> float:
@@ -299,11 +109,24 @@ class Detail:
     """Exposure hours of each exposed address."""
     exposure_by_kind: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     takeovers_by_kind: Counter[str] = field(default_factory=Counter)
+    exposure_by_day: list[float] = field(default_factory=list)
+    """Exposure hours falling in each day of the run (addresses exposed that day x 24)."""
     owner_kept: int = 0
     """Addresses unverified whose registrant kept the domain (late renewal): correct,
     since the domain was in an expiry phase, but a cost to the owner."""
+    false_after_dns_move: int = 0
+    """False unverifications of addresses whose owner had moved DNS hosting before."""
     censored: int = 0
     """Addresses of dropped domains still verified at the end of the run."""
+    requests_by_kind: Counter[str] = field(default_factory=Counter)
+    checks: int = 0
+
+
+def _add_by_day(days: list[float], start: float, stop: float) -> None:
+    day = max(int(start // 24.0), 0)
+    while day < len(days) and day * 24.0 < stop:
+        days[day] += max(0.0, min(stop, (day + 1) * 24.0) - max(start, day * 24.0))
+        day += 1
 
 
 def figures(
@@ -313,7 +136,11 @@ def figures(
     exposure = 0.0
     takeovers, false = 0, 0
     windows: list[float] = []
-    detail = Detail()
+    detail = Detail(
+        exposure_by_day=[0.0] * math.ceil(end / 24.0),
+        requests_by_kind=run.requests_by_kind,
+        checks=run.checks,
+    )
     takeable = {
         i: d.timeline.intervals(end) for i, d in enumerate(world.domains) if d.kind != "renewed"
     }
@@ -326,6 +153,8 @@ def figures(
         if gone is not None:
             if domain.timeline.at(gone).healthy:
                 false += 1
+                moved = domain.ns_moved_at
+                detail.false_after_dns_move += moved is not None and moved <= gone
             elif domain.kind in ("renewed", "renewed_late"):
                 detail.owner_kept += 1
         if address.domain not in takeable:
@@ -337,6 +166,9 @@ def figures(
             exposure += hours
             detail.windows.append(hours)
             detail.exposure_by_kind[kind] += hours
+            for a_, b_ in takeable[address.domain]:
+                if a_ < until:
+                    _add_by_day(detail.exposure_by_day, max(a_, 0.0), min(b_, until))
         for taken in domain.takeovers:
             if 0.0 <= taken < until and taken < end:
                 takeovers += 1
@@ -362,6 +194,7 @@ class Simulation:
     results: dict[str, dict[str, float | int | None]]
     details: dict[str, Detail]
     world: ww.World
+    factor: float = 1.0
 
 
 def simulate(
@@ -372,6 +205,7 @@ def simulate(
     days: float = 365.0,
     tail_days: float = 120.0,
     policies: Sequence[PolicySpec] | None = None,
+    factor: float = 1.0,
 ) -> Simulation:
     """Build one world (lapses fall in the first ``days``; the run continues
     ``tail_days`` more so that late drops are followed) and run every policy on it."""
@@ -382,42 +216,10 @@ def simulate(
     for n, spec in enumerate(policies if policies is not None else default_policies()):
         run = run_policy(world, spec, params, end=end, seed=seed * 1000 + n)
         results[spec.name], details[spec.name] = figures(world, run, end=end)
-    return Simulation(dict(params), results, details, world)
+    return Simulation(dict(params), results, details, world, factor)
 
 
 # Report --------------------------------------------------------------------------------
-
-_BUCKETS = (
-    (1.0, "< 1 h"),
-    (24.0, "1 h-1 d"),
-    (168.0, "1-7 d"),
-    (720.0, "7-30 d"),
-    (2160.0, "30-90 d"),
-    (math.inf, "≥ 90 d"),
-)
-_BARS = " ▏▎▍▌▋▊▉█"
-
-
-def _bar(value: float, widest: float, width: int = 30) -> str:
-    if widest <= 0 or value <= 0:
-        return ""
-    eighths = max(1, round(value / widest * width * 8))
-    return "█" * (eighths // 8) + (_BARS[eighths % 8] if eighths % 8 else "")
-
-
-def histogram(details: Mapping[str, Detail]) -> str:
-    """Per policy, how many exposed addresses had a window of each length."""
-    lines = []
-    counts = {
-        name: Counter(next(label for top, label in _BUCKETS if w < top) for w in d.windows)
-        for name, d in details.items()
-    }
-    widest = max((c for cs in counts.values() for c in cs.values()), default=0)
-    for name, c in counts.items():
-        lines.append(f"{name} ({sum(c.values())} addresses exposed)")
-        for _, label in _BUCKETS:
-            lines.append(f"  {label:>8} {c[label]:6d} {_bar(c[label], widest)}")
-    return "\n".join(lines)
 
 
 def _cell(value: float | int | None) -> str:
@@ -436,27 +238,49 @@ def table(results: Mapping[str, Mapping[str, float | int | None]]) -> str:
     return "\n".join(lines)
 
 
-def criteria(results: Mapping[str, Mapping[str, float | int | None]]) -> list[tuple[str, bool]]:
-    """The issue's acceptance criteria, lapsewatch (defaults) against warehouse."""
-    w, lw = results["warehouse"], results["lapsewatch"]
+def criteria(
+    results: Mapping[str, Mapping[str, float | int | None]], against: str = "warehouse"
+) -> list[tuple[str, bool]]:
+    """The issue's acceptance criteria, lapsewatch (defaults) against ``against``."""
+    w, lw = results[against], results["lapsewatch"]
 
     def num(v: float | int | None) -> float:
         return 0.0 if v is None else float(v)
 
     return [
         (
-            "exposure_hours <= 10% of warehouse",
+            f"exposure_hours <= 10% of {against}",
             num(lw["exposure_hours"]) <= 0.1 * num(w["exposure_hours"]),
         ),
         ("0 false_unverifications", num(lw["false_unverifications"]) == 0),
-        ("requests <= warehouse", num(lw["requests"]) <= num(w["requests"])),
+        (f"requests <= {against}", num(lw["requests"]) <= num(w["requests"])),
     ]
 
 
+_KINDS = ("rdap", "dns", "mx", "dns_soa", "mail_host", "fastly")
+
+
+def request_table(details: Mapping[str, Detail]) -> str:
+    """Requests per kind and checks, per policy."""
+    lines = [
+        "| policy | checks | " + " | ".join(_KINDS) + " | total |",
+        "|---" * (len(_KINDS) + 3) + "|",
+    ]
+    for name, d in details.items():
+        counts = d.requests_by_kind
+        cells = " | ".join(f"{counts[k]:,}" for k in _KINDS)
+        lines.append(f"| {name} | {d.checks:,} | {cells} | {sum(counts.values()):,} |")
+    return "\n".join(lines)
+
+
 def report(sim: Simulation, factor: float) -> str:
-    lines = [f"## durations x{factor:g}", "", table(sim.results), ""]
-    for text, holds in criteria(sim.results):
-        lines.append(f"- lapsewatch {text}: {'holds' if holds else 'FAILS'}")
+    title = "default durations" if factor == 1 else f"every duration x{factor:g}"
+    lines = [f"## {title}", "", table(sim.results), ""]
+    for against in WAREHOUSES:
+        if against in sim.results and "lapsewatch" in sim.results:
+            for text, holds in criteria(sim.results, against):
+                lines.append(f"- lapsewatch {text}: {'holds' if holds else 'FAILS'}")
+    lines += ["", "requests by kind:", "", request_table(sim.details)]
     kinds = Counter(f"{d.tld}:{d.kind}" for d in sim.world.domains)
     lines += ["", "exposure hours by lifecycle (domains of that kind):", ""]
     names = list(sim.details)
@@ -468,17 +292,20 @@ def report(sim: Simulation, factor: float) -> str:
             for d in sim.details.values()
         )
         lines.append(f"| {kind} | {kinds[kind]} | {cells} |")
+    moved = sum(d.ns_moved_at is not None for d in sim.world.domains)
     lines += [
         "",
         "(takeovers possible in brackets)",
         "",
         "owners who kept their domain but were unverified during its expiry phase: "
         + ", ".join(f"{n} {d.owner_kept}" for n, d in sim.details.items()),
+        f"false unverifications after the owner moved DNS hosting ({moved} domains moved): "
+        + ", ".join(f"{n} {d.false_after_dns_move}" for n, d in sim.details.items()),
         "dropped-domain addresses still verified at the end: "
         + ", ".join(f"{n} {d.censored}" for n, d in sim.details.items()),
         "",
         "```",
-        histogram(sim.details),
+        window_plot.histogram({n: d.windows for n, d in sim.details.items()}),
         "```",
     ]
     return "\n".join(lines)
@@ -518,6 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FACTOR",
         help="also run with every duration times FACTOR (repeatable)",
     )
+    parser.add_argument(
+        "--plot", metavar="FILE.svg", help="write exposure over time and the windows as SVG"
+    )
+    parser.add_argument(
+        "--all-variants",
+        action="store_true",
+        help="run every variant with perturbed durations too (default: the defaults only)",
+    )
     args = parser.parse_args(argv)
     if args.dump_params:
         print(json.dumps(ww.DEFAULT_PARAMS, indent=2))
@@ -525,17 +360,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = _load_params(args.params)
     factors = [1.0, *(args.perturb or [])]
     failed = False
+    sims: list[Simulation] = []
     for n, factor in enumerate(factors):
         params = ww.perturbed(base, factor)
         sim = simulate(
-            params, domains=args.domains, seed=args.seed, days=args.days, tail_days=args.tail_days
+            params,
+            domains=args.domains,
+            seed=args.seed,
+            days=args.days,
+            tail_days=args.tail_days,
+            policies=default_policies(variants=n == 0 or args.all_variants),
+            factor=factor,
         )
         print(report(sim, factor), end="\n\n", flush=True)
         failed |= not all(holds for _, holds in criteria(sim.results))
         if args.json:
             out = {"params": sim.params, "policies": sim.results}
             _json_path(args.json, factor, n == 0).write_text(json.dumps(out, indent=2) + "\n")
+        sims.append(sim)
+    panels = [
+        window_plot.Panel(
+            f"durations x{sim.factor:g}",
+            {name: sim.details[name].exposure_by_day for name in _PLOTTED if name in sim.details},
+            {name: sim.details[name].windows for name in _PLOTTED if name in sim.details},
+        )
+        for sim in sims
+    ]
+    print("```\n" + window_plot.text_plot(panels) + "\n```")
+    if args.plot:
+        Path(args.plot).write_text(window_plot.svg(panels))
     return 1 if failed else 0
+
+
+_PLOTTED = ("warehouse", "warehouse_10k", "lapsewatch")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,16 @@ each status source (RDAP, DNS, Fastly) would answer about them at any hour.
 
 Every domain gets one timeline: a sorted list of ``(start_hour, View)`` segments from
 "forever ago" to the end of the run. A :class:`View` is everything observable at once
-(the registry's record, the delegation, Fastly's tokens) plus the two facts the
-observers cannot see and the figures need: who holds the name, and whether anyone
-could take it. Times are hours from the start of the run (negative = before it).
+(the registry's record, the delegation and the mail hosts (MX) it serves, Fastly's
+tokens) plus the two facts the observers cannot see and the figures need: who holds
+the name, and whether anyone could take it. Times are hours from the start of the run
+(negative = before it).
+
+Besides its lifecycle, a domain has its owner's mail hosts (a well-known provider, its
+own, or a smaller third-party host whose domain lapsewatch checks too: a pool of
+:attr:`World.mail_domains`), and its owner may move DNS hosting once in the year
+(new name servers, same mail hosts), at any time the domain is healthy, including the
+auto-renew grace of a renewal the registry made for a paying owner.
 
 The figures and their sources are in ``docs/window.md``; every number here that the
 literature does not give is marked an assumption there.
@@ -26,6 +33,9 @@ from lapsewatch.sources.interface import Observation, Outcome
 __all__ = [
     "BASE",
     "DEFAULT_PARAMS",
+    "MOVED_NS",
+    "OWNER_NS",
+    "PROVIDER_MX",
     "YEAR_HOURS",
     "Address",
     "Domain",
@@ -33,6 +43,10 @@ __all__ = [
     "View",
     "World",
     "build_world",
+    "fastly_observation",
+    "healthy_mail_domain",
+    "mail_domain_name",
+    "move_dns",
     "perturbed",
     "when",
 ]
@@ -96,6 +110,17 @@ DEFAULT_PARAMS: dict[str, float] = {
     # Changes that change nothing.
     "transfer_rate": 0.03,
     "transfer_pending_days": 5.0,
+    # The owner's mail hosts (MX; assumption, after Liu et al., IMC 2021): a well-known
+    # provider on lapsewatch's list, the domain's own host, or a third-party host drawn
+    # from a pool of smaller hosting companies (whose domain lapsewatch checks); the rest
+    # publish no MX.
+    "mx_provider_share": 0.50,
+    "mx_self_share": 0.15,
+    "mx_third_party_share": 0.25,
+    "mx_third_party_pool": 300.0,
+    # A healthy owner moves DNS hosting (all name servers replaced, same mail hosts):
+    # the share of domains that do so within the year (assumption).
+    "ns_change_rate": 0.10,
     # Source errors (assumption): an outage fails every attempt of a check.
     "rdap_outage_rate": 0.005,
     "rdap_error_rate": 0.02,
@@ -105,12 +130,24 @@ DEFAULT_PARAMS: dict[str, float] = {
     "fastly_unknown_rate": 0.0005,
 }
 
-_OWNER_NS = ("ns1.webhost.example", "ns2.webhost.example")
+OWNER_NS = ("ns1.webhost.example", "ns2.webhost.example")
 _NEW_OWNER_NS = ("ns1.newowner-hosting.example", "ns2.newowner-hosting.example")
 _REGISTRAR_EXPIRY_NS = ("ns1.expired.registrar.example", "ns2.expired.registrar.example")
 """A registrar's own "this domain has expired" parking; lapsewatch's list does not know it."""
 _AFTERMARKET_NS = ("ns1.sedoparking.com", "ns2.sedoparking.com")
 """Where a domain investor parks a name for sale; lapsewatch's list knows it."""
+MOVED_NS = ("ada.ns.dnsprovider.example", "bob.ns.dnsprovider.example")
+"""Where an owner who moves DNS hosting goes (shares no name server with before)."""
+PROVIDER_MX = (
+    ("aspmx.l.google.com", "alt1.aspmx.l.google.com"),
+    ("{label}.mail.protection.outlook.com",),
+    ("mx01.mail.icloud.com", "mx02.mail.icloud.com"),
+    ("in1-smtp.messagingengine.com", "in2-smtp.messagingengine.com"),
+    ("mx.zoho.com", "mx2.zoho.com"),
+    ("smtp.secureserver.net", "mailstore1.secureserver.net"),
+    ("mx00.ionos.de", "mx01.ionos.de"),
+)
+"""Mail hosts at well-known providers (on lapsewatch's ``mail_providers.txt``: not checked)."""
 _HEALTHY = frozenset({"ok", "autorenew_paid"})
 _TAKEABLE = frozenset({"available"})
 
@@ -120,8 +157,17 @@ def perturbed(params: Mapping[str, float], factor: float) -> dict[str, float]:
     return {k: v * factor if k.endswith(("_days", "_hours")) else v for k, v in params.items()}
 
 
+_WHEN: dict[float, datetime] = {}
+
+
 def when(hours: float) -> datetime:
-    return BASE + timedelta(hours=hours)
+    """Hour ``hours`` of the run as a datetime (cached: most are whole run hours)."""
+    found = _WHEN.get(hours)
+    if found is None:
+        if len(_WHEN) > 1_000_000:
+            _WHEN.clear()
+        found = _WHEN[hours] = BASE + timedelta(hours=hours)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +187,8 @@ class View:
     nameservers: tuple[str, ...]
     """Empty: not in the TLD zone (NXDOMAIN)."""
     fastly: str
+    mail_hosts: tuple[str, ...] = ()
+    """The MX targets the delegated zone serves (best first); empty: none."""
 
     @property
     def takeable(self) -> bool:
@@ -201,26 +249,51 @@ class Domain:
     """Hours at which somebody new came to hold the name."""
     transfer: tuple[float, float] | None = None
     """An inter-registrar transfer pending during these hours (changes nothing)."""
+    ns_moved_at: float | None = None
+    """When the owner moved DNS hosting (new name servers, same mail hosts), if ever."""
 
     def observe(
-        self, source: str, hour: float, rng: random.Random, p: Mapping[str, float]
-    ) -> tuple[Observation, int]:
-        """What ``source`` answers at ``hour``, and how many requests it took."""
+        self,
+        source: str,
+        hour: float,
+        rng: random.Random,
+        p: Mapping[str, float],
+        *,
+        read_mx: bool = True,
+    ) -> tuple[Observation, int, int]:
+        """What ``source`` answers at ``hour``, the requests it took, and the MX queries
+        among them: after a delegated answer ``DnsSource`` (``mail_hosts=True``) asks
+        for the MX at the same resolver, one request, one try (a failure, at
+        ``dns_error_rate``, leaves the mail hosts unknown). ``read_mx=False``: not asked."""
         view = self.timeline.at(hour)
         at = when(hour)
         if source == "fastly":
-            return self._fastly(view, at, rng, p)
+            observation, sent = self._fastly(view, at, rng, p)
+            return observation, sent, 0
         outage, error = p[f"{source}_outage_rate"], p[f"{source}_error_rate"]
         if rng.random() < outage:
-            return Observation.error(source, self.name, "timeout", observed_at=at), ATTEMPTS
+            return Observation.error(source, self.name, "timeout", observed_at=at), ATTEMPTS, 0
         requests = 1
         while rng.random() < error:
             if requests == ATTEMPTS:
-                return Observation.error(source, self.name, "HTTP 503", observed_at=at), requests
+                failed = Observation.error(source, self.name, "HTTP 503", observed_at=at)
+                return failed, requests, 0
             requests += 1
         if source == "rdap":
-            return self._rdap(view, at, hour), requests
-        return self._dns(view, at), requests
+            return self._rdap(view, at, hour), requests, 0
+        if not (read_mx and view.nameservers):
+            return self._dns(view, at), requests, 0
+        hosts = None if rng.random() < p["dns_error_rate"] else view.mail_hosts
+        return self._dns(view, at, hosts), requests + 1, 1
+
+    def truth(self, source: str, hour: float) -> Observation:
+        """What ``source`` answers at ``hour`` without any error (mail hosts included)."""
+        view, at = self.timeline.at(hour), when(hour)
+        if source == "rdap":
+            return self._rdap(view, at, hour)
+        if source == "fastly":
+            return fastly_observation(self.name, tuple(view.fastly.split()), at)
+        return self._dns(view, at, view.mail_hosts if view.nameservers else None)
 
     def _rdap(self, view: View, at: datetime, hour: float) -> Observation:
         if not view.rdap_found:
@@ -243,7 +316,9 @@ class Domain:
             observed_at=at,
         )
 
-    def _dns(self, view: View, at: datetime) -> Observation:
+    def _dns(
+        self, view: View, at: datetime, mail_hosts: tuple[str, ...] | None = None
+    ) -> Observation:
         if not view.nameservers:
             return Observation(
                 "dns",
@@ -263,6 +338,7 @@ class Domain:
             found=True,
             status=("delegated", "parked") if parked else ("delegated",),
             nameservers=view.nameservers,
+            mail_hosts=mail_hosts,
             observed_at=at,
         )
 
@@ -320,8 +396,12 @@ def _tokens(nameservers: tuple[str, ...]) -> str:
 class _Builder:
     """Draws one domain's lifecycle. ``d`` converts days to hours."""
 
-    def __init__(self, rng: random.Random, p: Mapping[str, float], year: float) -> None:
+    def __init__(
+        self, rng: random.Random, p: Mapping[str, float], year: float, extra: random.Random
+    ) -> None:
         self.rng, self.p, self.year = rng, p, year
+        self.extra = extra
+        """Mail hosts and DNS moves: drawn apart, so the lifecycles stay those of the seed."""
 
     def days(self, key: str) -> float:
         return self.p[key] * 24.0
@@ -336,6 +416,7 @@ class _Builder:
         registered = -rng.uniform(1.0, 15.0) * YEAR_HOURS
         expires = rng.uniform(0.0, self.year)
         has_dates = tld != "de"  # assumption: DENIC's RDAP shows no registration/expiry dates
+        name = f"d{index}.{'com' if tld == 'gtld' else tld}"
         healthy = View(
             "ok",
             0,
@@ -343,12 +424,13 @@ class _Builder:
             ("client transfer prohibited",),
             registered if has_dates else None,
             expires if tld in ("gtld", "uk") else None,
-            _OWNER_NS,
+            OWNER_NS,
             "active",
+            self._owner_mail(name),
         )
         timeline = Timeline()
         timeline.add(-1e12, healthy)
-        domain = Domain(f"d{index}.{'com' if tld == 'gtld' else tld}", tld, "renewed", timeline)
+        domain = Domain(name, tld, "renewed", timeline)
         if rng.random() < p["lapse_rate"]:
             getattr(self, f"_lapse_{tld}")(domain, healthy, expires)
         else:
@@ -356,7 +438,25 @@ class _Builder:
         if domain.kind == "renewed" and rng.random() < p["transfer_rate"]:
             start = rng.uniform(0.0, self.year)
             domain.transfer = (start, start + self.days("transfer_pending_days"))
+        if self.extra.random() < p["ns_change_rate"]:
+            move_dns(domain, self.extra.uniform(0.0, self.year))
         return domain
+
+    def _owner_mail(self, name: str) -> tuple[str, ...]:
+        rng, p = self.extra, self.p
+        x = rng.random()
+        if x < p["mx_provider_share"]:
+            hosts = PROVIDER_MX[rng.randrange(len(PROVIDER_MX))]
+            return tuple(h.format(label=name.replace(".", "-")) for h in hosts)
+        x -= p["mx_provider_share"]
+        if x < p["mx_self_share"]:
+            return (f"mail.{name}",)
+        x -= p["mx_self_share"]
+        if x < p["mx_third_party_share"]:
+            pool = max(int(p["mx_third_party_pool"]), 1)
+            host = mail_domain_name(_zipf(rng, pool))
+            return (f"mx1.{host}", f"mx2.{host}")
+        return ()
 
     # Renewals -----------------------------------------------------------------
 
@@ -416,14 +516,17 @@ class _Builder:
         action = expires + self.uniform_days(0.0, "registrar_action_max_days")
         parks = self.rng.random() < self.p["registrar_parking_share"]
         if action < until:
-            if parks:
-                held = replace(grace, nameservers=_REGISTRAR_EXPIRY_NS, fastly="active")
+            if parks:  # a parking page serves no mail (assumption)
+                held = replace(
+                    grace, nameservers=_REGISTRAR_EXPIRY_NS, fastly="active", mail_hosts=()
+                )
             else:
                 held = replace(
                     grace,
                     rdap_status=("client hold", "auto renew period"),
                     nameservers=(),
                     fastly="expiring",
+                    mail_hosts=(),
                 )
             domain.timeline.add(action, held)
             grace_end = expires + self.days("autorenew_grace_days")
@@ -466,6 +569,7 @@ class _Builder:
                 expires + YEAR_HOURS,
                 nameservers,
                 _tokens(nameservers),
+                _new_owner_mail(domain.name, nameservers),
             )
             domain.timeline.add(push, bought)
             domain.takeovers.append(push)
@@ -543,6 +647,7 @@ class _Builder:
                 again + YEAR_HOURS if domain.tld in ("gtld", "uk") else None,
                 nameservers,
                 _tokens(nameservers),
+                _new_owner_mail(domain.name, nameservers),
             ),
         )
         domain.takeovers.append(again)
@@ -563,6 +668,7 @@ class _Builder:
                     rdap_status=("server hold",),
                     nameservers=(),
                     fastly="expiring",
+                    mail_hosts=(),
                 ),
             )
 
@@ -605,10 +711,81 @@ class _Builder:
         self._drop(domain, expires + self.days("nl_quarantine_days"))
 
 
+def _new_owner_mail(name: str, nameservers: tuple[str, ...]) -> tuple[str, ...]:
+    """A buyer who parks the name for sale serves no mail; one who uses it runs its own."""
+    return () if any(map(_is_parking, nameservers)) else (f"mail.{name}",)
+
+
+def _zipf(rng: random.Random, n: int) -> int:
+    """A rank in ``[0, n)`` with probability proportional to ``1 / (rank + 1)``."""
+    x = rng.random() * sum(1.0 / k for k in range(1, n + 1))
+    for k in range(1, n + 1):
+        x -= 1.0 / k
+        if x < 0:
+            return k - 1
+    return n - 1
+
+
+def mail_domain_name(rank: int) -> str:
+    """The registrable domain of the ``rank``-th third-party mail host of the pool."""
+    return f"mailhost{rank}.net"
+
+
+def move_dns(domain: Domain, at: float) -> None:
+    """The owner moves DNS hosting at ``at``, if the domain is healthy then: every later
+    segment served by the owner's name servers is served by :data:`MOVED_NS` instead
+    (mail hosts unchanged: the zone moves with its records)."""
+    timeline = domain.timeline
+    if not timeline.at(at).healthy:
+        return
+    starts: list[float] = []
+    views: list[View] = []
+    for i, (start, view) in enumerate(zip(timeline.starts, timeline.views, strict=True)):
+        stop = timeline.starts[i + 1] if i + 1 < len(timeline.starts) else float("inf")
+        own = view.owner == 0 and view.nameservers == OWNER_NS
+        if own and start < at < stop:
+            starts += [start, at]
+            views += [view, replace(view, nameservers=MOVED_NS)]
+        else:
+            starts.append(start)
+            views.append(replace(view, nameservers=MOVED_NS) if own and start >= at else view)
+    timeline.starts, timeline.views = starts, views
+    domain.ns_moved_at = at
+
+
+def healthy_mail_domain(name: str) -> Domain:
+    """A third-party mail host's own domain: registered, paid years ahead, unchanging."""
+    timeline = Timeline()
+    timeline.add(
+        -1e12,
+        View(
+            "ok",
+            0,
+            True,
+            ("client transfer prohibited",),
+            -10 * YEAR_HOURS,
+            5 * YEAR_HOURS,
+            (f"ns1.{name}", f"ns2.{name}"),
+            "active",
+            (f"mx1.{name}", f"mx2.{name}"),
+        ),
+    )
+    return Domain(name, "gtld", "mail_host", timeline)
+
+
 @dataclass
 class World:
     domains: list[Domain]
     addresses: list[Address]
+    mail_domains: dict[str, Domain] = field(default_factory=dict)
+    """The third-party mail hosts' domains, by name (checked when a domain's MX names them)."""
+
+    def mail_domain(self, name: str) -> Domain:
+        """The domain ``name`` as a mail host's (healthy; any name not drawn is too)."""
+        found = self.mail_domains.get(name)
+        if found is None:
+            found = self.mail_domains[name] = healthy_mail_domain(name)
+        return found
 
 
 def build_world(
@@ -617,7 +794,7 @@ def build_world(
     """``domains`` custom domains with their addresses, and the free-provider addresses
     that a per-address checker also checks."""
     rng = random.Random(seed)
-    builder = _Builder(rng, params, year_hours)
+    builder = _Builder(rng, params, year_hours, random.Random(seed * 7919 + 17))
     world = World([], [])
     extra = 1.0 / max(params["addresses_per_domain_mean"], 1.0)
     for index in range(domains):

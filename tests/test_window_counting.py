@@ -1,0 +1,296 @@
+"""bench/window.py: what each check really sends (MX, SOA, mail-host domains), the
+product's confirmation rule, owners moving DNS hosting, PyPI's two tasks and their
+limits, and the plots, on small hand-made timelines."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from lapsewatch.mail_hosts import mail_providers
+from lapsewatch.verdict import Verdict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import window
+import window_plot
+import window_world as ww
+from tests.test_window import AVAILABLE, DAY, HEALTHY, QUIET
+
+GOOGLE = ("aspmx.l.google.com", "alt1.aspmx.l.google.com")
+THIRD_PARTY = ("mx1.mailhost3.net", "mx2.mailhost3.net")
+WITH_GOOGLE = replace(HEALTHY, mail_hosts=GOOGLE)
+WITH_THIRD_PARTY = replace(HEALTHY, mail_hosts=THIRD_PARTY)
+
+
+def domain(name: str, *segments: tuple[float, ww.View], first: ww.View = WITH_GOOGLE) -> ww.Domain:
+    timeline = ww.Timeline()
+    timeline.add(-1e12, first)
+    for start, view in segments:
+        timeline.add(start, view)
+    return ww.Domain(name, "gtld", "renewed", timeline)
+
+
+def world(*domains: ww.Domain) -> ww.World:
+    """Each domain with one address verified long before the run."""
+    built = ww.World([], [])
+    for i, d in enumerate(domains):
+        d.addresses.append(len(built.addresses))
+        built.addresses.append(ww.Address(i, -400 * DAY))
+        built.domains.append(d)
+    return built
+
+
+def cycle(
+    w: ww.World, spec: window.Lapsewatch | None = None, params: dict[str, float] = QUIET
+) -> window.LapsewatchRun:
+    return window.LapsewatchRun(w, spec or window.Lapsewatch(), params, seed=3)
+
+
+# What one check sends --------------------------------------------------------------------
+
+
+def test_a_delegated_domain_costs_rdap_ns_and_mx() -> None:
+    sim = cycle(world(domain("a.com")))
+    assert sim.kinds == Counter()  # the steady state before the run costs nothing
+    assert sim.check(0, 10 * DAY) is not None
+    assert sim.kinds == Counter(rdap=1, dns=1, mx=1)
+    assert sim.checks == 1
+
+
+def test_a_domain_hosting_its_own_mail_checks_no_mail_host() -> None:
+    sim = cycle(world(domain("a.com", first=replace(HEALTHY, mail_hosts=("mail.a.com",)))))
+    sim.check(0, 10 * DAY)
+    assert sim.kinds == Counter(rdap=1, dns=1, mx=1)
+
+
+def test_a_third_party_mail_host_domain_is_checked_once_per_cycle_run() -> None:
+    sim = cycle(
+        world(domain("a.com", first=WITH_THIRD_PARTY), domain("b.com", first=WITH_THIRD_PARTY))
+    )
+    sim.check(0, 10 * DAY)
+    sim.check(1, 10 * DAY)  # same run: mailhost3.net's verdict is shared
+    assert sim.kinds == Counter(rdap=2, dns=2, mx=2, mail_host=3)  # its RDAP, NS and MX
+    sim.check(0, 10 * DAY + 1)  # the next run asks again
+    assert sim.kinds["mail_host"] == 6
+    assert sim.unverified == [None, None]
+
+
+def test_an_nxdomain_costs_one_soa_query_per_zone_and_cycle_run() -> None:
+    dropped = ((5 * DAY, AVAILABLE),)
+    sim = cycle(
+        world(domain("a.com", *dropped), domain("b.com", *dropped), domain("c.com", *dropped))
+    )
+    sim.check(0, 10 * DAY)
+    sim.check(1, 10 * DAY)
+    assert sim.kinds == Counter(rdap=2, dns=2, dns_soa=1)  # no MX without a delegation
+    sim.check(2, 10 * DAY + 1)
+    assert sim.kinds["dns_soa"] == 2
+    assert sim.unverified == [10 * DAY, 10 * DAY, 10 * DAY + 1]  # RDAP's 404 acts at once
+
+
+def test_requests_add_up_over_a_run() -> None:
+    result = window.run_policy(
+        world(domain("a.com", first=WITH_THIRD_PARTY)),
+        window.Lapsewatch(),
+        QUIET,
+        end=200 * DAY,
+        seed=3,
+    )
+    kinds = result.requests_by_kind
+    assert result.requests == sum(kinds.values())
+    assert kinds["rdap"] == kinds["dns"] == kinds["mx"] == result.checks
+    assert kinds["mail_host"] == 3 * result.checks  # checks of a lone domain: one per run
+
+
+def test_proposed_mx_rule_reads_the_mx_once_in_its_interval() -> None:
+    sim = cycle(world(domain("a.com")), window.Lapsewatch("p", mx_every_days=30.0))
+    sim.states[0].mx_read_at = 0.0
+    for day in (10, 29):
+        sim.check(0, day * DAY)
+    assert sim.kinds["mx"] == 0
+    sim.check(0, 30 * DAY)
+    sim.check(0, 31 * DAY)
+    assert sim.kinds == Counter(rdap=4, dns=4, mx=1)
+
+
+# The product's confirmation rule (verdict.settle) -----------------------------------------
+
+
+def test_a_thin_danger_acts_only_when_its_confirming_check_says_the_same() -> None:
+    # RDAP down: the drop rests on the DNS alone.
+    params = QUIET | {"rdap_outage_rate": 1.0}
+    sim = cycle(world(domain("a.com", (5 * DAY, AVAILABLE))), params=params)
+    assert sim.check(0, 10 * DAY) == 10 * DAY + 1  # Policy.confirm: 60 minutes
+    assert sim.unverified == [None]
+    pending = sim.states[0].pending
+    assert pending is not None
+    assert pending.verdict is Verdict.AVAILABLE
+    assert sim.check(0, 10 * DAY + 1) is None  # confirmed: nothing verified is left
+    assert sim.unverified == [10 * DAY + 1]
+    assert sim.states[0].pending is None
+
+
+def test_answers_that_flip_are_never_acted_on() -> None:
+    # The owner's own name parked for an hour: "for sale" on the DNS alone, then healthy.
+    parked = replace(WITH_GOOGLE, nameservers=("ns1.sedoparking.com",))
+    sim = cycle(world(domain("a.com", (10 * DAY, parked), (10 * DAY + 0.5, WITH_GOOGLE))))
+    assert sim.check(0, 10 * DAY) == 10 * DAY + 1
+    assert sim.check(0, 10 * DAY + 1) is not None
+    assert sim.unverified == [None]
+    assert sim.states[0].pending is None
+    assert sim.states[0].known.last_verdict == Verdict.UNKNOWN.value  # retried with backoff
+
+
+# Owners moving DNS hosting --------------------------------------------------------------
+
+PAID = replace(
+    WITH_GOOGLE, phase="autorenew_paid", rdap_status=("auto renew period",), expires_at=665 * DAY
+)
+"""The registry's auto-renew at the expiry (day 300), paid for by the owner."""
+END = 400 * DAY
+
+
+def renewed_by_auto_renew(move_at: float | None) -> ww.World:
+    d = domain("a.com", (300 * DAY, PAID), (345 * DAY, replace(WITH_GOOGLE, expires_at=665 * DAY)))
+    if move_at is not None:
+        ww.move_dns(d, move_at)
+    return world(d)
+
+
+def test_move_dns_replaces_the_owners_name_servers_from_then_on() -> None:
+    w = renewed_by_auto_renew(310 * DAY)
+    timeline = w.domains[0].timeline
+    assert timeline.at(309 * DAY).nameservers == ww.OWNER_NS
+    assert timeline.at(311 * DAY).nameservers == ww.MOVED_NS
+    assert timeline.at(311 * DAY).phase == "autorenew_paid"
+    assert timeline.at(350 * DAY).nameservers == ww.MOVED_NS
+    assert timeline.at(350 * DAY).mail_hosts == GOOGLE  # the zone moves with its records
+    assert w.domains[0].ns_moved_at == 310 * DAY
+    held = domain("b.com", (10 * DAY, replace(HEALTHY, phase="grace", nameservers=())))
+    ww.move_dns(held, 20 * DAY)  # not healthy then: the owner does not move anything
+    assert held.ns_moved_at is None
+    assert held.timeline.at(30 * DAY).nameservers == ()
+
+
+def test_a_dns_move_in_the_auto_renew_grace_is_a_false_unverification() -> None:
+    w = renewed_by_auto_renew(310 * DAY)
+    run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
+    caught = run.unverified_at[0]
+    assert caught is not None
+    assert 310 * DAY <= caught <= 311 * DAY + 1  # the next daily check in the grace
+    result, detail = window.figures(w, run, end=END)
+    assert result["false_unverifications"] == 1
+    assert detail.false_after_dns_move == 1
+
+
+def test_a_dns_move_outside_the_grace_is_learned_not_acted_on() -> None:
+    w = renewed_by_auto_renew(100 * DAY)
+    run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
+    assert run.unverified_at == [None]
+
+
+def test_proposed_rule_spares_a_dns_move_that_keeps_the_mail_hosts() -> None:
+    proposed = window.Lapsewatch("p", mx_every_days=30.0, ns_rule_needs_mx_change=True)
+    w = renewed_by_auto_renew(310 * DAY)
+    run = window.run_policy(w, proposed, QUIET, end=END, seed=3)
+    assert run.unverified_at == [None]
+
+
+def test_proposed_rule_waits_when_the_mail_hosts_cannot_be_read() -> None:
+    proposed = window.Lapsewatch("p", mx_every_days=30.0, ns_rule_needs_mx_change=True)
+    w = renewed_by_auto_renew(310 * DAY)
+    sim = window.LapsewatchRun(w, proposed, QUIET | {"dns_error_rate": 1.0}, seed=3)
+    assert sim.check(0, 320 * DAY) == 320 * DAY + 1  # unknown: retried in an hour
+    assert sim.unverified == [None]
+    assert sim.states[0].known.last_verdict == Verdict.UNKNOWN.value
+
+
+def test_proposed_rule_still_catches_a_parked_auction() -> None:
+    proposed = window.Lapsewatch("p", mx_every_days=30.0, ns_rule_needs_mx_change=True)
+    grace = replace(PAID, phase="grace", nameservers=("ns1.expired.registrar.example",))
+    parked = replace(grace, mail_hosts=())  # a registrar's parking page serves no mail
+    w = world(domain("a.com", (300 * DAY, PAID), (303 * DAY, parked)))
+    run = window.run_policy(w, proposed, QUIET, end=END, seed=3)
+    caught = run.unverified_at[0]
+    assert caught is not None
+    assert 303 * DAY <= caught <= 304 * DAY + 1
+
+
+# PyPI's two tasks ----------------------------------------------------------------------
+
+
+def free_addresses(count: int) -> ww.World:
+    return ww.World([], [ww.Address(-1, -400 * DAY) for _ in range(count)])
+
+
+def test_warehouse_checks_at_most_its_batch_limit_a_day() -> None:
+    run = window.run_policy(
+        free_addresses(5),
+        window.Warehouse(interval_days=0.0, check_limit=2),
+        QUIET,
+        end=10 * DAY,
+        seed=3,
+    )
+    assert run.requests == run.checks == 20  # 2 a day at 04:00, every row always due
+
+
+def test_warehouse_unverifies_at_04_15_at_most_its_limit_a_day() -> None:
+    expiring = replace(HEALTHY, phase="grace", fastly="expiring")
+    w = world(domain("a.com", (-1.0, expiring)), domain("b.com", (-1.0, expiring)))
+    spec = window.Warehouse(interval_days=0.0, unverify_limit=1)
+    run = window.run_policy(w, spec, QUIET, end=5 * DAY, seed=3)
+    assert sorted(u for u in run.unverified_at if u is not None) == [4.25, DAY + 4.25]
+
+
+def test_warehouse_unverifies_on_the_status_stored_at_its_check() -> None:
+    # Expiring at the 04:00 check, renewed at 04:10: the 04:15 task still unverifies.
+    expiring = replace(HEALTHY, phase="grace", fastly="expiring")
+    w = world(domain("a.com", (-1.0, expiring), (4 + 1 / 6, HEALTHY)))
+    run = window.run_policy(w, window.Warehouse(interval_days=0.0), QUIET, end=2 * DAY, seed=3)
+    assert run.unverified_at == [4.25]
+    assert window.figures(w, run, end=2 * DAY)[0]["false_unverifications"] == 1
+
+
+# The world and the plots ---------------------------------------------------------------
+
+
+def test_mail_hosts_of_the_world_are_what_the_product_sees() -> None:
+    providers = mail_providers()
+    for hosts in ww.PROVIDER_MX:
+        assert all(providers.covers(h.format(label="a-com")) for h in hosts)
+    generated = ww.build_world(ww.DEFAULT_PARAMS, domains=2000, seed=2)
+    third = [
+        h
+        for d in generated.domains
+        for h in d.timeline.views[0].mail_hosts
+        if h.endswith(".net") and "mailhost" in h
+    ]
+    assert third
+    assert not any(providers.covers(h) for h in third)
+    moved = [d for d in generated.domains if d.ns_moved_at is not None]
+    assert 0.05 < len(moved) / len(generated.domains) < 0.15  # ns_change_rate 0.10
+    for d in moved:
+        assert d.ns_moved_at is not None
+        assert d.timeline.at(d.ns_moved_at).nameservers == ww.MOVED_NS
+
+
+def test_plots_show_every_policy_of_every_panel() -> None:
+    panels = [
+        window_plot.Panel(
+            title,
+            {"warehouse": [0.0] * 10 + [48.0] * 4, "lapsewatch": [0.0] * 14},
+            {"warehouse": [30.0, 200.0], "lapsewatch": []},
+        )
+        for title in ("durations x1", "durations x0.5")
+    ]
+    text = window_plot.text_plot(panels)
+    assert text.count("warehouse") >= 4
+    assert "durations x0.5" in text
+    assert "192 h" in text  # 4 days of 48 exposure hours
+    picture = window_plot.svg(panels)
+    assert picture.startswith("<svg")
+    assert picture.count("<polyline") == 4
+    assert "durations x0.5" in picture

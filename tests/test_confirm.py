@@ -195,9 +195,7 @@ def events(engine: Engine, kind: str) -> list[Event]:
         return list(session.scalars(select(Event).where(Event.kind == kind)))
 
 
-def test_one_source_alone_unverifies_only_on_the_confirming_run(
-    world: World, engine: Engine
-) -> None:
+def add_lou(engine: Engine) -> None:
     with make_sessionmaker(engine).begin() as session:
         account = Account(username="lou", created_at=NOW - timedelta(days=900), projects=[])
         account.emails.append(
@@ -211,6 +209,12 @@ def test_one_source_alone_unverifies_only_on_the_confirming_run(
             )
         )
         session.add(account)
+
+
+def test_one_source_alone_unverifies_only_on_the_confirming_run(
+    world: World, engine: Engine
+) -> None:
+    add_lou(engine)
     # DNS is the only source that answers: its NXDOMAIN alone is thin evidence.
     # A roomy timeout: on a loaded machine a DNS answer late by 0.5 s would make the
     # run's one answering source an error (not retried at once: lapsewatch.pace).
@@ -249,3 +253,27 @@ def test_one_source_alone_unverifies_only_on_the_confirming_run(
     [resolved] = events(engine, CONFIRMATION_RESOLVED)
     assert resolved.after == {"outcome": "confirmed", "verdict": "available"}
     assert len(events(engine, "email.unverified")) == 1
+
+
+def test_the_confirming_check_is_due_confirm_minutes_later(world: World, engine: Engine) -> None:
+    """``LAPSEWATCH_CONFIRM_MINUTES`` other than the default: 5 minutes, not 60."""
+    add_lou(engine)
+    settings = settings_for(
+        world, LAPSEWATCH_SOURCES="rdap,dns", LAPSEWATCH_CONFIRM_MINUTES="5", LAPSEWATCH_TIMEOUT="3"
+    )
+    five = timedelta(minutes=5)
+
+    first = run_cycle(settings, engine, now=NOW)
+    assert (first.checked, first.unverified, first.pending) == (1, 0, 1)
+    with make_sessionmaker(engine)() as session:
+        domain = session.get(Domain, "lost.test")
+        assert domain is not None
+        assert domain.next_due_at == NOW + five
+
+    early = run_cycle(settings, engine, now=NOW + five - timedelta(seconds=1))
+    assert early.checked == 0  # not due before its confirming check
+
+    confirming = run_cycle(settings, engine, now=NOW + five)  # long before the default 60
+    assert (confirming.checked, confirming.unverified) == (1, 1)
+    [resolved] = events(engine, CONFIRMATION_RESOLVED)
+    assert resolved.after == {"outcome": "confirmed", "verdict": "available"}

@@ -15,6 +15,7 @@ from lapsewatch import domains
 from lapsewatch.config import Settings
 from lapsewatch.mail_hosts import MailHostChecks
 from lapsewatch.sources import Observation, Source, observe_relevant, open_sources
+from lapsewatch.sources.interface import Deadline
 from lapsewatch.verdict import Decision, Verdict, decide
 
 __all__ = ["DomainReport", "check", "check_all", "observe_all"]
@@ -31,7 +32,7 @@ class DomainReport:
 
 
 async def observe_all(
-    sources: list[Source], domain: str, deadline: float = 60.0
+    sources: list[Source], domain: str, deadline: float | Deadline = 60.0
 ) -> tuple[Observation, ...]:
     """Ask every relevant source at once; one slow or failing source is that source's error."""
     return await observe_relevant(sources, domain, deadline)
@@ -94,13 +95,15 @@ async def _check_parsed(
             f"{parsed.domain} is a well-known mail provider; not checked",
         )
         return DomainReport(text, parsed, decision, ())
-    observations = await observe_all(sources, parsed.domain, deadline)
+    # One deadline for the domain's whole check: its sources and its mail hosts.
+    whole = Deadline.after(deadline)
+    observations = await observe_all(sources, parsed.domain, whole)
     at = now or datetime.now(UTC)
     decision = decide(
         parsed.domain,
         observations,
         now=at,
         verified_at=verified_at,
-        mail_hosts=await mail_hosts.for_domain(parsed.domain, observations, at),
+        mail_hosts=await mail_hosts.for_domain(parsed.domain, observations, at, whole),
     )
     return DomainReport(text, parsed, decision, observations)

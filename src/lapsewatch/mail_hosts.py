@@ -22,7 +22,7 @@ from datetime import datetime
 from importlib.resources import files
 
 from lapsewatch import domains
-from lapsewatch.sources.interface import Observation, Source, observe_relevant
+from lapsewatch.sources.interface import Deadline, Observation, Source, observe_relevant
 from lapsewatch.verdict import Decision, MailHostCheck, Verdict, decide
 
 __all__ = [
@@ -111,17 +111,42 @@ class MailHostChecks:
         """Mail-host domains asked about (each once)."""
 
     async def for_domain(
-        self, domain: str, observations: Iterable[Observation], now: datetime
+        self,
+        domain: str,
+        observations: Iterable[Observation],
+        now: datetime,
+        deadline: Deadline | None = None,
     ) -> tuple[MailHostCheck, ...]:
-        """The domain's mail hosts on other registrable domains, with their verdicts."""
+        """The domain's mail hosts on other registrable domains, with their verdicts.
+
+        ``deadline``: the domain's own (its whole check's). A mail-host domain's
+        verdict not known by then is ``unknown`` for this domain; its check goes on
+        for the other domains that share it (under its own deadline)."""
         pairs = mail_host_domains(domain, observations, self._providers)
         if not pairs or not self._sources:
             return ()
-        decisions = await asyncio.gather(*(self.decision(d, now) for _, d in pairs))
+        decisions = await asyncio.gather(
+            *(self._decision_by(domain, d, now, deadline) for _, d in pairs)
+        )
         return tuple(
             MailHostCheck(host, registrable, decision)
             for (host, registrable), decision in zip(pairs, decisions, strict=True)
         )
+
+    async def _decision_by(
+        self, domain: str, mail_domain: str, now: datetime, deadline: Deadline | None
+    ) -> Decision:
+        if deadline is None:
+            return await self.decision(mail_domain, now)
+        scope = asyncio.timeout_at(deadline.at)
+        try:
+            async with scope:
+                return await self.decision(mail_domain, now)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+        log.warning("%s: mail host domain %s: %s", domain, mail_domain, deadline.missed)
+        return Decision(mail_domain, Verdict.UNKNOWN, deadline.missed)
 
     async def decision(self, mail_domain: str, now: datetime) -> Decision:
         return (await self.checked_domain(mail_domain, now))[0]

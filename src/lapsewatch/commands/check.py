@@ -13,7 +13,7 @@ from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.run import DEFAULT_BATCH, run_cycle
 from lapsewatch.formats import json as json_format
 from lapsewatch.store import make_engine, upgrade
-from lapsewatch.store.db import DbTimeouts
+from lapsewatch.store.db import DatabaseTimeout, DbTimeouts, describe, timed_out
 
 __all__ = ["EXIT_UNVERIFIED", "check"]
 
@@ -49,10 +49,18 @@ def check(
     """
     settings = load_settings()
     try:
-        engine = make_engine(settings.database_url, timeouts=DbTimeouts.from_settings(settings))
+        # A batch run: once one of the database's timeouts fired, the run stops with it
+        # instead of waiting out the same timeout again on each retry.
+        engine = make_engine(
+            settings.database_url,
+            timeouts=DbTimeouts.from_settings(settings),
+            stop_on_timeout=True,
+        )
         upgrade(engine)
+    except DatabaseTimeout as exc:
+        raise fail(f"database timeout: {exc}") from None
     except SQLAlchemyError as exc:
-        raise fail(f"database {settings.database_url}: {exc}") from None
+        raise fail(f"database {settings.database_url}: {describe(exc)}") from None
     if distributed:
         from lapsewatch.cycle.tasks import enqueue_due
 
@@ -98,11 +106,20 @@ def check(
                 on_start=on_start,
                 on_result=on_result,
             )
-    except SQLAlchemyError as exc:
-        raise fail(
-            f"database error, the domains not yet applied stay due for the next run: {exc}"
-        ) from None
     except Exception as exc:  # a bug must not print a traceback at an operator
+        # The first timeout is the cause; what failed after it only says so less clearly.
+        timeout = timed_out(engine) or (exc if isinstance(exc, DatabaseTimeout) else None)
+        if timeout is not None:
+            what = f"database timeout: {timeout}"
+        elif isinstance(exc, SQLAlchemyError):
+            what = f"database error: {describe(exc)}"
+        else:
+            what = None
+        if what is not None:
+            raise fail(
+                f"{what}. What was applied stays; the domains not yet applied stay due "
+                "for the next run"
+            ) from None
         raise fail(
             f"the run stopped ({type(exc).__name__}: {exc}); what was applied stays, "
             "the rest stays due for the next run"

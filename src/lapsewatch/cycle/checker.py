@@ -19,14 +19,18 @@ from lapsewatch.cycle.due import DueDomain
 from lapsewatch.cycle.limits import Limited
 from lapsewatch.mail_hosts import MailHostChecks
 from lapsewatch.pace import ServerPacer, open_pacer
-from lapsewatch.sources import Source, observe_relevant, open_sources
+from lapsewatch.sources import Observation, Source, observe_relevant, open_sources
+from lapsewatch.sources.interface import Deadline, failure
 from lapsewatch.verdict import Decision, Verdict, decide
 
-__all__ = ["Checker", "open_checker", "source_counts"]
+__all__ = ["CHECKER", "Checker", "open_checker", "source_counts"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DOMAIN_DEADLINE = 60.0
+CHECKER = "checker"
+"""The source named by the error observation of a check that failed outside every
+source (the mail-host step, the verdict)."""
 
 
 class Checker:
@@ -46,11 +50,26 @@ class Checker:
         """This cycle's mail-host domain checks: each at most once, however many share it."""
 
     async def check_one(self, due: DueDomain, now: datetime | None = None) -> CheckResult:
-        """One domain's result; any failure in it is that domain's ``unknown``."""
-        observations = await observe_relevant(self.sources, due.name, self._deadline)
+        """One domain's result, by one deadline for the whole check (its sources and its
+        mail-host domains); any failure in it is that domain's error, never the cycle's.
+
+        A source that fails or is still busy at the deadline is that source's
+        ``error`` observation. A mail-host domain whose verdict is not known by
+        then, or any other failure (the mail-host step, the verdict: a bug), adds
+        a ``checker`` error observation and makes the verdict ``unknown`` (a
+        dangerous verdict of the domain's own sources still stands); either way
+        it is logged with the domain and the domain is retried with backoff
+        (``unknown`` counts as a failed check).
+        """
         checked_at = now or datetime.now(UTC)
+        deadline = Deadline.after(self._deadline)
+        observations: tuple[Observation, ...] = ()
         try:
-            mail_hosts = await self.mail_hosts.for_domain(due.name, observations, checked_at)
+            observations = await observe_relevant(self.sources, due.name, deadline)
+            checked_at = now or datetime.now(UTC)  # when the sources answered
+            mail_hosts = await self.mail_hosts.for_domain(
+                due.name, observations, checked_at, deadline
+            )
             decision = decide(
                 due.name,
                 observations,
@@ -59,11 +78,22 @@ class Checker:
                 known_nameservers=due.known_nameservers,
                 mail_hosts=mail_hosts,
             )
+            late = [m.domain for m in mail_hosts if m.decision.reason == deadline.missed]
+            if late:
+                why = f"mail host domain {', '.join(late)}: {deadline.missed}"
+                observations = (*observations, Observation.error(CHECKER, due.name, why))
+                if not decision.verdict.dangerous:
+                    # Not "registered" on an unfinished check: retried with backoff.
+                    decision = replace(
+                        decision, verdict=Verdict.UNKNOWN, reason=why, decided_by=None
+                    )
         except Exception as exc:
-            log.exception("%s: no verdict: %s", due.name, exc)
-            decision = Decision(
-                due.name, Verdict.UNKNOWN, f"no verdict: {type(exc).__name__}: {str(exc)[:200]}"
-            )
+            log.warning("%s: no verdict: %s: %s", due.name, type(exc).__name__, exc)
+            log.debug("%s: no verdict", due.name, exc_info=exc)
+            failed = Observation.error(CHECKER, due.name, failure(exc))
+            observations = (*observations, failed)
+            reason = f"no verdict: {type(exc).__name__}: {str(exc)[:200]}"
+            decision = Decision(due.name, Verdict.UNKNOWN, reason)
         return CheckResult(due.name, due.earliest_verified_at, observations, decision, checked_at)
 
     async def check_many(

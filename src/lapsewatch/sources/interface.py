@@ -21,11 +21,13 @@ from lapsewatch.dates import isoformat
 
 __all__ = [
     "EVIDENCE_LIMIT",
+    "Deadline",
     "Observation",
     "Outcome",
     "Pacer",
     "Source",
     "SourceError",
+    "failure",
     "guarded_observe",
     "observe_relevant",
     "relevant",
@@ -172,31 +174,75 @@ class Source(ABC):
         """Release what the source holds (connections)."""
 
 
-async def guarded_observe(source: Source, domain: str, deadline: float) -> Observation:
-    """``source.observe(domain)`` that always returns, within ``deadline`` seconds.
+@dataclass(frozen=True)
+class Deadline:
+    """The end of one domain's whole check: every source asked about it (whether it
+    applies, each request and retry) and its mail-host domains, ``seconds`` long,
+    ending at event-loop time ``at``. One per domain check, shared by all its parts."""
+
+    seconds: float
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        """A deadline ``seconds`` from now (call inside the event loop)."""
+        return cls(seconds, asyncio.get_running_loop().time() + seconds)
+
+    @property
+    def missed(self) -> str:
+        """The reason given for what did not finish in time."""
+        return f"no answer within the domain deadline of {self.seconds:g} s"
+
+
+def _deadline(deadline: float | Deadline) -> Deadline:
+    return deadline if isinstance(deadline, Deadline) else Deadline.after(deadline)
+
+
+async def guarded_observe(source: Source, domain: str, deadline: float | Deadline) -> Observation:
+    """``source.observe(domain)`` that always returns, by ``deadline`` (a :class:`Deadline`
+    shared with the rest of the domain's check, or seconds from now).
 
     Sources promise never to raise, but one hostile answer that slips past a
     source's own handling (or a bug) must stay that domain's error: it becomes
     an ``error`` observation, logged with the domain, and the domain is retried
     with backoff like any other failure. Only cancellation goes through.
     """
+    observation = await _guarded(source, domain, _deadline(deadline), ask_first=False)
+    assert observation is not None  # only a source asked whether it applies drops out
+    return observation
+
+
+async def _guarded(
+    source: Source, domain: str, deadline: Deadline, *, ask_first: bool
+) -> Observation | None:
+    """The guarded observation; with ``ask_first``, ``None`` when the source does not
+    apply to ``domain`` (:func:`relevant`, asked under the same deadline)."""
+    scope = asyncio.timeout_at(deadline.at)
     try:
-        async with asyncio.timeout(deadline):
+        async with scope:
+            if ask_first and not await relevant(source, domain):
+                return None
             return await source.observe(domain)
-    except TimeoutError:
-        log.warning(
-            "%s: %s gave no answer within the %g s domain deadline", domain, source.name, deadline
-        )
-        return Observation.error(
-            source.name, domain, f"no answer within the domain deadline of {deadline:g} s"
-        )
+    except TimeoutError as exc:
+        if scope.expired():
+            log.warning("%s: %s: %s", domain, source.name, deadline.missed)
+            return Observation.error(source.name, domain, deadline.missed)
+        return _failed(source.name, domain, exc)
     except Exception as exc:
-        log.warning(
-            "%s: %s failed: %s: %s", domain, source.name, type(exc).__name__, exc, exc_info=exc
-        )
-        return Observation.error(
-            source.name, domain, f"check failed: {type(exc).__name__}: {str(exc)[:200]}"
-        )
+        return _failed(source.name, domain, exc)
+
+
+def _failed(source: str, domain: str, exc: BaseException) -> Observation:
+    """A source's exception as its error observation, logged with the domain (the
+    traceback at debug level: a log line, not a traceback at an operator)."""
+    log.warning("%s: %s failed: %s: %s", domain, source, type(exc).__name__, exc)
+    log.debug("%s: %s failed", domain, source, exc_info=exc)
+    return Observation.error(source, domain, failure(exc))
+
+
+def failure(exc: BaseException) -> str:
+    """An exception in one line, for an observation's detail or a reason."""
+    return f"check failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _innermost(source: Source) -> Source:
@@ -219,10 +265,11 @@ async def relevant(source: Source, domain: str) -> bool:
 
 
 async def observe_relevant(
-    sources: Iterable[Source], domain: str, deadline: float
+    sources: Iterable[Source], domain: str, deadline: float | Deadline
 ) -> tuple[Observation, ...]:
-    """Every relevant source's guarded observation of ``domain``, asked at once."""
-    sources = list(sources)
-    wanted = await asyncio.gather(*(relevant(s, domain) for s in sources))
-    asked = [s for s, keep in zip(sources, wanted, strict=True) if keep]
-    return tuple(await asyncio.gather(*(guarded_observe(s, domain, deadline) for s in asked)))
+    """Every relevant source's guarded observation of ``domain``, asked at once, all by
+    one ``deadline`` (a :class:`Deadline`, or seconds from now): whether a source
+    applies is asked under it too."""
+    deadline = _deadline(deadline)
+    asked = await asyncio.gather(*(_guarded(s, domain, deadline, ask_first=True) for s in sources))
+    return tuple(o for o in asked if o is not None)

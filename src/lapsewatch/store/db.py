@@ -8,6 +8,13 @@ connection of a statement or commit that has not returned a few seconds after
 the statement timeout; the caller then gets :class:`DatabaseTimeout`, and
 everything already committed stays. SQLite waits at most the lock timeout for
 another writer (``busy_timeout``).
+
+Any of these timeouts, when it fires, is a :class:`DatabaseTimeout` whose message
+says which one fired and names the setting to raise (``LAPSEWATCH_DB_*``), never
+the statement. An engine made with ``stop_on_timeout`` (a batch run such as
+``lapsewatch check``) then fails every new connection and statement at once with
+the same error, instead of waiting out another timeout on each: the run stops,
+with the first cause.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
@@ -34,8 +42,10 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "DatabaseTimeout",
     "DbTimeouts",
+    "describe",
     "make_engine",
     "make_sessionmaker",
+    "timed_out",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +77,89 @@ class DbTimeouts:
         )
 
 
+def _connect_seconds(timeouts: DbTimeouts) -> int:
+    """libpq's connect timeout: whole seconds, at least 2."""
+    return max(2, math.ceil(timeouts.connect))
+
+
+class _Timeouts:
+    """One engine's timeouts, the messages that name them, and (``stop``) the first one
+    that fired, after which the engine refuses to try again."""
+
+    def __init__(self, timeouts: DbTimeouts, *, stop: bool) -> None:
+        self.timeouts = timeouts
+        self.stop = stop
+        self.fired: DatabaseTimeout | None = None
+        s = timeouts
+        self.silent = (
+            f"no answer from the database within its statement timeout of {s.statement:g} s "
+            f"(LAPSEWATCH_DB_STATEMENT_TIMEOUT), nor {WATCHDOG_GRACE:g} s later: the "
+            "connection was cut; check the database server and the network to it"
+        )
+        self.statement = (
+            f"a statement ran past the database's statement timeout of {s.statement:g} s; "
+            "raise LAPSEWATCH_DB_STATEMENT_TIMEOUT if the database is just slow"
+        )
+        self.lock = (
+            f"waited past the lock timeout of {s.lock:g} s for a lock another connection "
+            "holds; raise LAPSEWATCH_DB_LOCK_TIMEOUT, or end what holds the lock"
+        )
+        self.connect = (
+            f"no connection to the database within its connect timeout of "
+            f"{_connect_seconds(s)} s; check that it is up and reachable, or raise "
+            "LAPSEWATCH_DB_CONNECT_TIMEOUT for a slow network"
+        )
+
+    def timed_out(self, message: str) -> DatabaseTimeout:
+        """The error to raise for ``message``; the first one is kept (``stop``)."""
+        if self.stop and self.fired is None:
+            self.fired = DatabaseTimeout(message)
+        return DatabaseTimeout(message)
+
+    def refuse(self) -> None:
+        """After a timeout on a stopping engine: raise it again, at once."""
+        if self.fired is not None:
+            raise DatabaseTimeout(str(self.fired.args[0]))
+
+    def classify(self, error: BaseException, waited: float | None) -> str | None:
+        """The message of a timeout the driver reported (``None``: not a timeout);
+        ``waited``: seconds the failed statement ran, when known."""
+        name = type(error).__name__
+        code = getattr(error, "sqlstate", None)
+        if name == "ConnectionTimeout":  # psycopg: connect_timeout expired
+            return self.connect
+        if code == "55P03":  # lock_not_available: lock_timeout
+            return self.lock
+        if code == "57014" and "statement timeout" in str(error):  # query_canceled
+            return self.statement
+        # SQLite: SQLITE_BUSY after busy_timeout (not an instant conflict between snapshots).
+        locked = name == "OperationalError" and "database is locked" in str(error)
+        if locked and waited is not None and waited >= 0.9 * self.timeouts.lock:
+            return self.lock
+        return None
+
+
+_ENGINES: weakref.WeakKeyDictionary[Engine, _Timeouts] = weakref.WeakKeyDictionary()
+_STARTED = "lapsewatch.started"
+"""Key in a connection's ``info``: when its current statement began (monotonic)."""
+
+
+def timed_out(engine: Engine) -> DatabaseTimeout | None:
+    """The first timeout that fired on ``engine`` (made with ``stop_on_timeout``)."""
+    state = _ENGINES.get(engine)
+    return state.fired if state is not None else None
+
+
+def describe(error: SQLAlchemyError) -> str:
+    """A database error in one line: what the driver said, without the statement and
+    its parameters (SQLAlchemy's own text dumps both)."""
+    if isinstance(error, StatementError) and error.orig is not None:
+        original = error.orig
+        first = (str(original).strip().splitlines() or [""])[0]
+        return f"{type(original).__name__}: {first}"[:500]
+    return (str(error).strip().splitlines() or [""])[0][:500]
+
+
 def _sqlite_pragmas(lock_timeout: float) -> Callable[[Any, Any], None]:
     def connect(dbapi_connection: Any, _record: Any) -> None:
         # WAL lets readers (report, web) run while the checker writes; foreign keys
@@ -81,26 +174,38 @@ def _sqlite_pragmas(lock_timeout: float) -> Callable[[Any, Any], None]:
     return connect
 
 
-def make_engine(url: str = DEFAULT_DATABASE_URL, *, timeouts: DbTimeouts | None = None) -> Engine:
-    """An engine for ``url``; ``postgresql://`` URLs use psycopg 3."""
+def make_engine(
+    url: str = DEFAULT_DATABASE_URL,
+    *,
+    timeouts: DbTimeouts | None = None,
+    stop_on_timeout: bool = False,
+) -> Engine:
+    """An engine for ``url``; ``postgresql://`` URLs use psycopg 3.
+
+    ``stop_on_timeout``: once one of the database's timeouts fired, every new
+    connection and statement fails at once with the same :class:`DatabaseTimeout`
+    (see :func:`timed_out`); for a run that must stop then, not a long-lived server.
+    """
     timeouts = timeouts or DbTimeouts()
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
         connect_args = {
-            # libpq counts whole seconds, at least 2.
-            "connect_timeout": max(2, math.ceil(timeouts.connect)),
+            "connect_timeout": _connect_seconds(timeouts),
             "options": (
                 f"-c statement_timeout={int(timeouts.statement * 1000)} "
                 f"-c lock_timeout={int(timeouts.lock * 1000)}"
             ),
         }
     engine = create_engine(url, future=True, pool_pre_ping=True, connect_args=connect_args)
+    state = _Timeouts(timeouts, stop=stop_on_timeout)
+    _ENGINES[engine] = state
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas(timeouts.lock))
+        _watch(engine, state, watchdog=False)
     else:
-        _watch(engine, timeouts.statement + WATCHDOG_GRACE)
+        _watch(engine, state, watchdog=True)
     return engine
 
 
@@ -163,39 +268,61 @@ def _cut(connection: Any) -> None:
 _WATCHDOG = _Watchdog()
 
 
-def _watch(engine: Engine, seconds: float) -> None:
-    message = (
-        f"no answer from the database within {seconds - WATCHDOG_GRACE:g} s "
-        "(LAPSEWATCH_DB_STATEMENT_TIMEOUT); the connection was cut"
-    )
+def _watch(engine: Engine, state: _Timeouts, *, watchdog: bool) -> None:
+    """Turn the database's timeouts into :class:`DatabaseTimeout`; with ``watchdog``
+    (PostgreSQL), cut a connection that stays silent past the statement timeout."""
+    seconds = state.timeouts.statement + WATCHDOG_GRACE
 
     def dbapi_of(connection: Any) -> Any:
         return connection.connection.dbapi_connection
 
+    @event.listens_for(engine, "do_connect")
+    def _connect(*_args: Any) -> None:
+        state.refuse()
+
     @event.listens_for(engine, "before_cursor_execute")
     def _before(connection: Any, *_args: Any) -> None:
-        _WATCHDOG.arm(dbapi_of(connection), seconds)
+        state.refuse()
+        connection.info[_STARTED] = time.monotonic()
+        if watchdog:
+            _WATCHDOG.arm(dbapi_of(connection), seconds)
 
     @event.listens_for(engine, "after_cursor_execute")
     def _after(connection: Any, *_args: Any) -> None:
-        _WATCHDOG.disarm(dbapi_of(connection))
+        with contextlib.suppress(Exception):
+            connection.info.pop(_STARTED, None)
+        if watchdog:
+            _WATCHDOG.disarm(dbapi_of(connection))
 
     @event.listens_for(engine, "handle_error")
     def _error(context: Any) -> BaseException | None:
-        raw = None
-        with contextlib.suppress(Exception):
-            raw = dbapi_of(context.connection)
-        if raw is not None and _WATCHDOG.disarm(raw):
-            return DatabaseTimeout(message)
-        return None
+        if isinstance(context.original_exception, DatabaseTimeout):
+            return None
+        waited = None
+        if context.connection is not None:
+            started = None
+            with contextlib.suppress(Exception):  # an invalidated connection
+                started = context.connection.info.pop(_STARTED, None)
+            waited = None if started is None else time.monotonic() - started
+            if watchdog:
+                raw = None
+                with contextlib.suppress(Exception):
+                    raw = dbapi_of(context.connection)
+                if raw is not None and _WATCHDOG.disarm(raw):
+                    return state.timed_out(state.silent)
+        message = state.classify(context.original_exception, waited)
+        return state.timed_out(message) if message is not None else None
 
-    dialect = engine.dialect
-    for name in ("do_commit", "do_rollback", "do_ping"):
-        original = getattr(dialect, name)
-        setattr(dialect, name, _guarded(original, seconds, message))
+    if watchdog:
+        dialect = engine.dialect
+        for name in ("do_commit", "do_rollback", "do_ping"):
+            original = getattr(dialect, name)
+            setattr(dialect, name, _guarded(original, seconds, state))
 
 
-def _guarded(original: Callable[[Any], Any], seconds: float, message: str) -> Callable[[Any], Any]:
+def _guarded(
+    original: Callable[[Any], Any], seconds: float, state: _Timeouts
+) -> Callable[[Any], Any]:
     """``original`` (a dialect's commit, rollback or ping) under the watchdog: these
     talk to the server without passing the cursor events."""
 
@@ -205,7 +332,7 @@ def _guarded(original: Callable[[Any], Any], seconds: float, message: str) -> Ca
             result = original(dbapi_connection)
         except Exception as exc:
             if _WATCHDOG.disarm(dbapi_connection):
-                raise DatabaseTimeout(message) from exc
+                raise state.timed_out(state.silent) from exc
             raise
         _WATCHDOG.disarm(dbapi_connection)
         return result

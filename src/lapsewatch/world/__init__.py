@@ -19,6 +19,7 @@ from typing import Literal, Protocol, Self, TypeVar
 
 from lapsewatch.world.dns_server import BuiltinDnsServer
 from lapsewatch.world.fastly_server import FastlyServer
+from lapsewatch.world.http_base import gzip_bomb
 from lapsewatch.world.live import LiveScenario, RequestCounter, Snapshot
 from lapsewatch.world.nsd import NsdError, NsdServer, nsd_available
 from lapsewatch.world.pacing import Pacing
@@ -122,6 +123,8 @@ class World:
             self._whois.pacing = Pacing(latency=self.latency, rate=self.rate_limit)
             self._write_bootstrap(self._live.current)
             self._live.subscribe(self._write_bootstrap)
+            if any(_bombs(d) for d in self._live.current.scenario.domains.values()):
+                gzip_bomb()  # seconds of CPU: made before the first request, not during it
             for server in (self._rdap, self._fastly, self._dns):
                 server.start()
             self._whois.start()
@@ -269,6 +272,8 @@ class World:
 
     def set_domain(self, domain: DomainScenario) -> None:
         """Add or replace a domain; all servers (NSD too, by reload) answer the new state."""
+        if _bombs(domain):
+            gzip_bomb()
         self._live.set_domain(domain)
 
     def remove_domain(self, name: str) -> None:
@@ -294,6 +299,15 @@ class World:
             partial = path.with_suffix(".tmp")
             partial.write_text(json.dumps(table, indent=1))
             partial.replace(path)
+
+
+def _bombs(domain: DomainScenario) -> bool:
+    """Whether ``domain``'s RDAP or Fastly answer is the gzip bomb.
+
+    The bomb takes seconds of CPU to pack (more on a loaded machine), so a world makes
+    it before its servers answer: otherwise the first request for it waits for the
+    packing and a client's short timeout fires instead of its size cap."""
+    return "gzip_bomb" in (domain.rdap, domain.fastly)
 
 
 def _running(part: _T | None) -> _T:

@@ -596,3 +596,30 @@ def test_attack_plain_link_during_a_registry_outage_verifies_nothing(
     assert row is not None
     assert not row.verified
     assert row.unverify_reason == "reregistered"
+
+
+def test_attack_plain_link_on_a_known_domain_that_lapsed_is_applied_not_deferred(
+    app: TestClient,
+    svc: AccountService,
+    smtp: MailServer,
+    world: World,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    """A dangerous verdict needs no registration date: the link is redeemed, the lapse
+    applied in the same transaction, and the address ends unverified (no 503)."""
+    first = owner_years_ago(svc, smtp, "former", "boss@quietcorp.test")
+    with make_sessionmaker(engine)() as session:
+        old = session.scalars(select(Email).where(Email.address == "boss@quietcorp.test")).one()
+        old_id = old.id
+    svc.remove_email(first, old_id)
+    clock.now = NOW
+    world.set_domain(DomainScenario.make("quietcorp.test", "available", now=NOW))
+    created(svc.sign_up("newcomer", PASSWORD, "boss@quietcorp.test"))
+    response = attacker_redeems(app, smtp, "boss@quietcorp.test")
+    assert response.status_code == 200, response.text
+    row = email_row(engine, "boss@quietcorp.test")
+    assert row is not None
+    assert not row.verified
+    assert row.unverify_reason == "available"
+    assert resets_to(smtp, "boss@quietcorp.test") == 0

@@ -160,10 +160,14 @@ class VerificationService(AccountCore):
             due
             and self._checker is not None
             and known_registration is not None
-            and (result is None or result.decision.registered_at is None)
+            and (
+                result is None
+                or (result.decision.registered_at is None and not result.decision.verdict.dangerous)
+            )
         ):
             # Without the registry's date there is no telling whether the domain was
-            # registered again since the store saw it: never call it safe on doubt.
+            # registered again since the store saw it: never call it safe on doubt. (A
+            # dangerous verdict needs no date: it is applied below, unverifying.)
             raise CheckUnavailable(
                 f"the registry of {probe.domain} did not answer, so the address was not "
                 "verified; open the link again in a few minutes"

@@ -7,21 +7,23 @@ lapsewatch, per check of a due domain, as ``lapsewatch check`` does it:
   a delegated DNS answer is followed by the MX query ``DnsSource`` sends
   (``mail_hosts=True``, the default: one more request, one try), and an NXDOMAIN by the
   SOA query that confirms the zone, once per zone and cycle run (``_doubt_nxdomain``);
-* the mail-host domains the MX names, chosen by the product's ``mail_host_domains``
-  (well-known providers and the domain itself left out), each checked once per cycle
-  run through the same sources and judged by ``decide``, as ``MailHostChecks`` does;
-* ``verdict.decide`` with the known name servers and those mail-host verdicts;
+* the MX read only when ``DueDomain.read_mail_hosts`` says so (never read, or read
+  ``Policy.interval`` ago), else the DNS source asked without it; and asked again with
+  it when ``verdict.needs_mail_hosts`` says the grace name-server rule needs it, as
+  ``cycle.checker.Checker.check_one`` does;
+* the mail-host domains the MX names (or, not read, the stored mail hosts), chosen by
+  the product's ``mail_host_domains`` (well-known providers and the domain itself left
+  out), each checked once per cycle run through the same sources without their own MX
+  and judged by ``decide``, as ``MailHostChecks`` does;
+* ``verdict.decide`` with the known name servers and mail hosts and those mail-host
+  verdicts;
 * ``verdict.settle`` with ``Policy.confirm`` and the open pending confirmation, found
   as ``cycle.apply.settle_results`` finds it (the one step copied here: that function
   reads the pending confirmation from the events table);
 * the domain row's next state from ``cycle.apply._next_state`` (failure count, known
-  dates and name servers, next due time through ``schedule.next_check``), and the
-  addresses taken by ``cycle.apply._affected``: both pure, private to ``cycle.apply``.
-
-Two rules that are *not* the product's, labelled ``proposed`` wherever they appear,
-model changes the simulation argues for (docs/window.md): reading a domain's MX at
-most once in ``mx_every_days``, and the grace name-server rule only when the mail hosts
-changed too.
+  dates, name servers and mail hosts with their read time, next due time through
+  ``schedule.next_check``), and the addresses taken by ``cycle.apply._affected``: both
+  pure, private to ``cycle.apply``.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ import math
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import window_world as ww
 from lapsewatch.cycle.apply import CheckResult, _affected, _Known, _next_state
+from lapsewatch.cycle.due import DueDomain
 from lapsewatch.mail_hosts import mail_host_domains
 from lapsewatch.schedule import Policy
 from lapsewatch.sources.interface import Observation
@@ -47,7 +50,7 @@ from lapsewatch.verdict import (
     Pending,
     Verdict,
     decide,
-    in_auto_renew_grace,
+    needs_mail_hosts,
     settle,
 )
 
@@ -95,12 +98,6 @@ class Lapsewatch:
     policy: Policy = field(default_factory=Policy)
     sources: tuple[str, ...] = ("rdap", "dns")
     run_every_hours: float = 1.0
-    mx_every_days: float | None = None
-    """PROPOSED, not the product: read a domain's MX (and check its mail-host domains)
-    only when the last read is this old; ``None``: at every check (the product)."""
-    ns_rule_needs_mx_change: bool = False
-    """PROPOSED, not the product: the grace name-server rule acts only when the domain's
-    mail hosts changed too (an owner moving DNS hosting keeps them; a buyer does not)."""
 
 
 PolicySpec = Warehouse | Lapsewatch
@@ -192,10 +189,6 @@ class _State:
     due: float = 0.0
     pending: Pending | None = None
     """The open pending confirmation (the latest confirmation event, if pending)."""
-    mx_read_at: float | None = None
-    """PROPOSED: when the MX was last read."""
-    known_mx: tuple[str, ...] | None = None
-    """PROPOSED: the mail hosts at the last healthy check outside the grace."""
 
 
 def _known(values: Mapping[str, Any]) -> _Known:
@@ -208,6 +201,8 @@ def _known(values: Mapping[str, Any]) -> _Known:
         values["dangerous_at"],
         values["dangerous_verdict"],
         values["nameservers"],
+        values["mail_hosts"],
+        values["mail_hosts_read_at"],
     )
 
 
@@ -255,8 +250,6 @@ class LapsewatchRun:
         values, _ = _next_state(state.known, result, self.policy)
         if not dry:
             state.known = _known(values)
-            state.mx_read_at = hour
-            self._remember_mx(state, decision, observations)
         next_due: datetime = values["next_due_at"]
         return _hours(next_due)
 
@@ -273,12 +266,18 @@ class LapsewatchRun:
             self._mail_checked.clear()
 
     def _observe(
-        self, domain: ww.Domain, t: float, *, read_mx: bool, kind: str | None = None
+        self,
+        domain: ww.Domain,
+        t: float,
+        *,
+        read_mx: bool,
+        kind: str | None = None,
+        sources: Sequence[str] | None = None,
     ) -> list[Observation]:
-        """Every source's observation of ``domain``, with the requests counted under
-        each source's name (or all under ``kind``)."""
+        """Each source's (default: every one's) observation of ``domain``, with the
+        requests counted under each source's name (or all under ``kind``)."""
         observations = []
-        for source in self.spec.sources:
+        for source in self.spec.sources if sources is None else sources:
             observation, sent, mx = domain.observe(
                 source, t, self.rng, self.params, read_mx=read_mx
             )
@@ -293,23 +292,24 @@ class LapsewatchRun:
         return observations
 
     def _mail_hosts(
-        self, name: str, observations: Sequence[Observation], t: float
+        self, name: str, observations: Sequence[Observation], t: float, stored: tuple[str, ...]
     ) -> tuple[MailHostCheck, ...]:
         """As ``MailHostChecks.for_domain``: each mail-host domain checked once a run."""
         dns = next((o for o in observations if o.source == "dns" and o.answered), None)
-        hosts = None if dns is None else dns.mail_hosts
+        read = None if dns is None else dns.mail_hosts
+        hosts = stored if read is None else read
         if not hosts:
             return ()
         key = (name, hosts)
         pairs = self._pairs.get(key)
         if pairs is None:  # pure: asked once per (domain, mail hosts)
-            pairs = self._pairs[key] = mail_host_domains(name, observations)
+            pairs = self._pairs[key] = mail_host_domains(name, observations, stored=stored)
         found = []
         for host, registrable in pairs:
             decision = self._mail_checked.get(registrable)
             if decision is None:
                 mail_domain = self.world.mail_domain(registrable)
-                seen = self._observe(mail_domain, t, read_mx=True, kind="mail_host")
+                seen = self._observe(mail_domain, t, read_mx=False, kind="mail_host")
                 decision = decide(registrable, seen, now=ww.when(t))
                 self._mail_checked[registrable] = decision
             found.append(MailHostCheck(host, registrable, decision))
@@ -318,34 +318,39 @@ class LapsewatchRun:
     def check(self, i: int, t: float) -> float | None:
         """Domain ``i``'s check in the cycle run at hour ``t``: the next due hour, or
         ``None`` when no address on it is verified any more."""
-        domain, state, spec = self.world.domains[i], self.states[i], self.spec
+        domain, state = self.world.domains[i], self.states[i]
         watched = [a for a in domain.addresses if self.unverified[a] is None]
         if not watched:
             return None
         self._at_run(t)
         self.checks += 1
         now = ww.when(t)
-        read_mx = (
-            spec.mx_every_days is None
-            or state.mx_read_at is None
-            or t - state.mx_read_at >= spec.mx_every_days * 24.0
-        )
-        observations = self._observe(domain, t, read_mx=read_mx)
-        if read_mx and any(o.source == "dns" and o.answered and o.found for o in observations):
-            state.mx_read_at = t
-        mail_hosts = self._mail_hosts(domain.name, observations, t)
         earliest = self._earliest(domain)
-        known_ns = tuple(state.known.nameservers or ())
+        known = state.known
+        due = DueDomain(
+            domain.name,
+            earliest,
+            tuple(known.nameservers or ()),
+            tuple(known.mail_hosts or ()),
+            known.mail_hosts_read_at,
+        )
+        read_mx = due.read_mail_hosts(self.policy, now)
+        observations = self._observe(domain, t, read_mx=read_mx)
+        if not read_mx and needs_mail_hosts(
+            observations, due.known_nameservers, due.known_mail_hosts
+        ):
+            (again,) = self._observe(domain, t, read_mx=True, sources=("dns",))
+            observations = [again if o.source == "dns" else o for o in observations]
+        mail_hosts = self._mail_hosts(domain.name, observations, t, due.known_mail_hosts)
         decision = decide(
             domain.name,
             observations,
             now=now,
             verified_at=earliest,
-            known_nameservers=known_ns,
+            known_nameservers=due.known_nameservers,
+            known_mail_hosts=due.known_mail_hosts,
             mail_hosts=mail_hosts,
         )
-        if spec.ns_rule_needs_mx_change and decision.verdict.dangerous and known_ns:
-            decision = self._proposed_ns_rule(domain, t, state, observations, decision)
         # The confirmation rule, as cycle.apply.settle_results applies it: the open
         # pending confirmation is looked up for a thin dangerous verdict now, or a
         # domain left "unknown" last time.
@@ -367,7 +372,6 @@ class LapsewatchRun:
         result = CheckResult(domain.name, earliest, tuple(observations), decision, now)
         values, _ = _next_state(state.known, result, self.policy)
         state.known = _known(values)
-        self._remember_mx(state, decision, observations)
         if decision.verdict.dangerous:
             for a in watched:
                 trusted = Email(verified_at=ww.when(self.world.addresses[a].verified_at))
@@ -377,52 +381,6 @@ class LapsewatchRun:
                 return None  # nothing verified left on it: no longer due
         next_due: datetime = values["next_due_at"]
         return _hours(next_due)
-
-    def _remember_mx(
-        self, state: _State, decision: Decision, observations: Sequence[Observation]
-    ) -> None:
-        """PROPOSED: the mail hosts of a healthy check outside the grace, as
-        ``healthy_nameservers`` keeps name servers."""
-        if not self.spec.ns_rule_needs_mx_change:
-            return
-        if decision.verdict is not Verdict.REGISTERED or in_auto_renew_grace(observations):
-            return
-        dns = next((o for o in observations if o.source == "dns" and o.answered), None)
-        if dns is not None and dns.mail_hosts is not None:
-            state.known_mx = dns.mail_hosts
-
-    def _proposed_ns_rule(
-        self,
-        domain: ww.Domain,
-        t: float,
-        state: _State,
-        observations: list[Observation],
-        decision: Decision,
-    ) -> Decision:
-        """PROPOSED: a verdict that is dangerous only by the grace name-server rule stands
-        only if the mail hosts changed too (or no mail hosts were known to compare). The
-        MX is read for it if this check did not; if it cannot be read, ``unknown``."""
-        without = decide(
-            domain.name,
-            observations,
-            now=ww.when(t),
-            verified_at=self._earliest(domain),
-            mail_hosts=decision.mail_hosts,
-        )
-        if without.verdict.dangerous or not state.known_mx:
-            return decision  # dangerous anyway, or no mail hosts known to compare
-        dns = next((o for o in observations if o.source == "dns" and o.answered), None)
-        hosts = None if dns is None else dns.mail_hosts
-        if dns is not None and dns.found and hosts is None:
-            self.kinds["mx"] += 1  # the MX query, sent for this rule
-            if self.rng.random() >= self.params["dns_error_rate"]:
-                hosts = domain.timeline.at(t).mail_hosts
-        if hosts is None:  # the MX could not be read: no verdict, retried with backoff
-            why = f"name servers changed during the grace; mail hosts not read ({decision.reason})"
-            return replace(without, verdict=Verdict.UNKNOWN, reason=why, decided_by=None)
-        if set(hosts) == set(state.known_mx):
-            return without  # same mail hosts: the owner moved DNS hosting
-        return decision
 
     def run(self, end: float) -> Run:
         step = self.spec.run_every_hours
@@ -456,13 +414,12 @@ def run_policy(
 
 
 def default_policies(variants: bool = True) -> list[PolicySpec]:
-    """What the issue asks to compare, the proposed rules, and (``variants``) the other
-    variants worth showing."""
+    """What the issue asks to compare, and (``variants``) the other variants worth
+    showing."""
     core: list[PolicySpec] = [
         Warehouse(),
         Warehouse("warehouse_10k", check_limit=10_000),
         Lapsewatch(),
-        Lapsewatch("lapsewatch_proposed", mx_every_days=30.0, ns_rule_needs_mx_change=True),
     ]
     if not variants:
         return core

@@ -63,6 +63,25 @@ def test_nameservers_are_read_from_the_referral(world: World) -> None:
     assert set(obs.nameservers) == {"ns1.alive.test", "ns2.alive.test"}
 
 
+def test_the_mx_is_read_only_when_asked(world: World) -> None:
+    """``observe_with(mail_hosts=False)``: the caller has the mail hosts stored; one query
+    (counted at the world's DNS server) and ``mail_hosts`` left ``None`` (not read)."""
+    settings = Settings.from_env({**world.env(), "LAPSEWATCH_TIMEOUT": "0.5"})
+    source = DnsSource(settings.dns_nameservers, timeout=settings.timeout, attempts=2)
+    world.dns_requests.reset()
+    skipped = asyncio.run(source.observe_with("alive.test", mail_hosts=False))
+    assert skipped.found
+    assert skipped.mail_hosts is None
+    if world.dns_requests.total:  # the builtin server counts; NSD does not
+        assert world.dns_requests["alive.test"] == 1
+    world.dns_requests.reset()
+    read = asyncio.run(source.observe_with("alive.test", mail_hosts=True))
+    assert read.found
+    assert read.mail_hosts is not None
+    if world.dns_requests.total:
+        assert world.dns_requests["alive.test"] == 2
+
+
 def test_a_tld_the_server_does_not_serve_is_an_error(world: World) -> None:
     obs = observe(world, "somewhere.invalid")
     assert obs.outcome is Outcome.ERROR

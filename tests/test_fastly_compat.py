@@ -365,13 +365,15 @@ def test_a_live_check_is_counted_in_metrics_and_logged_with_its_domain(
     latency and the addresses unverified; its log lines carry domain and source."""
     seed(engine)  # dave@vacant.test is verified
     key = make_api_key(engine)
-    observe = DnsSource.observe
+    observe_with = DnsSource.observe_with
 
-    async def observe_and_say(self: DnsSource, domain: str) -> Observation:
+    async def observe_and_say(
+        self: DnsSource, domain: str, *, mail_hosts: bool = True
+    ) -> Observation:
         logging.getLogger("lapsewatch.sources.dns").info("asking")
-        return await observe(self, domain)
+        return await observe_with(self, domain, mail_hosts=mail_hosts)
 
-    monkeypatch.setattr(DnsSource, "observe", observe_and_say)
+    monkeypatch.setattr(DnsSource, "observe_with", observe_and_say)
     lines = io.StringIO()
     handler = logging.StreamHandler(lines)
     handler.setFormatter(JsonFormatter())
@@ -398,6 +400,7 @@ def test_a_live_check_is_counted_in_metrics_and_logged_with_its_domain(
     assert moved("lapsewatch_source_observations_total", source="dns", outcome="answered") == 1
     assert moved("lapsewatch_source_requests_total", source="rdap", server=rdap) >= 1
     assert moved("lapsewatch_source_latency_seconds_count", source="rdap") == 1
+    assert moved("lapsewatch_source_latency_seconds_count", source="dns") == 1
     assert moved("lapsewatch_unverified_total", reason="available") == 1  # dave@vacant.test
     assert moved("lapsewatch_status_api_answers_total", answer="live") == 1
     logged = [json.loads(line) for line in lines.getvalue().splitlines()]

@@ -23,7 +23,7 @@ from lapsewatch.scan.packages import PackageMetadata
 from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
 from lapsewatch.verdict import DANGEROUS, Decision, MailHostCheck, Verdict, decide, settle
-from lapsewatch.world import Scenario, World, parse_scenario
+from lapsewatch.world import DomainScenario, Scenario, World, parse_scenario
 from tests.cycle_support import settings_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -343,3 +343,89 @@ def test_both_dns_servers_answer_mx(backend: str, request: pytest.FixtureRequest
     assert plain.mail_hosts == ()
     assert gone.found is False
     assert gone.mail_hosts is None
+
+
+# ------------------------------------------------------------------ MX read once per interval
+
+
+def test_mx_is_read_once_per_interval_and_the_stored_hosts_still_catch_a_lapse(
+    world: World, engine: Engine
+) -> None:
+    """The second check within the interval sends no MX query (counted at the world's
+    DNS server: one query per check instead of two); the mail hosts stored at the
+    first check stand in, so a mail-host domain that lapsed meanwhile is caught."""
+    with make_sessionmaker(engine).begin() as session:
+        account = Account(username="rea", created_at=LONG_AGO, projects=[])
+        account.emails.append(
+            Email(
+                address="rea@reads.test",
+                domain="reads.test",
+                primary=True,
+                verified=True,
+                verified_at=LONG_AGO,
+            )
+        )
+        session.add(account)
+    world.set_domain(DomainScenario.make("later-mail.test", "registered", now=NOW))
+    world.set_domain(
+        DomainScenario.make("reads.test", "registered", now=NOW, mx=["mx.later-mail.test"])
+    )
+    first = NOW - timedelta(days=10)
+    try:
+        world.dns_requests.reset()
+        assert run_cycle(settings_for(world), engine, now=first).unverified == 0
+        assert world.dns_requests["reads.test"] == 2  # NS, then MX
+        assert world.dns_requests["later-mail.test"] == 1  # a mail host's domain: no MX
+        with make_sessionmaker(engine)() as session:
+            row = session.get_one(Domain, "reads.test")
+            assert row.mail_hosts == ["mx.later-mail.test"]
+            assert row.mail_hosts_read_at == first
+        world.set_domain(DomainScenario.make("later-mail.test", "available", now=NOW))
+        world.dns_requests.reset()
+        world.rdap_requests.reset()
+        summary = run_cycle(settings_for(world), engine, now=NOW, everything=True)
+        assert world.dns_requests["reads.test"] == 1  # NS only: read 10 days ago
+        assert world.rdap_requests["later-mail.test"] == 1  # the stored mail host, checked
+        assert summary.unverified == 1
+        with make_sessionmaker(engine)() as session:
+            email = session.scalars(select(Email).where(Email.domain == "reads.test")).one()
+            assert not email.verified
+            assert email.unverify_reason == "mail_host_lapsed"
+            assert "mx.later-mail.test" in (email.unverify_detail or "")
+            row = session.get_one(Domain, "reads.test")
+            assert row.mail_hosts_read_at == first  # not read again
+    finally:
+        world.remove_domain("reads.test")
+        world.remove_domain("later-mail.test")
+
+
+def test_mx_is_read_again_after_the_interval(world: World, engine: Engine) -> None:
+    with make_sessionmaker(engine).begin() as session:
+        account = Account(username="ren", created_at=LONG_AGO, projects=[])
+        account.emails.append(
+            Email(
+                address="ren@renews.test",
+                domain="renews.test",
+                primary=True,
+                verified=True,
+                verified_at=LONG_AGO,
+            )
+        )
+        session.add(account)
+    world.set_domain(
+        DomainScenario.make("renews.test", "registered", now=NOW, mx=["aspmx.l.google.com"])
+    )
+    try:
+        run_cycle(settings_for(world), engine, now=NOW - timedelta(days=30))
+        world.set_domain(
+            DomainScenario.make("renews.test", "registered", now=NOW, mx=["mx.fastmail.com"])
+        )
+        world.dns_requests.reset()
+        run_cycle(settings_for(world), engine, now=NOW, everything=True)
+        assert world.dns_requests["renews.test"] == 2  # 30 days on: NS and MX
+        with make_sessionmaker(engine)() as session:
+            row = session.get_one(Domain, "renews.test")
+            assert row.mail_hosts == ["mx.fastmail.com"]
+            assert row.mail_hosts_read_at == NOW
+    finally:
+        world.remove_domain("renews.test")

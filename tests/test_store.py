@@ -77,3 +77,40 @@ def test_upgrade_keeps_existing_rows(database_url: str) -> None:
         assert account.owner == "import"  # no password: it came from a registry's file
         assert account.username_key == "old"
     engine.dispose()
+
+
+def test_upgrade_to_known_mail_hosts_reads_the_mx_next(database_url: str) -> None:
+    """0006: existing domain rows get no mail hosts and no read time, so their next
+    check reads the MX (and the grace rule falls back to the name servers until then)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from lapsewatch.cycle.due import select_due
+    from lapsewatch.schedule import Policy
+    from lapsewatch.store.schema import alembic_config
+
+    engine = make_engine(database_url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO domains (name, consecutive_failures, nameservers) "
+                "VALUES ('old.test', 0, '[\"ns1.old.test\"]')"
+            )
+        )
+    upgrade(engine)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    with make_sessionmaker(engine).begin() as session:
+        account = Account(username="old", created_at=now)
+        account.emails.append(Email(address="o@old.test", domain="old.test", verified=True))
+        session.add(account)
+    with make_sessionmaker(engine)() as session:
+        (due,) = select_due(session, now=now, limit=None)
+    assert due.known_nameservers == ("ns1.old.test",)
+    assert due.known_mail_hosts == ()
+    assert due.mail_hosts_read_at is None
+    assert due.read_mail_hosts(Policy(), now)
+    engine.dispose()

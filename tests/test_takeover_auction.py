@@ -99,3 +99,57 @@ def test_a_paying_owner_in_the_grace_is_checked_daily_and_left_alone(
         assert domain.next_due_at == NOW + timedelta(days=1)  # daily while in the grace
     finally:
         world.remove_domain("late.test")
+
+
+# With mail hosts (MX) known from the last healthy check: the rule needs them changed too.
+
+OWNER_MX = ["aspmx.l.google.com", "alt1.aspmx.l.google.com"]  # a provider: never checked
+
+
+def grace_with_mx(name: str, nameservers: list[str], mx: list[str]) -> DomainScenario:
+    return DomainScenario.make(
+        name,
+        "registered",
+        now=NOW,
+        expires="+340d",
+        statuses=["active", "auto renew period"],
+        nameservers=nameservers,
+        mx=mx,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mx", "unverified"),
+    [(OWNER_MX, 0), (["in1-smtp.messagingengine.com"], 1), ([], 1)],
+    ids=["owner-moved-dns", "buyer-mail", "buyer-parked"],
+)
+def test_name_servers_changed_in_the_grace_act_only_with_the_mail_hosts(
+    world: World, engine: Engine, mx: list[str], unverified: int
+) -> None:
+    seed(engine, "m@moved.test", "moved.test")
+    world.set_domain(
+        DomainScenario.make("moved.test", "registered", now=NOW, nameservers=OWNER_NS, mx=OWNER_MX)
+    )
+    try:
+        # Read five days ago: fresh, so the grace check reads the MX only because the
+        # name servers changed (the DNS source asked again, with the MX).
+        run_cycle(settings_for(world), engine, now=NOW - timedelta(days=5))
+        domain, _ = row(engine, "moved.test")
+        assert domain.mail_hosts == OWNER_MX
+        assert domain.mail_hosts_read_at == NOW - timedelta(days=5)
+        world.set_domain(grace_with_mx("moved.test", ["ns1.new-dns.test"], mx))
+        world.dns_requests.reset()
+        summary = run_cycle(settings_for(world), engine, now=NOW, everything=True)
+        assert summary.unverified == unverified
+        assert world.dns_requests["moved.test"] == 3  # NS; then NS and MX
+        domain, email = row(engine, "moved.test")
+        assert email.verified is (unverified == 0)
+        if unverified:
+            assert "name servers and mail hosts changed" in (email.unverify_detail or "")
+        else:
+            assert domain.last_verdict == "registered"
+        # What is known stays that of the last healthy check outside the grace.
+        assert domain.mail_hosts == OWNER_MX
+        assert domain.nameservers == OWNER_NS
+    finally:
+        world.remove_domain("moved.test")

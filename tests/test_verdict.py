@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lapsewatch.sources.interface import Observation, Outcome
-from lapsewatch.verdict import Verdict, decide
+from lapsewatch.verdict import (
+    Decision,
+    Verdict,
+    decide,
+    healthy_mail_hosts,
+    needs_mail_hosts,
+)
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -184,3 +190,107 @@ def test_name_servers_alone_are_no_danger(
     record = rdap(status, nameservers=servers)
     decision = decide("x.test", [record], now=NOW, known_nameservers=known)
     assert decision.verdict is Verdict.REGISTERED
+
+
+# The grace name-server rule with mail hosts (docs/window.md, weakness 5): an owner who
+# moves DNS hosting in the grace keeps the mail hosts; a buyer's zone does not carry them.
+
+OWNER_NS = ("ns1.owner.test", "ns2.owner.test")
+OWNER_MX = ("mx1.mail-host.test", "mx2.mail-host.test")
+IN_GRACE = rdap(
+    ("active", "auto renew period"),
+    expires_at=NOW + 365 * DAY,
+    nameservers=("ns1.new-dns.test",),
+)
+
+
+def dns(mail_hosts: tuple[str, ...] | None) -> Observation:
+    return Observation(
+        "dns",
+        "x.test",
+        Outcome.ANSWERED,
+        "delegated",
+        found=True,
+        status=("delegated",),
+        nameservers=("ns1.new-dns.test",),
+        mail_hosts=mail_hosts,
+    )
+
+
+def in_grace(*observations: Observation, known_mx: tuple[str, ...] = OWNER_MX) -> Decision:
+    return decide(
+        "x.test",
+        [IN_GRACE, *observations],
+        now=NOW,
+        known_nameservers=OWNER_NS,
+        known_mail_hosts=known_mx,
+    )
+
+
+def test_dns_moved_in_the_grace_with_the_same_mail_hosts_is_no_danger() -> None:
+    same = dns(("MX2.mail-host.test.", "mx1.mail-host.test"))  # order and case do not count
+    decision = in_grace(same)
+    assert decision.verdict is Verdict.REGISTERED
+    assert not needs_mail_hosts([IN_GRACE, same], OWNER_NS, OWNER_MX)
+
+
+@pytest.mark.parametrize(
+    "now_mx", [("mx.buyer-mail.test",), (), ("mx1.mail-host.test",)], ids=["buyer", "none", "fewer"]
+)
+def test_name_servers_and_mail_hosts_changed_in_the_grace_is_expiring(
+    now_mx: tuple[str, ...],
+) -> None:
+    decision = in_grace(dns(now_mx))
+    assert decision.verdict is Verdict.EXPIRING
+    assert decision.firm
+    assert "name servers and mail hosts changed" in decision.reason
+    assert "were mx1.mail-host.test, mx2.mail-host.test" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "observation",
+    [dns(None), Observation.error("dns", "x.test", "timeout")],
+    ids=["mx-not-read", "dns-error"],
+)
+def test_mail_hosts_unreadable_in_the_grace_is_unknown(observation: Observation) -> None:
+    decision = in_grace(observation)
+    assert decision.verdict is Verdict.UNKNOWN
+    assert not decision.verdict.dangerous
+    assert "mail hosts could not be read" in decision.reason
+    assert needs_mail_hosts([IN_GRACE, observation], OWNER_NS, OWNER_MX)
+
+
+def test_without_known_mail_hosts_the_name_servers_alone_decide() -> None:
+    """An owner who publishes no MX (or none read yet): the rule as before; the
+    residual false unverification of docs/verdicts.md."""
+    assert in_grace(dns(()), known_mx=()).verdict is Verdict.EXPIRING
+    assert in_grace(dns(None), known_mx=()).verdict is Verdict.EXPIRING
+    # No DNS source configured: nothing could read the MX, so the name servers decide.
+    assert in_grace(known_mx=OWNER_MX).verdict is Verdict.EXPIRING
+
+
+def test_a_held_name_is_expiring_whatever_the_mail_hosts() -> None:
+    held = rdap(
+        ("client hold", "auto renew period"),
+        expires_at=NOW + 365 * DAY,
+        nameservers=("ns1.new-dns.test",),
+    )
+    decision = decide(
+        "x.test",
+        [held, dns(None)],
+        now=NOW,
+        known_nameservers=OWNER_NS,
+        known_mail_hosts=OWNER_MX,
+    )
+    assert decision.verdict is Verdict.EXPIRING
+
+
+def test_healthy_mail_hosts_are_kept_outside_the_grace_only() -> None:
+    healthy = Decision("x.test", Verdict.REGISTERED, "ok", "rdap")
+    read = dns(("MX1.Mail-Host.test.", "mx2.mail-host.test"))
+    assert healthy_mail_hosts(healthy, [rdap(), read]) == OWNER_MX
+    assert healthy_mail_hosts(healthy, [rdap(), dns(())]) == ()
+    assert healthy_mail_hosts(healthy, [rdap(), dns(None)]) is None  # not read: keep
+    assert healthy_mail_hosts(healthy, [IN_GRACE, read]) is None  # in the grace: keep
+    expiring = Decision("x.test", Verdict.EXPIRING, "no", "rdap")
+    assert healthy_mail_hosts(expiring, [rdap(), read]) is None

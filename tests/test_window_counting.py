@@ -44,9 +44,19 @@ def world(*domains: ww.Domain) -> ww.World:
 
 
 def cycle(
-    w: ww.World, spec: window.Lapsewatch | None = None, params: dict[str, float] = QUIET
+    w: ww.World,
+    spec: window.Lapsewatch | None = None,
+    params: dict[str, float] = QUIET,
+    *,
+    read_mx: bool = True,
 ) -> window.LapsewatchRun:
-    return window.LapsewatchRun(w, spec or window.Lapsewatch(), params, seed=3)
+    """The run after its steady state; ``read_mx``: every domain's MX never read, so its
+    next check reads it (the steady state's last read falls anywhere in the interval)."""
+    sim = window.LapsewatchRun(w, spec or window.Lapsewatch(), params, seed=3)
+    if read_mx:
+        for state in sim.states:
+            state.known = replace(state.known, mail_hosts_read_at=None)
+    return sim
 
 
 # What one check sends --------------------------------------------------------------------
@@ -72,9 +82,10 @@ def test_a_third_party_mail_host_domain_is_checked_once_per_cycle_run() -> None:
     )
     sim.check(0, 10 * DAY)
     sim.check(1, 10 * DAY)  # same run: mailhost3.net's verdict is shared
-    assert sim.kinds == Counter(rdap=2, dns=2, mx=2, mail_host=3)  # its RDAP, NS and MX
-    sim.check(0, 10 * DAY + 1)  # the next run asks again
-    assert sim.kinds["mail_host"] == 6
+    assert sim.kinds == Counter(rdap=2, dns=2, mx=2, mail_host=2)  # its RDAP and NS: no MX
+    sim.check(0, 10 * DAY + 1)  # the next run asks again (the stored mail hosts)
+    assert sim.kinds["mail_host"] == 4
+    assert sim.kinds["mx"] == 2  # a.com's MX was read an hour ago
     assert sim.unverified == [None, None]
 
 
@@ -102,18 +113,26 @@ def test_requests_add_up_over_a_run() -> None:
     kinds = result.requests_by_kind
     assert result.requests == sum(kinds.values())
     assert kinds["rdap"] == kinds["dns"] == kinds["mx"] == result.checks
-    assert kinds["mail_host"] == 3 * result.checks  # checks of a lone domain: one per run
+    assert kinds["mail_host"] == 2 * result.checks  # RDAP and NS of its one mail-host domain
 
 
-def test_proposed_mx_rule_reads_the_mx_once_in_its_interval() -> None:
-    sim = cycle(world(domain("a.com")), window.Lapsewatch("p", mx_every_days=30.0))
-    sim.states[0].mx_read_at = 0.0
+def test_the_mx_is_read_once_in_the_interval() -> None:
+    sim = cycle(world(domain("a.com")), read_mx=False)
+    sim.states[0].known = replace(sim.states[0].known, mail_hosts_read_at=ww.when(0.0))
     for day in (10, 29):
         sim.check(0, day * DAY)
     assert sim.kinds["mx"] == 0
     sim.check(0, 30 * DAY)
     sim.check(0, 31 * DAY)
     assert sim.kinds == Counter(rdap=4, dns=4, mx=1)
+    assert sim.states[0].known.mail_hosts_read_at == ww.when(30 * DAY)
+
+
+def test_the_stored_mail_hosts_are_checked_when_the_mx_is_not_read() -> None:
+    sim = cycle(world(domain("a.com", first=WITH_THIRD_PARTY)), read_mx=False)
+    sim.states[0].known = replace(sim.states[0].known, mail_hosts_read_at=ww.when(0.0))
+    sim.check(0, 10 * DAY)
+    assert sim.kinds == Counter(rdap=1, dns=1, mail_host=2)
 
 
 # The product's confirmation rule (verdict.settle) -----------------------------------------
@@ -175,15 +194,29 @@ def test_move_dns_replaces_the_owners_name_servers_from_then_on() -> None:
     assert held.timeline.at(30 * DAY).nameservers == ()
 
 
-def test_a_dns_move_in_the_auto_renew_grace_is_a_false_unverification() -> None:
+def test_a_dns_move_in_the_auto_renew_grace_that_keeps_the_mail_hosts_is_left_alone() -> None:
     w = renewed_by_auto_renew(310 * DAY)
     run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
+    assert run.unverified_at == [None]
+    result, detail = window.figures(w, run, end=END)
+    assert result["false_unverifications"] == 0
+    assert detail.false_after_dns_move == 0
+
+
+def test_a_dns_move_in_the_grace_by_an_owner_without_mx_is_still_unverified() -> None:
+    """The residual of the rule (docs/verdicts.md): no mail hosts to compare."""
+    no_mx = replace(HEALTHY, mail_hosts=())
+    paid = replace(
+        no_mx, phase="autorenew_paid", rdap_status=PAID.rdap_status, expires_at=665 * DAY
+    )
+    d = domain(
+        "a.com", (300 * DAY, paid), (345 * DAY, replace(no_mx, expires_at=665 * DAY)), first=no_mx
+    )
+    ww.move_dns(d, 310 * DAY)
+    run = window.run_policy(world(d), window.Lapsewatch(), QUIET, end=END, seed=3)
     caught = run.unverified_at[0]
     assert caught is not None
     assert 310 * DAY <= caught <= 311 * DAY + 1  # the next daily check in the grace
-    result, detail = window.figures(w, run, end=END)
-    assert result["false_unverifications"] == 1
-    assert detail.false_after_dns_move == 1
 
 
 def test_a_dns_move_outside_the_grace_is_learned_not_acted_on() -> None:
@@ -192,28 +225,19 @@ def test_a_dns_move_outside_the_grace_is_learned_not_acted_on() -> None:
     assert run.unverified_at == [None]
 
 
-def test_proposed_rule_spares_a_dns_move_that_keeps_the_mail_hosts() -> None:
-    proposed = window.Lapsewatch("p", mx_every_days=30.0, ns_rule_needs_mx_change=True)
+def test_the_grace_rule_waits_when_the_mail_hosts_cannot_be_read() -> None:
     w = renewed_by_auto_renew(310 * DAY)
-    run = window.run_policy(w, proposed, QUIET, end=END, seed=3)
-    assert run.unverified_at == [None]
-
-
-def test_proposed_rule_waits_when_the_mail_hosts_cannot_be_read() -> None:
-    proposed = window.Lapsewatch("p", mx_every_days=30.0, ns_rule_needs_mx_change=True)
-    w = renewed_by_auto_renew(310 * DAY)
-    sim = window.LapsewatchRun(w, proposed, QUIET | {"dns_error_rate": 1.0}, seed=3)
+    sim = window.LapsewatchRun(w, window.Lapsewatch(), QUIET | {"dns_error_rate": 1.0}, seed=3)
     assert sim.check(0, 320 * DAY) == 320 * DAY + 1  # unknown: retried in an hour
     assert sim.unverified == [None]
     assert sim.states[0].known.last_verdict == Verdict.UNKNOWN.value
 
 
-def test_proposed_rule_still_catches_a_parked_auction() -> None:
-    proposed = window.Lapsewatch("p", mx_every_days=30.0, ns_rule_needs_mx_change=True)
+def test_the_grace_rule_still_catches_a_parked_auction() -> None:
     grace = replace(PAID, phase="grace", nameservers=("ns1.expired.registrar.example",))
     parked = replace(grace, mail_hosts=())  # a registrar's parking page serves no mail
     w = world(domain("a.com", (300 * DAY, PAID), (303 * DAY, parked)))
-    run = window.run_policy(w, proposed, QUIET, end=END, seed=3)
+    run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
     caught = run.unverified_at[0]
     assert caught is not None
     assert 303 * DAY <= caught <= 304 * DAY + 1

@@ -6,7 +6,11 @@ domain lapses, whoever buys it receives the mail, password resets included. So
 the DNS source reads the MX records, and each mail-host domain that is not the
 domain itself and not a well-known mail provider (``data/mail_providers.txt``,
 plus the free-provider list) is checked too, through the same sources — at most
-once per :class:`MailHostChecks` (one per cycle), however many domains share it.
+once per :class:`MailHostChecks` (one per cycle), however many domains share it
+(without reading that domain's own MX: nothing uses it). A check that does not
+read the domain's MX (read at most once per check interval, ``schedule.reads_mail_hosts``)
+checks the mail hosts stored from the last read, so a lapsed mail-host domain is
+caught at every check.
 The verdict on the domain is then decided with them (``verdict.decide``'s
 ``mail_hosts``). A mail-host domain's check is never more than that domain's
 error: it cannot stop the cycle.
@@ -68,14 +72,17 @@ def mail_host_domains(
     observations: Iterable[Observation],
     providers: MailProviders | None = None,
     limit: int = MAX_MAIL_HOST_DOMAINS,
+    stored: Sequence[str] = (),
 ) -> list[tuple[str, str]]:
     """``(mail host, its registrable domain)`` to check for ``domain``: one host per
-    registrable domain, in MX preference order, providers and the domain itself left out."""
+    registrable domain, in MX preference order, providers and the domain itself left out.
+    The mail hosts are those the DNS source read; ``stored`` (the ones read before) when
+    it read none this time (not asked, or no answer)."""
     providers = providers or mail_providers()
-    hosts = next(
-        (o.mail_hosts for o in observations if o.source == "dns" and o.answered and o.mail_hosts),
-        (),
-    )
+    read = (o.mail_hosts for o in observations if o.source == "dns" and o.answered)
+    hosts = next((h for h in read if h is not None), None)
+    if hosts is None:
+        hosts = tuple(stored)
     found: dict[str, str] = {}
     for host in hosts:
         if providers.covers(host):
@@ -116,13 +123,15 @@ class MailHostChecks:
         observations: Iterable[Observation],
         now: datetime,
         deadline: Deadline | None = None,
+        stored: Sequence[str] = (),
     ) -> tuple[MailHostCheck, ...]:
-        """The domain's mail hosts on other registrable domains, with their verdicts.
+        """The domain's mail hosts on other registrable domains, with their verdicts
+        (``stored``: the mail hosts to use when the observations read none).
 
         ``deadline``: the domain's own (its whole check's). A mail-host domain's
         verdict not known by then is ``unknown`` for this domain; its check goes on
         for the other domains that share it (under its own deadline)."""
-        pairs = mail_host_domains(domain, observations, self._providers)
+        pairs = mail_host_domains(domain, observations, self._providers, stored=stored)
         if not pairs or not self._sources:
             return ()
         decisions = await asyncio.gather(
@@ -167,7 +176,9 @@ class MailHostChecks:
         self, mail_domain: str, now: datetime
     ) -> tuple[Decision, tuple[Observation, ...]]:
         try:
-            observations = await observe_relevant(self._sources, mail_domain, self._deadline)
+            observations = await observe_relevant(
+                self._sources, mail_domain, self._deadline, mail_hosts=False
+            )
             return decide(mail_domain, observations, now=now), observations
         except Exception as exc:  # never more than this mail host's "unknown"
             log.warning("mail host domain %s: check failed: %s", mail_domain, exc, exc_info=exc)

@@ -354,18 +354,19 @@ class _MeteredPacer:
 
 
 def _timed(source: Source) -> None:
-    """Wrap ``source.observe`` (on the instance) to time it and count unpaced requests."""
-    original = source.observe
+    """Wrap ``source.observe_with`` (on the instance; the limiter and ``observe`` both
+    call it) to time it and count unpaced requests."""
+    original = source.observe_with
     name = source.name
     paced = source.pacer is not None
 
-    async def observe(domain: str) -> Observation:
+    async def observe_with(domain: str, *, mail_hosts: bool = True) -> Observation:
         waited = [0.0]
         token = _WAITED.set(waited)
         started = time.monotonic()
         try:
             with log_context(domain=domain, source=name):
-                observation = await original(domain)
+                observation = await original(domain, mail_hosts=mail_hosts)
         finally:
             _WAITED.reset(token)
         elapsed = max(0.0, time.monotonic() - started - waited[0])
@@ -380,7 +381,7 @@ def _timed(source: Source) -> None:
         _safely("latency", record)
         return observation
 
-    source.observe = observe  # type: ignore[method-assign]
+    source.observe_with = observe_with  # type: ignore[method-assign]
 
 
 def instrument(checker: Any) -> None:

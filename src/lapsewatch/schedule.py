@@ -12,6 +12,9 @@
 * after a failed check (``unknown``): 1 h, doubling, capped at 7 days;
 * a dangerous verdict on thin evidence: its confirming check, ``confirm`` (60
   minutes) later (see :func:`lapsewatch.verdict.settle`).
+
+A domain's mail hosts (MX) are read at most once per ``interval``
+(:func:`reads_mail_hosts`); the checks between use the stored ones.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from datetime import datetime, timedelta
 from lapsewatch.config import Settings
 from lapsewatch.verdict import Verdict
 
-__all__ = ["Policy", "next_check"]
+__all__ = ["Policy", "next_check", "reads_mail_hosts"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +85,10 @@ def next_check(
     if now < window_start < regular:
         return window_start
     return regular
+
+
+def reads_mail_hosts(policy: Policy, read_at: datetime | None, now: datetime) -> bool:
+    """Whether a check at ``now`` reads the domain's mail hosts (its MX): never read
+    (``read_at`` is ``None``), or read ``interval`` ago or more. A check that does not
+    uses the stored ones; the grace name-server rule reads them when it needs them."""
+    return read_at is None or now - read_at >= policy.interval

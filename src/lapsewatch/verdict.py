@@ -14,6 +14,9 @@ The rules, in the order they matter:
 * A registration date later than the moment the address was verified means
   somebody registered the name again: ``reregistered``, however healthy it looks.
 * A past expiration date is at least ``expiring``.
+* In the auto-renew grace, name servers that share none with those of the last
+  healthy check are ``expiring`` (an expired-domain auction sale) when the mail
+  hosts changed too; ``unknown`` when the mail hosts could not be read.
 * ``registered`` (safe) needs the registry's record: without it we cannot see
   expiry or re-registration, so the answer is ``unknown``, retried later.
 * A dangerous verdict acts at once only when the registry's record shows the
@@ -47,8 +50,10 @@ __all__ = [
     "Settlement",
     "Verdict",
     "decide",
+    "healthy_mail_hosts",
     "healthy_nameservers",
     "in_auto_renew_grace",
+    "needs_mail_hosts",
     "registry_record",
     "settle",
 ]
@@ -206,29 +211,75 @@ def _ns(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
-def _nameserver_candidates(
-    record: Observation, known_nameservers: Sequence[str]
-) -> list[_Candidate]:
-    """A name sold at an expired-domain auction during the auto-renew grace keeps its
-    registration date (it never dropped) and shows only ``auto renew period``; what
-    gives it away is that other name servers now serve it. So, in the grace, name
-    servers that share none with those of the last healthy check are ``expiring``."""
+def _read_mail_hosts(observations: Iterable[Observation]) -> tuple[str, ...] | None:
+    """The mail hosts the DNS source read in this check (``None``: not read, or no
+    answer), normalised, best preference first."""
+    for o in observations:
+        if o.source == "dns" and o.answered and o.mail_hosts is not None:
+            return tuple(dict.fromkeys(_ns(h) for h in o.mail_hosts))
+    return None
+
+
+def _grace_sale(
+    record: Observation,
+    observations: Sequence[Observation],
+    known_nameservers: Sequence[str],
+    known_mail_hosts: Sequence[str],
+) -> _Candidate | str | None:
+    """The auto-renew-grace name-server rule: an ``expiring`` candidate, the reason of
+    an ``unknown`` (the mail hosts it needs were not read), or ``None``.
+
+    A name sold at auction in the grace keeps its dates; other name servers serve it,
+    and the buyer's zone lacks the previous owner's mail hosts. An owner moving DNS
+    hosting keeps them, so with ``known_mail_hosts`` the rule needs them changed too.
+    Without them (none read yet, no MX published) or a DNS source: name servers alone.
+    """
     if AUTO_RENEW not in record.status or not known_nameservers or not record.nameservers:
-        return []
-    before = {_ns(n) for n in known_nameservers}
-    now = {_ns(n) for n in record.nameservers}
-    if before & now:
-        return []
-    return [
-        _Candidate(
+        return None
+    before_ns = {_ns(n) for n in known_nameservers}
+    now_ns = {_ns(n) for n in record.nameservers}
+    if before_ns & now_ns:
+        return None
+    moved = f"were {', '.join(sorted(before_ns))}; now {', '.join(sorted(now_ns))}"
+    label = _LABEL.get(record.source, record.source)
+    asked_dns = any(o.source == "dns" for o in observations)
+    if not known_mail_hosts or not asked_dns:
+        return _Candidate(
             Verdict.EXPIRING,
             record.source,
-            f"{_LABEL.get(record.source, record.source)}: name servers changed during "
-            f"'{AUTO_RENEW}' (were {', '.join(sorted(before))};"
-            f" now {', '.join(sorted(now))}): an expired name sold at auction keeps its dates "
-            "but not its name servers",
+            f"{label}: name servers changed during '{AUTO_RENEW}' ({moved}): an expired "
+            "name sold at auction keeps its dates but not its name servers",
         )
-    ]
+    hosts = _read_mail_hosts(observations)
+    if hosts is None:
+        return (
+            f"{label}: name servers changed during '{AUTO_RENEW}' ({moved}) and the mail "
+            "hosts could not be read to tell a sale from a move of DNS hosting: retried"
+        )
+    before = {_ns(h) for h in known_mail_hosts}
+    if set(hosts) == before:
+        return None  # the owner moved DNS hosting and kept the mail
+    return _Candidate(
+        Verdict.EXPIRING,
+        record.source,
+        f"{label}: name servers and mail hosts changed during '{AUTO_RENEW}' (name servers "
+        f"{moved}; mail hosts were {', '.join(sorted(before))}; now "
+        f"{', '.join(hosts) or 'none'}): an expired name sold at auction keeps its dates "
+        "but not its name servers or mail",
+    )
+
+
+def needs_mail_hosts(
+    observations: Iterable[Observation],
+    known_nameservers: Sequence[str],
+    known_mail_hosts: Sequence[str],
+) -> bool:
+    """Whether :func:`decide` would wait for mail hosts this check did not read (the
+    grace name-server rule, :func:`_grace_sale`): the caller reads them and decides."""
+    observations = list(observations)
+    record = registry_record(observations)
+    sale = record and _grace_sale(record, observations, known_nameservers, known_mail_hosts)
+    return isinstance(sale, str)
 
 
 def in_auto_renew_grace(observations: Iterable[Observation]) -> bool:
@@ -252,6 +303,21 @@ def healthy_nameservers(
     if record is None or not record.nameservers:
         return None
     return tuple(sorted({_ns(n) for n in record.nameservers}))
+
+
+def healthy_mail_hosts(
+    decision: Decision, observations: Iterable[Observation]
+) -> tuple[str, ...] | None:
+    """The mail hosts worth remembering for :func:`decide`'s ``known_mail_hosts`` (and
+    for the mail-host checks of a check that does not read them): those the DNS source
+    read at a ``registered`` check outside the grace, best preference first (``()``:
+    none published); ``None`` when this check should not replace what is known."""
+    if decision.verdict is not Verdict.REGISTERED:
+        return None
+    observations = list(observations)
+    if in_auto_renew_grace(observations):
+        return None
+    return _read_mail_hosts(observations)
 
 
 def _dns_candidates(obs: Observation) -> list[_Candidate]:
@@ -342,6 +408,7 @@ def decide(
     now: datetime,
     verified_at: datetime | None = None,
     known_nameservers: Sequence[str] = (),
+    known_mail_hosts: Sequence[str] = (),
     mail_hosts: Iterable[MailHostCheck] = (),
 ) -> Decision:
     """The verdict on ``domain`` from what the sources observed at ``now``.
@@ -351,14 +418,21 @@ def decide(
     dangerous mail-host domain makes it ``mail_host_lapsed`` (a firm one at once).
 
     ``known_nameservers``: the registry's name servers at the last healthy check
-    outside the auto-renew grace (``healthy_nameservers``), if the caller keeps them.
+    outside the auto-renew grace (``healthy_nameservers``), if the caller keeps them;
+    ``known_mail_hosts``: the mail hosts of that check (``healthy_mail_hosts``). Name
+    servers changed in the grace are ``expiring`` only if the mail hosts changed too,
+    and ``unknown`` when they could not be read (:func:`_grace_sale`).
     """
     observations = list(observations)
     answered = [o for o in observations if o.answered]
     record = registry_record(answered)
     candidates = [c for o in answered for c in _candidates(o, verified_at, now)]
+    waiting: str | None = None
     if record is not None:
-        candidates += _nameserver_candidates(record, known_nameservers)
+        sale = _grace_sale(record, observations, known_nameservers, known_mail_hosts)
+        if isinstance(sale, _Candidate):
+            candidates.append(sale)
+        waiting = sale if isinstance(sale, str) else None
         candidates = [
             c
             for c in candidates
@@ -387,6 +461,10 @@ def decide(
     lapsed = _mail_host_lapsed(domain, checked, registered_at, expires_at)
     if lapsed is not None:
         return lapsed
+    if waiting is not None:
+        return Decision(
+            domain, Verdict.UNKNOWN, waiting, None, registered_at, expires_at, mail_hosts=checked
+        )
     if record is not None:
         registered = min((c for c in candidates if c.source == record.source), key=_rank)
         return Decision(

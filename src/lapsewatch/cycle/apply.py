@@ -48,6 +48,7 @@ from lapsewatch.verdict import (
     Decision,
     Pending,
     Verdict,
+    healthy_mail_hosts,
     healthy_nameservers,
     in_auto_renew_grace,
     settle,
@@ -165,6 +166,8 @@ class _Known:
     dangerous_at: datetime | None = None
     dangerous_verdict: str | None = None
     nameservers: list[str] | None = None
+    mail_hosts: list[str] | None = None
+    mail_hosts_read_at: datetime | None = None
 
 
 def _next_state(
@@ -204,6 +207,7 @@ def _next_state(
             decision.verdict.value if decision.verdict.dangerous else known.dangerous_verdict
         ),
         "nameservers": _known_nameservers(known, result),
+        **_known_mail_hosts(known, result),
     }
     previous = known.last_verdict
     event: dict[str, Any] | None = None
@@ -328,6 +332,15 @@ def _known_nameservers(known: _Known, result: CheckResult) -> list[str] | None:
     return list(healthy) if healthy is not None else known.nameservers
 
 
+def _known_mail_hosts(known: _Known, result: CheckResult) -> dict[str, Any]:
+    """The mail hosts to keep, and when they were read: this check's when it read them
+    at a healthy check outside the grace (``healthy_mail_hosts``), else those known."""
+    healthy = healthy_mail_hosts(result.decision, result.observations)
+    if healthy is None:
+        return {"mail_hosts": known.mail_hosts, "mail_hosts_read_at": known.mail_hosts_read_at}
+    return {"mail_hosts": list(healthy), "mail_hosts_read_at": result.checked_at}
+
+
 def apply_result(session: Session, result: CheckResult, *, policy: Policy) -> int:
     """Apply inside the caller's transaction; return how many addresses were unverified.
 
@@ -348,6 +361,8 @@ def apply_result(session: Session, result: CheckResult, *, policy: Policy) -> in
         domain.dangerous_at,
         domain.dangerous_verdict,
         domain.nameservers,
+        domain.mail_hosts,
+        domain.mail_hosts_read_at,
     )
     values, event = _next_state(known, result, policy)
     if event is not None:
@@ -387,12 +402,14 @@ def apply_results(session: Session, results: Sequence[CheckResult], *, policy: P
             columns.dangerous_at,
             columns.dangerous_verdict,
             columns.nameservers,
+            columns.mail_hosts,
+            columns.mail_hosts_read_at,
         )
         .where(columns.name.in_(sorted(r.domain for r in results)))
         .order_by(columns.name)
         .with_for_update()
     ).all()
-    known = {row[0]: _Known(row[1] or 0, *row[2:]) for row in rows}
+    known = {row[0]: _Known(row[1] or 0, *tuple(row[2:])) for row in rows}
     new: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     observations: list[dict[str, Any]] = []

@@ -19,9 +19,10 @@ from lapsewatch.cycle.due import DueDomain
 from lapsewatch.cycle.limits import Limited
 from lapsewatch.mail_hosts import MailHostChecks
 from lapsewatch.pace import ServerPacer, open_pacer
+from lapsewatch.schedule import Policy
 from lapsewatch.sources import Observation, Source, observe_relevant, open_sources
 from lapsewatch.sources.interface import Deadline, failure
-from lapsewatch.verdict import Decision, Verdict, decide
+from lapsewatch.verdict import Decision, Verdict, decide, needs_mail_hosts
 
 __all__ = ["CHECKER", "Checker", "open_checker", "source_counts"]
 
@@ -42,10 +43,13 @@ class Checker:
         *,
         in_flight: int,
         deadline: float = DEFAULT_DOMAIN_DEADLINE,
+        policy: Policy | None = None,
     ) -> None:
         self.sources = sources
         self._in_flight = in_flight
         self._deadline = deadline
+        self._policy = policy or Policy()
+        """Its ``interval``: how often a domain's MX is read (``DueDomain.read_mail_hosts``)."""
         self.mail_hosts = MailHostChecks(sources, deadline=deadline)
         """This cycle's mail-host domain checks: each at most once, however many share it."""
 
@@ -60,15 +64,24 @@ class Checker:
         dangerous verdict of the domain's own sources still stands); either way
         it is logged with the domain and the domain is retried with backoff
         (``unknown`` counts as a failed check).
+
+        The MX is read when ``due.read_mail_hosts`` says so; otherwise the stored mail
+        hosts stand in, and the MX is read after all (the DNS source asked again) only
+        when the grace name-server rule needs it (``verdict.needs_mail_hosts``).
         """
         checked_at = now or datetime.now(UTC)
         deadline = Deadline.after(self._deadline)
         observations: tuple[Observation, ...] = ()
         try:
-            observations = await observe_relevant(self.sources, due.name, deadline)
+            read = due.read_mail_hosts(self._policy, checked_at)
+            observations = await observe_relevant(self.sources, due.name, deadline, mail_hosts=read)
+            if not read and needs_mail_hosts(
+                observations, due.known_nameservers, due.known_mail_hosts
+            ):
+                observations = await self._with_mail_hosts(due.name, observations, deadline)
             checked_at = now or datetime.now(UTC)  # when the sources answered
             mail_hosts = await self.mail_hosts.for_domain(
-                due.name, observations, checked_at, deadline
+                due.name, observations, checked_at, deadline, stored=due.known_mail_hosts
             )
             decision = decide(
                 due.name,
@@ -76,6 +89,7 @@ class Checker:
                 now=checked_at,
                 verified_at=due.earliest_verified_at,
                 known_nameservers=due.known_nameservers,
+                known_mail_hosts=due.known_mail_hosts,
                 mail_hosts=mail_hosts,
             )
             late = [m.domain for m in mail_hosts if m.decision.reason == deadline.missed]
@@ -95,6 +109,14 @@ class Checker:
             reason = f"no verdict: {type(exc).__name__}: {str(exc)[:200]}"
             decision = Decision(due.name, Verdict.UNKNOWN, reason)
         return CheckResult(due.name, due.earliest_verified_at, observations, decision, checked_at)
+
+    async def _with_mail_hosts(
+        self, domain: str, observations: tuple[Observation, ...], deadline: Deadline
+    ) -> tuple[Observation, ...]:
+        """The observations with the DNS source's asked again, its MX read this time."""
+        dns = [s for s in self.sources if s.name == "dns"]
+        again = {o.source: o for o in await observe_relevant(dns, domain, deadline)}
+        return tuple(again.get(o.source, o) for o in observations)
 
     async def check_many(
         self, due: Iterable[DueDomain] | AsyncIterable[DueDomain], now: datetime | None = None
@@ -172,7 +194,10 @@ async def open_checker(
         async with open_sources(settings) as sources:
             limited = limit_sources(sources, settings)
             yield Checker(
-                limited, in_flight=settings.concurrency * 2, deadline=settings.domain_deadline
+                limited,
+                in_flight=settings.concurrency * 2,
+                deadline=settings.domain_deadline,
+                policy=Policy.from_settings(settings),
             )
         return
     # A long Retry-After is the schedule's to wait, not a domain's (it would hold its slot).
@@ -185,7 +210,12 @@ async def open_checker(
     ):
         limited = limit_sources(sources, settings, pacer)
         in_flight = max(settings.concurrency * 2, settings.pace_window)
-        yield Checker(limited, in_flight=in_flight, deadline=settings.domain_deadline)
+        yield Checker(
+            limited,
+            in_flight=in_flight,
+            deadline=settings.domain_deadline,
+            policy=Policy.from_settings(settings),
+        )
 
 
 def source_counts(checker: Checker) -> dict[str, dict[str, int]]:

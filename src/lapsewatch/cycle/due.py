@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Row,
     Select,
     and_,
     func,
@@ -28,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from lapsewatch.schedule import Policy, reads_mail_hosts
 from lapsewatch.store.models import Domain, Email
 
 __all__ = [
@@ -53,6 +55,15 @@ class DueDomain:
     known_nameservers: tuple[str, ...] = ()
     """The registry's name servers at the last healthy check outside the auto-renew
     grace: a sale during the grace changes them (``verdict.decide``)."""
+    known_mail_hosts: tuple[str, ...] = ()
+    """The mail hosts (MX targets) read at the last healthy check outside the grace: the
+    grace rule compares them, and a check that does not read the MX uses them."""
+    mail_hosts_read_at: datetime | None = None
+    """When ``known_mail_hosts`` was read (``None``: never)."""
+
+    def read_mail_hosts(self, policy: Policy, now: datetime) -> bool:
+        """Whether this check reads the MX (never read, or ``policy.interval`` ago)."""
+        return reads_mail_hosts(policy, self.mail_hosts_read_at, now)
 
 
 def select_due(
@@ -74,7 +85,7 @@ def select_due(
     # From the addresses, not the domains table: an address whose domain row is
     # missing (added by another path) is due at once rather than forgotten.
     query = (
-        select(verified.c.domain, verified.c.earliest, Domain.nameservers)
+        select(verified.c.domain, verified.c.earliest, *_KNOWN)
         .outerjoin(Domain, Domain.name == verified.c.domain)
         .order_by(Domain.next_due_at.is_not(None), Domain.next_due_at, verified.c.domain)
     )
@@ -86,10 +97,24 @@ def select_due(
         query = query.where(verified.c.domain.in_(names))
     if limit is not None:
         query = query.limit(limit)
-    return [
-        DueDomain(name, earliest, tuple(servers or ()))
-        for name, earliest, servers in session.execute(query)
-    ]
+    return [_due(row.domain, row.earliest, row) for row in session.execute(query)]
+
+
+_KNOWN = (Domain.nameservers, Domain.mail_hosts, Domain.mail_hosts_read_at)
+"""What the ``domains`` row knows that the check compares against (``_due``)."""
+
+
+def _due(name: str, earliest: datetime | None, known: Row[*tuple[Any, ...]] | None) -> DueDomain:
+    """The due domain with what its row knows (``known``: a row with :data:`_KNOWN`)."""
+    if known is None:
+        return DueDomain(name, earliest)
+    return DueDomain(
+        name,
+        earliest,
+        tuple(known.nameservers or ()),
+        tuple(known.mail_hosts or ()),
+        known.mail_hosts_read_at,
+    )
 
 
 _AnySelect = Select[*tuple[Any, ...]]
@@ -262,18 +287,9 @@ def _merge(connection: Connection, streams: list[_Stream], page: int) -> list[st
 def _still_behind(connection: Connection, names: list[str]) -> list[DueDomain]:
     """The domains among ``names`` still behind a verified, non-free address, in order."""
     earliest: dict[str, datetime | None] = dict(connection.execute(_behind(names)).all())
-    known = dict(
-        connection.execute(
-            select(Domain.name, Domain.nameservers).where(
-                Domain.name.in_(names), Domain.nameservers.is_not(None)
-            )
-        ).all()
-    )
-    return [
-        DueDomain(name, earliest[name], tuple(known.get(name) or ()))
-        for name in names
-        if name in earliest
-    ]
+    query = select(Domain.name, *_KNOWN).where(Domain.name.in_(names))
+    known = {row.name: row for row in connection.execute(query)}
+    return [_due(name, earliest[name], known.get(name)) for name in names if name in earliest]
 
 
 def _phases(now: datetime, everything: bool, dialect: str) -> list[tuple[_Query, ...]]:

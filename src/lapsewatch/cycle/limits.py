@@ -118,23 +118,28 @@ class Limited(Source):
             self._not_before = max(self._not_before, time.monotonic() + retry_after)
 
     async def observe(self, domain: str) -> Observation:
+        return await self.observe_with(domain)
+
+    async def observe_with(self, domain: str, *, mail_hosts: bool = True) -> Observation:
         if self._pacer is not None:
-            return await self._observe_paced(domain, self._pacer)
+            return await self._observe_paced(domain, self._pacer, mail_hosts)
         async with self._slots:
             if self._paced:
-                return await self.inner.observe(domain)
+                return await self.inner.observe_with(domain, mail_hosts=mail_hosts)
             await self.request()
-            observation = await self.inner.observe(domain)
+            observation = await self.inner.observe_with(domain, mail_hosts=mail_hosts)
         if observation.retry_after:
             self.refused(observation.retry_after)
         return observation
 
-    async def _observe_paced(self, domain: str, pacer: ServerPacer) -> Observation:
+    async def _observe_paced(
+        self, domain: str, pacer: ServerPacer, mail_hosts: bool
+    ) -> Observation:
         async with tracing() as trace:
             try:
                 if not self._paced:
                     await self.request()
-                observation = await self.inner.observe(domain)
+                observation = await self.inner.observe_with(domain, mail_hosts=mail_hosts)
             finally:
                 if trace.slot:
                     self._slots.release()

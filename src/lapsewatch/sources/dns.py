@@ -78,6 +78,11 @@ class DnsSource(Source):
         self._zones_seen: set[tuple[str, int, dns.name.Name]] = set()
 
     async def observe(self, domain: str) -> Observation:
+        return await self.observe_with(domain)
+
+    async def observe_with(self, domain: str, *, mail_hosts: bool = True) -> Observation:
+        """The delegation; with ``mail_hosts`` (and the source's ``mail_hosts``), the MX
+        of a delegated domain too (one more query)."""
         if not self._nameservers:
             return Observation.error(self.name, domain, "no DNS resolver configured")
         failures: list[str] = []
@@ -99,7 +104,7 @@ class DnsSource(Source):
                     continue
             if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 observation = self._interpret(domain, response, f"{host}:{port}")
-                if observation.found and self._mail_hosts:
+                if observation.found and self._mail_hosts and mail_hosts:
                     observation = await self._with_mail_hosts(observation, host, port)
                 return observation
             if rcode == dns.rcode.REFUSED and self.pacer is not None:

@@ -161,6 +161,12 @@ class Source(ABC):
     async def observe(self, domain: str) -> Observation:
         """Observe one registrable (ASCII) domain; never raise for a failed lookup."""
 
+    async def observe_with(self, domain: str, *, mail_hosts: bool = True) -> Observation:
+        """:meth:`observe`, told whether this check reads the domain's mail hosts (its
+        MX; ``False``: the caller has them stored). Only a source that reads them
+        (DNS) listens; a wrapper passes it on."""
+        return await self.observe(domain)
+
     async def relevant(self, domain: str) -> bool:
         """Whether this source is to be asked about ``domain`` at all (WHOIS: only where
         the TLD has no RDAP). An irrelevant source leaves no observation behind."""
@@ -198,7 +204,9 @@ def _deadline(deadline: float | Deadline) -> Deadline:
     return deadline if isinstance(deadline, Deadline) else Deadline.after(deadline)
 
 
-async def guarded_observe(source: Source, domain: str, deadline: float | Deadline) -> Observation:
+async def guarded_observe(
+    source: Source, domain: str, deadline: float | Deadline, *, mail_hosts: bool = True
+) -> Observation:
     """``source.observe(domain)`` that always returns, by ``deadline`` (a :class:`Deadline`
     shared with the rest of the domain's check, or seconds from now).
 
@@ -206,14 +214,16 @@ async def guarded_observe(source: Source, domain: str, deadline: float | Deadlin
     source's own handling (or a bug) must stay that domain's error: it becomes
     an ``error`` observation, logged with the domain, and the domain is retried
     with backoff like any other failure. Only cancellation goes through.
+    ``mail_hosts``: see :meth:`Source.observe_with`.
     """
-    observation = await _guarded(source, domain, _deadline(deadline), ask_first=False)
+    deadline = _deadline(deadline)
+    observation = await _guarded(source, domain, deadline, ask_first=False, mail_hosts=mail_hosts)
     assert observation is not None  # only a source asked whether it applies drops out
     return observation
 
 
 async def _guarded(
-    source: Source, domain: str, deadline: Deadline, *, ask_first: bool
+    source: Source, domain: str, deadline: Deadline, *, ask_first: bool, mail_hosts: bool = True
 ) -> Observation | None:
     """The guarded observation; with ``ask_first``, ``None`` when the source does not
     apply to ``domain`` (:func:`relevant`, asked under the same deadline)."""
@@ -222,7 +232,7 @@ async def _guarded(
         async with scope:
             if ask_first and not await relevant(source, domain):
                 return None
-            return await source.observe(domain)
+            return await source.observe_with(domain, mail_hosts=mail_hosts)
     except TimeoutError as exc:
         if scope.expired():
             log.warning("%s: %s: %s", domain, source.name, deadline.missed)
@@ -265,11 +275,13 @@ async def relevant(source: Source, domain: str) -> bool:
 
 
 async def observe_relevant(
-    sources: Iterable[Source], domain: str, deadline: float | Deadline
+    sources: Iterable[Source], domain: str, deadline: float | Deadline, *, mail_hosts: bool = True
 ) -> tuple[Observation, ...]:
     """Every relevant source's guarded observation of ``domain``, asked at once, all by
     one ``deadline`` (a :class:`Deadline`, or seconds from now): whether a source
-    applies is asked under it too."""
+    applies is asked under it too. ``mail_hosts``: see :meth:`Source.observe_with`."""
     deadline = _deadline(deadline)
-    asked = await asyncio.gather(*(_guarded(s, domain, deadline, ask_first=True) for s in sources))
+    asked = await asyncio.gather(
+        *(_guarded(s, domain, deadline, ask_first=True, mail_hosts=mail_hosts) for s in sources)
+    )
     return tuple(o for o in asked if o is not None)

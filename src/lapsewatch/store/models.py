@@ -224,6 +224,12 @@ class Domain(Base):
     nameservers: Mapped[list[str] | None] = mapped_column(JSON)
     """The registry's name servers at the last healthy check outside the auto-renew
     grace; a name sold in the grace keeps its dates but not its name servers."""
+    mail_hosts: Mapped[list[str] | None] = mapped_column(JSON)
+    """The mail hosts (MX targets, best preference first) read at the last healthy check
+    outside the auto-renew grace: the grace rule compares them, and a check that does
+    not read the MX checks these hosts' domains."""
+    mail_hosts_read_at: Mapped[datetime | None]
+    """When ``mail_hosts`` was read: the MX is read again ``Policy.interval`` later."""
     lease_until: Mapped[datetime | None]
     """A worker that claimed the domain holds it until then (distributed checks)."""
 

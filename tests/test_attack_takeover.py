@@ -30,6 +30,9 @@ from lapsewatch.accounts.errors import AccountError, InvalidSecondFactor, RateLi
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle import run_cycle
+from lapsewatch.cycle.apply import apply_result
+from lapsewatch.cycle.due import DueDomain
+from lapsewatch.schedule import Policy
 from lapsewatch.store import Email, Event, make_sessionmaker
 from lapsewatch.store.models import AddressHistory, Domain, Token
 from lapsewatch.world import DomainScenario, World, demo_scenario
@@ -623,3 +626,99 @@ def test_attack_plain_link_on_a_known_domain_that_lapsed_is_applied_not_deferred
     assert not row.verified
     assert row.unverify_reason == "available"
     assert resets_to(smtp, "boss@quietcorp.test") == 0
+
+
+def _plain_link_back_on_a_re_registered_domain(
+    svc: AccountService, smtp: MailServer, world: World, engine: Engine, clock: Clock
+) -> int:
+    """'former' verified boss@ years ago and removed it while all was well (no history);
+    the domain is registered again; former adds the address back and gets a plain link,
+    which lands in the new owner's mailbox."""
+    former = owner_years_ago(svc, smtp, "former", "boss@quietcorp.test")
+    with make_sessionmaker(engine)() as session:
+        old = session.scalars(select(Email).where(Email.address == "boss@quietcorp.test")).one()
+        old_id = old.id
+    svc.remove_email(former, old_id)
+    clock.now = NOW
+    world.set_domain(DomainScenario.make("quietcorp.test", "registered", now=NOW, registered="-1h"))
+    svc.add_email(former, "boss@quietcorp.test")
+    assert "signed in" not in smtp.inbox("boss@quietcorp.test")[-1].body  # a plain link
+    return former
+
+
+def _boss_stays_unverified(svc: AccountService, smtp: MailServer, engine: Engine) -> None:
+    row = email_row(engine, "boss@quietcorp.test")
+    assert row is not None
+    assert not row.verified
+    svc.request_password_reset("former")
+    assert resets_to(smtp, "boss@quietcorp.test") == 0
+
+
+def test_attack_a_decoy_verification_cannot_launder_the_registration_date(
+    app: TestClient,
+    svc: AccountService,
+    smtp: MailServer,
+    world: World,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    """The new owner signs up a decoy address on the domain and redeems its link: it is
+    refused as a re-registration, and the check stores the new registration date. The
+    victim's plain link, posted next, would then compare the new date with itself; the
+    domain is marked as changed hands, so the plain link is refused instead."""
+    _plain_link_back_on_a_re_registered_domain(svc, smtp, world, engine, clock)
+    created(svc.sign_up("mallory", PASSWORD, "decoy@quietcorp.test"))
+    attacker_redeems(app, smtp, "decoy@quietcorp.test")
+    decoy = email_row(engine, "decoy@quietcorp.test")
+    assert decoy is not None
+    assert not decoy.verified
+    refused = attacker_redeems(app, smtp, "boss@quietcorp.test")
+    assert refused.status_code == 400, refused.text
+    assert "changed hands" in refused.text
+    _boss_stays_unverified(svc, smtp, engine)
+
+
+def test_attack_a_cycle_run_cannot_launder_the_registration_date(
+    app: TestClient,
+    svc: AccountService,
+    smtp: MailServer,
+    world: World,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    """A colleague's verified address keeps the domain watched; the cycle runs between
+    the plain link's sending and its redemption, catches the re-registration and stores
+    the new date. The plain link must not verify boss@ afterwards."""
+    owner_years_ago(svc, smtp, "colleague", "bob@quietcorp.test")
+    _plain_link_back_on_a_re_registered_domain(svc, smtp, world, engine, clock)
+    assert run_cycle(settings_for(world), engine, now=NOW).unverified == 1  # bob@
+    refused = attacker_redeems(app, smtp, "boss@quietcorp.test")
+    assert refused.status_code == 400, refused.text
+    _boss_stays_unverified(svc, smtp, engine)
+
+
+def test_attack_a_check_without_a_verified_address_still_marks_the_new_registration(
+    app: TestClient,
+    svc: AccountService,
+    smtp: MailServer,
+    world: World,
+    engine: Engine,
+    clock: Clock,
+) -> None:
+    """An admin's check-now of a domain with no verified address decides without a
+    verification date to compare with (``registered``), but the registration date moved
+    on from the one stored: the domain is marked, and the plain link dies."""
+    _plain_link_back_on_a_re_registered_domain(svc, smtp, world, engine, clock)
+    result = CycleDomainChecker(settings_for(world)).check(
+        DueDomain("quietcorp.test", None), now=NOW
+    )
+    with make_sessionmaker(engine).begin() as session:
+        apply_result(session, result, policy=Policy())
+    with make_sessionmaker(engine)() as session:
+        domain = session.get(Domain, "quietcorp.test")
+        assert domain is not None
+        assert domain.dangerous_at is not None
+        assert domain.dangerous_verdict == "reregistered"
+    refused = attacker_redeems(app, smtp, "boss@quietcorp.test")
+    assert refused.status_code == 400, refused.text
+    _boss_stays_unverified(svc, smtp, engine)

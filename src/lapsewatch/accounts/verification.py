@@ -30,7 +30,7 @@ from lapsewatch.accounts.errors import (
 from lapsewatch.accounts.events import SYSTEM, record, user_actor
 from lapsewatch.accounts.results import EmailVerified, VerificationSent
 from lapsewatch.accounts.tokens import TokenKind
-from lapsewatch.cycle.apply import CheckResult, apply_result, unverify_email
+from lapsewatch.cycle.apply import CheckResult, apply_result, reregistered_since, unverify_email
 from lapsewatch.cycle.due import DueDomain, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.mail import messages
@@ -217,6 +217,19 @@ class VerificationService(AccountCore):
         email = session.get(Email, row.email_id, with_for_update=True) if row.email_id else None
         if email is None or email.account_id != row.account_id:
             return TokenInvalid("this link is not valid")
+        domain = session.get(Domain, email.domain)
+        if (
+            row.kind == TokenKind.VERIFY_EMAIL
+            and domain is not None
+            and domain.dangerous_at is not None
+        ):
+            # A plain link, and the domain was found dangerous or registered again
+            # (since the link was sent: a link sent later is login-bound): whoever
+            # reads its mail now may not be the one who asked.
+            return TokenInvalid(
+                "this address's domain may have changed hands since this link was sent; "
+                "sign in and ask for a new one from your account page"
+            )
         if email.unverified_at is not None and row.created_at < email.unverified_at:
             # Sent before lapsewatch doubted the domain: it may sit in a mailbox
             # that now belongs to someone else.
@@ -268,12 +281,6 @@ class VerificationService(AccountCore):
 
 
 # --------------------------------------------------------------------------- functions
-
-
-def reregistered_since(known: datetime | None, observed: datetime | None) -> bool:
-    """Whether the registry's registration date is newer than the one the store had
-    seen: the domain was registered again, by whoever, since we last looked."""
-    return known is not None and observed is not None and observed > known
 
 
 def _refuse_verification(

@@ -61,6 +61,7 @@ __all__ = [
     "CheckResult",
     "apply_result",
     "apply_results",
+    "reregistered_since",
     "settle_results",
     "stored_evidence",
     "unverify_email",
@@ -170,6 +171,12 @@ class _Known:
     mail_hosts_read_at: datetime | None = None
 
 
+def reregistered_since(known: datetime | None, observed: datetime | None) -> bool:
+    """Whether the registry's registration date is newer than the one the store had
+    seen: the domain was registered again, by whoever, since we last looked."""
+    return known is not None and observed is not None and observed > known
+
+
 def _next_state(
     known: _Known, result: CheckResult, policy: Policy
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -184,6 +191,7 @@ def _next_state(
         # Only the registry's record moves the known dates.
         registered_at = decision.registered_at or registered_at
         expires_at = decision.expires_at
+    moved = reregistered_since(known.registered_at, registered_at)
     values: dict[str, Any] = {
         "consecutive_failures": failures,
         "last_checked_at": now,
@@ -201,10 +209,16 @@ def _next_state(
             in_grace=in_auto_renew_grace(result.observations),
         ),
         "lease_until": None,
-        # Once dangerous, the domain may have changed hands: remembered for good.
-        "dangerous_at": now if decision.verdict.dangerous else known.dangerous_at,
+        # Once dangerous, or registered again since the date seen before (whatever
+        # the verdict, as the stored date moves on), the domain may have changed
+        # hands: remembered for good (a plain verification link no longer works).
+        "dangerous_at": now if decision.verdict.dangerous or moved else known.dangerous_at,
         "dangerous_verdict": (
-            decision.verdict.value if decision.verdict.dangerous else known.dangerous_verdict
+            decision.verdict.value
+            if decision.verdict.dangerous
+            else Verdict.REREGISTERED.value
+            if moved
+            else known.dangerous_verdict
         ),
         "nameservers": _known_nameservers(known, result),
         **_known_mail_hosts(known, result),

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, select
 
+from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.store import Email, make_sessionmaker
 from lapsewatch.store.models import Account, Domain
@@ -20,6 +21,12 @@ from tests.cycle_support import settings_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 OWNER_NS = ["ns1.owner-dns.test", "ns2.owner-dns.test"]
+
+
+def settings(world: World) -> Settings:
+    """The tests' settings, with a 2 s timeout: the MX is read in one try, and a
+    read lost to a slow answer on a loaded machine would leave no mail hosts."""
+    return settings_for(world, LAPSEWATCH_TIMEOUT="2")
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +75,13 @@ def test_takeover_by_auction_in_the_auto_renew_grace_is_caught(
     seed(engine, "m@sold.test", "sold.test")
     world.set_domain(DomainScenario.make("sold.test", "registered", now=NOW, nameservers=OWNER_NS))
     try:
-        run_cycle(settings_for(world), engine, now=NOW - timedelta(days=40))
+        run_cycle(settings(world), engine, now=NOW - timedelta(days=40))
         domain, email = row(engine, "sold.test")
         assert domain.nameservers == OWNER_NS
         assert email.verified
         # Expired, auto-renewed by the registry, auctioned and pushed to a buyer.
         world.set_domain(grace("sold.test", ["ns1.buyer-parking.test"]))
-        summary = run_cycle(settings_for(world), engine, now=NOW, everything=True)
+        summary = run_cycle(settings(world), engine, now=NOW, everything=True)
         assert summary.unverified == 1
         domain, email = row(engine, "sold.test")
         assert not email.verified
@@ -91,9 +98,9 @@ def test_a_paying_owner_in_the_grace_is_checked_daily_and_left_alone(
     seed(engine, "m@late.test", "late.test")
     world.set_domain(DomainScenario.make("late.test", "registered", now=NOW, nameservers=OWNER_NS))
     try:
-        run_cycle(settings_for(world), engine, now=NOW - timedelta(days=40))
+        run_cycle(settings(world), engine, now=NOW - timedelta(days=40))
         world.set_domain(grace("late.test", OWNER_NS))
-        assert run_cycle(settings_for(world), engine, now=NOW, everything=True).unverified == 0
+        assert run_cycle(settings(world), engine, now=NOW, everything=True).unverified == 0
         domain, email = row(engine, "late.test")
         assert email.verified
         assert domain.next_due_at == NOW + timedelta(days=1)  # daily while in the grace
@@ -133,13 +140,13 @@ def test_name_servers_changed_in_the_grace_act_only_with_the_mail_hosts(
     try:
         # Read five days ago: fresh, so the grace check reads the MX only because the
         # name servers changed (the DNS source asked again, with the MX).
-        run_cycle(settings_for(world), engine, now=NOW - timedelta(days=5))
+        run_cycle(settings(world), engine, now=NOW - timedelta(days=5))
         domain, _ = row(engine, "moved.test")
         assert domain.mail_hosts == OWNER_MX
         assert domain.mail_hosts_read_at == NOW - timedelta(days=5)
         world.set_domain(grace_with_mx("moved.test", ["ns1.new-dns.test"], mx))
         world.dns_requests.reset()
-        summary = run_cycle(settings_for(world), engine, now=NOW, everything=True)
+        summary = run_cycle(settings(world), engine, now=NOW, everything=True)
         assert summary.unverified == unverified
         assert world.dns_requests["moved.test"] == 3  # NS; then NS and MX
         domain, email = row(engine, "moved.test")

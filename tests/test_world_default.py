@@ -163,3 +163,24 @@ def test_a_big_world_starts_without_building_its_zones() -> None:
         assert ns(big, "d1999.com").rcode() == dns.rcode.NXDOMAIN
         assert ns(big, "d2000.com").rcode() == dns.rcode.NOERROR
         assert "zones" not in vars(big._live.current)  # only NSD needs the complete zones
+
+
+def test_default_mx_gives_made_up_domains_their_mail_hosts() -> None:
+    """``[world] default_mx``: every made-up domain serves that MX (bench/cycle.py's
+    world: mail at a well-known provider, as most custom domains have)."""
+    scenario = parse_scenario(
+        SCENARIO.replace(
+            'tlds = ["com", "test"]', 'tlds = ["com", "test"]\ndefault_mx = ["aspmx.l.google.com"]'
+        ),
+        now=NOW,
+    )
+    made_up = scenario.domain("somebody.com")
+    assert made_up is not None
+    assert made_up.mx == ("aspmx.l.google.com",)
+    zones = build_apex_zones(scenario, 1)
+    query = dns.message.make_query("somebody.com", "MX")
+    reply = answer(query, zones, scenario)
+    assert [r.exchange.to_text() for rrset in reply.answer for r in rrset] == [
+        "aspmx.l.google.com."
+    ]
+    assert parse_scenario(SCENARIO, now=NOW).domain("somebody.com").mx == ()  # type: ignore[union-attr]

@@ -150,7 +150,14 @@ _DOMAIN_KEYS = frozenset(
     }
 )
 _WORLD_KEYS = frozenset(
-    {"rdap_missing_tlds", "whois_missing_tlds", "description", "default_state", "tlds"}
+    {
+        "rdap_missing_tlds",
+        "whois_missing_tlds",
+        "description",
+        "default_state",
+        "default_mx",
+        "tlds",
+    }
 )
 _RESERVED_LABEL = "nic"
 _TEMPLATE_LABEL = "default"
@@ -330,13 +337,18 @@ class Scenario:
     """The state of every unlisted ``label.<served TLD>``; ``None``: unlisted names do not exist."""
     whois_missing_tlds: frozenset[str] = frozenset()
     """TLDs without RDAP that have no WHOIS server either (as .gr or .za in real life)."""
+    default_mx: tuple[str, ...] = ()
+    """The mail hosts (MX) of every unlisted ``default_state`` domain; none by default."""
 
     def __post_init__(self) -> None:
         templates: dict[str, DomainScenario] = {}
         if self.default_state is not None:
             for tld in self.tlds:
                 templates[tld] = DomainScenario.make(
-                    f"{_TEMPLATE_LABEL}.{tld}", self.default_state, now=self.now
+                    f"{_TEMPLATE_LABEL}.{tld}",
+                    self.default_state,
+                    now=self.now,
+                    mx=list(self.default_mx),
                 )
         object.__setattr__(self, "_templates", templates)
 
@@ -431,6 +443,12 @@ class Scenario:
             default_state = _choice(
                 {"state": world["default_state"]}, "state", f"{source}: [world] default_state"
             )
+        default_mx = tuple(
+            _hostname(h, f"{source}: [world] key 'default_mx'")
+            for h in _string_list(
+                world.get("default_mx", []), f"{source}: [world] key 'default_mx'"
+            )
+        )
         tables = data.get("domains", [])
         if not isinstance(tables, list):
             raise ScenarioError(f"{source}: 'domains' must be an array of tables ([[domains]])")
@@ -445,7 +463,9 @@ class Scenario:
             _check_reserved(domain.name, source)
             domains[domain.name] = domain
         tlds = tuple(sorted({d.tld for d in domains.values()} | missing | served))
-        return cls(domains, tlds, missing, now, source, description, default_state, no_whois)
+        return cls(
+            domains, tlds, missing, now, source, description, default_state, no_whois, default_mx
+        )
 
 
 def parse_scenario(text: str, *, now: datetime | None = None, source: str = "<string>") -> Scenario:

@@ -14,7 +14,9 @@ lapsewatch, per check of a due domain, as ``lapsewatch check`` does it:
 * the mail-host domains the MX names (or, not read, the stored mail hosts), chosen by
   the product's ``mail_host_domains`` (well-known providers and the domain itself left
   out), each checked once per cycle run through the same sources without their own MX
-  and judged by ``decide``, as ``MailHostChecks`` does;
+  and judged by ``decide``, as ``MailHostChecks`` does, unless a verdict kept from an
+  earlier run still stands (``mail_hosts.kept_until``: a ``registered`` one on the
+  registry's record, until that domain would be due itself);
 * ``verdict.decide`` with the known name servers and mail hosts and those mail-host
   verdicts;
 * ``verdict.settle`` with ``Policy.confirm`` and the open pending confirmation, found
@@ -40,7 +42,7 @@ from typing import Any
 import window_world as ww
 from lapsewatch.cycle.apply import CheckResult, _affected, _Known, _next_state
 from lapsewatch.cycle.due import DueDomain
-from lapsewatch.mail_hosts import mail_host_domains
+from lapsewatch.mail_hosts import kept_until, mail_host_domains
 from lapsewatch.schedule import Policy
 from lapsewatch.sources.interface import Observation
 from lapsewatch.store.models import Email
@@ -222,6 +224,9 @@ class LapsewatchRun:
         self._run_at: float | None = None
         self._zones_seen: set[str] = set()
         self._mail_checked: dict[str, Decision] = {}
+        self._mail_kept: dict[str, tuple[Decision, datetime]] = {}
+        """Verdicts kept across runs until due (``mail_hosts.kept_until``), as the
+        ``mail_host_verdicts`` table keeps them."""
         self._pairs: dict[tuple[str, tuple[str, ...]], list[tuple[str, str]]] = {}
         self.states = [self._steady(domain) for domain in world.domains]
 
@@ -307,11 +312,17 @@ class LapsewatchRun:
         found = []
         for host, registrable in pairs:
             decision = self._mail_checked.get(registrable)
+            kept = self._mail_kept.get(registrable)
+            if decision is None and kept is not None and kept[1] > ww.when(t):
+                decision = kept[0]
             if decision is None:
                 mail_domain = self.world.mail_domain(registrable)
                 seen = self._observe(mail_domain, t, read_mx=False, kind="mail_host")
-                decision = decide(registrable, seen, now=ww.when(t))
+                now = ww.when(t)
+                decision = decide(registrable, seen, now=now)
                 self._mail_checked[registrable] = decision
+                until = kept_until(self.policy, decision, seen, now)
+                self._mail_kept[registrable] = (decision, until or now)  # now: not kept
             found.append(MailHostCheck(host, registrable, decision))
         return tuple(found)
 

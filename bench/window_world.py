@@ -138,6 +138,10 @@ _AFTERMARKET_NS = ("ns1.sedoparking.com", "ns2.sedoparking.com")
 """Where a domain investor parks a name for sale; lapsewatch's list knows it."""
 MOVED_NS = ("ada.ns.dnsprovider.example", "bob.ns.dnsprovider.example")
 """Where an owner who moves DNS hosting goes (shares no name server with before)."""
+_REGISTRAR_PARKING_MAIL = ("[198.51.100.1]",)
+_AFTERMARKET_MAIL = ("[198.51.100.2]",)
+"""The address of a parking page: with no MX, the implicit mail host ``DnsSource`` reports
+(RFC 5321 5.1; nothing there accepts mail, but it is not the owner's)."""
 PROVIDER_MX = (
     ("aspmx.l.google.com", "alt1.aspmx.l.google.com"),
     ("{label}.mail.protection.outlook.com",),
@@ -188,7 +192,9 @@ class View:
     """Empty: not in the TLD zone (NXDOMAIN)."""
     fastly: str
     mail_hosts: tuple[str, ...] = ()
-    """The MX targets the delegated zone serves (best first); empty: none."""
+    """The mail hosts the delegated zone serves as ``DnsSource`` reports them: its MX
+    targets (best first), or with no MX its address (``[203.0.113.7]``, the implicit MX);
+    empty: none."""
 
     @property
     def takeable(self) -> bool:
@@ -263,7 +269,8 @@ class Domain:
     ) -> tuple[Observation, int, int]:
         """What ``source`` answers at ``hour``, the requests it took, and the MX queries
         among them: after a delegated answer ``DnsSource`` (``mail_hosts=True``) asks
-        for the MX at the same resolver, one request, one try (a failure, at
+        for the MX at the same resolver, one request, up to ATTEMPTS tries (and the A
+        record when the zone publishes no MX: one more; a failure, at
         ``dns_error_rate``, leaves the mail hosts unknown). ``read_mx=False``: not asked."""
         view = self.timeline.at(hour)
         at = when(hour)
@@ -283,8 +290,18 @@ class Domain:
             return self._rdap(view, at, hour), requests, 0
         if not (read_mx and view.nameservers):
             return self._dns(view, at), requests, 0
-        hosts = None if rng.random() < p["dns_error_rate"] else view.mail_hosts
-        return self._dns(view, at, hosts), requests + 1, 1
+        # The MX query, and with no MX published the A query (the implicit MX), each
+        # tried up to ATTEMPTS times (DnsSource._ask); a failure leaves them unknown.
+        queries = 2 if all(h.startswith("[") for h in view.mail_hosts) else 1
+        sent = 0
+        for _ in range(queries):
+            for attempt in range(1, ATTEMPTS + 1):
+                sent += 1
+                if rng.random() >= p["dns_error_rate"]:
+                    break
+                if attempt == ATTEMPTS:
+                    return self._dns(view, at, None), requests + sent, sent
+        return self._dns(view, at, view.mail_hosts), requests + sent, sent
 
     def truth(self, source: str, hour: float) -> Observation:
         """What ``source`` answers at ``hour`` without any error (mail hosts included)."""
@@ -456,7 +473,8 @@ class _Builder:
             pool = max(int(p["mx_third_party_pool"]), 1)
             host = mail_domain_name(_zipf(rng, pool))
             return (f"mx1.{host}", f"mx2.{host}")
-        return ()
+        # No MX: mail goes to the domain's address (the implicit MX), the owner's web host.
+        return (f"[203.0.113.{rng.randrange(1, 255)}]",)
 
     # Renewals -----------------------------------------------------------------
 
@@ -516,9 +534,12 @@ class _Builder:
         action = expires + self.uniform_days(0.0, "registrar_action_max_days")
         parks = self.rng.random() < self.p["registrar_parking_share"]
         if action < until:
-            if parks:  # a parking page serves no mail (assumption)
+            if parks:  # a parking page serves no mail (assumption): no MX, its own address
                 held = replace(
-                    grace, nameservers=_REGISTRAR_EXPIRY_NS, fastly="active", mail_hosts=()
+                    grace,
+                    nameservers=_REGISTRAR_EXPIRY_NS,
+                    fastly="active",
+                    mail_hosts=_REGISTRAR_PARKING_MAIL,
                 )
             else:
                 held = replace(
@@ -712,8 +733,9 @@ class _Builder:
 
 
 def _new_owner_mail(name: str, nameservers: tuple[str, ...]) -> tuple[str, ...]:
-    """A buyer who parks the name for sale serves no mail; one who uses it runs its own."""
-    return () if any(map(_is_parking, nameservers)) else (f"mail.{name}",)
+    """A buyer who parks the name for sale serves no mail (no MX, the parking page's
+    address); one who uses it runs its own."""
+    return _AFTERMARKET_MAIL if any(map(_is_parking, nameservers)) else (f"mail.{name}",)
 
 
 def _zipf(rng: random.Random, n: int) -> int:

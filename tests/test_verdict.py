@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.verdict import (
     Decision,
+    Pending,
     Verdict,
     decide,
     healthy_mail_hosts,
     needs_mail_hosts,
+    settle,
 )
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)
@@ -247,22 +249,55 @@ def test_name_servers_and_mail_hosts_changed_in_the_grace_is_expiring(
     assert "were mx1.mail-host.test, mx2.mail-host.test" in decision.reason
 
 
-@pytest.mark.parametrize(
-    "observation",
-    [dns(None), Observation.error("dns", "x.test", "timeout")],
-    ids=["mx-not-read", "dns-error"],
-)
-def test_mail_hosts_unreadable_in_the_grace_is_unknown(observation: Observation) -> None:
-    decision = in_grace(observation)
+def test_no_dns_answer_in_the_grace_is_unknown() -> None:
+    """Our resolver may be down: never danger on that, retried."""
+    error = Observation.error("dns", "x.test", "timeout")
+    decision = in_grace(error)
     assert decision.verdict is Verdict.UNKNOWN
-    assert not decision.verdict.dangerous
-    assert "mail hosts could not be read" in decision.reason
+    assert "no DNS answer" in decision.reason
+    assert needs_mail_hosts([IN_GRACE, error], OWNER_NS, OWNER_MX)
+
+
+def test_mail_hosts_unreadable_in_the_grace_is_thin() -> None:
+    """The zone answers, but not for its mail hosts (a one-try MX or A read fails now
+    and then): not acted on at once, but not let off either, as a buyer's zone that
+    makes those queries fail through the grace would otherwise be learned once the
+    grace ends. A confirming check decides."""
+    observation = dns(None)
+    decision = in_grace(observation)
+    assert decision.verdict is Verdict.EXPIRING
+    assert not decision.firm
+    assert decision.doubt == "mail hosts unreadable"
+    assert "could not be read to tell a sale from a move of DNS hosting" in decision.reason
     assert needs_mail_hosts([IN_GRACE, observation], OWNER_NS, OWNER_MX)
+    waiting = settle(decision, None, now=NOW, confirm_after=timedelta(hours=1)).decision
+    assert waiting.verdict is Verdict.UNKNOWN
+    assert waiting.pending is Verdict.EXPIRING
+    pending = Pending(Verdict.EXPIRING, NOW)
+    later = NOW + timedelta(hours=1)
+    confirmed = settle(in_grace(observation), pending, now=later, confirm_after=timedelta(hours=1))
+    assert confirmed.decision.firm  # still unreadable an hour later: acted on
+    same = dns(OWNER_MX)
+    cleared = settle(in_grace(same), pending, now=later, confirm_after=timedelta(hours=1))
+    assert not cleared.decision.verdict.dangerous  # read and unchanged: a move, let off
+
+
+@pytest.mark.parametrize(
+    ("now_mx", "verdict"),
+    [(("[203.0.113.7]",), Verdict.REGISTERED), (("[198.51.100.2]",), Verdict.EXPIRING)],
+    ids=["same-address", "parking-address"],
+)
+def test_an_owner_without_mx_is_compared_by_address(
+    now_mx: tuple[str, ...], verdict: Verdict
+) -> None:
+    """No MX: the DNS source reports the domain's address (the implicit MX); a move of
+    DNS hosting keeps it, a buyer's parking page does not."""
+    assert in_grace(dns(now_mx), known_mx=("[203.0.113.7]",)).verdict is verdict
 
 
 def test_without_known_mail_hosts_the_name_servers_alone_decide() -> None:
-    """An owner who publishes no MX (or none read yet): the rule as before; the
-    residual false unverification of docs/verdicts.md."""
+    """An owner whose domain has no mail host (null MX, or no MX and no address), or
+    none read yet: the rule as before; the residual of docs/verdicts.md."""
     assert in_grace(dns(()), known_mx=()).verdict is Verdict.EXPIRING
     assert in_grace(dns(None), known_mx=()).verdict is Verdict.EXPIRING
     # No DNS source configured: nothing could read the MX, so the name servers decide.

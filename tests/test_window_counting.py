@@ -76,16 +76,18 @@ def test_a_domain_hosting_its_own_mail_checks_no_mail_host() -> None:
     assert sim.kinds == Counter(rdap=1, dns=1, mx=1)
 
 
-def test_a_third_party_mail_host_domain_is_checked_once_per_cycle_run() -> None:
+def test_a_third_party_mail_host_domain_is_checked_once_until_it_is_due() -> None:
     sim = cycle(
         world(domain("a.com", first=WITH_THIRD_PARTY), domain("b.com", first=WITH_THIRD_PARTY))
     )
     sim.check(0, 10 * DAY)
     sim.check(1, 10 * DAY)  # same run: mailhost3.net's verdict is shared
     assert sim.kinds == Counter(rdap=2, dns=2, mx=2, mail_host=2)  # its RDAP and NS: no MX
-    sim.check(0, 10 * DAY + 1)  # the next run asks again (the stored mail hosts)
-    assert sim.kinds["mail_host"] == 4
+    sim.check(0, 10 * DAY + 1)  # the next run: its kept verdict stands (due in 30 days)
+    assert sim.kinds["mail_host"] == 2
     assert sim.kinds["mx"] == 2  # a.com's MX was read an hour ago
+    sim.check(0, 40 * DAY + 1)  # due again: asked again
+    assert sim.kinds["mail_host"] == 4
     assert sim.unverified == [None, None]
 
 
@@ -203,20 +205,49 @@ def test_a_dns_move_in_the_auto_renew_grace_that_keeps_the_mail_hosts_is_left_al
     assert detail.false_after_dns_move == 0
 
 
-def test_a_dns_move_in_the_grace_by_an_owner_without_mx_is_still_unverified() -> None:
-    """The residual of the rule (docs/verdicts.md): no mail hosts to compare."""
-    no_mx = replace(HEALTHY, mail_hosts=())
+def _paid_renewal_with_a_dns_move(mail_hosts: tuple[str, ...]) -> ww.World:
+    owner = replace(HEALTHY, mail_hosts=mail_hosts)
     paid = replace(
-        no_mx, phase="autorenew_paid", rdap_status=PAID.rdap_status, expires_at=665 * DAY
+        owner, phase="autorenew_paid", rdap_status=PAID.rdap_status, expires_at=665 * DAY
     )
     d = domain(
-        "a.com", (300 * DAY, paid), (345 * DAY, replace(no_mx, expires_at=665 * DAY)), first=no_mx
+        "a.com", (300 * DAY, paid), (345 * DAY, replace(owner, expires_at=665 * DAY)), first=owner
     )
     ww.move_dns(d, 310 * DAY)
-    run = window.run_policy(world(d), window.Lapsewatch(), QUIET, end=END, seed=3)
+    return world(d)
+
+
+def test_a_dns_move_in_the_grace_by_an_owner_without_mx_is_left_alone() -> None:
+    """No MX: the DNS source reports the domain's address (the implicit MX), and the
+    zone moves with it, so the rule sees the same mail host."""
+    w = _paid_renewal_with_a_dns_move(("[203.0.113.7]",))
+    run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
+    assert run.unverified_at == [None]
+    result, _ = window.figures(w, run, end=END)
+    assert result["false_unverifications"] == 0
+
+
+def test_a_dns_move_in_the_grace_by_an_owner_with_no_mail_host_is_still_unverified() -> None:
+    """The residual of the rule (docs/verdicts.md): no MX and no address, nothing to
+    compare, so the name servers alone decide."""
+    run = window.run_policy(
+        _paid_renewal_with_a_dns_move(()), window.Lapsewatch(), QUIET, end=END, seed=3
+    )
     caught = run.unverified_at[0]
     assert caught is not None
     assert 310 * DAY <= caught <= 311 * DAY + 1  # the next daily check in the grace
+
+
+def test_the_daily_checks_of_a_grace_read_the_mx_once_per_interval() -> None:
+    """A paying owner's 45 days of ``auto renew period`` are checked daily; the MX read
+    again unchanged in the grace counts as read, so it is not read at every check."""
+    w = renewed_by_auto_renew(None)
+    run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
+    assert run.unverified_at == [None]
+    grace_checks = 45
+    assert run.checks > grace_checks
+    # 400 days at most every 30 days, plus at most one read when the grace begins.
+    assert run.requests_by_kind["mx"] <= 400 // 30 + 2
 
 
 def test_a_dns_move_outside_the_grace_is_learned_not_acted_on() -> None:
@@ -225,17 +256,30 @@ def test_a_dns_move_outside_the_grace_is_learned_not_acted_on() -> None:
     assert run.unverified_at == [None]
 
 
-def test_the_grace_rule_waits_when_the_mail_hosts_cannot_be_read() -> None:
+def test_the_grace_rule_waits_when_the_dns_does_not_answer() -> None:
+    """No DNS answer at all (our resolver may be down): ``unknown``, retried with
+    backoff, never acted on. (A zone that answers but not for its mail hosts is thin
+    and confirmed: tests/test_verdict.py.)"""
     w = renewed_by_auto_renew(310 * DAY)
     sim = window.LapsewatchRun(w, window.Lapsewatch(), QUIET | {"dns_error_rate": 1.0}, seed=3)
     assert sim.check(0, 320 * DAY) == 320 * DAY + 1  # unknown: retried in an hour
+    assert sim.check(0, 320 * DAY + 1) == 320 * DAY + 3  # and again two hours later
     assert sim.unverified == [None]
     assert sim.states[0].known.last_verdict == Verdict.UNKNOWN.value
 
 
+def test_a_move_whose_mail_hosts_are_read_at_the_confirming_check_is_let_off() -> None:
+    w = renewed_by_auto_renew(310 * DAY)
+    sim = window.LapsewatchRun(w, window.Lapsewatch(), QUIET | {"dns_error_rate": 1.0}, seed=3)
+    assert sim.check(0, 320 * DAY) == 320 * DAY + 1
+    sim.params = QUIET  # the DNS answers again
+    assert sim.check(0, 320 * DAY + 1) is not None
+    assert sim.unverified == [None]
+
+
 def test_the_grace_rule_still_catches_a_parked_auction() -> None:
     grace = replace(PAID, phase="grace", nameservers=("ns1.expired.registrar.example",))
-    parked = replace(grace, mail_hosts=())  # a registrar's parking page serves no mail
+    parked = replace(grace, mail_hosts=("[198.51.100.1]",))  # no MX: the parking page's address
     w = world(domain("a.com", (300 * DAY, PAID), (303 * DAY, parked)))
     run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
     caught = run.unverified_at[0]

@@ -9,11 +9,20 @@ plus the free-provider list) is checked too, through the same sources — at mos
 once per :class:`MailHostChecks` (one per cycle), however many domains share it
 (without reading that domain's own MX: nothing uses it). A check that does not
 read the domain's MX (read at most once per check interval, ``schedule.reads_mail_hosts``)
-checks the mail hosts stored from the last read, so a lapsed mail-host domain is
-caught at every check.
+checks the mail hosts stored from the last read.
 The verdict on the domain is then decided with them (``verdict.decide``'s
 ``mail_hosts``). A mail-host domain's check is never more than that domain's
 error: it cannot stop the cycle.
+
+A cycle keeps a mail-host domain's ``registered`` verdict on the registry's record
+(table ``mail_host_verdicts``) until that domain would be due itself
+(:func:`kept_until`, the check schedule's rule: 30 days, daily near its expiry or in
+its auto-renew grace), and the next runs use it instead of asking again
+(:meth:`MailHostChecks.remember`): a popular mail host is asked about as often as a
+domain of its own, not at each hourly run where a domain behind it is due. So its
+lapse is seen on its own schedule, as any domain's is. Danger and doubt are never
+kept, and replace a kept verdict (newest check wins), as does a check of the same
+domain as a domain of its own that finds it dangerous (:meth:`overruled`).
 """
 
 from __future__ import annotations
@@ -21,20 +30,36 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from importlib.resources import files
 
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
 from lapsewatch import domains
+from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Deadline, Observation, Source, observe_relevant
-from lapsewatch.verdict import Decision, MailHostCheck, Verdict, decide
+from lapsewatch.store.models import MailHostVerdict
+from lapsewatch.verdict import (
+    Decision,
+    MailHostCheck,
+    Verdict,
+    decide,
+    in_auto_renew_grace,
+    registry_record,
+)
 
 __all__ = [
     "MAX_MAIL_HOST_DOMAINS",
     "MailHostChecks",
     "MailProviders",
+    "kept_until",
+    "load_kept",
     "mail_host_domains",
     "mail_providers",
+    "save_kept",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,9 +124,30 @@ def mail_host_domains(
     return [(host, registrable) for registrable, host in found.items()]
 
 
+def kept_until(
+    policy: Policy, decision: Decision, observations: Sequence[Observation], checked_at: datetime
+) -> datetime | None:
+    """Until when a mail-host domain's verdict may stand in for asking again: a
+    ``registered`` one drawn with the registry's record, until that domain would be due
+    itself (``schedule.next_check``: daily near its expiry or in the auto-renew grace);
+    ``None`` for anything else (danger, doubt, no record), asked again next time."""
+    if decision.verdict is not Verdict.REGISTERED or registry_record(observations) is None:
+        return None
+    return next_check(
+        policy,
+        now=checked_at,
+        verdict=decision.verdict,
+        expires_at=decision.expires_at,
+        failures=0,
+        in_grace=in_auto_renew_grace(observations),
+    )
+
+
 class MailHostChecks:
     """Checks mail-host domains through ``sources``, each at most once in this object's
-    life (a cycle, a ``lapsewatch domain`` run); the verdicts are shared."""
+    life (a cycle, a ``lapsewatch domain`` run); the verdicts are shared. Verdicts kept
+    from earlier runs (:meth:`remember`) are used instead of asking; those worth keeping
+    from this run are in :attr:`kept`."""
 
     def __init__(
         self,
@@ -109,13 +155,39 @@ class MailHostChecks:
         *,
         deadline: float = 60.0,
         providers: MailProviders | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self._sources = list(sources)
         self._deadline = deadline
         self._providers = providers
+        self._policy = policy or Policy()
         self._checks: dict[str, asyncio.Future[tuple[Decision, tuple[Observation, ...]]]] = {}
+        self._remembered: dict[str, tuple[Decision, datetime]] = {}
+        self.kept: dict[str, tuple[Decision, datetime, datetime]] = {}
+        """``mail domain -> (decision, checked at, kept until)`` of this run's checks, for
+        :func:`save_kept`; ``kept until`` is the check time for a verdict not worth
+        keeping (it replaces a kept one)."""
         self.checked = 0
         """Mail-host domains asked about (each once)."""
+
+    def remember(self, kept: Mapping[str, tuple[Decision, datetime]]) -> None:
+        """Verdicts kept from earlier runs, with when they stop standing
+        (:func:`load_kept`); used instead of asking until then."""
+        self._remembered.update(kept)
+
+    def overruled(self, domain: str, decision: Decision, checked_at: datetime) -> None:
+        """``domain``, checked as a domain of its own, is dangerous: a verdict on it as a
+        mail-host domain, kept or checked in this run, no longer stands, here or in
+        later runs (other workers' runs included: the saved row says so)."""
+        if not decision.verdict.dangerous or decision.verdict is Verdict.MAIL_HOST_LAPSED:
+            return  # about its registration only (a lapsed mail host of its own is not)
+        self._remembered.pop(domain, None)
+        check = self._checks.get(domain)
+        if check is not None and check.done():
+            del self._checks[domain]  # the next domain behind it asks again
+        kept = self.kept.get(domain)
+        if kept is None or kept[1] <= checked_at:
+            self.kept[domain] = (decision, checked_at, checked_at)
 
     async def for_domain(
         self,
@@ -163,7 +235,11 @@ class MailHostChecks:
     async def checked_domain(
         self, mail_domain: str, now: datetime
     ) -> tuple[Decision, tuple[Observation, ...]]:
-        """The verdict on ``mail_domain`` and what it rests on (asked the first time only)."""
+        """The verdict on ``mail_domain`` and what it rests on (asked the first time only;
+        not at all when a kept verdict stands, which rests on no observation of this run)."""
+        remembered = self._remembered.get(mail_domain)
+        if remembered is not None and now < remembered[1]:
+            return remembered[0], ()
         check = self._checks.get(mail_domain)
         if check is None:
             check = asyncio.ensure_future(self._check(mail_domain, now))
@@ -179,7 +255,10 @@ class MailHostChecks:
             observations = await observe_relevant(
                 self._sources, mail_domain, self._deadline, mail_hosts=False
             )
-            return decide(mail_domain, observations, now=now), observations
+            decision = decide(mail_domain, observations, now=now)
+            until = kept_until(self._policy, decision, observations, now)
+            self.kept[mail_domain] = (decision, now, until or now)
+            return decision, observations
         except Exception as exc:  # never more than this mail host's "unknown"
             log.warning("mail host domain %s: check failed: %s", mail_domain, exc, exc_info=exc)
             why = f"check failed: {type(exc).__name__}: {str(exc)[:200]}"
@@ -191,3 +270,63 @@ class MailHostChecks:
         for check in pending:
             check.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+def load_kept(engine: Engine, now: datetime) -> dict[str, tuple[Decision, datetime]]:
+    """The kept mail-host verdicts that still stand at ``now``, with when they stop; the
+    reason says when the verdict was drawn."""
+    query = select(MailHostVerdict).where(
+        MailHostVerdict.good_until > now, MailHostVerdict.verdict == Verdict.REGISTERED.value
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return {
+        row.domain: (
+            Decision(
+                row.domain,
+                Verdict(row.verdict),
+                f"{row.reason} (checked {row.checked_at:%Y-%m-%d %H:%M} UTC; "
+                f"kept until {row.good_until:%Y-%m-%d %H:%M} UTC)",
+                row.decided_by,
+            ),
+            row.good_until,
+        )
+        for row in rows
+    }
+
+
+_ROWS_PER_STATEMENT = 150
+"""Six bound parameters a row: under SQLite's old limit of 999 a statement."""
+
+
+def save_kept(
+    engine: Engine, kept: Mapping[str, tuple[Decision, datetime, datetime]], now: datetime
+) -> int:
+    """Insert or replace the run's verdicts (:attr:`MailHostChecks.kept`) in one
+    transaction, a row only by a newer check (several workers save at once), and
+    drop the rows that stopped standing a day ago."""
+    rows = [
+        {
+            "domain": domain[:253],
+            "verdict": decision.verdict.value,
+            "reason": decision.reason[:2000],
+            "decided_by": decision.decided_by,
+            "checked_at": checked_at,
+            "good_until": until,
+        }
+        for domain, (decision, checked_at, until) in sorted(kept.items())
+    ]
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    with engine.begin() as connection:
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            statement = insert(MailHostVerdict).values(rows[start : start + _ROWS_PER_STATEMENT])
+            statement = statement.on_conflict_do_update(
+                index_elements=[MailHostVerdict.domain],
+                set_={c: statement.excluded[c] for c in rows[0] if c != "domain"},
+                where=MailHostVerdict.checked_at <= statement.excluded.checked_at,
+            )
+            connection.execute(statement)
+    with engine.begin() as connection:  # apart: no lock on other rows while upserting
+        old = now - timedelta(days=1)
+        connection.execute(delete(MailHostVerdict).where(MailHostVerdict.good_until < old))
+    return len(rows)

@@ -15,8 +15,8 @@ The rules, in the order they matter:
   somebody registered the name again: ``reregistered``, however healthy it looks.
 * A past expiration date is at least ``expiring``.
 * In the auto-renew grace, name servers that share none with those of the last
-  healthy check are ``expiring`` (an expired-domain auction sale) when the mail
-  hosts changed too; ``unknown`` when the mail hosts could not be read.
+  healthy check are ``expiring`` (an auction sale) when the mail hosts changed too;
+  thin when the zone answers but its mail hosts could not be read.
 * ``registered`` (safe) needs the registry's record: without it we cannot see
   expiry or re-registration, so the answer is ``unknown``, retried later.
 * A dangerous verdict acts at once only when the registry's record shows the
@@ -54,6 +54,7 @@ __all__ = [
     "healthy_nameservers",
     "in_auto_renew_grace",
     "needs_mail_hosts",
+    "read_mail_hosts",
     "registry_record",
     "settle",
 ]
@@ -156,6 +157,7 @@ class _Candidate:
     verdict: Verdict
     source: str
     reason: str
+    doubt: str | None = None  # thin whatever else is seen; None: as _doubt judges
 
 
 def _day(value: datetime) -> str:
@@ -211,7 +213,7 @@ def _ns(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
-def _read_mail_hosts(observations: Iterable[Observation]) -> tuple[str, ...] | None:
+def read_mail_hosts(observations: Iterable[Observation]) -> tuple[str, ...] | None:
     """The mail hosts the DNS source read in this check (``None``: not read, or no
     answer), normalised, best preference first."""
     for o in observations:
@@ -227,12 +229,14 @@ def _grace_sale(
     known_mail_hosts: Sequence[str],
 ) -> _Candidate | str | None:
     """The auto-renew-grace name-server rule: an ``expiring`` candidate, the reason of
-    an ``unknown`` (the mail hosts it needs were not read), or ``None``.
+    an ``unknown`` (no DNS answer), or ``None``.
 
     A name sold at auction in the grace keeps its dates; other name servers serve it,
     and the buyer's zone lacks the previous owner's mail hosts. An owner moving DNS
-    hosting keeps them, so with ``known_mail_hosts`` the rule needs them changed too.
-    Without them (none read yet, no MX published) or a DNS source: name servers alone.
+    hosting keeps them, so with ``known_mail_hosts`` the rule needs them changed too;
+    if the zone answers but not for its mail hosts, thin (a move must show the same
+    mail hosts to be let off); with no DNS answer at all, ``unknown`` (retried).
+    Without them (none read yet, no mail host at all) or a DNS source: name servers alone.
     """
     if AUTO_RENEW not in record.status or not known_nameservers or not record.nameservers:
         return None
@@ -242,20 +246,18 @@ def _grace_sale(
         return None
     moved = f"were {', '.join(sorted(before_ns))}; now {', '.join(sorted(now_ns))}"
     label = _LABEL.get(record.source, record.source)
-    asked_dns = any(o.source == "dns" for o in observations)
-    if not known_mail_hosts or not asked_dns:
-        return _Candidate(
-            Verdict.EXPIRING,
-            record.source,
-            f"{label}: name servers changed during '{AUTO_RENEW}' ({moved}): an expired "
-            "name sold at auction keeps its dates but not its name servers",
-        )
-    hosts = _read_mail_hosts(observations)
-    if hosts is None:
-        return (
-            f"{label}: name servers changed during '{AUTO_RENEW}' ({moved}) and the mail "
-            "hosts could not be read to tell a sale from a move of DNS hosting: retried"
-        )
+    said = f"{label}: name servers changed during '{AUTO_RENEW}' ({moved})"
+    sold = "an expired name sold at auction keeps its dates but not its name servers"
+    dns = [o for o in observations if o.source == "dns"]
+    if not known_mail_hosts or not dns:
+        return _Candidate(Verdict.EXPIRING, record.source, f"{said}: {sold}")
+    hosts = read_mail_hosts(observations)
+    unread = "the mail hosts could not be read to tell a sale from a move of DNS hosting"
+    if hosts is None and not any(o.answered for o in dns):
+        return f"{said} and {unread} (no DNS answer): retried"  # our resolver, maybe
+    if hosts is None:  # the zone answers, but not for its mail: confirmed, then acted on
+        why, doubt = f"{said}; {unread}", "mail hosts unreadable"
+        return _Candidate(Verdict.EXPIRING, record.source, why, doubt=doubt)
     before = {_ns(h) for h in known_mail_hosts}
     if set(hosts) == before:
         return None  # the owner moved DNS hosting and kept the mail
@@ -264,8 +266,7 @@ def _grace_sale(
         record.source,
         f"{label}: name servers and mail hosts changed during '{AUTO_RENEW}' (name servers "
         f"{moved}; mail hosts were {', '.join(sorted(before))}; now "
-        f"{', '.join(hosts) or 'none'}): an expired name sold at auction keeps its dates "
-        "but not its name servers or mail",
+        f"{', '.join(hosts) or 'none'}): {sold} or mail",
     )
 
 
@@ -279,7 +280,7 @@ def needs_mail_hosts(
     observations = list(observations)
     record = registry_record(observations)
     sale = record and _grace_sale(record, observations, known_nameservers, known_mail_hosts)
-    return isinstance(sale, str)
+    return isinstance(sale, str) or (isinstance(sale, _Candidate) and sale.doubt is not None)
 
 
 def in_auto_renew_grace(observations: Iterable[Observation]) -> bool:
@@ -311,13 +312,14 @@ def healthy_mail_hosts(
     """The mail hosts worth remembering for :func:`decide`'s ``known_mail_hosts`` (and
     for the mail-host checks of a check that does not read them): those the DNS source
     read at a ``registered`` check outside the grace, best preference first (``()``:
-    none published); ``None`` when this check should not replace what is known."""
+    no mail host: a null MX, or no MX and no address); ``None`` when this check should
+    not replace what is known."""
     if decision.verdict is not Verdict.REGISTERED:
         return None
     observations = list(observations)
     if in_auto_renew_grace(observations):
         return None
-    return _read_mail_hosts(observations)
+    return read_mail_hosts(observations)
 
 
 def _dns_candidates(obs: Observation) -> list[_Candidate]:
@@ -421,7 +423,7 @@ def decide(
     outside the auto-renew grace (``healthy_nameservers``), if the caller keeps them;
     ``known_mail_hosts``: the mail hosts of that check (``healthy_mail_hosts``). Name
     servers changed in the grace are ``expiring`` only if the mail hosts changed too,
-    and ``unknown`` when they could not be read (:func:`_grace_sale`).
+    thin ``expiring`` when they could not be read (:func:`_grace_sale`).
     """
     observations = list(observations)
     answered = [o for o in observations if o.answered]
@@ -430,8 +432,7 @@ def decide(
     waiting: str | None = None
     if record is not None:
         sale = _grace_sale(record, observations, known_nameservers, known_mail_hosts)
-        if isinstance(sale, _Candidate):
-            candidates.append(sale)
+        candidates += [sale] if isinstance(sale, _Candidate) else []
         waiting = sale if isinstance(sale, str) else None
         candidates = [
             c
@@ -444,7 +445,7 @@ def decide(
     dangerous = sorted((c for c in candidates if c.verdict.dangerous), key=_rank)
     if dangerous:
         top = dangerous[0]
-        doubt = _doubt(top, dangerous, candidates, registry_record=record is not None)
+        doubt = top.doubt or _doubt(top, dangerous, candidates, registry_record=record is not None)
         # The domain's own danger names the verdict, unless it is thin and a mail
         # host's is firm (a firm danger must not wait for the thin one's confirmation).
         if doubt is None or not any(m.decision.firm for m in checked):

@@ -51,6 +51,7 @@ from lapsewatch.verdict import (
     healthy_mail_hosts,
     healthy_nameservers,
     in_auto_renew_grace,
+    read_mail_hosts,
     settle,
 )
 
@@ -348,11 +349,17 @@ def _known_nameservers(known: _Known, result: CheckResult) -> list[str] | None:
 
 def _known_mail_hosts(known: _Known, result: CheckResult) -> dict[str, Any]:
     """The mail hosts to keep, and when they were read: this check's when it read them
-    at a healthy check outside the grace (``healthy_mail_hosts``), else those known."""
+    at a healthy check outside the grace (``healthy_mail_hosts``), else those known;
+    read again unchanged (in the grace too), they count as read now, so the daily
+    checks of a grace (whose name servers did not change) do not read it again."""
     healthy = healthy_mail_hosts(result.decision, result.observations)
-    if healthy is None:
-        return {"mail_hosts": known.mail_hosts, "mail_hosts_read_at": known.mail_hosts_read_at}
-    return {"mail_hosts": list(healthy), "mail_hosts_read_at": result.checked_at}
+    if healthy is not None:
+        return {"mail_hosts": list(healthy), "mail_hosts_read_at": result.checked_at}
+    read_at = known.mail_hosts_read_at
+    read = read_mail_hosts(result.observations)
+    if read is not None and known.mail_hosts is not None and set(read) == set(known.mail_hosts):
+        read_at = result.checked_at
+    return {"mail_hosts": known.mail_hosts, "mail_hosts_read_at": read_at}
 
 
 def apply_result(session: Session, result: CheckResult, *, policy: Policy) -> int:

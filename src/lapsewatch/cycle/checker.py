@@ -50,7 +50,7 @@ class Checker:
         self._deadline = deadline
         self._policy = policy or Policy()
         """Its ``interval``: how often a domain's MX is read (``DueDomain.read_mail_hosts``)."""
-        self.mail_hosts = MailHostChecks(sources, deadline=deadline)
+        self.mail_hosts = MailHostChecks(sources, deadline=deadline, policy=self._policy)
         """This cycle's mail-host domain checks: each at most once, however many share it."""
 
     async def check_one(self, due: DueDomain, now: datetime | None = None) -> CheckResult:

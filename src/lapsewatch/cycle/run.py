@@ -17,6 +17,7 @@ is whole, and applying is idempotent, so nothing is applied twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -43,9 +44,12 @@ from lapsewatch.cycle.apply import (
 )
 from lapsewatch.cycle.checker import open_checker, source_counts
 from lapsewatch.cycle.due import DueDomain, count_due, due_pages, select_due
+from lapsewatch.mail_hosts import load_kept, save_kept
 from lapsewatch.schedule import Policy
 from lapsewatch.store.db import make_sessionmaker
-from lapsewatch.verdict import Verdict
+from lapsewatch.verdict import Decision, Verdict
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LINGER",
@@ -163,11 +167,18 @@ async def check_and_apply(
             try:
                 async with open_checker(settings, engine, save_rates=not dry_run) as checker:
                     metrics.instrument(checker)
+                    mail_hosts = checker.mail_hosts
+                    mail_hosts.remember(await _load_kept(engine, now or datetime.now(UTC)))
                     try:
                         items = _read(pages, reader)
                         async with aclosing(checker.check_many(items, now)) as results:
                             async for result in results:
+                                mail_hosts.overruled(
+                                    result.domain, result.decision, result.checked_at
+                                )
                                 await writer.put(result)
+                        if not dry_run:
+                            await _save_kept(engine, mail_hosts.kept, now or datetime.now(UTC))
                     finally:
                         summary.sources = source_counts(checker)
                 await writer.close()
@@ -176,6 +187,26 @@ async def check_and_apply(
     finally:
         pages.close()  # after the reader thread is done with it
     return summary
+
+
+async def _load_kept(engine: Engine, now: datetime) -> dict[str, tuple[Decision, datetime]]:
+    """The kept mail-host verdicts (``mail_hosts.load_kept``); none when they cannot be
+    read (a failure costs a question to each mail-host domain, never the run)."""
+    try:
+        return await asyncio.to_thread(load_kept, engine, now)
+    except SQLAlchemyError as exc:
+        log.warning("kept mail-host verdicts not read: %s", exc)
+        return {}
+
+
+async def _save_kept(
+    engine: Engine, kept: dict[str, tuple[Decision, datetime, datetime]], now: datetime
+) -> None:
+    """Save them (``mail_hosts.save_kept``); a failure is logged, the run goes on."""
+    try:
+        await asyncio.to_thread(save_kept, engine, kept, now)
+    except SQLAlchemyError as exc:
+        log.warning("kept mail-host verdicts not saved: %s", exc)
 
 
 async def _read(

@@ -56,6 +56,15 @@ def _is_parking(nameserver: str) -> bool:
     return any(".".join(labels[i:]) in PARKING_NAMESERVER_DOMAINS for i in range(len(labels)))
 
 
+def _referral(response: dns.message.Message) -> bool:
+    """A referral to the domain's own servers (asked at a TLD's server, not a resolver):
+    it says nothing of the domain's records, so the address is not asked either (the
+    mail hosts read as none, as they always have in that setup)."""
+    return not response.flags & dns.flags.AA and any(
+        rrset.rdtype == dns.rdatatype.NS for rrset in response.authority
+    )
+
+
 class DnsSource(Source):
     """Ask for the domain's NS records at the configured resolvers."""
 
@@ -143,40 +152,89 @@ class DnsSource(Source):
     async def _with_mail_hosts(self, observation: Observation, host: str, port: int) -> Observation:
         """The observation with the domain's MX targets, asked at the same resolver.
 
-        One try: a failure leaves ``mail_hosts`` unknown (``None``), never an error of
-        the delegation answer. A null MX (RFC 7505, ``.``) is no mail host.
+        Tried as the delegation is (``attempts``); a failure leaves ``mail_hosts``
+        unknown (``None``), never an error of the delegation answer. A null MX (RFC
+        7505, ``.``) is no mail host; no MX at all is the implicit MX, the domain's
+        address (:meth:`_implicit_mail_hosts`).
         """
         domain = observation.domain
-        try:
-            response = await self._query(domain, host, port, dns.rdatatype.MX)
-        except (dns.exception.DNSException, OSError, ValueError, EOFError) as exc:
-            detail = f"{observation.detail}; MX not read: {type(exc).__name__}"
-            return replace(observation, detail=detail)
-        if response.rcode() == dns.rcode.REFUSED and self.pacer is not None:
-            self.pacer.refused(None, f"{host}:{port}")  # how a busy server says 429
-        if response.rcode() != dns.rcode.NOERROR:
-            detail = f"{observation.detail}; MX not read: {dns.rcode.to_text(response.rcode())}"
-            return replace(observation, detail=detail)
+        response = await self._ask(domain, host, port, dns.rdatatype.MX)
+        if isinstance(response, str):
+            return replace(observation, detail=f"{observation.detail}; MX not read: {response}")
         name = dns.name.from_text(domain)
         records: list[tuple[int, str]] = []
+        published = False
         for rrset in response.answer:
             if rrset.name == name and rrset.rdtype == dns.rdatatype.MX:
+                published = True
                 for rdata in rrset:
                     target = rdata.exchange.to_text(omit_final_dot=True).lower()
                     if target and target != ".":
                         records.append((int(rdata.preference), target))
         hosts = tuple(dict.fromkeys(target for _, target in sorted(records)))[:MAX_MAIL_HOSTS]
+        evidence = truncate(f"{observation.evidence}\n;; MX\n{response.to_text()}")
+        if not published and not _referral(response):  # a TLD's server cannot tell
+            implicit = await self._implicit_mail_hosts(domain, host, port)
+            if implicit is None:
+                detail = f"{observation.detail}; no MX, and its address could not be read"
+                return replace(observation, detail=detail, evidence=evidence)
+            hosts, answer = implicit
+            evidence = truncate(f"{evidence}\n;; no MX: address\n{answer}")
         detail = observation.detail
         if hosts:
             more = f" and {len(hosts) - 4} more" if len(hosts) > 4 else ""
             detail = f"{detail}; mail hosts: {', '.join(hosts[:4])}{more}"
-        evidence = truncate(f"{observation.evidence}\n;; MX\n{response.to_text()}")
         return replace(
             observation,
             detail=detail,
             mail_hosts=hosts,
             evidence=evidence,
         )
+
+    async def _implicit_mail_hosts(
+        self, domain: str, host: str, port: int
+    ) -> tuple[tuple[str, ...], str] | None:
+        """Where mail goes for a domain that publishes no MX (RFC 5321 §5.1, the implicit
+        MX: the domain's own address), as address literals (``[192.0.2.1]``), with the
+        answer; ``None`` when it could not be read.
+
+        So an owner who publishes no MX still has mail hosts to compare: the grace
+        name-server rule tells a move of DNS hosting (same address) from a sale. One A
+        query (AAAA is not asked: one query more for a rare case, IPv6-only mail
+        without MX).
+        """
+        response = await self._ask(domain, host, port, dns.rdatatype.A)
+        if isinstance(response, str):
+            return None
+        found = sorted(
+            {
+                f"[{rdata.address}]"
+                for rrset in response.answer
+                if rrset.rdtype == dns.rdatatype.A
+                for rdata in rrset
+            }
+        )
+        return tuple(found[:MAX_MAIL_HOSTS]), response.to_text()
+
+    async def _ask(
+        self, domain: str, host: str, port: int, rdtype: dns.rdatatype.RdataType
+    ) -> dns.message.Message | str:
+        """A NOERROR answer about ``domain``'s own records at the resolver that answered
+        the delegation, tried up to ``attempts`` times; else why not (a one-try read
+        failing now and then would leave a grace check unsettled twice in a row)."""
+        why = "no attempt"
+        for _ in range(self._attempts):
+            try:
+                response = await self._query(domain, host, port, rdtype)
+            except (dns.exception.DNSException, OSError, ValueError, EOFError) as exc:
+                why = type(exc).__name__
+                continue
+            if response.rcode() == dns.rcode.NOERROR:
+                return response
+            if response.rcode() == dns.rcode.REFUSED and self.pacer is not None:
+                self.pacer.refused(None, f"{host}:{port}")  # how a busy server says 429
+            why = dns.rcode.to_text(response.rcode())
+        return why
 
     async def _query(
         self, domain: str, host: str, port: int, rdtype: dns.rdatatype.RdataType = dns.rdatatype.NS

@@ -44,6 +44,7 @@ __all__ = [
     "Domain",
     "Email",
     "Event",
+    "MailHostVerdict",
     "Notice",
     "ObservationRow",
     "RateLimitHit",
@@ -402,3 +403,19 @@ class ServerRate(Base):
     ceiling: Mapped[float | None] = mapped_column(Float)
     """The last rate the server refused (429, REFUSED); ``None``: it never refused."""
     updated_at: Mapped[datetime]
+
+
+class MailHostVerdict(Base):
+    """A mail-host domain's last safe verdict (lapsewatch.mail_hosts): it stands for
+    every domain whose mail goes there until that domain would be due itself, so a
+    popular mail host is not asked about at each check of each domain behind it."""
+
+    __tablename__ = "mail_host_verdicts"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    decided_by: Mapped[str | None] = mapped_column(String(20))
+    checked_at: Mapped[datetime]
+    good_until: Mapped[datetime] = mapped_column(index=True)
+    """When it is asked again (``schedule.next_check``, as for a domain of its own)."""

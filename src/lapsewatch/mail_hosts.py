@@ -35,12 +35,11 @@ from datetime import datetime, timedelta
 from importlib.resources import files
 
 from sqlalchemy import Engine, delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from lapsewatch import domains
 from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Deadline, Observation, Source, observe_relevant
+from lapsewatch.store.db import dialect_insert
 from lapsewatch.store.models import MailHostVerdict
 from lapsewatch.verdict import (
     Decision,
@@ -316,10 +315,11 @@ def save_kept(
         }
         for domain, (decision, checked_at, until) in sorted(kept.items())
     ]
-    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     with engine.begin() as connection:
         for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-            statement = insert(MailHostVerdict).values(rows[start : start + _ROWS_PER_STATEMENT])
+            statement = dialect_insert(engine.dialect.name, MailHostVerdict).values(
+                rows[start : start + _ROWS_PER_STATEMENT]
+            )
             statement = statement.on_conflict_do_update(
                 index_elements=[MailHostVerdict.domain],
                 set_={c: statement.excluded[c] for c in rows[0] if c != "domain"},

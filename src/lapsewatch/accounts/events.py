@@ -10,12 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import Insert as PgInsert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from lapsewatch.store.db import dialect_insert
 from lapsewatch.store.models import Event
 
 __all__ = ["SYSTEM", "record", "record_once", "user_actor"]
@@ -84,11 +81,6 @@ def record_once(
         "after": after,
         "reason": reason,
     }
-    statement: PgInsert | SqliteInsert
-    if session.get_bind().dialect.name == "postgresql":
-        statement = pg_insert(Event).values(**values).on_conflict_do_nothing(index_elements=["key"])
-    else:
-        statement = (
-            sqlite_insert(Event).values(**values).on_conflict_do_nothing(index_elements=["key"])
-        )
+    statement = dialect_insert(session.get_bind().dialect.name, Event).values(**values)
+    statement = statement.on_conflict_do_nothing(index_elements=["key"])
     return session.execute(statement.returning(Event.id)).scalar_one_or_none()

@@ -24,16 +24,13 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import Insert as PgInsert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from lapsewatch.dates import isoformat
 from lapsewatch.names import address_key
 from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Observation, Outcome
+from lapsewatch.store.db import dialect_insert
 from lapsewatch.store.models import (
     AddressHistory,
     Domain,
@@ -105,13 +102,8 @@ def _affected(email: Email, result: CheckResult) -> bool:
 
 def _insert_event(session: Session, values: dict[str, object]) -> int | None:
     """Insert unless an event with the same key exists; the new id, or None."""
-    statement: PgInsert | SqliteInsert
-    if session.get_bind().dialect.name == "postgresql":
-        statement = pg_insert(Event).values(**values).on_conflict_do_nothing(index_elements=["key"])
-    else:
-        statement = (
-            sqlite_insert(Event).values(**values).on_conflict_do_nothing(index_elements=["key"])
-        )
+    statement = dialect_insert(session.get_bind().dialect.name, Event).values(**values)
+    statement = statement.on_conflict_do_nothing(index_elements=["key"])
     return session.execute(statement.returning(Event.id)).scalar_one_or_none()
 
 
@@ -539,13 +531,8 @@ def unverify_email(
         "unverify_reason": verdict.value,
     }
     changes = {"unverified_at": now, "unverify_reason": verdict.value}
-    statement: PgInsert | SqliteInsert
-    if session.get_bind().dialect.name == "postgresql":
-        statement = pg_insert(AddressHistory).values(**values)
-        statement = statement.on_conflict_do_update(index_elements=["address_key"], set_=changes)
-    else:
-        statement = sqlite_insert(AddressHistory).values(**values)
-        statement = statement.on_conflict_do_update(index_elements=["address_key"], set_=changes)
+    statement = dialect_insert(session.get_bind().dialect.name, AddressHistory).values(**values)
+    statement = statement.on_conflict_do_update(index_elements=["address_key"], set_=changes)
     session.execute(statement)
     session.execute(
         update(Token)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from lapsewatch.pace.policy import Learned
+from lapsewatch.store.db import dialect_insert
 from lapsewatch.store.models import ServerRate
 
 __all__ = ["load_rates", "save_rates"]
@@ -39,8 +38,7 @@ def save_rates(
         }
         for server, (source, learned) in sorted(rates.items())
     ]
-    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(ServerRate).values(rows)
+    statement = dialect_insert(engine.dialect.name, ServerRate).values(rows)
     statement = statement.on_conflict_do_update(
         index_elements=[ServerRate.server],
         set_={

@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,12 +47,20 @@ __all__ = [
     "DatabaseTimeout",
     "DbTimeouts",
     "describe",
+    "dialect_insert",
     "make_engine",
     "make_sessionmaker",
     "timed_out",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def dialect_insert(dialect: str, table: Any) -> PgInsert | SqliteInsert:
+    """An ``INSERT`` that takes ``ON CONFLICT`` (an upsert), in ``dialect``'s own form
+    (``postgresql``, else SQLite): the one place that chooses it."""
+    return pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+
 
 DEFAULT_DATABASE_URL = "sqlite:///lapsewatch.db"
 WATCHDOG_GRACE = 2.0

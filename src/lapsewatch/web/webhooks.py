@@ -52,14 +52,12 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import ColumnElement, Engine, and_, exists, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from lapsewatch import metrics
 from lapsewatch.accounts.importer import API_OWNER_PREFIX
 from lapsewatch.dates import isoformat
-from lapsewatch.store.db import make_sessionmaker
+from lapsewatch.store.db import dialect_insert, make_sessionmaker
 from lapsewatch.store.models import (
     WEBHOOK_MAX_ATTEMPTS,
     Account,
@@ -383,9 +381,8 @@ def queue_deliveries(session: Session, *, now: datetime) -> int:
         )
     )
     columns = ["webhook_id", "event_id", "attempts", "next_attempt_at"]
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = (
-        insert(WebhookDelivery)
+        dialect_insert(session.get_bind().dialect.name, WebhookDelivery)
         .from_select(columns, candidates)
         .on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
     )

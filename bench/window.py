@@ -93,6 +93,56 @@ def _overlap(intervals: Sequence[tuple[float, float]], start: float, stop: float
     return sum(max(0.0, min(b, stop) - max(a, start)) for a, b in intervals)
 
 
+def _merged(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _mail_domains_used(
+    world: ww.World, domain: ww.Domain, end: float
+) -> list[tuple[float, float, ww.Domain]]:
+    """``(start, stop, mail-host domain)``: while the domain's MX pointed at a pool
+    domain that lapses in this world."""
+    timeline, out = domain.timeline, []
+    for i, view in enumerate(timeline.views):
+        start = timeline.starts[i]
+        stop = timeline.starts[i + 1] if i + 1 < len(timeline.starts) else end
+        for name in sorted({m for m in map(ww.mail_domain_of, view.mail_hosts) if m}):
+            mail = world.mail_domains.get(name)
+            if mail is not None and mail.kind != "mail_host" and start < stop:
+                out.append((start, stop, mail))
+    return out
+
+
+def _exposed(
+    world: ww.World, domain: ww.Domain, end: float
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[ww.Domain]]:
+    """When the domain could be taken (its own intervals), and when its mail could: its
+    mail hosts' domain taken while its MX pointed there; and those domains."""
+    own = domain.timeline.intervals(end) if domain.kind != "renewed" else []
+    via: list[tuple[float, float]] = []
+    mails: dict[str, ww.Domain] = {}
+    for start, stop, mail in _mail_domains_used(world, domain, end):
+        mails[mail.name] = mail
+        for a, b in mail.timeline.intervals(end):
+            if max(a, start) < min(b, stop):
+                via.append((max(a, start), min(b, stop)))
+    return own, via, list(mails.values())
+
+
+def _takeovers(world: ww.World, domain: ww.Domain, end: float) -> list[float]:
+    """When somebody new came to hold the domain, or a mail-host domain it used then."""
+    found = list(domain.takeovers)
+    for start, stop, mail in _mail_domains_used(world, domain, end):
+        found += [t for t in mail.takeovers if start <= t < stop]
+    return sorted(set(found))
+
+
 def _percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile; ``None`` for no values."""
     if not values:
@@ -141,35 +191,38 @@ def figures(
         requests_by_kind=run.requests_by_kind,
         checks=run.checks,
     )
-    takeable = {
-        i: d.timeline.intervals(end) for i, d in enumerate(world.domains) if d.kind != "renewed"
-    }
+    exposed = {i: _exposed(world, d, end) for i, d in enumerate(world.domains)}
     for a, address in enumerate(world.addresses):
         gone = run.unverified_at[a]
         if address.domain < 0:
             false += gone is not None  # a free provider is always healthy
             continue
         domain = world.domains[address.domain]
+        own, via, mails = exposed[address.domain]
         if gone is not None:
-            if domain.timeline.at(gone).healthy:
+            mail_ok = all(m.timeline.at(gone).healthy for m in mails)
+            if domain.timeline.at(gone).healthy and mail_ok:
                 false += 1
                 moved = domain.ns_moved_at
                 detail.false_after_dns_move += moved is not None and moved <= gone
-            elif domain.kind in ("renewed", "renewed_late"):
+            elif domain.kind in ("renewed", "renewed_late") and mail_ok:
                 detail.owner_kept += 1
-        if address.domain not in takeable:
+        if not own and not via:
             continue
         until = end if gone is None else gone
-        hours = _overlap(takeable[address.domain], 0.0, until)
+        intervals = _merged([*own, *via])
+        hours = _overlap(intervals, 0.0, until)
         kind = f"{domain.tld}:{domain.kind}"
+        if _overlap(own, 0.0, until) <= 0 and mails:
+            kind = f"mail_host:{mails[0].kind}"
         if hours > 0:
             exposure += hours
             detail.windows.append(hours)
             detail.exposure_by_kind[kind] += hours
-            for a_, b_ in takeable[address.domain]:
+            for a_, b_ in intervals:
                 if a_ < until:
                     _add_by_day(detail.exposure_by_day, max(a_, 0.0), min(b_, until))
-        for taken in domain.takeovers:
+        for taken in _takeovers(world, domain, end) if mails else domain.takeovers:
             if 0.0 <= taken < until and taken < end:
                 takeovers += 1
                 detail.takeovers_by_kind[kind] += 1
@@ -282,6 +335,8 @@ def report(sim: Simulation, factor: float) -> str:
                 lines.append(f"- lapsewatch {text}: {'holds' if holds else 'FAILS'}")
     lines += ["", "requests by kind:", "", request_table(sim.details)]
     kinds = Counter(f"{d.tld}:{d.kind}" for d in sim.world.domains)
+    lapsing = (m for m in sim.world.mail_domains.values() if m.kind != "mail_host")
+    kinds.update(f"mail_host:{m.kind}" for m in lapsing)  # exposure through mail hosts
     lines += ["", "exposure hours by lifecycle (domains of that kind):", ""]
     names = list(sim.details)
     lines.append("| lifecycle | domains | " + " | ".join(names) + " |")

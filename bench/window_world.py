@@ -46,6 +46,7 @@ __all__ = [
     "fastly_observation",
     "healthy_mail_domain",
     "mail_domain_name",
+    "mail_domain_of",
     "move_dns",
     "perturbed",
     "when",
@@ -118,6 +119,9 @@ DEFAULT_PARAMS: dict[str, float] = {
     "mx_self_share": 0.15,
     "mx_third_party_share": 0.25,
     "mx_third_party_pool": 300.0,
+    # The share of those hosting companies' own domains that lapse in the year, along a
+    # gTLD lifecycle (assumption: fewer than owners' domains; hijagger's case).
+    "mail_host_lapse_rate": 0.03,
     # A healthy owner moves DNS hosting (all name servers replaced, same mail hosts):
     # the share of domains that do so within the year (assumption).
     "ns_change_rate": 0.10,
@@ -795,6 +799,33 @@ def healthy_mail_domain(name: str) -> Domain:
     return Domain(name, "gtld", "mail_host", timeline)
 
 
+def _lapsing_mail_domains(
+    world: World, params: Mapping[str, float], seed: int, year_hours: float
+) -> None:
+    """The pool's mail-host domains that lapse in the year (gTLD path: grace, holds,
+    auctions, early deletions, drops), drawn on their own random streams so that the
+    owners' domains stay those of the seed; the others stay healthy."""
+    rng = random.Random(seed * 104_729 + 3)
+    builder = _Builder(random.Random(seed * 15_485_863 + 5), params, year_hours, rng)
+    for rank in range(max(int(params["mx_third_party_pool"]), 1)):
+        if rng.random() >= params.get("mail_host_lapse_rate", 0.0):
+            continue
+        name = mail_domain_name(rank)
+        expires = rng.uniform(0.0, year_hours)
+        healthy = replace(healthy_mail_domain(name).timeline.views[0], expires_at=expires)
+        timeline = Timeline()
+        timeline.add(-1e12, healthy)
+        domain = Domain(name, "gtld", "dropped", timeline)
+        builder._lapse_gtld(domain, healthy, expires)
+        world.mail_domains[name] = domain
+
+
+def mail_domain_of(host: str) -> str | None:
+    """The pool domain a third-party mail host sits on (``mx1.mailhost3.net``), if any."""
+    _, _, rest = host.partition(".")
+    return rest if rest.startswith("mailhost") and rest.endswith(".net") else None
+
+
 @dataclass
 class World:
     domains: list[Domain]
@@ -830,6 +861,7 @@ def build_world(
             domain.addresses.append(len(world.addresses))
             world.addresses.append(Address(index, rng.uniform(low, -24.0 * 30)))
         world.domains.append(domain)
+    _lapsing_mail_domains(world, params, seed, year_hours)
     custom = len(world.addresses)
     share = min(params["free_provider_share"], 0.99)
     for _ in range(round(custom * share / (1.0 - share))):

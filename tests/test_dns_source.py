@@ -144,7 +144,8 @@ class _Zone:
         import socket
         import threading
 
-        self.domain, self.records, self.asked = domain, records, []
+        self.domain, self.records = domain, records
+        self.asked: list[str] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.1)

@@ -76,17 +76,17 @@ def test_a_domain_hosting_its_own_mail_checks_no_mail_host() -> None:
     assert sim.kinds == Counter(rdap=1, dns=1, mx=1)
 
 
-def test_a_third_party_mail_host_domain_is_checked_once_until_it_is_due() -> None:
+def test_a_third_party_mail_host_domain_is_checked_once_a_day() -> None:
     sim = cycle(
         world(domain("a.com", first=WITH_THIRD_PARTY), domain("b.com", first=WITH_THIRD_PARTY))
     )
     sim.check(0, 10 * DAY)
     sim.check(1, 10 * DAY)  # same run: mailhost3.net's verdict is shared
     assert sim.kinds == Counter(rdap=2, dns=2, mx=2, mail_host=2)  # its RDAP and NS: no MX
-    sim.check(0, 10 * DAY + 1)  # the next run: its kept verdict stands (due in 30 days)
+    sim.check(0, 10 * DAY + 1)  # the next run: its kept verdict stands (for a day)
     assert sim.kinds["mail_host"] == 2
     assert sim.kinds["mx"] == 2  # a.com's MX was read an hour ago
-    sim.check(0, 40 * DAY + 1)  # due again: asked again
+    sim.check(0, 11 * DAY + 1)  # a day on: asked again
     assert sim.kinds["mail_host"] == 4
     assert sim.unverified == [None, None]
 
@@ -362,3 +362,69 @@ def test_plots_show_every_policy_of_every_panel() -> None:
     assert picture.startswith("<svg")
     assert picture.count("<polyline") == 4
     assert "durations x0.5" in picture
+
+
+# Mail-host domains that lapse --------------------------------------------------------------
+
+
+def lapsing_mail_host(*segments: tuple[float, ww.View]) -> ww.Domain:
+    """mailhost3.net (the pool domain THIRD_PARTY's hosts sit on), lapsing."""
+    mail = domain(
+        "mailhost3.net", *segments, first=ww.healthy_mail_domain("mailhost3.net").timeline.views[0]
+    )
+    mail.kind = "dropped"
+    return mail
+
+
+def test_exposure_through_a_lapsed_mail_host_is_counted_exactly() -> None:
+    """a.com is healthy all year, but its mail goes to mailhost3.net, which is free to
+    register from day 100: its address is exposed from then until it is unverified,
+    and an unverification while the mail host's domain is not healthy is not false."""
+    held = replace(AVAILABLE, phase="redemption", owner=0)
+    w = world(domain("a.com", first=WITH_THIRD_PARTY))
+    w.mail_domains["mailhost3.net"] = lapsing_mail_host((60 * DAY, held), (100 * DAY, AVAILABLE))
+    run = window.Run("hand", [110 * DAY], 0)
+    result, detail = window.figures(w, run, end=200 * DAY)
+    assert result["exposure_hours"] == 10 * DAY
+    assert result["false_unverifications"] == 0  # its mail host's domain was lapsing
+    assert detail.exposure_by_kind == {"mail_host:dropped": 10 * DAY}
+    early = window.Run("hand", [30 * DAY], 0)  # while all was healthy: false
+    assert window.figures(w, early, end=200 * DAY)[0]["false_unverifications"] == 1
+
+
+def test_a_mail_host_domain_taken_counts_a_takeover_while_its_mx_points_there() -> None:
+    taken = replace(AVAILABLE, phase="new_owner", owner=2, rdap_found=True)
+    mail = lapsing_mail_host((100 * DAY, taken))
+    mail.takeovers.append(100 * DAY)
+    moved_away = replace(HEALTHY, mail_hosts=GOOGLE)  # a.com leaves it at day 50
+    w = world(
+        domain("a.com", first=WITH_THIRD_PARTY),
+        domain("b.com", (50 * DAY, moved_away), first=WITH_THIRD_PARTY),
+    )
+    w.mail_domains["mailhost3.net"] = mail
+    result, _ = window.figures(w, window.Run("hand", [None, None], 0), end=200 * DAY)
+    assert result["takeovers_possible"] == 1  # a.com's only
+    assert result["exposure_hours"] == 100 * DAY
+
+
+def test_lapsewatch_unverifies_behind_a_mail_host_domain_put_on_hold() -> None:
+    """The mail host's domain expires at day 100 (gTLD: auto-renew grace) and its
+    registrar holds it on day 102: the domain behind it, checked every 30 days, is
+    ``mail_host_lapsed`` at its first check after the hold (a kept verdict stands a
+    day at most), long before the mail host's domain drops at day 140."""
+    grace = replace(
+        ww.healthy_mail_domain("mailhost3.net").timeline.views[0],
+        phase="grace",
+        rdap_status=("auto renew period",),
+        expires_at=465 * DAY,
+    )
+    hold = replace(grace, rdap_status=("client hold", "auto renew period"), nameservers=())
+    w = world(domain("a.com", first=WITH_THIRD_PARTY))
+    mail = lapsing_mail_host((100 * DAY, grace), (102 * DAY, hold), (140 * DAY, AVAILABLE))
+    mail.timeline.views[0] = replace(mail.timeline.views[0], expires_at=100 * DAY)
+    w.mail_domains["mailhost3.net"] = mail
+    run = window.run_policy(w, window.Lapsewatch(), QUIET, end=200 * DAY, seed=3)
+    gone = run.unverified_at[0]
+    assert gone is not None
+    assert 102 * DAY <= gone < 140 * DAY
+    assert window.figures(w, run, end=200 * DAY)[0]["exposure_hours"] == 0

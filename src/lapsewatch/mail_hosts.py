@@ -15,14 +15,12 @@ The verdict on the domain is then decided with them (``verdict.decide``'s
 error: it cannot stop the cycle.
 
 A cycle keeps a mail-host domain's ``registered`` verdict on the registry's record
-(table ``mail_host_verdicts``) until that domain would be due itself
-(:func:`kept_until`, the check schedule's rule: 30 days, daily near its expiry or in
-its auto-renew grace), and the next runs use it instead of asking again
-(:meth:`MailHostChecks.remember`): a popular mail host is asked about as often as a
-domain of its own, not at each hourly run where a domain behind it is due. So its
-lapse is seen on its own schedule, as any domain's is. Danger and doubt are never
-kept, and replace a kept verdict (newest check wins), as does a check of the same
-domain as a domain of its own that finds it dangerous (:meth:`overruled`).
+(table ``mail_host_verdicts``) for a day, or less when that domain would be due
+sooner (:func:`kept_until`), and the next runs use it instead of asking again
+(:meth:`MailHostChecks.remember`): a popular mail host is asked about about once a
+day, not at each hourly run where a domain behind it is due. Danger and doubt are
+never kept, and replace a kept verdict (newest check wins), as does a check of the
+same domain as a domain of its own that finds it dangerous (:meth:`overruled`).
 """
 
 from __future__ import annotations
@@ -127,12 +125,19 @@ def kept_until(
     policy: Policy, decision: Decision, observations: Sequence[Observation], checked_at: datetime
 ) -> datetime | None:
     """Until when a mail-host domain's verdict may stand in for asking again: a
-    ``registered`` one drawn with the registry's record, until that domain would be due
-    itself (``schedule.next_check``: daily near its expiry or in the auto-renew grace);
-    ``None`` for anything else (danger, doubt, no record), asked again next time."""
+    ``registered`` one drawn with the registry's record, for a day at most
+    (``Policy.near_interval``), sooner when that domain would be due itself
+    (``schedule.next_check``); ``None`` for anything else (danger, doubt, no record),
+    asked again next time.
+
+    Not until it is due (30 days far from its expiry): a domain behind it, checked on
+    its own 30-day schedule, would then see a registrar's early deletion of the mail
+    host's domain up to 30 days late, past the 35 days before it drops. At most a
+    day late is what asking at every check of a domain behind it gave, within a day.
+    """
     if decision.verdict is not Verdict.REGISTERED or registry_record(observations) is None:
         return None
-    return next_check(
+    due = next_check(
         policy,
         now=checked_at,
         verdict=decision.verdict,
@@ -140,6 +145,7 @@ def kept_until(
         failures=0,
         in_grace=in_auto_renew_grace(observations),
     )
+    return min(due, checked_at + policy.near_interval)
 
 
 class MailHostChecks:

@@ -407,7 +407,7 @@ class ServerRate(Base):
 
 class MailHostVerdict(Base):
     """A mail-host domain's last safe verdict (lapsewatch.mail_hosts): it stands for
-    every domain whose mail goes there until that domain would be due itself, so a
+    every domain whose mail goes there for a day (``mail_hosts.kept_until``), so a
     popular mail host is not asked about at each check of each domain behind it."""
 
     __tablename__ = "mail_host_verdicts"
@@ -418,4 +418,4 @@ class MailHostVerdict(Base):
     decided_by: Mapped[str | None] = mapped_column(String(20))
     checked_at: Mapped[datetime]
     good_until: Mapped[datetime] = mapped_column(index=True)
-    """When it is asked again (``schedule.next_check``, as for a domain of its own)."""
+    """When it is asked again: a day on, or sooner when it is due as a domain would be."""

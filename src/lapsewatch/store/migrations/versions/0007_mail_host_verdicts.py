@@ -1,4 +1,4 @@
-"""mail_host_verdicts: a mail-host domain's last safe verdict, kept until it is due
+"""mail_host_verdicts: a mail-host domain's last safe verdict, kept for a day
 
 Revision ID: 0007
 Revises: 0006
@@ -7,8 +7,8 @@ Create Date: 2026-11-30 10:00:00
 A mail-host domain (the registrable domain of an MX host on another domain) was
 checked once per cycle run, that is at each hourly run where a domain behind it
 was due. Its ``registered`` verdict on the registry's record now stands, for every
-domain behind it, until that mail-host domain would be due itself on the check
-schedule (daily near its expiry, 30 days otherwise); see docs/cycle.md.
+domain behind it, for a day, or less when that mail-host domain would be due
+itself sooner on the check schedule; see docs/cycle.md.
 """
 
 from __future__ import annotations

@@ -65,6 +65,22 @@ def seed(engine: Engine) -> None:
         session.add_all(Domain(name=name, consecutive_failures=0) for name in sorted(domains))
 
 
+def add_verified(engine: Engine, username: str, address: str) -> None:
+    """One account with one address, verified long before (``LONG_AGO``)."""
+    with make_sessionmaker(engine).begin() as session:
+        account = Account(username=username, created_at=LONG_AGO, projects=[])
+        account.emails.append(
+            Email(
+                address=address,
+                domain=address.rsplit("@", 1)[1],
+                primary=True,
+                verified=True,
+                verified_at=LONG_AGO,
+            )
+        )
+        session.add(account)
+
+
 def state(engine: Engine) -> dict[str, Any]:
     """Everything a cycle may change, in a form two runs can be compared by."""
     with make_sessionmaker(engine)() as session:

@@ -11,14 +11,13 @@ from sqlalchemy import Engine, text
 
 from lapsewatch.cycle import run_cycle
 from lapsewatch.mail_hosts import MailHostChecks, load_kept, save_kept
-from lapsewatch.store import Account, Email, make_sessionmaker
+from lapsewatch.store import make_sessionmaker
 from lapsewatch.store.models import MailHostVerdict
 from lapsewatch.verdict import Decision, Verdict
 from lapsewatch.world import DomainScenario, World, parse_scenario
-from tests.cycle_support import settings_for
+from tests.cycle_support import add_verified, settings_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-LONG_AGO = datetime(2019, 5, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +29,8 @@ def world() -> Iterator[World]:
 @pytest.fixture
 def mailed(world: World, engine: Engine) -> Iterator[World]:
     """Two watched domains whose mail goes to ``shared-mail.test`` (healthy)."""
-    with make_sessionmaker(engine).begin() as session:
-        for user, name in (("kep", "keeps.test"), ("kip", "keeps2.test")):
-            account = Account(username=user, created_at=LONG_AGO, projects=[])
-            account.emails.append(
-                Email(
-                    address=f"{user}@{name}",
-                    domain=name,
-                    primary=True,
-                    verified=True,
-                    verified_at=LONG_AGO,
-                )
-            )
-            session.add(account)
+    for user, name in (("kep", "keeps.test"), ("kip", "keeps2.test")):
+        add_verified(engine, user, f"{user}@{name}")
     world.set_domain(DomainScenario.make("shared-mail.test", "registered", now=NOW))
     for name in ("keeps.test", "keeps2.test"):
         world.set_domain(
@@ -105,18 +93,7 @@ def test_a_watched_domain_found_dangerous_overrules_its_kept_verdict(
     kept = kept_row(engine)
     assert kept is not None
     assert kept.good_until > NOW  # it would still stand at NOW
-    with make_sessionmaker(engine).begin() as session:
-        account = Account(username="own", created_at=LONG_AGO, projects=[])
-        account.emails.append(
-            Email(
-                address="own@shared-mail.test",
-                domain="shared-mail.test",
-                primary=True,
-                verified=True,
-                verified_at=LONG_AGO,
-            )
-        )
-        session.add(account)
+    add_verified(engine, "own", "own@shared-mail.test")
     world.set_domain(DomainScenario.make("shared-mail.test", "available", now=NOW))
     first = run_cycle(settings_for(world), engine, now=NOW, everything=True)
     kept = kept_row(engine)

@@ -24,7 +24,7 @@ from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
 from lapsewatch.verdict import DANGEROUS, Decision, MailHostCheck, Verdict, decide, settle
 from lapsewatch.world import DomainScenario, Scenario, World, parse_scenario
-from tests.cycle_support import settings_for
+from tests.cycle_support import add_verified, settings_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 LONG_AGO = datetime(2019, 5, 1, tzinfo=UTC)
@@ -354,18 +354,7 @@ def test_mx_is_read_once_per_interval_and_the_stored_hosts_still_catch_a_lapse(
     """The second check within the interval sends no MX query (counted at the world's
     DNS server: one query per check instead of two); the mail hosts stored at the
     first check stand in, so a mail-host domain that lapsed meanwhile is caught."""
-    with make_sessionmaker(engine).begin() as session:
-        account = Account(username="rea", created_at=LONG_AGO, projects=[])
-        account.emails.append(
-            Email(
-                address="rea@reads.test",
-                domain="reads.test",
-                primary=True,
-                verified=True,
-                verified_at=LONG_AGO,
-            )
-        )
-        session.add(account)
+    add_verified(engine, "rea", "rea@reads.test")
     # The mail host's domain expires 5 days after the first check: in its daily window,
     # so its verdict is kept a day only (kept_until), and it is asked again at NOW.
     world.set_domain(DomainScenario.make("later-mail.test", "registered", now=NOW, expires="-5d"))
@@ -402,18 +391,7 @@ def test_mx_is_read_once_per_interval_and_the_stored_hosts_still_catch_a_lapse(
 
 
 def test_mx_is_read_again_after_the_interval(world: World, engine: Engine) -> None:
-    with make_sessionmaker(engine).begin() as session:
-        account = Account(username="ren", created_at=LONG_AGO, projects=[])
-        account.emails.append(
-            Email(
-                address="ren@renews.test",
-                domain="renews.test",
-                primary=True,
-                verified=True,
-                verified_at=LONG_AGO,
-            )
-        )
-        session.add(account)
+    add_verified(engine, "ren", "ren@renews.test")
     world.set_domain(
         DomainScenario.make("renews.test", "registered", now=NOW, mx=["aspmx.l.google.com"])
     )

@@ -1409,8 +1409,9 @@ def _one_database(
         after = world.stats()
         run.learned_rates = _learned_rates(url)
         if args.cpu_sample > 0:
+            profile = args.profile.with_suffix(f".{kind}.cpu.html") if args.profile else None
             run.cpu_sample_domains, run.cpu_ms_per_domain = _cpu_pass(
-                kind, generated, env, args.cpu_sample, timeout
+                kind, generated, env, args.cpu_sample, timeout, profile
             )
     pacing = _delta(after, before)
     run.world_pacing = pacing
@@ -1483,7 +1484,12 @@ def _learned_rates(url: str) -> dict[str, dict[str, float | None]]:
 
 
 def _cpu_pass(
-    kind: str, generated: Generated, env: dict[str, str], sample: int, timeout: float
+    kind: str,
+    generated: Generated,
+    env: dict[str, str],
+    sample: int,
+    timeout: float,
+    profile: Path | None = None,
 ) -> tuple[int, float]:
     """Re-check ``sample`` domains against a world with no latency and no rate limit:
     the CPU the checker spends per domain when it never waits."""
@@ -1501,6 +1507,8 @@ def _cpu_pass(
             "LAPSEWATCH_CONCURRENCY": "100",
         }
         args = ["--database", env["LAPSEWATCH_DATABASE_URL"], "--everything"]
+        if profile is not None:  # where the CPU goes, apart from any waiting
+            args += ["--profile", str(profile)]
         cycle = run_child("_cycle", [*args, "--limit", str(sample)], unlimited, timeout)
     finally:
         fast.stop()

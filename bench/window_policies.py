@@ -8,7 +8,7 @@ lapsewatch, per check of a due domain, as ``lapsewatch check`` does it:
   (``mail_hosts=True``, the default: one more request, one try), and an NXDOMAIN by the
   SOA query that confirms the zone, once per zone and cycle run (``_doubt_nxdomain``);
 * the MX read only when ``DueDomain.read_mail_hosts`` says so (never read, or read
-  ``Policy.interval`` ago), else the DNS source asked without it; and asked again with
+  ``Policy.mail_hosts_interval`` ago), else the DNS source asked without it; and asked again with
   it when ``verdict.needs_mail_hosts`` says the grace name-server rule needs it, as
   ``cycle.checker.Checker.check_one`` does;
 * the mail-host domains the MX names (or, not read, the stored mail hosts), chosen by
@@ -16,7 +16,8 @@ lapsewatch, per check of a due domain, as ``lapsewatch check`` does it:
   out), each checked once per cycle run through the same sources without their own MX
   and judged by ``decide``, as ``MailHostChecks`` does, unless a verdict kept from an
   earlier run still stands (``mail_hosts.kept_until``: a ``registered`` one on the
-  registry's record, until that domain would be due itself);
+  registry's record, for ``Policy.mail_host_keep`` at most and never past that
+  domain's own next check);
 * ``verdict.decide`` with the known name servers and mail hosts and those mail-host
   verdicts;
 * ``verdict.settle`` with ``Policy.confirm`` and the open pending confirmation, found

@@ -48,12 +48,12 @@ def kept_row(engine: Engine) -> MailHostVerdict | None:
         return session.get(MailHostVerdict, "shared-mail.test")
 
 
-def test_a_safe_verdict_is_kept_for_a_day(mailed: World, engine: Engine) -> None:
+def test_a_safe_verdict_is_kept_for_a_week(mailed: World, engine: Engine) -> None:
     """Hourly runs used to ask about a shared mail-host domain at each run; its
-    ``registered`` verdict now stands for a day (sooner when that domain would be due
+    ``registered`` verdict now stands for 7 days (sooner when that domain would be due
     itself), and a dry run keeps nothing."""
     world = mailed
-    first = NOW - timedelta(days=2)
+    first = NOW - timedelta(days=8)
     world.rdap_requests.reset()
     run_cycle(settings_for(world), engine, now=first, dry_run=True)
     assert world.rdap_requests["shared-mail.test"] == 1  # once for both domains
@@ -63,23 +63,23 @@ def test_a_safe_verdict_is_kept_for_a_day(mailed: World, engine: Engine) -> None
     kept = kept_row(engine)
     assert kept is not None
     assert kept.verdict == "registered"
-    assert kept.good_until == first + timedelta(days=1)
+    assert kept.good_until == first + timedelta(days=7)
     world.rdap_requests.reset()
-    later = first + timedelta(hours=12)
+    later = first + timedelta(days=6, hours=23)
     summary = run_cycle(settings_for(world), engine, now=later, everything=True)
     assert summary.unverified == 0
     assert world.rdap_requests["shared-mail.test"] == 0  # the kept verdict stood
     assert world.rdap_requests["keeps.test"] == 1
-    # A day on, it is asked again, and a lapse is seen.
+    # A week on, it is asked again, and a lapse is seen.
     world.set_domain(DomainScenario.make("shared-mail.test", "available", now=NOW))
-    next_day = first + timedelta(days=1, hours=1)
-    summary = run_cycle(settings_for(world), engine, now=next_day, everything=True)
+    next_week = first + timedelta(days=7, hours=1)
+    summary = run_cycle(settings_for(world), engine, now=next_week, everything=True)
     assert world.rdap_requests["shared-mail.test"] == 1
     assert summary.unverified == 2
     kept = kept_row(engine)
     assert kept is not None
     assert kept.verdict == "available"
-    assert kept.good_until == next_day  # danger is never kept: it replaced the safe one
+    assert kept.good_until == next_week  # danger is never kept: it replaced the safe one
 
 
 def test_a_watched_domain_found_dangerous_overrules_its_kept_verdict(

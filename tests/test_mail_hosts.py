@@ -355,8 +355,9 @@ def test_mx_is_read_once_per_interval_and_the_stored_hosts_still_catch_a_lapse(
     DNS server: one query per check instead of two); the mail hosts stored at the
     first check stand in, so a mail-host domain that lapsed meanwhile is caught."""
     add_verified(engine, "rea", "rea@reads.test")
-    # The mail host's domain expires 5 days after the first check: in its daily window,
-    # so its verdict is kept a day only (kept_until), and it is asked again at NOW.
+    # The mail host's domain expires 5 days after the first check: its verdict is kept
+    # only until its own daily window opens, 4 days on (kept_until), and it is asked
+    # again at NOW.
     world.set_domain(DomainScenario.make("later-mail.test", "registered", now=NOW, expires="-5d"))
     world.set_domain(
         DomainScenario.make("reads.test", "registered", now=NOW, mx=["mx.later-mail.test"])
@@ -396,13 +397,21 @@ def test_mx_is_read_again_after_the_interval(world: World, engine: Engine) -> No
         DomainScenario.make("renews.test", "registered", now=NOW, mx=["aspmx.l.google.com"])
     )
     try:
-        run_cycle(settings_for(world), engine, now=NOW - timedelta(days=30))
+        first = NOW - timedelta(days=90)
+        run_cycle(settings_for(world), engine, now=first)
         world.set_domain(
             DomainScenario.make("renews.test", "registered", now=NOW, mx=["mx.fastmail.com"])
         )
         world.dns_requests.reset()
+        run_cycle(settings_for(world), engine, now=first + timedelta(days=30), everything=True)
+        assert world.dns_requests["renews.test"] == 1  # 30 days on: NS only
+        with make_sessionmaker(engine)() as session:
+            row = session.get_one(Domain, "renews.test")
+            assert row.mail_hosts == ["aspmx.l.google.com"]
+            assert row.mail_hosts_read_at == first
+        world.dns_requests.reset()
         run_cycle(settings_for(world), engine, now=NOW, everything=True)
-        assert world.dns_requests["renews.test"] == 2  # 30 days on: NS and MX
+        assert world.dns_requests["renews.test"] == 2  # 90 days on: NS and MX
         with make_sessionmaker(engine)() as session:
             row = session.get_one(Domain, "renews.test")
             assert row.mail_hosts == ["mx.fastmail.com"]

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from lapsewatch.schedule import Policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -251,17 +254,25 @@ def test_a_parked_auction_is_caught_in_the_grace_by_its_name_servers() -> None:
 
 
 def test_lapsewatch_checks_daily_near_a_known_expiry() -> None:
-    # Expires at day 300 (HEALTHY), deleted by the registrar at day 296.
+    # Expires at day 300 (HEALTHY), deleted by the registrar at day 296: inside a window
+    # opening 7 days before the expiry (LAPSEWATCH_NEAR_EXPIRY_BEFORE_DAYS=7), checked daily.
     deleted = replace(
         HEALTHY, phase="redemption", rdap_status=("redemption period",), nameservers=()
     )
     world = world_of((296 * DAY, deleted))
     long_world = world_of((296 * DAY, deleted))
-    result = window.run_policy(long_world, window.Lapsewatch(), QUIET, end=400 * DAY, seed=3)
+    week = window.Lapsewatch(policy=Policy(near_before=timedelta(days=7)))
+    result = window.run_policy(long_world, week, QUIET, end=400 * DAY, seed=3)
     caught = result.unverified_at[0]
     assert caught is not None
     assert 296 * DAY <= caught <= 297 * DAY
     assert world.domains[0].timeline.at(caught).phase == "redemption"
+    # The default window opens a day before the expiry (day 299): no regular check falls
+    # between the deletion and then (seed 3), so the one pulled forward to day 299 sees it.
+    result = window.run_policy(
+        world_of((296 * DAY, deleted)), window.Lapsewatch(), QUIET, end=400 * DAY, seed=3
+    )
+    assert result.unverified_at == [299 * DAY]
 
 
 # The generated world and the command line ---------------------------------------------------

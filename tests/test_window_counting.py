@@ -76,17 +76,19 @@ def test_a_domain_hosting_its_own_mail_checks_no_mail_host() -> None:
     assert sim.kinds == Counter(rdap=1, dns=1, mx=1)
 
 
-def test_a_third_party_mail_host_domain_is_checked_once_a_day() -> None:
+def test_a_third_party_mail_host_domain_is_checked_once_a_week() -> None:
     sim = cycle(
         world(domain("a.com", first=WITH_THIRD_PARTY), domain("b.com", first=WITH_THIRD_PARTY))
     )
     sim.check(0, 10 * DAY)
     sim.check(1, 10 * DAY)  # same run: mailhost3.net's verdict is shared
     assert sim.kinds == Counter(rdap=2, dns=2, mx=2, mail_host=2)  # its RDAP and NS: no MX
-    sim.check(0, 10 * DAY + 1)  # the next run: its kept verdict stands (for a day)
+    sim.check(0, 10 * DAY + 1)  # the next run: its kept verdict stands (for 7 days)
     assert sim.kinds["mail_host"] == 2
     assert sim.kinds["mx"] == 2  # a.com's MX was read an hour ago
-    sim.check(0, 11 * DAY + 1)  # a day on: asked again
+    sim.check(0, 17 * DAY - 1)  # the last run before a week is up: it still stands
+    assert sim.kinds["mail_host"] == 2
+    sim.check(0, 17 * DAY)  # a week on: asked again
     assert sim.kinds["mail_host"] == 4
     assert sim.unverified == [None, None]
 
@@ -114,20 +116,23 @@ def test_requests_add_up_over_a_run() -> None:
     )
     kinds = result.requests_by_kind
     assert result.requests == sum(kinds.values())
-    assert kinds["rdap"] == kinds["dns"] == kinds["mx"] == result.checks
+    assert kinds["rdap"] == kinds["dns"] == result.checks
+    # Checked every 30 days, read every 90: the MX at every third check after the
+    # steady state's read.
+    assert kinds["mx"] == result.checks // 3
     assert kinds["mail_host"] == 2 * result.checks  # RDAP and NS of its one mail-host domain
 
 
 def test_the_mx_is_read_once_in_the_interval() -> None:
     sim = cycle(world(domain("a.com")), read_mx=False)
     sim.states[0].known = replace(sim.states[0].known, mail_hosts_read_at=ww.when(0.0))
-    for day in (10, 29):
+    for day in (10, 30, 89):
         sim.check(0, day * DAY)
     assert sim.kinds["mx"] == 0
-    sim.check(0, 30 * DAY)
-    sim.check(0, 31 * DAY)
-    assert sim.kinds == Counter(rdap=4, dns=4, mx=1)
-    assert sim.states[0].known.mail_hosts_read_at == ww.when(30 * DAY)
+    sim.check(0, 90 * DAY)
+    sim.check(0, 91 * DAY)
+    assert sim.kinds == Counter(rdap=5, dns=5, mx=1)
+    assert sim.states[0].known.mail_hosts_read_at == ww.when(90 * DAY)
 
 
 def test_the_stored_mail_hosts_are_checked_when_the_mx_is_not_read() -> None:
@@ -235,19 +240,24 @@ def test_a_dns_move_in_the_grace_by_an_owner_with_no_mail_host_is_still_unverifi
     )
     caught = run.unverified_at[0]
     assert caught is not None
-    assert 310 * DAY <= caught <= 311 * DAY + 1  # the next daily check in the grace
+    # The grace is checked every 3 days from its first day (300): the move at day 310
+    # is seen at the check of day 312.
+    assert caught == 312 * DAY
 
 
-def test_the_daily_checks_of_a_grace_read_the_mx_once_per_interval() -> None:
-    """A paying owner's 45 days of ``auto renew period`` are checked daily; the MX read
-    again unchanged in the grace counts as read, so it is not read at every check."""
+def test_the_checks_of_a_grace_read_the_mx_once_per_interval() -> None:
+    """A paying owner's 45 days of ``auto renew period`` are checked every 3 days; the
+    MX read again unchanged in the grace counts as read, so it is not read at every
+    check."""
     w = renewed_by_auto_renew(None)
     run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
     assert run.unverified_at == [None]
-    grace_checks = 45
+    grace_checks = 45 // 3
     assert run.checks > grace_checks
-    # 400 days at most every 30 days, plus at most one read when the grace begins.
-    assert run.requests_by_kind["mx"] <= 400 // 30 + 2
+    # Read 90, 180 and 270 days after the steady state's read (before the window opens
+    # at day 299), none in the grace (its name servers did not change), and once more
+    # at the first check 90 days after the last read (day 345 or 375).
+    assert run.requests_by_kind["mx"] == 4
 
 
 def test_a_dns_move_outside_the_grace_is_learned_not_acted_on() -> None:
@@ -282,9 +292,9 @@ def test_the_grace_rule_still_catches_a_parked_auction() -> None:
     parked = replace(grace, mail_hosts=("[198.51.100.1]",))  # no MX: the parking page's address
     w = world(domain("a.com", (300 * DAY, PAID), (303 * DAY, parked)))
     run = window.run_policy(w, window.Lapsewatch(), QUIET, end=END, seed=3)
-    caught = run.unverified_at[0]
-    assert caught is not None
-    assert 303 * DAY <= caught <= 304 * DAY + 1
+    # The grace is checked every 3 days from its first day (300): the check of day 303
+    # sees the parking at once.
+    assert run.unverified_at == [303 * DAY]
 
 
 # PyPI's two tasks ----------------------------------------------------------------------
@@ -411,7 +421,8 @@ def test_lapsewatch_unverifies_behind_a_mail_host_domain_put_on_hold() -> None:
     """The mail host's domain expires at day 100 (gTLD: auto-renew grace) and its
     registrar holds it on day 102: the domain behind it, checked every 30 days, is
     ``mail_host_lapsed`` at its first check after the hold (a kept verdict stands a
-    day at most), long before the mail host's domain drops at day 140."""
+    week at most, 3 days in the grace), long before the mail host's domain drops at
+    day 140."""
     grace = replace(
         ww.healthy_mail_domain("mailhost3.net").timeline.views[0],
         phase="grace",

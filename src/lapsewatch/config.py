@@ -62,9 +62,15 @@ class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     check_interval_days: float = 30.0
     """How often a domain behind a verified address is checked."""
-    near_expiry_before_days: float = 7.0
+    near_expiry_before_days: float = 1.0
     near_expiry_after_days: float = 45.0
     """Around a known expiration date (this window) the domain is checked daily."""
+    grace_interval_days: float = 3.0
+    """Between checks while the registry's record shows the auto-renew grace."""
+    mail_hosts_interval_days: float = 90.0
+    """How often a domain's MX is read."""
+    mail_host_keep_days: float = 7.0
+    """Longest a mail-host domain's ``registered`` verdict is kept between runs."""
     rates: Mapping[str, float] = field(
         default_factory=lambda: {"rdap": 10.0, "dns": 50.0, "fastly": 10.0, "whois": 2.0}
     )
@@ -153,10 +159,19 @@ class Settings:
                 "CHECK_INTERVAL_DAYS", get("CHECK_INTERVAL_DAYS"), 30.0, minimum=0.001
             ),
             near_expiry_before_days=_parse_float(
-                "NEAR_EXPIRY_BEFORE_DAYS", get("NEAR_EXPIRY_BEFORE_DAYS"), 7.0
+                "NEAR_EXPIRY_BEFORE_DAYS", get("NEAR_EXPIRY_BEFORE_DAYS"), 1.0
             ),
             near_expiry_after_days=_parse_float(
                 "NEAR_EXPIRY_AFTER_DAYS", get("NEAR_EXPIRY_AFTER_DAYS"), 45.0
+            ),
+            grace_interval_days=_parse_float(
+                "GRACE_INTERVAL_DAYS", get("GRACE_INTERVAL_DAYS"), 3.0, minimum=0.001
+            ),
+            mail_hosts_interval_days=_parse_float(
+                "MAIL_HOSTS_INTERVAL_DAYS", get("MAIL_HOSTS_INTERVAL_DAYS"), 90.0, minimum=0.001
+            ),
+            mail_host_keep_days=_parse_float(
+                "MAIL_HOST_KEEP_DAYS", get("MAIL_HOST_KEEP_DAYS"), 7.0, minimum=0
             ),
             rates={
                 name: _parse_float(

@@ -8,19 +8,20 @@ domain itself and not a well-known mail provider (``data/mail_providers.txt``,
 plus the free-provider list) is checked too, through the same sources — at most
 once per :class:`MailHostChecks` (one per cycle), however many domains share it
 (without reading that domain's own MX: nothing uses it). A check that does not
-read the domain's MX (read at most once per check interval, ``schedule.reads_mail_hosts``)
-checks the mail hosts stored from the last read.
+read the domain's MX (read at most once per ``Policy.mail_hosts_interval``, 90 days,
+``schedule.reads_mail_hosts``) checks the mail hosts stored from the last read.
 The verdict on the domain is then decided with them (``verdict.decide``'s
 ``mail_hosts``). A mail-host domain's check is never more than that domain's
 error: it cannot stop the cycle.
 
 A cycle keeps a mail-host domain's ``registered`` verdict on the registry's record
-(table ``mail_host_verdicts``) for a day, or less when that domain would be due
-sooner (:func:`kept_until`), and the next runs use it instead of asking again
-(:meth:`MailHostChecks.remember`): a popular mail host is asked about about once a
-day, not at each hourly run where a domain behind it is due. Danger and doubt are
-never kept, and replace a kept verdict (newest check wins), as does a check of the
-same domain as a domain of its own that finds it dangerous (:meth:`overruled`).
+(table ``mail_host_verdicts``) for up to ``Policy.mail_host_keep`` (7 days), or less
+when that domain would be due sooner (:func:`kept_until`), and the next runs use it
+instead of asking again (:meth:`MailHostChecks.remember`): a popular mail host is
+asked about about once a week, not at each hourly run where a domain behind it is
+due. Danger and doubt are never kept, and replace a kept verdict (newest check wins),
+as does a check of the same domain as a domain of its own that finds it dangerous
+(:meth:`overruled`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from lapsewatch.verdict import (
     Verdict,
     decide,
     in_auto_renew_grace,
+    read_mail_hosts,
     registry_record,
 )
 
@@ -101,8 +103,7 @@ def mail_host_domains(
     The mail hosts are those the DNS source read; ``stored`` (the ones read before) when
     it read none this time (not asked, or no answer)."""
     providers = providers or mail_providers()
-    read = (o.mail_hosts for o in observations if o.source == "dns" and o.answered)
-    hosts = next((h for h in read if h is not None), None)
+    hosts = read_mail_hosts(observations)
     if hosts is None:
         hosts = tuple(stored)
     found: dict[str, str] = {}
@@ -125,15 +126,15 @@ def kept_until(
     policy: Policy, decision: Decision, observations: Sequence[Observation], checked_at: datetime
 ) -> datetime | None:
     """Until when a mail-host domain's verdict may stand in for asking again: a
-    ``registered`` one drawn with the registry's record, for a day at most
-    (``Policy.near_interval``), sooner when that domain would be due itself
-    (``schedule.next_check``); ``None`` for anything else (danger, doubt, no record),
-    asked again next time.
+    ``registered`` one drawn with the registry's record, for ``Policy.mail_host_keep``
+    (7 days) at most, sooner when that domain would be due itself
+    (``schedule.next_check``: daily near its expiry, every 3 days in its grace);
+    ``None`` for anything else (danger, doubt, no record), asked again next time.
 
     Not until it is due (30 days far from its expiry): a domain behind it, checked on
     its own 30-day schedule, would then see a registrar's early deletion of the mail
-    host's domain up to 30 days late, past the 35 days before it drops. At most a
-    day late is what asking at every check of a domain behind it gave, within a day.
+    host's domain up to 30 days late, past the 35 days before it drops. A week late
+    at most leaves the redemption period (30 days) to see it in.
     """
     if decision.verdict is not Verdict.REGISTERED or registry_record(observations) is None:
         return None
@@ -145,7 +146,7 @@ def kept_until(
         failures=0,
         in_grace=in_auto_renew_grace(observations),
     )
-    return min(due, checked_at + policy.near_interval)
+    return min(due, checked_at + policy.mail_host_keep)
 
 
 class MailHostChecks:

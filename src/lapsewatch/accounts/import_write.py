@@ -17,12 +17,12 @@ from datetime import datetime
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from lapsewatch.accounts import tokens
 from lapsewatch.accounts.import_validate import LineProblem
 from lapsewatch.dates import isoformat
+from lapsewatch.store.db import dialect_insert
 from lapsewatch.store.models import Account, Domain, Email, Event, UTCDateTime
 
 ACTOR = "import"
@@ -289,14 +289,8 @@ class _ChunkWriter:
             )
         if not missing:
             return 0
-        dialect = self.conn.dialect.name
-        statement: Any
-        if dialect == "postgresql":
-            statement = postgresql.insert(Domain).on_conflict_do_nothing(index_elements=["name"])
-        elif dialect == "sqlite":
-            statement = sqlite.insert(Domain).on_conflict_do_nothing(index_elements=["name"])
-        else:
-            statement = insert(Domain)
+        upsert = dialect_insert(self.conn.dialect.name, Domain)
+        statement = upsert.on_conflict_do_nothing(index_elements=["name"])
         rows = [{"name": name, "consecutive_failures": 0} for name in sorted(missing)]
         self.conn.execute(statement, rows)
         return len(missing)

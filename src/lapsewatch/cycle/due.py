@@ -62,7 +62,8 @@ class DueDomain:
     """When ``known_mail_hosts`` was read (``None``: never)."""
 
     def read_mail_hosts(self, policy: Policy, now: datetime) -> bool:
-        """Whether this check reads the MX (never read, or ``policy.interval`` ago)."""
+        """Whether this check reads the MX (never read, or ``policy.mail_hosts_interval``
+        ago)."""
         return reads_mail_hosts(policy, self.mail_hosts_read_at, now)
 
 

@@ -18,8 +18,9 @@ lapsewatch, per check of a due domain, as ``lapsewatch check`` does it:
   earlier run still stands (``mail_hosts.kept_until``: a ``registered`` one on the
   registry's record, for ``Policy.mail_host_keep`` at most and never past that
   domain's own next check);
-* ``verdict.decide`` with the known name servers and mail hosts and those mail-host
-  verdicts;
+* ``mail_hosts.registered_since_read`` (a mail-host domain registered after the MX
+  naming it was read is ``reregistered``), then ``verdict.decide`` with the known name
+  servers and mail hosts and those mail-host verdicts;
 * ``verdict.settle`` with ``Policy.confirm`` and the open pending confirmation, found
   as ``cycle.apply.settle_results`` finds it (the one step copied here: that function
   reads the pending confirmation from the events table);
@@ -43,7 +44,7 @@ from typing import Any
 import window_world as ww
 from lapsewatch.cycle.apply import CheckResult, _affected, _Known, _next_state
 from lapsewatch.cycle.due import DueDomain
-from lapsewatch.mail_hosts import kept_until, mail_host_domains
+from lapsewatch.mail_hosts import kept_until, mail_host_domains, registered_since_read
 from lapsewatch.schedule import Policy
 from lapsewatch.sources.interface import Observation
 from lapsewatch.store.models import Email
@@ -54,6 +55,7 @@ from lapsewatch.verdict import (
     Verdict,
     decide,
     needs_mail_hosts,
+    read_mail_hosts,
     settle,
 )
 
@@ -353,7 +355,23 @@ class LapsewatchRun:
         ):
             (again,) = self._observe(domain, t, read_mx=True, sources=("dns",))
             observations = [again if o.source == "dns" else o for o in observations]
-        mail_hosts = self._mail_hosts(domain.name, observations, t, due.known_mail_hosts)
+
+        def with_registration_dates() -> tuple[MailHostCheck, ...]:
+            return registered_since_read(
+                self._mail_hosts(domain.name, observations, t, due.known_mail_hosts),
+                due.known_mail_hosts,
+                due.mail_hosts_read_at,
+                earliest,
+                now,
+            )
+
+        mail_hosts = with_registration_dates()
+        if read_mail_hosts(observations) is None and any(
+            m.decision.verdict is Verdict.REREGISTERED for m in mail_hosts
+        ):  # as Checker.check_one: does the MX still name that domain?
+            (again,) = self._observe(domain, t, read_mx=True, sources=("dns",))
+            observations = [again if o.source == "dns" else o for o in observations]
+            mail_hosts = with_registration_dates()
         decision = decide(
             domain.name,
             observations,

@@ -126,6 +126,16 @@ def test_an_older_save_never_replaces_a_newer_verdict(engine: Engine) -> None:
     assert kept_row(engine) is None
 
 
+def test_a_kept_verdict_keeps_its_registration_date(engine: Engine) -> None:
+    """A domain behind a kept verdict compares the mail-host domain's registration date
+    with when its own MX was read (``mail_hosts.registered_since_read``)."""
+    registered = datetime(2012, 3, 4, 5, 6, tzinfo=UTC)
+    safe = Decision("shared-mail.test", Verdict.REGISTERED, "RDAP: active", "rdap", registered)
+    save_kept(engine, {"shared-mail.test": (safe, NOW, NOW + timedelta(days=7))}, NOW)
+    (kept, _until) = load_kept(engine, NOW)["shared-mail.test"]
+    assert kept.registered_at == registered
+
+
 def test_without_the_table_the_run_goes_on(mailed: World, engine: Engine) -> None:
     """A worker running before migration 0007 (or a locked table): the kept verdicts
     are neither read nor saved, and every result is applied all the same."""

@@ -14,8 +14,15 @@ import pytest
 from sqlalchemy import Engine, select
 
 from lapsewatch.cycle import run_cycle
+from lapsewatch.cycle.apply import CheckResult, _affected
 from lapsewatch.domains import parse
-from lapsewatch.mail_hosts import MailProviders, mail_host_domains, mail_providers
+from lapsewatch.mail_hosts import (
+    REREGISTRATION_DOUBT,
+    MailProviders,
+    mail_host_domains,
+    mail_providers,
+    registered_since_read,
+)
 from lapsewatch.scan import checker as scan_checker
 from lapsewatch.scan.addresses import extract
 from lapsewatch.scan.findings import Status, findings_for_package
@@ -418,3 +425,206 @@ def test_mx_is_read_again_after_the_interval(world: World, engine: Engine) -> No
             assert row.mail_hosts_read_at == NOW
     finally:
         world.remove_domain("renews.test")
+
+
+# ------------------------------------------------------------------ registered again
+
+
+READ = datetime(2026, 6, 1, tzinfo=UTC)
+OLD_VERIFICATION = datetime(2025, 1, 1, tzinfo=UTC)
+LATER = datetime(2026, 9, 1, tzinfo=UTC)
+AGAIN = READ + timedelta(days=20)
+
+
+def host_check(registered: datetime | None, verdict: Verdict = Verdict.REGISTERED) -> MailHostCheck:
+    decision = Decision("host.test", verdict, "RDAP: registered", "rdap", registered)
+    return MailHostCheck("mx.host.test", "host.test", decision)
+
+
+def test_a_mail_host_domain_registered_after_the_mx_was_read_is_registered_again() -> None:
+    """The MX named it on June 1st; a registration dated after that is not the domain
+    the mail went to: it lapsed and somebody registered it again between two checks."""
+    (check,) = registered_since_read(
+        [host_check(AGAIN)], ["MX.Host.test."], READ, OLD_VERIFICATION, LATER
+    )
+    assert check.decision.verdict is Verdict.REREGISTERED
+    assert check.decision.doubt == REREGISTRATION_DOUBT  # confirmed before it acts
+    assert check.decision.registered_at == AGAIN
+    assert "after the MX naming mx.host.test was read on 2026-06-01" in check.decision.reason
+    mine = Observation(
+        "rdap", "mine.test", Outcome.ANSWERED, "active", found=True, registered_at=LONG_AGO
+    )
+    decision = decide(
+        "mine.test", [mine], now=LATER, verified_at=OLD_VERIFICATION, mail_hosts=[check]
+    )
+    assert decision.verdict is Verdict.MAIL_HOST_LAPSED
+    assert not decision.firm
+    # Only the addresses verified before the new registration fall to it.
+    result = CheckResult("mine.test", OLD_VERIFICATION, (mine,), decision, LATER)
+    before = Email(address="a@mine.test", domain="mine.test", verified_at=OLD_VERIFICATION)
+    since = Email(address="b@mine.test", domain="mine.test", verified_at=AGAIN + timedelta(days=1))
+    assert _affected(before, result)
+    assert not _affected(since, result)
+
+
+@pytest.mark.parametrize(
+    ("registered", "known"),
+    [
+        (READ + timedelta(hours=20), ["mx.host.test"]),  # a full timestamp: no slack
+        (AGAIN, ["mx2.host.test"]),  # another host on the same domain
+    ],
+    ids=["timestamp", "same-domain"],
+)
+def test_more_mail_host_domains_registered_again(registered: datetime, known: list[str]) -> None:
+    (check,) = registered_since_read([host_check(registered)], known, READ, OLD_VERIFICATION, LATER)
+    assert check.decision.verdict is Verdict.REREGISTERED
+    assert check.decision.registered_at == registered
+
+
+@pytest.mark.parametrize(
+    ("check", "known", "read_at", "verified_at"),
+    [
+        (host_check(AGAIN), ["mx.host.test"], None, OLD_VERIFICATION),  # never read
+        (host_check(AGAIN), ["mx.host.test"], READ, None),  # nobody verified
+        (host_check(AGAIN), ["mx.host.test"], READ, AGAIN + timedelta(days=1)),  # verified since
+        (host_check(AGAIN), ["mx.other.test"], READ, OLD_VERIFICATION),  # not the read MX
+        (host_check(READ + timedelta(days=1)), ["mx.host.test"], READ, OLD_VERIFICATION),
+        (host_check(LATER + timedelta(days=3)), ["mx.host.test"], READ, OLD_VERIFICATION),
+        (host_check(LONG_AGO), ["mx.host.test"], READ, OLD_VERIFICATION),
+        (host_check(None), ["mx.host.test"], READ, OLD_VERIFICATION),
+        (host_check(AGAIN, Verdict.AVAILABLE), ["mx.host.test"], READ, OLD_VERIFICATION),
+    ],
+    ids=[
+        "never-read",
+        "nobody-verified",
+        "verified-since",
+        "not-named",
+        "within-a-day",
+        "in-the-future",
+        "older",
+        "no-date",
+        "already-dangerous",
+    ],
+)
+def test_what_is_not_a_mail_host_domain_registered_again(
+    check: MailHostCheck, known: list[str], read_at: datetime | None, verified_at: datetime | None
+) -> None:
+    assert registered_since_read([check], known, read_at, verified_at, LATER) == (check,)
+
+
+def behind_a_mail_host(world: World, domain: str, mail_domain: str) -> None:
+    """``domain``'s mail goes to ``mx.<mail_domain>``, registered in 2012."""
+    world.set_domain(
+        DomainScenario.make(mail_domain, "registered", now=NOW, registered="2012-01-01")
+    )
+    world.set_domain(DomainScenario.make(domain, "registered", now=NOW, mx=[f"mx.{mail_domain}"]))
+
+
+def registered_again(world: World, mail_domain: str) -> None:
+    """``mail_domain`` dropped and registered again 5 days ago."""
+    world.set_domain(DomainScenario.make(mail_domain, "registered", now=NOW, registered="-5d"))
+
+
+def test_a_cycle_unverifies_behind_a_mail_host_domain_registered_again(
+    world: World, engine: Engine
+) -> None:
+    """A mail host's domain dropped and registered again by somebody, both between two
+    checks of the domain behind it (bench/window.py found it at halved durations): the
+    address verified before goes, one verified since stays."""
+    add_verified(engine, "ray", "ray@behind.test")
+    since = NOW - timedelta(days=2)
+    with make_sessionmaker(engine).begin() as session:
+        account = Account(username="rey", created_at=since, projects=[])
+        account.emails.append(
+            Email(
+                address="rey@behind.test",
+                domain="behind.test",
+                primary=True,
+                verified=True,
+                verified_at=since,
+                added_at=since,
+            )
+        )
+        session.add(account)
+    behind_a_mail_host(world, "behind.test", "rehost-mail.test")
+    first = NOW - timedelta(days=40)
+    try:
+        assert run_cycle(settings_for(world), engine, now=first).unverified == 0
+        registered_again(world, "rehost-mail.test")
+        # Thin (one registry's date): confirmed by the check an hour later, then acted on.
+        assert run_cycle(settings_for(world), engine, now=NOW, everything=True).unverified == 0
+        later = NOW + timedelta(hours=1)
+        summary = run_cycle(settings_for(world), engine, now=later, everything=True)
+        assert summary.unverified == 1
+        with make_sessionmaker(engine)() as session:
+            emails = {
+                e.address: e
+                for e in session.scalars(select(Email).where(Email.domain == "behind.test"))
+            }
+            assert not emails["ray@behind.test"].verified
+            assert emails["ray@behind.test"].unverify_reason == "mail_host_lapsed"
+            detail = emails["ray@behind.test"].unverify_detail or ""
+            assert "rehost-mail.test" in detail
+            assert "registered on" in detail
+            assert emails["rey@behind.test"].verified
+            # Acted on once: later checks compare with the new registration.
+            row = session.get_one(Domain, "behind.test")
+            assert row.mail_hosts_read_at is not None
+            assert first + timedelta(days=30) < row.mail_hosts_read_at <= NOW
+    finally:
+        world.remove_domain("behind.test")
+        world.remove_domain("rehost-mail.test")
+
+
+def test_a_mail_host_domain_let_go_after_the_mail_moved_away_unverifies_nobody(
+    world: World, engine: Engine
+) -> None:
+    """The owner moved the mail to a provider and let the old mail host's domain go;
+    a drop-catcher registered it. The stored mail hosts still name it, so the MX is
+    read again before anything acts: it no longer does."""
+    add_verified(engine, "mov", "mov@moved.test")
+    behind_a_mail_host(world, "moved.test", "left-mail.test")
+    first = NOW - timedelta(days=40)
+    try:
+        run_cycle(settings_for(world), engine, now=first)
+        world.set_domain(
+            DomainScenario.make("moved.test", "registered", now=NOW, mx=["aspmx.l.google.com"])
+        )
+        registered_again(world, "left-mail.test")
+        for at in (NOW, NOW + timedelta(hours=1)):
+            world.dns_requests.reset()
+            assert run_cycle(settings_for(world), engine, now=at, everything=True).unverified == 0
+        assert world.dns_requests["moved.test"] == 1  # NS only: the MX was read at NOW
+        with make_sessionmaker(engine)() as session:
+            email = session.scalars(select(Email).where(Email.domain == "moved.test")).one()
+            assert email.verified
+            row = session.get_one(Domain, "moved.test")
+            assert row.mail_hosts == ["aspmx.l.google.com"]
+            assert row.last_verdict == "registered"
+    finally:
+        world.remove_domain("moved.test")
+        world.remove_domain("left-mail.test")
+
+
+def test_a_failed_mail_host_check_keeps_the_mx_read_time(world: World, engine: Engine) -> None:
+    """The MX read again unchanged while the mail host's registry fails: the old read
+    time stays, so a re-registration of that domain is still told from it later."""
+    add_verified(engine, "fai", "fai@kept-read.test")
+    world.set_domain(DomainScenario.make("failing-mail.test", "registered", now=NOW))
+    world.set_domain(
+        DomainScenario.make("kept-read.test", "registered", now=NOW, mx=["mx.failing-mail.test"])
+    )
+    first = NOW - timedelta(days=100)
+    try:
+        run_cycle(settings_for(world), engine, now=first)
+        world.set_domain(
+            DomainScenario.make("failing-mail.test", "registered", now=NOW, rdap="500", dns="lie")
+        )
+        run_cycle(settings_for(world), engine, now=NOW, everything=True)
+        with make_sessionmaker(engine)() as session:
+            row = session.get_one(Domain, "kept-read.test")
+            assert row.mail_hosts == ["mx.failing-mail.test"]
+            assert row.mail_hosts_read_at == first
+    finally:
+        world.remove_domain("kept-read.test")
+        world.remove_domain("failing-mail.test")

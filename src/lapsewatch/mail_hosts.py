@@ -30,7 +30,8 @@ import asyncio
 import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, time, timedelta
 from importlib.resources import files
 
 from sqlalchemy import Engine, delete, select
@@ -52,12 +53,16 @@ from lapsewatch.verdict import (
 
 __all__ = [
     "MAX_MAIL_HOST_DOMAINS",
+    "REREGISTRATION_DOUBT",
+    "REREGISTRATION_SLACK",
     "MailHostChecks",
     "MailProviders",
     "kept_until",
     "load_kept",
     "mail_host_domains",
     "mail_providers",
+    "registered_again_acted_on",
+    "registered_since_read",
     "save_kept",
 ]
 
@@ -147,6 +152,92 @@ def kept_until(
         in_grace=in_auto_renew_grace(observations),
     )
     return min(due, checked_at + policy.mail_host_keep)
+
+
+REREGISTRATION_SLACK = timedelta(days=1)
+"""How much later than the MX read a date-only registration date (midnight, as WHOIS
+gives it, read as UTC) must be to count; a full timestamp counts as it is."""
+REREGISTRATION_DOUBT = "a mail-host domain's registration date alone"
+"""Why a mail-host domain registered again is thin evidence: one registry's date
+decides for every domain behind it, so a second check confirms it first."""
+
+
+def registered_since_read(
+    checks: Sequence[MailHostCheck],
+    known_mail_hosts: Sequence[str],
+    read_at: datetime | None,
+    verified_at: datetime | None,
+    now: datetime,
+) -> tuple[MailHostCheck, ...]:
+    """``checks``, where a mail-host domain was registered after the domain's MX named
+    it (a host on it among the stored ``known_mail_hosts``, read at ``read_at``) made
+    ``reregistered``, thin (:data:`REREGISTRATION_DOUBT`).
+
+    The MX pointed there at ``read_at``, so the domain held then is not the one
+    registered later: it lapsed and somebody registered it again, between two checks
+    (a drop and a new registration can both fall inside 30 days), and now receives
+    the mail. Only when an address on the domain was verified (``verified_at``, the
+    oldest) before that registration: the cycle then unverifies those addresses,
+    not the ones verified since (``cycle.apply``). A date more than a day in the
+    future is garbage, not a registration. The caller reads the MX again before it
+    acts when the stored hosts stood in (the owner may have moved the mail away and
+    let that domain go: ``cycle.checker``)."""
+    if read_at is None or verified_at is None:
+        return tuple(checks)
+    named = {d for d in map(_registrable, known_mail_hosts) if d is not None}
+    return tuple(
+        _registered_again(check, read_at, verified_at, now) if check.domain in named else check
+        for check in checks
+    )
+
+
+def registered_again_acted_on(decision: Decision) -> datetime | None:
+    """The latest registration date of the mail-host domains registered again that a
+    ``mail_host_lapsed`` acting now rests on alone, else ``None``: the caller moves the
+    MX read time up to it, so the same registration is acted on once (an embedder
+    asking the status endpoint would otherwise be told again at every check)."""
+    dangerous = [m.decision for m in decision.mail_hosts if m.decision.verdict.dangerous]
+    if decision.verdict is not Verdict.MAIL_HOST_LAPSED or not dangerous:
+        return None
+    dates = [d.registered_at for d in dangerous if d.verdict is Verdict.REREGISTERED]
+    if len(dates) < len(dangerous) or None in dates:
+        return None
+    return max(d for d in dates if d is not None)
+
+
+def _registrable(host: str) -> str | None:
+    try:
+        return domains.registrable_domain(host.strip().rstrip(".").lower())
+    except ValueError:  # an address literal, a single label
+        return None
+
+
+def _registered_again(
+    check: MailHostCheck, read_at: datetime, verified_at: datetime, now: datetime
+) -> MailHostCheck:
+    decision = check.decision
+    registered = decision.registered_at
+    if decision.verdict is not Verdict.REGISTERED or registered is None:
+        return check
+    date_only = registered.timetz().replace(tzinfo=None) == time()
+    slack = REREGISTRATION_SLACK if date_only else timedelta(0)
+    if registered <= read_at + slack or registered > now + REREGISTRATION_SLACK:
+        return check
+    registered = min(registered, now)
+    if verified_at >= registered:
+        return check
+    reason = (
+        f"registered on {registered:%Y-%m-%d}, after the MX naming {check.host} was read "
+        f"on {read_at:%Y-%m-%d}: a new registration of {check.domain} ({decision.reason})"
+    )
+    again = replace(
+        decision,
+        verdict=Verdict.REREGISTERED,
+        reason=reason,
+        registered_at=registered,
+        doubt=REREGISTRATION_DOUBT,
+    )
+    return MailHostCheck(check.host, check.domain, again)
 
 
 class MailHostChecks:
@@ -294,6 +385,7 @@ def load_kept(engine: Engine, now: datetime) -> dict[str, tuple[Decision, dateti
                 f"{row.reason} (checked {row.checked_at:%Y-%m-%d %H:%M} UTC; "
                 f"kept until {row.good_until:%Y-%m-%d %H:%M} UTC)",
                 row.decided_by,
+                row.registered_at,
             ),
             row.good_until,
         )
@@ -301,8 +393,8 @@ def load_kept(engine: Engine, now: datetime) -> dict[str, tuple[Decision, dateti
     }
 
 
-_ROWS_PER_STATEMENT = 150
-"""Six bound parameters a row: under SQLite's old limit of 999 a statement."""
+_ROWS_PER_STATEMENT = 140
+"""Seven bound parameters a row: under SQLite's old limit of 999 a statement."""
 
 
 def save_kept(
@@ -319,6 +411,7 @@ def save_kept(
             "decided_by": decision.decided_by,
             "checked_at": checked_at,
             "good_until": until,
+            "registered_at": decision.registered_at,
         }
         for domain, (decision, checked_at, until) in sorted(kept.items())
     ]

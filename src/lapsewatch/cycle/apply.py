@@ -27,6 +27,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from lapsewatch.dates import isoformat
+from lapsewatch.mail_hosts import registered_again_acted_on
 from lapsewatch.names import address_key
 from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Observation, Outcome
@@ -88,15 +89,29 @@ class CheckResult:
 
 def _affected(email: Email, result: CheckResult) -> bool:
     """Whether this verified address falls to the verdict."""
-    decision = result.decision
+    return _falls(email.trusted_since, result.decision)
+
+
+def _falls(trusted_since: datetime | None, decision: Decision) -> bool:
+    # A mail-host domain registered again takes the addresses verified before it, also
+    # under the domain's own ``reregistered``. Firm mail-host dangers first: a thin one
+    # never takes an address a firm one spares (it is confirmed on its own), and
+    # beside the domain's own danger only firm ones count.
+    dangerous = [m.decision for m in decision.mail_hosts if m.decision.verdict.dangerous]
+    firm = [d for d in dangerous if d.firm]
+    by_host = (firm or dangerous) if decision.verdict is Verdict.MAIL_HOST_LAPSED else firm
+    if any(_falls(trusted_since, d) for d in by_host):
+        return True
     if decision.verdict is Verdict.REREGISTERED:
         # Only addresses verified before the new registration; an unknown
         # verification time is doubt, and doubt never unverifies.
         return (
             decision.registered_at is not None
-            and email.trusted_since is not None
-            and email.trusted_since < decision.registered_at
+            and trusted_since is not None
+            and trusted_since < decision.registered_at
         )
+    if decision.verdict is Verdict.MAIL_HOST_LAPSED:
+        return not by_host  # no mail host to tell by: the verdict stands
     return decision.verdict.dangerous
 
 
@@ -342,14 +357,29 @@ def _known_nameservers(known: _Known, result: CheckResult) -> list[str] | None:
 def _known_mail_hosts(known: _Known, result: CheckResult) -> dict[str, Any]:
     """The mail hosts to keep, and when they were read: this check's when it read them
     at a healthy check outside the grace (``healthy_mail_hosts``), else those known;
-    read again unchanged (in the grace too), they count as read now, so the daily
-    checks of a grace (whose name servers did not change) do not read it again."""
+    read again unchanged (in the grace too), they count as read now, so the checks of
+    a grace (whose name servers did not change) do not read it again.
+
+    Unchanged hosts keep their old read time while a mail-host domain's verdict is
+    unknown or dangerous: a re-registration of it is told from that time
+    (``mail_hosts.registered_since_read``), and must not be lost to a failed check
+    or before its confirmation."""
+    acted = registered_again_acted_on(result.decision)
+    if acted is not None:  # those verified before fall now; later checks compare with it
+        since = max(acted, known.mail_hosts_read_at or acted)
+        return {"mail_hosts": known.mail_hosts, "mail_hosts_read_at": since}
     healthy = healthy_mail_hosts(result.decision, result.observations)
-    if healthy is not None:
+    read = read_mail_hosts(result.observations) if healthy is None else healthy
+    unchanged = read is not None and known.mail_hosts is not None
+    unchanged = unchanged and set(read or ()) == set(known.mail_hosts or ())
+    unsettled = any(
+        m.decision.verdict is Verdict.UNKNOWN or m.decision.verdict.dangerous
+        for m in result.decision.mail_hosts
+    )
+    if healthy is not None and not (unchanged and unsettled):
         return {"mail_hosts": list(healthy), "mail_hosts_read_at": result.checked_at}
     read_at = known.mail_hosts_read_at
-    read = read_mail_hosts(result.observations)
-    if read is not None and known.mail_hosts is not None and set(read) == set(known.mail_hosts):
+    if unchanged and not unsettled:
         read_at = result.checked_at
     return {"mail_hosts": known.mail_hosts, "mail_hosts_read_at": read_at}
 

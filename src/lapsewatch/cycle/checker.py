@@ -17,12 +17,19 @@ from lapsewatch.config import ConfigError, Settings
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.due import DueDomain
 from lapsewatch.cycle.limits import Limited
-from lapsewatch.mail_hosts import MailHostChecks
+from lapsewatch.mail_hosts import MailHostChecks, registered_since_read
 from lapsewatch.pace import ServerPacer, open_pacer
 from lapsewatch.schedule import Policy
 from lapsewatch.sources import Observation, Source, observe_relevant, open_sources
 from lapsewatch.sources.interface import Deadline, failure
-from lapsewatch.verdict import Decision, Verdict, decide, needs_mail_hosts
+from lapsewatch.verdict import (
+    Decision,
+    MailHostCheck,
+    Verdict,
+    decide,
+    needs_mail_hosts,
+    read_mail_hosts,
+)
 
 __all__ = ["CHECKER", "Checker", "open_checker", "source_counts"]
 
@@ -80,9 +87,15 @@ class Checker:
             ):
                 observations = await self._with_mail_hosts(due.name, observations, deadline)
             checked_at = now or datetime.now(UTC)  # when the sources answered
-            mail_hosts = await self.mail_hosts.for_domain(
-                due.name, observations, checked_at, deadline, stored=due.known_mail_hosts
-            )
+            mail_hosts = await self._mail_hosts(due, observations, checked_at, deadline)
+            if read_mail_hosts(observations) is None and _registered_again(mail_hosts):
+                # The stored mail hosts stood in: does the MX still name that domain?
+                again = await self._with_mail_hosts(due.name, observations, deadline)
+                if read_mail_hosts(again) is None:  # no telling: that mail host is unknown
+                    mail_hosts = tuple(_unread(m) for m in mail_hosts)
+                else:
+                    observations = again
+                    mail_hosts = await self._mail_hosts(due, observations, checked_at, deadline)
             decision = decide(
                 due.name,
                 observations,
@@ -109,6 +122,26 @@ class Checker:
             reason = f"no verdict: {type(exc).__name__}: {str(exc)[:200]}"
             decision = Decision(due.name, Verdict.UNKNOWN, reason)
         return CheckResult(due.name, due.earliest_verified_at, observations, decision, checked_at)
+
+    async def _mail_hosts(
+        self,
+        due: DueDomain,
+        observations: tuple[Observation, ...],
+        checked_at: datetime,
+        deadline: Deadline,
+    ) -> tuple[MailHostCheck, ...]:
+        """The mail-host domains' verdicts, a domain registered since the MX named it
+        made ``reregistered`` (``mail_hosts.registered_since_read``)."""
+        checks = await self.mail_hosts.for_domain(
+            due.name, observations, checked_at, deadline, stored=due.known_mail_hosts
+        )
+        return registered_since_read(
+            checks,
+            due.known_mail_hosts,
+            due.mail_hosts_read_at,
+            due.earliest_verified_at,
+            checked_at,
+        )
 
     async def _with_mail_hosts(
         self, domain: str, observations: tuple[Observation, ...], deadline: Deadline
@@ -226,6 +259,19 @@ def source_counts(checker: Checker) -> dict[str, dict[str, int]]:
 
 
 _FINISHED: Final = object()
+
+
+def _registered_again(checks: Iterable[MailHostCheck]) -> bool:
+    return any(c.decision.verdict is Verdict.REREGISTERED for c in checks)
+
+
+def _unread(check: MailHostCheck) -> MailHostCheck:
+    """A mail-host domain registered again, when the MX could not be read again to
+    tell whether it still names it: ``unknown`` (retried), never acted on."""
+    if check.decision.verdict is not Verdict.REREGISTERED:
+        return check
+    why = f"{check.decision.reason}; the MX could not be read again to see it still names it"
+    return replace(check, decision=Decision(check.domain, Verdict.UNKNOWN, why))
 
 
 async def _aiter(items: Iterable[DueDomain] | AsyncIterable[DueDomain]) -> AsyncIterator[DueDomain]:

@@ -19,7 +19,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    Row,
     Select,
     and_,
     func,
@@ -38,6 +37,7 @@ __all__ = [
     "count_due_query",
     "due_pages",
     "is_due",
+    "known_due",
     "scheduled",
     "select_due",
     "stream_due",
@@ -105,7 +105,15 @@ _KNOWN = (Domain.nameservers, Domain.mail_hosts, Domain.mail_hosts_read_at)
 """What the ``domains`` row knows that the check compares against (``_due``)."""
 
 
-def _due(name: str, earliest: datetime | None, known: Row[*tuple[Any, ...]] | None) -> DueDomain:
+def known_due(name: str, earliest: datetime | None, row: Domain | None) -> DueDomain:
+    """A one-off check's due domain with what the ``domains`` row knows, whether or not
+    a verified address is behind it (the status endpoint, check-now): the grace rule
+    and a mail-host domain registered again compare against it, and the check's
+    result is stored over it."""
+    return _due(name, earliest, row)
+
+
+def _due(name: str, earliest: datetime | None, known: Any) -> DueDomain:
     """The due domain with what its row knows (``known``: a row with :data:`_KNOWN`)."""
     if known is None:
         return DueDomain(name, earliest)

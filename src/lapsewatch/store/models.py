@@ -407,8 +407,8 @@ class ServerRate(Base):
 
 class MailHostVerdict(Base):
     """A mail-host domain's last safe verdict (lapsewatch.mail_hosts): it stands for
-    every domain whose mail goes there for a day (``mail_hosts.kept_until``), so a
-    popular mail host is not asked about at each check of each domain behind it."""
+    every domain whose mail goes there for up to a week (``mail_hosts.kept_until``), so
+    a popular mail host is not asked about at each check of each domain behind it."""
 
     __tablename__ = "mail_host_verdicts"
 
@@ -418,4 +418,7 @@ class MailHostVerdict(Base):
     decided_by: Mapped[str | None] = mapped_column(String(20))
     checked_at: Mapped[datetime]
     good_until: Mapped[datetime] = mapped_column(index=True)
-    """When it is asked again: a day on, or sooner when it is due as a domain would be."""
+    """When it is asked again: a week on, or sooner when it is due as a domain would be."""
+    registered_at: Mapped[datetime | None]
+    """The registry's registration date with that verdict: a domain behind it compares
+    it with when its MX was read (``mail_hosts.registered_since_read``)."""

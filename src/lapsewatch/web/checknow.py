@@ -17,7 +17,7 @@ from lapsewatch import metrics
 from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.events import record
 from lapsewatch.cycle.apply import apply_result
-from lapsewatch.cycle.due import DueDomain, select_due
+from lapsewatch.cycle.due import known_due, select_due
 from lapsewatch.schedule import Policy
 from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.store.models import Domain, Email
@@ -58,14 +58,15 @@ def check_now(
         due = select_due(
             session, now=now, limit=None, everything=True, names=[name], include_leased=True
         )
+        row = session.get(Domain, name)
         known = (
-            session.get(Domain, name) is not None
+            row is not None
             or session.scalar(select(Email.id).where(Email.domain == name).limit(1)) is not None
         )
+        # No verified address behind it: still worth a look, with no date to compare.
+        target = due[0] if due else known_due(name, None, row)
     if not known:
         raise UnknownDomain(name)
-    # No verified address behind it: still worth a look, with nothing to compare dates to.
-    target = due[0] if due else DueDomain(name, None)
     result = checker.check(target, now=now)
     with sessions.begin() as session:
         unverified = apply_result(session, result, policy=policy)

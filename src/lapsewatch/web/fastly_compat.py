@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse, Response
 from lapsewatch import domains, metrics
 from lapsewatch.config import ConfigError
 from lapsewatch.cycle.apply import apply_result, settle_results
-from lapsewatch.cycle.due import DueDomain, select_due
+from lapsewatch.cycle.due import known_due, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.logs import log_context
 from lapsewatch.store.models import Domain
@@ -267,9 +267,10 @@ def _live(context: WebContext, name: str) -> StatusAnswer:
             # No verified address to compare with: the registration date seen before
             # stands in for it, so a domain that changed hands since is still caught.
             since = due[0].earliest_verified_at if due else (row.registered_at if row else None)
+            target = known_due(name, since, row)
         # The cycle's checker meters its sources itself (accounts.domaincheck); a
         # test's or an embedder's checker is asked as it is.
-        result = context.checker.check(DueDomain(name, since), now=now)
+        result = context.checker.check(target, now=now)
         with context.sessions.begin() as session:
             settled = settle_results(session, [result], policy=context.policy)[0]
             unverified = apply_result(session, settled, policy=context.policy)

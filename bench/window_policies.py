@@ -44,7 +44,12 @@ from typing import Any
 import window_world as ww
 from lapsewatch.cycle.apply import CheckResult, _affected, _Known, _next_state
 from lapsewatch.cycle.due import DueDomain
-from lapsewatch.mail_hosts import kept_until, mail_host_domains, registered_since_read
+from lapsewatch.mail_hosts import (
+    kept_until,
+    mail_host_domains,
+    not_read_again,
+    registered_since_read,
+)
 from lapsewatch.schedule import Policy
 from lapsewatch.sources.interface import Observation
 from lapsewatch.store.models import Email
@@ -370,8 +375,11 @@ class LapsewatchRun:
             m.decision.verdict is Verdict.REREGISTERED for m in mail_hosts
         ):  # as Checker.check_one: does the MX still name that domain?
             (again,) = self._observe(domain, t, read_mx=True, sources=("dns",))
-            observations = [again if o.source == "dns" else o for o in observations]
-            mail_hosts = with_registration_dates()
+            if read_mail_hosts([again]) is None:  # no telling: that mail host is unknown
+                mail_hosts = not_read_again(mail_hosts)
+            else:
+                observations = [again if o.source == "dns" else o for o in observations]
+                mail_hosts = with_registration_dates()
         decision = decide(
             domain.name,
             observations,

@@ -61,6 +61,7 @@ __all__ = [
     "load_kept",
     "mail_host_domains",
     "mail_providers",
+    "not_read_again",
     "registered_again_acted_on",
     "registered_since_read",
     "save_kept",
@@ -203,6 +204,20 @@ def registered_again_acted_on(decision: Decision) -> datetime | None:
     if len(dates) < len(dangerous) or None in dates:
         return None
     return max(d for d in dates if d is not None)
+
+
+def not_read_again(checks: Sequence[MailHostCheck]) -> tuple[MailHostCheck, ...]:
+    """``checks``, a mail-host domain registered again made ``unknown`` (retried, never
+    acted on): the stored mail hosts stood in, and the MX could not be read again to
+    tell whether it still names that domain."""
+    return tuple(_unread(check) for check in checks)
+
+
+def _unread(check: MailHostCheck) -> MailHostCheck:
+    if check.decision.verdict is not Verdict.REREGISTERED:
+        return check
+    why = f"{check.decision.reason}; the MX could not be read again to see it still names it"
+    return MailHostCheck(check.host, check.domain, Decision(check.domain, Verdict.UNKNOWN, why))
 
 
 def _registrable(host: str) -> str | None:

@@ -17,7 +17,7 @@ from lapsewatch.config import ConfigError, Settings
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.due import DueDomain
 from lapsewatch.cycle.limits import Limited
-from lapsewatch.mail_hosts import MailHostChecks, registered_since_read
+from lapsewatch.mail_hosts import MailHostChecks, not_read_again, registered_since_read
 from lapsewatch.pace import ServerPacer, open_pacer
 from lapsewatch.schedule import Policy
 from lapsewatch.sources import Observation, Source, observe_relevant, open_sources
@@ -92,7 +92,7 @@ class Checker:
                 # The stored mail hosts stood in: does the MX still name that domain?
                 again = await self._with_mail_hosts(due.name, observations, deadline)
                 if read_mail_hosts(again) is None:  # no telling: that mail host is unknown
-                    mail_hosts = tuple(_unread(m) for m in mail_hosts)
+                    mail_hosts = not_read_again(mail_hosts)
                 else:
                     observations = again
                     mail_hosts = await self._mail_hosts(due, observations, checked_at, deadline)
@@ -263,15 +263,6 @@ _FINISHED: Final = object()
 
 def _registered_again(checks: Iterable[MailHostCheck]) -> bool:
     return any(c.decision.verdict is Verdict.REREGISTERED for c in checks)
-
-
-def _unread(check: MailHostCheck) -> MailHostCheck:
-    """A mail-host domain registered again, when the MX could not be read again to
-    tell whether it still names it: ``unknown`` (retried), never acted on."""
-    if check.decision.verdict is not Verdict.REREGISTERED:
-        return check
-    why = f"{check.decision.reason}; the MX could not be read again to see it still names it"
-    return replace(check, decision=Decision(check.domain, Verdict.UNKNOWN, why))
 
 
 async def _aiter(items: Iterable[DueDomain] | AsyncIterable[DueDomain]) -> AsyncIterator[DueDomain]:

@@ -65,17 +65,19 @@ def seed(engine: Engine) -> None:
         session.add_all(Domain(name=name, consecutive_failures=0) for name in sorted(domains))
 
 
-def add_verified(engine: Engine, username: str, address: str) -> None:
-    """One account with one address, verified long before (``LONG_AGO``)."""
+def add_verified(
+    engine: Engine, username: str, address: str, verified_at: datetime = LONG_AGO
+) -> None:
+    """One account with one address, verified at ``verified_at`` (long before)."""
     with make_sessionmaker(engine).begin() as session:
-        account = Account(username=username, created_at=LONG_AGO, projects=[])
+        account = Account(username=username, created_at=verified_at, projects=[])
         account.emails.append(
             Email(
                 address=address,
                 domain=address.rsplit("@", 1)[1],
                 primary=True,
                 verified=True,
-                verified_at=LONG_AGO,
+                verified_at=verified_at,
             )
         )
         session.add(account)

@@ -532,20 +532,7 @@ def test_a_cycle_unverifies_behind_a_mail_host_domain_registered_again(
     checks of the domain behind it (bench/window.py found it at halved durations): the
     address verified before goes, one verified since stays."""
     add_verified(engine, "ray", "ray@behind.test")
-    since = NOW - timedelta(days=2)
-    with make_sessionmaker(engine).begin() as session:
-        account = Account(username="rey", created_at=since, projects=[])
-        account.emails.append(
-            Email(
-                address="rey@behind.test",
-                domain="behind.test",
-                primary=True,
-                verified=True,
-                verified_at=since,
-                added_at=since,
-            )
-        )
-        session.add(account)
+    add_verified(engine, "rey", "rey@behind.test", verified_at=NOW - timedelta(days=2))
     behind_a_mail_host(world, "behind.test", "rehost-mail.test")
     first = NOW - timedelta(days=40)
     try:

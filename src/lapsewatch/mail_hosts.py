@@ -116,11 +116,13 @@ def mail_host_domains(
     for host in hosts:
         if providers.covers(host):
             continue
-        try:
-            registrable = domains.registrable_domain(host)
-        except ValueError:  # DomainError: an IP literal, a single label, garbage
-            continue
-        if registrable == domain or providers.covers(registrable) or registrable in found:
+        registrable = _registrable(host)
+        if (
+            registrable is None
+            or registrable == domain
+            or providers.covers(registrable)
+            or registrable in found
+        ):
             continue
         found[registrable] = host
         if len(found) >= limit:
@@ -223,7 +225,7 @@ def _unread(check: MailHostCheck) -> MailHostCheck:
 def _registrable(host: str) -> str | None:
     try:
         return domains.registrable_domain(host.strip().rstrip(".").lower())
-    except ValueError:  # an address literal, a single label
+    except ValueError:  # DomainError: an IP literal, a single label, garbage
         return None
 
 

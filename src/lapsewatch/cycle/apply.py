@@ -93,10 +93,9 @@ def _affected(email: Email, result: CheckResult) -> bool:
 
 
 def _falls(trusted_since: datetime | None, decision: Decision) -> bool:
-    # A mail-host domain registered again takes the addresses verified before it, also
-    # under the domain's own ``reregistered``. Firm mail-host dangers first: a thin one
-    # never takes an address a firm one spares (it is confirmed on its own), and
-    # beside the domain's own danger only firm ones count.
+    # A mail-host domain registered again takes the addresses verified before it (also
+    # beside the domain's own danger, when firm). A thin mail-host danger never takes an
+    # address a firm one spares: it is confirmed on its own.
     dangerous = [m.decision for m in decision.mail_hosts if m.decision.verdict.dangerous]
     firm = [d for d in dangerous if d.firm]
     by_host = (firm or dangerous) if decision.verdict is Verdict.MAIL_HOST_LAPSED else firm
@@ -360,10 +359,9 @@ def _known_mail_hosts(known: _Known, result: CheckResult) -> dict[str, Any]:
     read again unchanged (in the grace too), they count as read now, so the checks of
     a grace (whose name servers did not change) do not read it again.
 
-    Unchanged hosts keep their old read time while a mail-host domain's verdict is
-    unknown or dangerous: a re-registration of it is told from that time
-    (``mail_hosts.registered_since_read``), and must not be lost to a failed check
-    or before its confirmation."""
+    Unchanged hosts keep their old read time while a mail-host domain is unknown or
+    dangerous: ``mail_hosts.registered_since_read`` tells a re-registration from it,
+    which a failed check or a pending confirmation must not lose."""
     acted = registered_again_acted_on(result.decision)
     if acted is not None:  # those verified before fall now; later checks compare with it
         since = max(acted, known.mail_hosts_read_at or acted)

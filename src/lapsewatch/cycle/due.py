@@ -98,23 +98,18 @@ def select_due(
         query = query.where(verified.c.domain.in_(names))
     if limit is not None:
         query = query.limit(limit)
-    return [_due(row.domain, row.earliest, row) for row in session.execute(query)]
+    return [known_due(row.domain, row.earliest, row) for row in session.execute(query)]
 
 
 _KNOWN = (Domain.nameservers, Domain.mail_hosts, Domain.mail_hosts_read_at)
 """What the ``domains`` row knows that the check compares against (``_due``)."""
 
 
-def known_due(name: str, earliest: datetime | None, row: Domain | None) -> DueDomain:
-    """A one-off check's due domain with what the ``domains`` row knows, whether or not
-    a verified address is behind it (the status endpoint, check-now): the grace rule
-    and a mail-host domain registered again compare against it, and the check's
-    result is stored over it."""
-    return _due(name, earliest, row)
-
-
-def _due(name: str, earliest: datetime | None, known: Any) -> DueDomain:
-    """The due domain with what its row knows (``known``: a row with :data:`_KNOWN`)."""
+def known_due(name: str, earliest: datetime | None, known: Any) -> DueDomain:
+    """The due domain with what its ``domains`` row knows (``known``: a row with
+    :data:`_KNOWN`, or the ``Domain`` itself): the grace rule and a mail-host domain
+    registered again compare against it. One-off checks (the status endpoint,
+    check-now) use it too, whether or not a verified address is behind the domain."""
     if known is None:
         return DueDomain(name, earliest)
     return DueDomain(
@@ -298,7 +293,7 @@ def _still_behind(connection: Connection, names: list[str]) -> list[DueDomain]:
     earliest: dict[str, datetime | None] = dict(connection.execute(_behind(names)).all())
     query = select(Domain.name, *_KNOWN).where(Domain.name.in_(names))
     known = {row.name: row for row in connection.execute(query)}
-    return [_due(name, earliest[name], known.get(name)) for name in names if name in earliest]
+    return [known_due(name, earliest[name], known.get(name)) for name in names if name in earliest]
 
 
 def _phases(now: datetime, everything: bool, dialect: str) -> list[tuple[_Query, ...]]:

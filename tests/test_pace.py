@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,32 @@ def test_a_refusal_cuts_once_per_cooldown_and_remembers_the_ceiling() -> None:
     assert bucket.rate == pytest.approx(49.0 + 0.25 * (0.9 * 70 - 49))
 
 
+def test_a_refusal_of_a_request_sent_before_the_last_cut_cuts_no_more() -> None:
+    """Refusals still coming in for requests sent at the old rate, after the cooldown
+    (a backlog), once cut a server three times in two seconds."""
+    bucket = ServerBucket(Learned(100.0), Policy())
+    bucket.refused(10.0, None, sent=9.9)
+    assert (bucket.rate, bucket.ceiling) == (70.0, 100.0)
+    bucket.refused(11.5, None, sent=9.95)  # past the cooldown, but sent before the cut
+    assert (bucket.rate, bucket.ceiling) == (70.0, 100.0)
+    bucket.refused(11.6, None, sent=11.0)  # sent at the new rate: that one counts
+    assert bucket.rate == pytest.approx(49.0)
+    assert bucket.ceiling == 70.0
+
+
+def test_a_refusal_near_the_ceiling_cuts_gently_a_lower_one_hard() -> None:
+    policy = Policy()
+    bucket = ServerBucket(Learned(98.0, ceiling=100.0), policy)
+    bucket.refused(10.0, None)  # at 98% of the known ceiling: only the probe overshot
+    assert bucket.rate == pytest.approx(88.2)
+    assert bucket.ceiling == 98.0
+    bucket.refused(11.5, None)  # refused again right there: the limit moved, cut hard
+    assert bucket.rate == pytest.approx(88.2 * 0.7)
+    far = ServerBucket(Learned(60.0, ceiling=100.0), policy)
+    far.refused(10.0, None)
+    assert far.rate == pytest.approx(42.0)
+
+
 def test_buckets_space_requests_at_the_rate_and_honour_retry_after() -> None:
     bucket = ServerBucket(Learned(10.0), Policy(burst=0.0))
     waits = [bucket.reserve(0.0, horizon=10)[1] for _ in range(5)]
@@ -73,6 +100,34 @@ def test_a_pinned_server_learns_nothing_but_still_pauses() -> None:
     bucket.raise_(100.0)
     assert bucket.rate == 4.0
     assert bucket.reserve(5.0, horizon=10) == (True, 2.0)
+
+
+def test_a_source_cap_keeps_serving_when_waiters_give_up() -> None:
+    """A request whose domain's deadline cancels it while it queues for the cap has
+    taken no slot: the cap keeps serving those behind it at its rate."""
+    from lapsewatch.cycle.limits import _Cap
+
+    cap = _Cap(20.0)
+    served: list[float] = []
+
+    async def one(start: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await cap.acquire()
+                served.append(asyncio.get_running_loop().time() - start)
+
+    async def scenario() -> None:
+        start = asyncio.get_running_loop().time()
+        for _ in range(6):  # 30 new requests every half second, each waiting 1 s at most
+            for _ in range(30):
+                asyncio.get_running_loop().create_task(one(start))
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
+
+    asyncio.run(scenario())
+    late = [t for t in served if t >= 2.0]
+    assert len(late) >= 15  # still about 20/s in the last second, not 0
+    assert len(served) <= 20 * 4 + 3  # never above the rate (plus its burst)
 
 
 # -- pins -------------------------------------------------------------------------------------
@@ -301,6 +356,61 @@ def test_a_refusal_right_after_a_cut_for_slowness_still_sets_the_ceiling() -> No
     bucket.refused(10.5, None)  # within the cooldown: no second cut, but a ceiling
     assert bucket.rate == pytest.approx(70.0)
     assert bucket.ceiling == pytest.approx(100.0)
+
+
+class Refused(Hanging):
+    """Each observation sends one request; the server's 429 comes back when the test
+    opens that domain's gate."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.gates: dict[str, asyncio.Event] = {}
+
+    async def observe(self, domain: str) -> Observation:
+        assert self.pacer is not None
+        await self.pacer.request("busy:443")
+        self.sent += 1
+        await self.gates.setdefault(domain, asyncio.Event()).wait()
+        self.pacer.refused(None, "busy:443")
+        return Observation.error(self.name, domain, "429")
+
+
+def test_a_refusal_names_when_its_request_went_out() -> None:
+    """Limited passes the refused request's send time to the pacer: a 429 that comes
+    back after a cut, to a request sent before it, cuts no more."""
+    clock = Clock()
+    pacer = _pacer(clock)
+    source = Refused(clock)
+    limited = Limited(source, concurrency=4, pacer=pacer)
+
+    async def until_sent(count: int) -> None:
+        for _ in range(100):
+            if source.sent >= count:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("not sent")
+
+    async def scenario() -> tuple[float, float]:
+        buckets = pacer.buckets
+        assert isinstance(buckets, LocalBuckets)
+        early = asyncio.create_task(limited.observe("early.example"))
+        await until_sent(1)
+        clock.now += 0.1
+        late = asyncio.create_task(limited.observe("late.example"))
+        await until_sent(2)
+        source.gates["late.example"].set()  # refused at once: the cut
+        await late
+        await asyncio.sleep(0)
+        cut = buckets.buckets["busy:443"].rate
+        clock.now += 5.0  # past the cooldown, the early request's 429 comes back
+        source.gates["early.example"].set()
+        await early
+        await asyncio.sleep(0)
+        return cut, buckets.buckets["busy:443"].rate
+
+    cut, after = asyncio.run(scenario())
+    assert cut == pytest.approx(7.0)
+    assert after == cut
 
 
 def test_a_pause_between_attempts_is_not_a_timeout() -> None:

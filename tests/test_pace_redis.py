@@ -61,28 +61,33 @@ def test_two_processes_share_one_bucket_per_server() -> None:
     assert paused > 25
 
 
-@pytest.mark.redis
-@pytest.mark.usefixtures("require_redis")
-def test_the_lua_rule_is_the_python_rule() -> None:
-    policy = Policy(epoch=0.0, cooldown=0.0, maximum=50.0)
-    # A cut (slow answers) sets no ceiling, a refusal does: both rules agree on both.
-    steps = ["raise", "raise", "raise", "cut", "raise", "raise", "refused", "raise", "cut"]
-    steps += ["raise"] * 12
+Rates = list[tuple[float, float | None]]
+OLD = 10.0
+"""Seconds before the refusal that an ``old`` step's request went out (before the last cut)."""
 
+
+def _in_python(policy: Policy, steps: list[str]) -> Rates:
+    """``(rate, ceiling)`` after each step, one step a second, in this process."""
     local = ServerBucket(Learned(10.0), policy)
     expected = []
     for index, step in enumerate(steps):
+        now = float(index)
         if step == "raise":
-            local.raise_(float(index))
+            local.raise_(now)
         elif step == "cut":
-            local.cut(float(index))
+            local.cut(now)
         else:
-            local.refused(float(index), None)
+            local.refused(now, None, sent=now - OLD if step == "old" else now)
         expected.append((local.rate, local.ceiling))
+    return expected
 
-    async def shared() -> list[tuple[float, float | None]]:
+
+def _in_redis(policy: Policy, steps: list[str]) -> Rates:
+    """The same steps through the Lua script (real Redis, its own clock)."""
+
+    async def shared() -> Rates:
         buckets = RedisBuckets(REDIS_URL, policy, prefix=_prefix())
-        rates: list[tuple[float, float | None]] = []
+        rates: Rates = []
         try:
             for step in steps:
                 if step == "raise":
@@ -90,7 +95,8 @@ def test_the_lua_rule_is_the_python_rule() -> None:
                 elif step == "cut":
                     await buckets.cut("s:1", Learned(10.0), None)
                 else:
-                    await buckets.refused("s:1", Learned(10.0), None, None)
+                    age = OLD if step == "old" else 0.0
+                    await buckets.refused("s:1", Learned(10.0), None, None, age)
                 learned = (await buckets.learned(["s:1"]))["s:1"]
                 rates.append((learned.rate, learned.ceiling))
         finally:
@@ -98,13 +104,45 @@ def test_the_lua_rule_is_the_python_rule() -> None:
             await buckets.aclose()
         return rates
 
-    got = asyncio.run(shared())
+    return asyncio.run(shared())
+
+
+def _assert_same(got: Rates, expected: Rates) -> None:
     assert [r for r, _ in got] == pytest.approx([r for r, _ in expected], rel=1e-9)
     assert [c is None for _, c in got] == [c is None for _, c in expected]
     ceilings = [(g, e) for (_, g), (_, e) in zip(got, expected, strict=True) if e is not None]
     assert [g for g, _ in ceilings] == pytest.approx([e for _, e in ceilings], rel=1e-9)
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("require_redis")
+def test_the_lua_rule_is_the_python_rule() -> None:
+    policy = Policy(epoch=0.0, cooldown=0.0, maximum=50.0)
+    # A cut (slow answers) sets no ceiling, a refusal does: both rules agree on both.
+    steps = ["raise", "raise", "raise", "cut", "raise", "raise", "refused", "raise", "cut"]
+    steps += ["raise"] * 12
+    expected = _in_python(policy, steps)
+    _assert_same(_in_redis(policy, steps), expected)
     assert expected[3][1] is None  # the cut set no ceiling
     assert expected[6][1] is not None  # the refusal did
+
+
+@pytest.mark.redis
+@pytest.mark.usefixtures("require_redis")
+def test_the_lua_rule_is_the_python_rule_near_the_ceiling() -> None:
+    """The gentle cut near the ceiling and a refusal of a request sent before the last
+    cut: Lua and Python agree step for step."""
+    policy = Policy(epoch=0.0, cooldown=0.0, maximum=50.0)
+    steps = ["raise"] * 3 + ["refused"] + ["raise"] * 20 + ["refused", "old", "raise", "raise"]
+    expected = _in_python(policy, steps)
+    _assert_same(_in_redis(policy, steps), expected)
+    probed = expected[23][0]
+    first_ceiling = expected[3][1]
+    assert first_ceiling is not None
+    assert probed > 0.9 * first_ceiling  # recovered, then probing past 90%
+    near_cut, _ = expected[24]
+    assert near_cut == pytest.approx(probed * policy.near_decrease)
+    assert expected[25] == expected[24]  # the old request's refusal changed nothing
 
 
 @pytest.mark.redis

@@ -288,30 +288,40 @@ class ServerPacer:
     def _buckets(self) -> Buckets:
         return self._local if self._local is not None else self.buckets
 
-    async def _call(self, op: str, server: str, retry_after: float | None = None) -> None:
+    async def _call(
+        self,
+        op: str,
+        server: str,
+        retry_after: float | None = None,
+        sent: float | None = None,
+    ) -> None:
         initial, pin = self._initial(server)
         try:
             buckets = self._buckets()
             if op == "refused":
-                await buckets.refused(server, initial, pin, retry_after)
+                age = None if sent is None else self._clock() - sent
+                await buckets.refused(server, initial, pin, retry_after, age)
             elif op == "cut":
                 await buckets.cut(server, initial, pin)
             else:
                 await buckets.raise_(server, initial, pin)
         except Exception as exc:
             await self._fall_back(exc)
-            await self._call(op, server, retry_after)
+            await self._call(op, server, retry_after, sent)
 
     # -- what comes back ------------------------------------------------------------------------
 
-    def refused(self, server: str, retry_after: float | None) -> None:
-        """``server`` said "too many requests": cut its rate, pause it for ``retry_after``."""
+    def refused(self, server: str, retry_after: float | None, sent: float | None = None) -> None:
+        """``server`` said "too many requests": cut its rate, pause it for ``retry_after``.
+        ``sent``: when the refused request went out (this pacer's clock), if known."""
         now = self._clock()
         self._epoch(server, now).refusals += 1
         if retry_after:
             until = now + retry_after
             self._paused_until[server] = max(self._paused_until.get(server, 0.0), until)
-        task = asyncio.get_running_loop().create_task(self._call("refused", server, retry_after))
+        task = asyncio.get_running_loop().create_task(
+            self._call("refused", server, retry_after, sent)
+        )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 

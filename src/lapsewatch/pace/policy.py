@@ -6,10 +6,11 @@ rate grows once per ``epoch``: by half each time (*slow start*) until the server
 first says "too many requests", then back quickly towards 90% of the rate that
 was refused, then by 1% an epoch (probing whether the server now allows more). A
 429, a ``Retry-After``, a DNS ``REFUSED``, a WHOIS quota text, a burst of
-timeouts or a jump in latency cuts the rate to 70% (at most once a ``cooldown``,
-so a volley of refusals to requests already in flight counts once), and the rate
-that was refused is remembered as the server's *ceiling* (a refusal only: slow
-answers and timeouts cut the rate but set no ceiling). ``Retry-After`` also
+timeouts or a jump in latency cuts the rate to 70% (to 90% for a refusal near the
+known ceiling; at most once a ``cooldown``, and never for a refused request sent
+before the last cut, so a volley of refusals to requests already sent counts once),
+and the rate that was refused is remembered as the server's *ceiling* (a refusal
+only: slow answers and timeouts cut the rate but set no ceiling). ``Retry-After`` also
 pauses every request to that server until it has passed.
 
 The bucket is GCRA (virtual scheduling): each request reserves the next slot,
@@ -66,6 +67,10 @@ class Policy:
     """Factor per epoch until the first refusal."""
     decrease: float = 0.7
     """Factor of a cut."""
+    near_decrease: float = 0.9
+    """Factor of a cut for a refusal above 90% of the known ceiling: the limit is
+    known and only the last probe went past it (a cut to 70% there cost 1.5 s of the
+    big registry's quota at every refusal, measured in the bench's patchwork world)."""
     recover: float = 0.25
     """Below 90% of the ceiling: this share of the gap is closed per epoch."""
     probe: float = 0.01
@@ -100,8 +105,9 @@ def raised_rate(rate: float, ceiling: float | None, policy: Policy) -> float:
     return min(policy.maximum, max(policy.minimum, grown))
 
 
-def cut_rate(rate: float, policy: Policy) -> float:
-    return max(policy.minimum, rate * policy.decrease)
+def cut_rate(rate: float, policy: Policy, *, near: bool = False) -> float:
+    """The rate after a cut; ``near``: a refusal above 90% of the known ceiling."""
+    return max(policy.minimum, rate * (policy.near_decrease if near else policy.decrease))
 
 
 class ServerBucket:
@@ -130,26 +136,35 @@ class ServerBucket:
         self.tat = slot + 1.0 / self.rate
         return True, wait
 
-    def refused(self, now: float, retry_after: float | None) -> None:
+    def refused(self, now: float, retry_after: float | None, sent: float | None = None) -> None:
         """The server said "too many requests": pause for ``retry_after``, cut the rate,
-        and remember the refused rate as the ceiling."""
+        and remember the refused rate as the ceiling.
+
+        ``sent``: when the refused request went out. One sent before the last cut was
+        sent at the rate before it, so it says nothing of the rate now and cuts no
+        more: refusals still arriving from a backlog sent at the old rate cut a server
+        three times in two seconds, to a ceiling 20% under its quota, from which it
+        crept back at 1% a second (measured in the bench's patchwork world)."""
         if retry_after:
             self.paused_until = max(self.paused_until, now + retry_after)
-        self.cut(now, refused=True)
+        self.cut(now, refused=True, stale=sent is not None and sent < self.last_cut)
 
-    def cut(self, now: float, *, refused: bool = False) -> None:
+    def cut(self, now: float, *, refused: bool = False, stale: bool = False) -> None:
         """Slow down. Only a refusal sets the ceiling: slow answers or timeouts may be
         our own busy event loop, not the server's quota, and a ceiling set from them
         held a server far below its quota for the rest of a cycle (measured)."""
         if self.pinned is not None:
             return
-        if now - self.last_cut < self.policy.cooldown:
+        if stale or now - self.last_cut < self.policy.cooldown:
             if refused and self.ceiling is None:  # refused just after a cut for slowness
                 self.ceiling = self.rate / self.policy.decrease  # the rate that was refused
             return
+        # Strictly above: right after a gentle cut the rate is 90% of the ceiling, and a
+        # refusal there means the limit has moved down (a hard cut again).
+        near = refused and self.ceiling is not None and self.rate > 0.9 * self.ceiling
         if refused:
             self.ceiling = self.rate
-        self.rate = cut_rate(self.rate, self.policy)
+        self.rate = cut_rate(self.rate, self.policy, near=near)
         self.last_cut = self.last_change = now
 
     def raise_(self, now: float) -> None:

@@ -50,8 +50,14 @@ class Buckets(ABC):
 
     @abstractmethod
     async def refused(
-        self, server: str, initial: Learned, pin: Pin | None, retry_after: float | None
-    ) -> None: ...
+        self,
+        server: str,
+        initial: Learned,
+        pin: Pin | None,
+        retry_after: float | None,
+        age: float | None = None,
+    ) -> None:
+        """``age``: seconds since the refused request went out (``None``: not known)."""
 
     @abstractmethod
     async def cut(self, server: str, initial: Learned, pin: Pin | None) -> None: ...
@@ -98,9 +104,16 @@ class LocalBuckets(Buckets):
         return self.bucket(server, initial, pin).reserve(self.clock(), horizon)
 
     async def refused(
-        self, server: str, initial: Learned, pin: Pin | None, retry_after: float | None
+        self,
+        server: str,
+        initial: Learned,
+        pin: Pin | None,
+        retry_after: float | None,
+        age: float | None = None,
     ) -> None:
-        self.bucket(server, initial, pin).refused(self.clock(), retry_after)
+        now = self.clock()
+        sent = None if age is None else now - age
+        self.bucket(server, initial, pin).refused(now, retry_after, sent)
 
     async def cut(self, server: str, initial: Learned, pin: Pin | None) -> None:
         self.bucket(server, initial, pin).cut(self.clock())
@@ -114,7 +127,8 @@ class LocalBuckets(Buckets):
 
 # ARGV: op, start rate, start ceiling ('' = none), pinned rate (0 = none), maximum,
 # horizon (reserve) or retry_after (refused), ttl in ms, then the policy: minimum,
-# epoch, cooldown, slow_start, decrease, recover, probe, burst.
+# epoch, cooldown, slow_start, decrease, recover, probe, burst; then (refused) the
+# seconds since the refused request went out (-1 = not known); then near_decrease.
 # Returns {wait, rate, ceiling ('' = none), reserved ('1' or '0')} as strings
 # (Redis would truncate Lua numbers to integers).
 _SCRIPT = """
@@ -133,6 +147,8 @@ local decrease = tonumber(ARGV[12])
 local recover = tonumber(ARGV[13])
 local probe = tonumber(ARGV[14])
 local burst = tonumber(ARGV[15])
+local age = tonumber(ARGV[16]) or -1
+local near_decrease = tonumber(ARGV[17])
 local s = redis.call('HMGET', key, 'rate', 'ceiling', 'tat', 'paused', 'last_cut', 'last_change')
 local rate = tonumber(s[1])
 local ceiling = tonumber(s[2])
@@ -159,17 +175,21 @@ if op == 'refused' and arg > 0 then
   redis.call('HSET', key, 'paused', string.format('%.6f', math.max(paused, now + arg)))
 end
 if op == 'refused' or op == 'cut' then
-  if pinned <= 0 and now - last_cut < cooldown then
+  -- a refused request sent before the last cut was sent at the old rate: no new cut
+  local stale = op == 'refused' and age >= 0 and now - age < last_cut
+  if pinned <= 0 and (stale or now - last_cut < cooldown) then
     if op == 'refused' and ceiling == nil then  -- refused just after a cut for slowness
       ceiling = rate / decrease
       redis.call('HSET', key, 'ceiling', tostring(ceiling))
     end
   elseif pinned <= 0 then
+    local factor = decrease
     if op == 'refused' then
+      if ceiling and rate > 0.9 * ceiling then factor = near_decrease end
       ceiling = rate  -- only a refusal is the server's word on its quota
       redis.call('HSET', key, 'ceiling', tostring(ceiling))
     end
-    rate = math.max(minimum, rate * decrease)
+    rate = math.max(minimum, rate * factor)
     redis.call('HSET', key, 'rate', tostring(rate),
       'last_cut', string.format('%.6f', now), 'last_change', string.format('%.6f', now))
   end
@@ -206,7 +226,13 @@ class RedisBuckets(Buckets):
         self._seen: set[str] = set()
 
     async def _call(
-        self, op: str, server: str, initial: Learned, pin: Pin | None, arg: float
+        self,
+        op: str,
+        server: str,
+        initial: Learned,
+        pin: Pin | None,
+        arg: float,
+        age: float | None = None,
     ) -> list[bytes]:
         self._seen.add(server)
         policy = _policy_for(self.policy, pin)
@@ -221,6 +247,8 @@ class RedisBuckets(Buckets):
             str(TTL_SECONDS * 1000),
             *(repr(x) for x in (p.minimum, p.epoch, p.cooldown, p.slow_start, p.decrease)),
             *(repr(x) for x in (p.recover, p.probe, p.burst)),
+            repr(-1.0 if age is None else max(0.0, age)),
+            repr(p.near_decrease),
         ]
         result: list[bytes] = await self._script(keys=[self.prefix + server], args=args)
         return result
@@ -232,9 +260,14 @@ class RedisBuckets(Buckets):
         return reply[3] == b"1", float(reply[0])
 
     async def refused(
-        self, server: str, initial: Learned, pin: Pin | None, retry_after: float | None
+        self,
+        server: str,
+        initial: Learned,
+        pin: Pin | None,
+        retry_after: float | None,
+        age: float | None = None,
     ) -> None:
-        await self._call("refused", server, initial, pin, retry_after or 0.0)
+        await self._call("refused", server, initial, pin, retry_after or 0.0, age)
 
     async def cut(self, server: str, initial: Learned, pin: Pin | None) -> None:
         await self._call("cut", server, initial, pin, 0.0)

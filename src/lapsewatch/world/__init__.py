@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Protocol, Self, TypeVar
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 from lapsewatch.world.dns_server import BuiltinDnsServer
 from lapsewatch.world.fastly_server import FastlyServer
@@ -229,9 +229,10 @@ class World:
         """Keyed by the ``domain`` parameter."""
         return _running(self._fastly).requests
 
-    def pacing_stats(self) -> dict[str, dict[str, int]]:
-        """Requests admitted and refused (over the rate limit) per server."""
-        stats: dict[str, dict[str, int]] = {}
+    def pacing_stats(self) -> dict[str, dict[str, Any]]:
+        """Requests admitted and refused (over the rate limit) per server, and per second
+        (``timeline``)."""
+        stats: dict[str, dict[str, Any]] = {}
         servers = (
             ("rdap", self._rdap),
             ("fastly", self._fastly),
@@ -241,7 +242,11 @@ class World:
         for name, server in servers:
             pacing = getattr(server, "pacing", None)
             if isinstance(pacing, Pacing):
-                stats[name] = {"admitted": pacing.admitted, "refused": pacing.refused}
+                stats[name] = {
+                    "admitted": pacing.admitted,
+                    "refused": pacing.refused,
+                    "timeline": pacing.timeline,
+                }
         return stats
 
     @property

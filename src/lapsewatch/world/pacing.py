@@ -31,21 +31,36 @@ class Pacing:
         self._tokens = rate or 0.0
         self._last = time.monotonic()
         self._lock = threading.Lock()
+        self._first: float | None = None
+        self.timeline: list[list[int]] = []
+        """``[admitted, refused]`` per second from the first request (where a bench's
+        cycle lost its server's quota: a slow start, a refusal's pause, a tail)."""
+
+    def _count(self, now: float, index: int) -> None:
+        if self._first is None:
+            self._first = now
+        second = int(now - self._first)
+        while len(self.timeline) <= second:
+            self.timeline.append([0, 0])
+        self.timeline[second][index] += 1
 
     def admit(self) -> bool:
         """Whether one more request fits under the rate limit now."""
         with self._lock:
+            now = time.monotonic()
             if self.rate is None:
                 self.admitted += 1
+                self._count(now, 0)
                 return True
-            now = time.monotonic()
             self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
             self._last = now
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
                 self.admitted += 1
+                self._count(now, 0)
                 return True
             self.refused += 1
+            self._count(now, 1)
             return False
 
     def delay(self) -> None:
@@ -165,6 +180,7 @@ class Patchwork:
                 "latency": r.latency,
                 "admitted": pacing.admitted,
                 "refused": pacing.refused,
+                "timeline": pacing.timeline,
             }
         return stats
 

@@ -120,6 +120,7 @@ class AccountCore:
     ) -> tuple[list[int], RateLimited | None]:
         """Refuse if over a limit, else record one hit per key (committed by the caller
         before the expensive check, then confirmed by :meth:`_recount`)."""
+        self._limiter.serialize(session, [key for key, _ in keys])
         blocked = self._blocked(session, keys, now, event_kind=event_kind)
         if blocked is not None:
             return [], blocked

@@ -9,7 +9,10 @@ window drains at the limit's own pace.
 Expensive checks (a password, a second factor) *reserve* their hit before the
 work: the hit is committed first, then counted (:meth:`RateLimiter.over`). Of N
 attempts racing, the one whose hit commits k-th counts at least k hits, so no
-more than the limit are ever checked, without locks and on SQLite too. A
+more than the limit are ever checked, on SQLite too. On PostgreSQL the reservations
+of one key also wait for each other (:meth:`RateLimiter.serialize`, an advisory lock
+held by the short reserving transaction only): without it N racers could all reserve,
+all count N and all be refused, the one with the right code included. A
 successful attempt gives its hit back (:meth:`RateLimiter.refund`).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
@@ -39,6 +43,18 @@ class RateLimiter:
         """``name`` plus a keyed hash of the case-folded value."""
         mac = hmac.new(self._secret, value.casefold().encode("utf-8", "replace"), hashlib.sha256)
         return f"{name}:{mac.hexdigest()[:40]}"
+
+    @staticmethod
+    def serialize(session: Session, keys: Sequence[str]) -> None:
+        """Make this transaction's reservations of ``keys`` wait for any other's, until
+        it ends (PostgreSQL; a no-op elsewhere). Then of N attempts racing, the first
+        ``limit`` reserve a hit and the rest are refused at once (seen in CI without it:
+        eight logins racing one recovery code all reserved, all counted eight, and
+        none was let in)."""
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        for key in sorted(set(keys)):  # one order everywhere: no deadlock
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
 
     def blocked_until(
         self, session: Session, key: str, limit: Limit, *, now: datetime

@@ -242,11 +242,7 @@ class World:
         for name, server in servers:
             pacing = getattr(server, "pacing", None)
             if isinstance(pacing, Pacing):
-                stats[name] = {
-                    "admitted": pacing.admitted,
-                    "refused": pacing.refused,
-                    "timeline": pacing.timeline,
-                }
+                stats[name] = pacing.counts()
         return stats
 
     @property

@@ -36,32 +36,36 @@ class Pacing:
         """``[admitted, refused]`` per second from the first request (where a bench's
         cycle lost its server's quota: a slow start, a refusal's pause, a tail)."""
 
-    def _count(self, now: float, index: int) -> None:
+    def _record(self, now: float, *, admitted: bool) -> bool:
+        """Count one request, in all and in its second; ``admitted`` back."""
+        if admitted:
+            self.admitted += 1
+        else:
+            self.refused += 1
         if self._first is None:
             self._first = now
         second = int(now - self._first)
         while len(self.timeline) <= second:
             self.timeline.append([0, 0])
-        self.timeline[second][index] += 1
+        self.timeline[second][0 if admitted else 1] += 1
+        return admitted
 
     def admit(self) -> bool:
         """Whether one more request fits under the rate limit now."""
         with self._lock:
             now = time.monotonic()
             if self.rate is None:
-                self.admitted += 1
-                self._count(now, 0)
-                return True
+                return self._record(now, admitted=True)
             self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
             self._last = now
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
-                self.admitted += 1
-                self._count(now, 0)
-                return True
-            self.refused += 1
-            self._count(now, 1)
-            return False
+                return self._record(now, admitted=True)
+            return self._record(now, admitted=False)
+
+    def counts(self) -> dict[str, Any]:
+        """Requests admitted and refused, in all and per second (``timeline``)."""
+        return {"admitted": self.admitted, "refused": self.refused, "timeline": self.timeline}
 
     def delay(self) -> None:
         if self.latency > 0:
@@ -178,9 +182,7 @@ class Patchwork:
                 "protocol": r.protocol,
                 "quota": r.quota,
                 "latency": r.latency,
-                "admitted": pacing.admitted,
-                "refused": pacing.refused,
-                "timeline": pacing.timeline,
+                **pacing.counts(),
             }
         return stats
 

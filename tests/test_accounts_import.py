@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from lapsewatch import domains
 from lapsewatch.accounts import (
     ImportAborted,
+    ImportInputError,
     ImportSummary,
-    InputError,
     InputKind,
     import_accounts,
     import_reconcile,
@@ -214,7 +214,7 @@ def test_detect_kind(name: str | None, first: bytes | None, kind: InputKind) -> 
     ],
 )
 def test_bad_csv_header_imports_nothing(engine: Engine, header: bytes, message: str) -> None:
-    with pytest.raises(InputError, match=re.escape(message)):
+    with pytest.raises(ImportInputError, match=re.escape(message)):
         run(engine, header + b"a,a@a.example,true\n", kind=InputKind.csv)
     assert rows(engine, Account) == []
 
@@ -542,7 +542,7 @@ def test_parsing_in_a_second_process_gives_the_same_result(engine: Engine, tmp_p
 
     bad_header = tmp_path / "bad.csv"
     bad_header.write_bytes(b"username,address,verified,colour\n")
-    with pytest.raises(InputError, match="unknown CSV column"):
+    with pytest.raises(ImportInputError, match="unknown CSV column"):
         run(engine, bad_header, parallel=True)
 
 

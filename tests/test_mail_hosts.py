@@ -306,7 +306,7 @@ def test_cycle_unverifies_behind_a_lapsed_mail_host(world: World, engine: Engine
 
 def test_scan_shows_the_lapsed_mail_host(world: World) -> None:
     settings = settings_for(world)
-    checks = asyncio.run(scan_checker.check_domains(["mailed.test", "hosted.test"], settings))
+    checks = asyncio.run(scan_checker.check_scan_domains(["mailed.test", "hosted.test"], settings))
     assert "old-mail.test" in checks.observations  # the mail host's domain, asked once
     assert checks.asked == 2
     assert not any("google" in d for d in checks.observations)

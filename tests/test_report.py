@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from lapsewatch.accounts import import_accounts
 from lapsewatch.commands.report import report as report_command
 from lapsewatch.formats.report import report as report_json
-from lapsewatch.report import AtRisk, DueDomain, build_report
+from lapsewatch.report import AtRisk, UpcomingCheck, build_report
 from lapsewatch.store import Domain, Email
 
 NOW = datetime(2026, 1, 10, tzinfo=UTC)
@@ -108,10 +108,10 @@ def test_next_due_never_checked_first_then_by_date(store: Engine) -> None:
     # Only domains behind a verified address are scheduled: lapsed.example lost its
     # only verified address, grace.example never had one.
     assert report.next_due == (
-        DueDomain("carol.example", None, None),
-        DueDomain("erin.example", None, None),
-        DueDomain("bob.example", due(15), "registered"),
-        DueDomain("alice.example", due(31), "registered"),
+        UpcomingCheck("carol.example", None, None),
+        UpcomingCheck("erin.example", None, None),
+        UpcomingCheck("bob.example", due(15), "registered"),
+        UpcomingCheck("alice.example", due(31), "registered"),
     )
     assert report.domains_due == 2
     assert build_report(store, now=due(20)).domains_due == 3
@@ -215,7 +215,7 @@ def test_report_json_dates() -> None:
         domains_total=1,
         domains_by_verdict=(("registered", 1),),
         domains_due=0,
-        next_due=(DueDomain("x.example", due(12), "registered"),),
+        next_due=(UpcomingCheck("x.example", due(12), "registered"),),
         accounts_at_risk=(),
         accounts_at_risk_total=0,
     )

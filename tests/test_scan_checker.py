@@ -87,10 +87,14 @@ def test_skipped_domains_do_not_open_the_breaker() -> None:
 
 def test_observations_survive_the_cache(world: World, tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 3600)
-    first = asyncio.run(checker.check_domains(["caught.test"], settings_for(world), cache=cache))
+    first = asyncio.run(
+        checker.check_scan_domains(["caught.test"], settings_for(world), cache=cache)
+    )
     assert first.asked == 1
     world.rdap_requests.reset()
-    second = asyncio.run(checker.check_domains(["caught.test"], settings_for(world), cache=cache))
+    second = asyncio.run(
+        checker.check_scan_domains(["caught.test"], settings_for(world), cache=cache)
+    )
     assert (second.asked, second.cached) == (0, 1)
     assert world.rdap_requests.total == 0
     fresh, cached = first.observations["caught.test"], second.observations["caught.test"]
@@ -110,7 +114,7 @@ def test_a_domain_nobody_answered_for_is_not_cached(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path, 3600)
     domains = [f"d{i}.test" for i in range(60)]
     started = time.monotonic()
-    checks = asyncio.run(checker.check_domains(domains, settings, cache=cache))
+    checks = asyncio.run(checker.check_scan_domains(domains, settings, cache=cache))
     assert time.monotonic() - started < 5  # default 5 s timeout, 3 attempts: no waiting
     assert len(checks.observations) == 60
     assert all(not o.answered for seen in checks.observations.values() for o in seen)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lapsewatch.scan.inputs import InputError, collect, parse_name
+from lapsewatch.scan.inputs import ScanInputError, collect, parse_name
 from lapsewatch.scan.local import DistError, installed, read_dist
 from lapsewatch.scan.locks import LockError, lock_kind, read_lock
 from lapsewatch.scan.requirements import RequirementsError, read_requirements
@@ -253,10 +253,10 @@ def test_names_prefer_the_installed_version() -> None:
 
 @pytest.mark.parametrize("bad", ["not a name!", "x @ https://example.invalid/x.whl"])
 def test_bad_names(bad: str) -> None:
-    with pytest.raises(InputError):
+    with pytest.raises(ScanInputError):
         parse_name(bad)
 
 
 def test_collect_wraps_reader_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no such requirement file"):
+    with pytest.raises(ScanInputError, match="no such requirement file"):
         collect(requirements=[tmp_path / "missing.txt"], index_url=INDEX)

@@ -14,7 +14,7 @@ import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from lapsewatch.scan.index import IndexAnswer, IndexOutcome
-from lapsewatch.scan.inputs import InputError, collect, find_inputs, is_input_path
+from lapsewatch.scan.inputs import ScanInputError, collect, find_inputs, is_input_path
 from lapsewatch.scan.json_lines import key_lines
 from lapsewatch.scan.npm import NpmClient, packument_url, parse_packument
 from lapsewatch.scan.npm_locks import NpmInputError, read_npm
@@ -192,7 +192,7 @@ def test_command_line_names() -> None:
         ("debug", None, "^4", "npm"),
         ("debug", None, "next", "npm"),
     ]
-    with pytest.raises(InputError, match="not an npm package name"):
+    with pytest.raises(ScanInputError, match="not an npm package name"):
         collect(names=["npm:Not A Name"], index_url="http://127.0.0.1:1/pypi")
 
 

@@ -65,7 +65,7 @@ def test_every_source_is_limited_as_configured(
     settings = Settings.from_env(
         {**world.env(), "LAPSEWATCH_PACE": pace, "LAPSEWATCH_RATE_WHOIS": "3"}
     )
-    checks = asyncio.run(checker.check_domains(["alive.test", "steady.wz"], settings))
+    checks = asyncio.run(checker.check_scan_domains(["alive.test", "steady.wz"], settings))
     assert checks.asked == 2
     assert {o.source for o in checks.observations["steady.wz"] if o.answered} >= {"whois", "dns"}
     assert made, "no source was limited"

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from lapsewatch.source_catalog import CATALOG, default_sources, known_names, spec
 
 __all__ = ["ConfigError", "Settings"]
 
-KNOWN_SOURCES = ("rdap", "dns", "fastly", "whois")
-DEFAULT_SOURCES = ("rdap", "dns", "whois")
+KNOWN_SOURCES = known_names()
+DEFAULT_SOURCES = default_sources()
 """``whois`` is asked only for TLDs without an RDAP server (see ``sources.whois``)."""
 DEFAULT_FASTLY_URL = "https://api.fastly.com"
 
@@ -28,10 +31,10 @@ class Settings:
 
     sources: tuple[str, ...] = DEFAULT_SOURCES
     rdap_bootstrap_url: str | None = None
+    """URL or file path of an RFC 9224 ``dns.json``; ``None`` = the shipped copy."""
     whois_servers: str | None = None
     """A JSON file of TLD → WHOIS server replacing the shipped table; ``None`` = shipped
     (or the copy refreshed by ``lapsewatch whois-servers update``)."""
-    """URL or file path of an RFC 9224 ``dns.json``; ``None`` = the shipped copy."""
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     """``(host, port)`` pairs; empty = the system's resolvers."""
     fastly_url: str = DEFAULT_FASTLY_URL
@@ -71,9 +74,7 @@ class Settings:
     """How often a domain's MX is read."""
     mail_host_keep_days: float = 7.0
     """Longest a mail-host domain's ``registered`` verdict is kept between runs."""
-    rates: Mapping[str, float] = field(
-        default_factory=lambda: {"rdap": 10.0, "dns": 50.0, "fastly": 10.0, "whois": 2.0}
-    )
+    rates: Mapping[str, float] = field(default_factory=lambda: {s.name: s.rate for s in CATALOG})
     """Requests per second allowed per source."""
     concurrency: int = 20
     """Requests in flight per source."""
@@ -105,109 +106,92 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read settings; raise :class:`ConfigError` naming the bad variable."""
+        """Read settings; raise :class:`ConfigError` naming the bad variable.
+
+        A setting's default is its field's, written once above; ``LAPSEWATCH_<FIELD>``
+        (the field's name in capitals) overrides it."""
         env = os.environ if environ is None else environ
+        defaults: dict[str, Any] = {f.name: f.default for f in fields(cls)}
 
         def get(name: str) -> str | None:
             value = env.get(f"LAPSEWATCH_{name}")
             return value.strip() if value is not None and value.strip() else None
 
-        fastly_key = get("FASTLY_KEY")
+        def number(name: str, minimum: float = 0.0) -> Any:
+            default = defaults[name]
+            value = _parse_float(name.upper(), get(name.upper()), default, minimum)
+            return int(value) if isinstance(default, int) else value
+
+        def text(name: str) -> Any:
+            return get(name.upper()) or defaults[name]
+
         sources_text = get("SOURCES")
         if sources_text is None:
-            sources: tuple[str, ...] = (
-                (*DEFAULT_SOURCES, "fastly") if fastly_key else DEFAULT_SOURCES
-            )
+            given = frozenset(s.needs for s in CATALOG if s.needs and get(s.needs))
+            sources = default_sources(have=given)
         else:
             sources = _parse_sources(sources_text)
-        if "fastly" in sources and not fastly_key:
-            raise ConfigError(
-                "LAPSEWATCH_SOURCES names fastly but LAPSEWATCH_FASTLY_KEY is not set"
-            )
+        for name in sources:
+            needs = _needs(name)
+            if needs is not None and get(needs) is None:
+                raise ConfigError(
+                    f"LAPSEWATCH_SOURCES names {name} but LAPSEWATCH_{needs} is not set"
+                )
+        pace_start = get("PACE_START")
         return cls(
             sources=sources,
             rdap_bootstrap_url=get("RDAP_BOOTSTRAP_URL"),
             whois_servers=get("WHOIS_SERVERS"),
             dns_nameservers=_parse_nameservers(get("DNS_NAMESERVERS")),
-            fastly_url=(get("FASTLY_URL") or DEFAULT_FASTLY_URL).rstrip("/"),
-            fastly_key=fastly_key,
-            timeout=_parse_float("TIMEOUT", get("TIMEOUT"), 5.0, minimum=0.01),
-            domain_deadline=_parse_float(
-                "DOMAIN_DEADLINE", get("DOMAIN_DEADLINE"), 60.0, minimum=0.01
-            ),
-            max_response_bytes=int(
-                _parse_float(
-                    "MAX_RESPONSE_BYTES", get("MAX_RESPONSE_BYTES"), 4 * 1024 * 1024, minimum=1024
-                )
-            ),
-            confirm_minutes=_parse_float("CONFIRM_MINUTES", get("CONFIRM_MINUTES"), 60.0),
-            db_connect_timeout=_parse_float(
-                "DB_CONNECT_TIMEOUT", get("DB_CONNECT_TIMEOUT"), 10.0, minimum=1
-            ),
-            db_statement_timeout=_parse_float(
-                "DB_STATEMENT_TIMEOUT", get("DB_STATEMENT_TIMEOUT"), 120.0, minimum=0.1
-            ),
-            db_lock_timeout=_parse_float(
-                "DB_LOCK_TIMEOUT", get("DB_LOCK_TIMEOUT"), 30.0, minimum=0.1
-            ),
-            attempts=int(_parse_float("ATTEMPTS", get("ATTEMPTS"), 3, minimum=1)),
-            max_retry_after=_parse_float("MAX_RETRY_AFTER", get("MAX_RETRY_AFTER"), 30.0),
+            fastly_url=text("fastly_url").rstrip("/"),
+            fastly_key=get("FASTLY_KEY"),
+            timeout=number("timeout", minimum=0.01),
+            domain_deadline=number("domain_deadline", minimum=0.01),
+            max_response_bytes=number("max_response_bytes", minimum=1024),
+            confirm_minutes=number("confirm_minutes"),
+            db_connect_timeout=number("db_connect_timeout", minimum=1),
+            db_statement_timeout=number("db_statement_timeout", minimum=0.1),
+            db_lock_timeout=number("db_lock_timeout", minimum=0.1),
+            attempts=number("attempts", minimum=1),
+            max_retry_after=number("max_retry_after"),
             free_providers_file=get("FREE_PROVIDERS"),
-            database_url=get("DATABASE_URL") or "sqlite:///lapsewatch.db",
-            broker_url=get("BROKER_URL") or "redis://127.0.0.1:6379/0",
-            check_interval_days=_parse_float(
-                "CHECK_INTERVAL_DAYS", get("CHECK_INTERVAL_DAYS"), 30.0, minimum=0.001
-            ),
-            near_expiry_before_days=_parse_float(
-                "NEAR_EXPIRY_BEFORE_DAYS", get("NEAR_EXPIRY_BEFORE_DAYS"), 1.0
-            ),
-            near_expiry_after_days=_parse_float(
-                "NEAR_EXPIRY_AFTER_DAYS", get("NEAR_EXPIRY_AFTER_DAYS"), 45.0
-            ),
-            grace_interval_days=_parse_float(
-                "GRACE_INTERVAL_DAYS", get("GRACE_INTERVAL_DAYS"), 3.0, minimum=0.001
-            ),
-            mail_hosts_interval_days=_parse_float(
-                "MAIL_HOSTS_INTERVAL_DAYS", get("MAIL_HOSTS_INTERVAL_DAYS"), 90.0, minimum=0.001
-            ),
-            mail_host_keep_days=_parse_float(
-                "MAIL_HOST_KEEP_DAYS", get("MAIL_HOST_KEEP_DAYS"), 7.0, minimum=0
-            ),
+            database_url=text("database_url"),
+            broker_url=text("broker_url"),
+            check_interval_days=number("check_interval_days", minimum=0.001),
+            near_expiry_before_days=number("near_expiry_before_days"),
+            near_expiry_after_days=number("near_expiry_after_days"),
+            grace_interval_days=number("grace_interval_days", minimum=0.001),
+            mail_hosts_interval_days=number("mail_hosts_interval_days", minimum=0.001),
+            mail_host_keep_days=number("mail_host_keep_days"),
             rates={
-                name: _parse_float(
-                    f"RATE_{name.upper()}", get(f"RATE_{name.upper()}"), default, 0.01
+                s.name: _parse_float(
+                    f"RATE_{s.name.upper()}", get(f"RATE_{s.name.upper()}"), s.rate, 0.01
                 )
-                for name, default in (
-                    ("rdap", 10.0),
-                    ("dns", 50.0),
-                    ("fastly", 10.0),
-                    ("whois", 2.0),
-                )
+                for s in CATALOG
             },
-            concurrency=int(_parse_float("CONCURRENCY", get("CONCURRENCY"), 20, minimum=1)),
-            chunk_size=int(_parse_float("CHUNK_SIZE", get("CHUNK_SIZE"), 100, minimum=1)),
-            lease_seconds=_parse_float("LEASE_SECONDS", get("LEASE_SECONDS"), 600.0, minimum=1),
-            visibility_timeout=_parse_float(
-                "VISIBILITY_TIMEOUT", get("VISIBILITY_TIMEOUT"), 3600.0, minimum=1
-            ),
+            concurrency=number("concurrency", minimum=1),
+            chunk_size=number("chunk_size", minimum=1),
+            lease_seconds=number("lease_seconds", minimum=1),
+            visibility_timeout=number("visibility_timeout", minimum=1),
             # pace (per-server limits)
-            pace=(get("PACE") or "server").lower(),
+            pace=text("pace").lower(),
             source_caps={
-                name: _parse_float(f"RATE_{name.upper()}", text, 10.0, 0.01)
-                for name in ("rdap", "dns", "fastly", "whois")
-                if (text := get(f"RATE_{name.upper()}")) is not None
+                s.name: _parse_float(f"RATE_{s.name.upper()}", value, s.rate, 0.01)
+                for s in CATALOG
+                if (value := get(f"RATE_{s.name.upper()}")) is not None
             },
             pace_file=get("PACE_FILE"),
-            pace_redis=get("PACE_REDIS") or "auto",
-            pace_start=(
-                _parse_float("PACE_START", text, 10.0, minimum=0.01)
-                if (text := get("PACE_START"))
-                else None
-            ),
-            pace_max=_parse_float("PACE_MAX", get("PACE_MAX"), 1000.0, minimum=0.01),
-            pace_max_wait=_parse_float("PACE_MAX_WAIT", get("PACE_MAX_WAIT"), 10.0, minimum=0),
-            pace_window=int(_parse_float("PACE_WINDOW", get("PACE_WINDOW"), 2000, minimum=1)),
+            pace_redis=text("pace_redis"),
+            pace_start=_parse_float("PACE_START", pace_start, 0.0, 0.01) if pace_start else None,
+            pace_max=number("pace_max", minimum=0.01),
+            pace_max_wait=number("pace_max_wait"),
+            pace_window=number("pace_window", minimum=1),
         )
+
+
+def _needs(name: str) -> str | None:
+    found = spec(name)
+    return found.needs if found is not None else None
 
 
 def _parse_sources(text: str) -> tuple[str, ...]:

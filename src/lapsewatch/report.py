@@ -21,8 +21,8 @@ __all__ = [
     "NEVER_CHECKED",
     "AddressCounts",
     "AtRisk",
-    "DueDomain",
     "Report",
+    "UpcomingCheck",
     "build_report",
 ]
 
@@ -48,7 +48,7 @@ class AddressCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class DueDomain:
+class UpcomingCheck:
     domain: str
     next_due_at: datetime | None
     """``None``: never checked, due now."""
@@ -75,7 +75,7 @@ class Report:
     """(verdict or ``never_checked``, domains), most frequent first."""
     domains_due: int
     """Domains that ``lapsewatch check`` would check now (``cycle.due``'s rule)."""
-    next_due: tuple[DueDomain, ...]
+    next_due: tuple[UpcomingCheck, ...]
     accounts_at_risk: tuple[AtRisk, ...]
     """The first ``at_risk_limit`` by username."""
     accounts_at_risk_total: int
@@ -165,7 +165,7 @@ def _domains_by_verdict(conn: Connection) -> tuple[int, tuple[tuple[str, int], .
 
 def _next_due(
     conn: Connection, now: datetime, limit: int, *, rowless: bool
-) -> tuple[DueDomain, ...]:
+) -> tuple[UpcomingCheck, ...]:
     """In ``check``'s scope (``cycle.due``): never-checked domains first (due now,
     and those without a row among them when ``rowless``), by name; then by due date.
 
@@ -181,10 +181,10 @@ def _next_due(
         .order_by(Domain.name)
         .limit(limit)
     )
-    found = [DueDomain(name, due, verdict) for name, due, verdict in never]
+    found = [UpcomingCheck(name, due, verdict) for name, due, verdict in never]
     if rowless:
         names = conn.scalars(without_row().order_by(Email.domain).limit(limit))
-        found += (DueDomain(name, None, None) for name in names)
+        found += (UpcomingCheck(name, None, None) for name in names)
         found = sorted(found, key=lambda due: due.domain)[:limit]
     if len(found) < limit:
         later = conn.execute(
@@ -193,7 +193,7 @@ def _next_due(
             .order_by(Domain.next_due_at, Domain.name)
             .limit(limit - len(found))
         )
-        found += (DueDomain(name, due, verdict) for name, due, verdict in later)
+        found += (UpcomingCheck(name, due, verdict) for name, due, verdict in later)
     return tuple(found)
 
 

@@ -4,13 +4,12 @@ The rules, in the order they matter:
 
 * Only a source that *answered* can make a verdict dangerous; an error, a
   timeout, garbage or a TLD without RDAP never does.
-* A dangerous answer from any source wins over a safe one ("resolve toward
-  danger"), and among dangerous answers the most authoritative source names
-  it: the registry's record (RDAP, or WHOIS where a TLD has no RDAP), then
-  Fastly, then DNS.
-* ``available`` is a claim that nobody holds the name, so it is dropped when
-  the registry's record shows the domain is registered (a domain on hold
-  or in redemption is also missing from the DNS, but it is not for sale).
+* A dangerous answer from any source wins over a safe one ("resolve toward danger"),
+  and among dangerous answers the most authoritative source names it (the catalog's
+  ``rank``: the registry's record by RDAP, or WHOIS, then Fastly, then DNS).
+* ``available`` is a claim that nobody holds the name, so it is dropped when the
+  registry's record shows the domain is registered (a domain on hold or in
+  redemption is also missing from the DNS, but it is not for sale).
 * A registration date later than the moment the address was verified means
   somebody registered the name again: ``reregistered``, however healthy it looks.
 * A past expiration date is at least ``expiring``.
@@ -38,6 +37,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
+from lapsewatch import source_catalog as catalog
 from lapsewatch.sources.interface import Observation
 
 __all__ = [
@@ -59,9 +59,9 @@ __all__ = [
     "settle",
 ]
 
-REGISTRY_SOURCES = ("rdap", "whois")
-"""Sources that speak for the registry itself: its RDAP record, or its WHOIS record
-where the TLD has no RDAP server. Only their record can show a domain is safe."""
+REGISTRY_SOURCES = catalog.names_with(catalog.Evidence.REGISTRY)
+"""Sources that speak for the registry itself, most authoritative first (RDAP, WHOIS
+where a TLD has no RDAP server). Only their record can show a domain is safe."""
 
 AUTO_RENEW = "auto renew period"
 """The registry renewed an expired name on the registrar's behalf and waits (up to
@@ -109,8 +109,8 @@ _PRECEDENCE = (
     Verdict.MAIL_HOST_LAPSED,
     Verdict.REGISTERED,
 )
-_AUTHORITY = ("rdap", "whois", "fastly", "dns")
-_LABEL = {"rdap": "RDAP", "whois": "WHOIS"}
+_AUTHORITY = {s.name: i for i, s in enumerate(catalog.by_authority())}
+_DNS = catalog.names_with(catalog.Evidence.DNS)
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def _registry_candidates(
 ) -> list[_Candidate]:
     """What the registry's record says, from RDAP or WHOIS alike (WHOIS emits RDAP's
     status words; ``expired`` is a WHOIS registry's word for a past expiry)."""
-    label = _LABEL.get(obs.source, obs.source)
+    label = catalog.label(obs.source)
     if obs.found is False:
         return [_Candidate(Verdict.AVAILABLE, obs.source, f"{label}: {obs.detail}")]
     status = set(obs.status)
@@ -217,7 +217,7 @@ def read_mail_hosts(observations: Iterable[Observation]) -> tuple[str, ...] | No
     """The mail hosts the DNS source read in this check (``None``: not read, or no
     answer), normalised, best preference first."""
     for o in observations:
-        if o.source == "dns" and o.answered and o.mail_hosts is not None:
+        if o.source in _DNS and o.answered and o.mail_hosts is not None:
             return tuple(dict.fromkeys(_ns(h) for h in o.mail_hosts))
     return None
 
@@ -245,10 +245,10 @@ def _grace_sale(
     if before_ns & now_ns:
         return None
     moved = f"were {', '.join(sorted(before_ns))}; now {', '.join(sorted(now_ns))}"
-    label = _LABEL.get(record.source, record.source)
+    label = catalog.label(record.source)
     said = f"{label}: name servers changed during '{AUTO_RENEW}' ({moved})"
     sold = "an expired name sold at auction keeps its dates but not its name servers"
-    dns = [o for o in observations if o.source == "dns"]
+    dns = [o for o in observations if o.source in _DNS]
     if not known_mail_hosts or not dns:
         return _Candidate(Verdict.EXPIRING, record.source, f"{said}: {sold}")
     hosts = read_mail_hosts(observations)
@@ -323,19 +323,20 @@ def healthy_mail_hosts(
 
 
 def _dns_candidates(obs: Observation) -> list[_Candidate]:
+    said = f"{catalog.label(obs.source)}: {obs.detail}"
     if obs.found is False:
-        return [_Candidate(Verdict.AVAILABLE, "dns", f"DNS: {obs.detail}")]
+        return [_Candidate(Verdict.AVAILABLE, obs.source, said)]
     if obs.found and "parked" in obs.status:
-        return [_Candidate(Verdict.FOR_SALE, "dns", f"DNS: {obs.detail}")]
+        return [_Candidate(Verdict.FOR_SALE, obs.source, said)]
     if obs.found:
-        return [_Candidate(Verdict.REGISTERED, "dns", f"DNS: {obs.detail}")]
+        return [_Candidate(Verdict.REGISTERED, obs.source, said)]
     return []
 
 
 def _token_candidates(obs: Observation) -> list[_Candidate]:
     """Fastly's (and Domainr's) vocabulary of status tokens."""
     tokens = set(obs.status)
-    said = f"{obs.source}: status '{' '.join(obs.status)}'"
+    said = f"{catalog.label(obs.source)}: status '{' '.join(obs.status)}'"
     found: list[_Candidate] = []
     if "deleting" in tokens:
         found.append(_Candidate(Verdict.PENDING_DELETE, obs.source, said))
@@ -351,18 +352,17 @@ def _token_candidates(obs: Observation) -> list[_Candidate]:
 
 
 def _candidates(obs: Observation, verified_at: datetime | None, now: datetime) -> list[_Candidate]:
+    """Read by the source's kind of evidence (a source not in the catalog: tokens)."""
     if obs.source in REGISTRY_SOURCES:
         return _registry_candidates(obs, verified_at, now)
-    if obs.source == "dns":
+    if obs.source in _DNS:
         return _dns_candidates(obs)
     return _token_candidates(obs)
 
 
 def _rank(candidate: _Candidate) -> tuple[int, int]:
-    authority = (
-        _AUTHORITY.index(candidate.source) if candidate.source in _AUTHORITY else len(_AUTHORITY)
-    )
-    return authority, _PRECEDENCE.index(candidate.verdict)
+    """Authority first (a source not in the catalog last), then the danger's precedence."""
+    return _AUTHORITY.get(candidate.source, len(_AUTHORITY)), _PRECEDENCE.index(candidate.verdict)
 
 
 def _silent(observations: Sequence[Observation]) -> str:

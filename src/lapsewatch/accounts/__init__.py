@@ -6,23 +6,23 @@ Bulk import and the read side are re-exported here; the account services
 
 from lapsewatch.accounts.importer import (
     ImportAborted,
+    ImportInputError,
     ImportSummary,
-    InputError,
     InputKind,
     LineProblem,
     import_accounts,
 )
-from lapsewatch.accounts.queries import AccountNotFound, AccountView, EmailView, show_account
+from lapsewatch.accounts.queries import AccountView, EmailView, UnknownUsername, show_account
 
 __all__ = [
-    "AccountNotFound",
     "AccountView",
     "EmailView",
     "ImportAborted",
+    "ImportInputError",
     "ImportSummary",
-    "InputError",
     "InputKind",
     "LineProblem",
+    "UnknownUsername",
     "import_accounts",
     "show_account",
 ]

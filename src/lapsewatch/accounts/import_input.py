@@ -34,7 +34,7 @@ class InputKind(StrEnum):
     csv = "csv"
 
 
-class InputError(ValueError):
+class ImportInputError(ValueError):
     """The input as a whole is unusable (e.g. a CSV header with an unknown column)."""
 
 
@@ -120,7 +120,7 @@ class _CsvFrames:
                 return
             except csv.Error as exc:
                 if not self.columns:
-                    raise InputError(f"line {start}: unreadable CSV header: {exc}") from None
+                    raise ImportInputError(f"line {start}: unreadable CSV header: {exc}") from None
                 yield start, f"not valid CSV: {exc}"
                 continue
             if not any(cell.strip() for cell in row):
@@ -136,16 +136,16 @@ def _csv_header(row: list[str], line: int) -> dict[str, int]:
     for index, cell in enumerate(row):
         name = cell.strip().lower()
         if name not in CSV_COLUMNS:
-            raise InputError(
+            raise ImportInputError(
                 f"line {line}: unknown CSV column {cell.strip()!r} "
                 f"(expected a header with {', '.join(CSV_COLUMNS)})"
             )
         if name in columns:
-            raise InputError(f"line {line}: CSV column {name!r} appears twice")
+            raise ImportInputError(f"line {line}: CSV column {name!r} appears twice")
         columns[name] = index
     missing = [name for name in _CSV_REQUIRED if name not in columns]
     if missing:
-        raise InputError(f"line {line}: CSV header lacks the column(s) {', '.join(missing)}")
+        raise ImportInputError(f"line {line}: CSV header lacks the column(s) {', '.join(missing)}")
     return columns
 
 
@@ -207,7 +207,7 @@ def _parse_file(
                     block = []
             queue.put(("lines", block, reader.bytes_read))
             queue.put(("end", None, reader.bytes_read))
-    except InputError as exc:
+    except ImportInputError as exc:
         queue.put(("input-error", str(exc), 0))
     except Exception as exc:  # reported by the importing process
         queue.put(("error", f"{type(exc).__name__}: {exc}", 0))
@@ -246,7 +246,7 @@ def _parsed_elsewhere(
             elif tag == "end":
                 return
             elif tag == "input-error":
-                raise InputError(payload)
+                raise ImportInputError(payload)
             else:
                 raise RuntimeError(f"the parsing process failed: {payload}")
     finally:

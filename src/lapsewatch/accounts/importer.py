@@ -54,7 +54,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lapsewatch import domains
 from lapsewatch.accounts.import_input import (
-    InputError,
+    ImportInputError,
     InputKind,
     _frames,
     _Parsed,
@@ -75,8 +75,8 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_OWNER",
     "ImportAborted",
+    "ImportInputError",
     "ImportSummary",
-    "InputError",
     "InputKind",
     "LineProblem",
     "check_owner",
@@ -317,7 +317,7 @@ def import_accounts(
     writes (``None``: when the file is big and there is a second core).
     ``progress`` receives the number of bytes read after each chunk.
 
-    Raises :class:`InputError` for an unusable input (nothing imported) and
+    Raises :class:`ImportInputError` for an unusable input (nothing imported) and
     :class:`ImportAborted` when the database fails (earlier chunks stay).
     """
     owner = check_owner(owner)

@@ -13,10 +13,10 @@ from sqlalchemy import Connection, Engine, select
 
 from lapsewatch.store.models import Account, Domain, Email
 
-__all__ = ["AccountNotFound", "AccountView", "EmailView", "show_account"]
+__all__ = ["AccountView", "EmailView", "UnknownUsername", "show_account"]
 
 
-class AccountNotFound(LookupError):
+class UnknownUsername(LookupError):
     """No account has that username."""
 
 
@@ -47,7 +47,7 @@ class AccountView:
 
 
 def show_account(bind: Engine | Connection, username: str) -> AccountView:
-    """The account ``username``; raises :class:`AccountNotFound`."""
+    """The account ``username``; raises :class:`UnknownUsername`."""
     if isinstance(bind, Engine):
         with bind.connect() as conn:
             return show_account(conn, username)
@@ -57,7 +57,7 @@ def show_account(bind: Engine | Connection, username: str) -> AccountView:
         )
     ).one_or_none()
     if account is None:
-        raise AccountNotFound(username)
+        raise UnknownUsername(username)
     rows = bind.execute(
         select(
             Email.address,

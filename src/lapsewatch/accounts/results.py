@@ -14,8 +14,8 @@ from lapsewatch.store.models import Account, Domain, Email
 
 __all__ = [
     "RESET_REQUESTED",
-    "AddressState",
     "AddressStatus",
+    "AddressView",
     "Advice",
     "EmailAdded",
     "EmailVerified",
@@ -174,7 +174,7 @@ class AddressStatus(StrEnum):
 
 
 @dataclass(frozen=True)
-class AddressState:
+class AddressView:
     email_id: int
     address: str
     domain: str
@@ -235,7 +235,7 @@ class SecurityOverview:
     username: str
     totp_enabled: bool
     recovery_codes_left: int
-    addresses: tuple[AddressState, ...]
+    addresses: tuple[AddressView, ...]
     """Primary first, then in the order they were added."""
     advice: Advice
     recovery: RecoveryOptions
@@ -284,7 +284,7 @@ def build_recovery_options(account: Account) -> RecoveryOptions:
     )
 
 
-def build_address_state(email: Email, domain: Domain | None) -> AddressState:
+def build_address_state(email: Email, domain: Domain | None) -> AddressView:
     """One address as the security page shows it, with its domain's latest verdict."""
     if email.verified:
         status = AddressStatus.VERIFIED
@@ -292,7 +292,7 @@ def build_address_state(email: Email, domain: Domain | None) -> AddressState:
         status = AddressStatus.UNVERIFIED
     else:
         status = AddressStatus.NOT_VERIFIED
-    return AddressState(
+    return AddressView(
         email_id=email.id,
         address=email.address,
         domain=email.domain,

@@ -45,8 +45,8 @@ from lapsewatch.accounts.login import LoginService
 from lapsewatch.accounts.recovery import RecoveryService
 from lapsewatch.accounts.results import (
     RESET_REQUESTED,
-    AddressState,
     AddressStatus,
+    AddressView,
     Advice,
     EmailAdded,
     EmailVerified,
@@ -73,8 +73,8 @@ from lapsewatch.schedule import Policy
 __all__ = [
     "RESET_REQUESTED",
     "AccountService",
-    "AddressState",
     "AddressStatus",
+    "AddressView",
     "Advice",
     "EmailAdded",
     "EmailVerified",

@@ -19,11 +19,11 @@ from lapsewatch import domains
 from lapsewatch.accounts.importer import (
     DEFAULT_OWNER,
     ImportAborted,
-    InputError,
+    ImportInputError,
     check_owner,
     import_accounts,
 )
-from lapsewatch.accounts.queries import AccountNotFound, show_account
+from lapsewatch.accounts.queries import UnknownUsername, show_account
 from lapsewatch.commands._common import EXIT_BAD_INPUT, Format, console, errors, fail, load_settings
 from lapsewatch.config import Settings
 from lapsewatch.formats import accounts as accounts_format
@@ -153,7 +153,7 @@ def import_command(
                 progress=progress,
                 owner=owner,
             )
-        except InputError as exc:
+        except ImportInputError as exc:
             raise fail(f"{file}: {exc}; nothing was imported") from None
         except ImportAborted as exc:
             done = exc.summary
@@ -184,7 +184,7 @@ def show_command(
     engine = open_store(load_settings())
     try:
         view = show_account(engine, username)
-    except AccountNotFound:
+    except UnknownUsername:
         raise fail(f"no account named {username!r}") from None
     except SQLAlchemyError as exc:
         raise fail(f"database error: {database_error(exc)}") from None

@@ -9,8 +9,6 @@ how many domains could not be checked.
 
 from __future__ import annotations
 
-import enum
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -27,11 +25,11 @@ from lapsewatch.commands._common import (
     fail,
     load_settings,
 )
-from lapsewatch.formats import scan_json, scan_markdown, scan_sarif, scan_table
+from lapsewatch.formats.scan_formats import FORMATS
 from lapsewatch.scan import (
     DEFAULT_INDEX_URL,
     DiskCache,
-    InputError,
+    ScanInputError,
     ScanOptions,
     ScanReport,
     collect,
@@ -44,14 +42,7 @@ from lapsewatch.scan.inputs import is_input_path
 from lapsewatch.scan.npm import DEFAULT_NPM_REGISTRY_URL, check_registry_url
 from lapsewatch.scan.run import Phase
 
-__all__ = ["ScanFormat", "scan"]
-
-
-class ScanFormat(enum.StrEnum):
-    table = "table"
-    json = "json"
-    sarif = "sarif"
-    markdown = "markdown"
+__all__ = ["scan"]
 
 
 _PHASES: dict[Phase, str] = {"metadata": "reading metadata", "domains": "checking domains"}
@@ -77,20 +68,15 @@ def _warn(message: str) -> None:
     errors.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True, soft_wrap=True)
 
 
-def _print(report: ScanReport, output: ScanFormat) -> None:
-    if output is ScanFormat.table:
-        scan_table.print_report(console, report)
-        return
-    if output is ScanFormat.markdown:
-        text = scan_markdown.render(report)
-    else:
-        data = (
-            scan_sarif.sarif_log(report)
-            if output is ScanFormat.sarif
-            else scan_json.report_list(report)
-        )
-        text = json.dumps(data, indent=2, ensure_ascii=False)
-    sys.stdout.write(text + "\n")
+def _format_name(name: str) -> str:
+    """``--format``: one of the registry's formats (lapsewatch.formats.scan_formats)."""
+    if name not in FORMATS:
+        raise typer.BadParameter(f"{name!r} is not one of {', '.join(FORMATS)}")
+    return name
+
+
+def _print(report: ScanReport, output: str) -> None:
+    sys.stdout.write(FORMATS[output](report, console))
     sys.stdout.flush()
 
 
@@ -140,8 +126,11 @@ def scan(
         ),
     ] = DEFAULT_NPM_REGISTRY_URL,
     output: Annotated[
-        ScanFormat, typer.Option("--format", help="Output format.")
-    ] = ScanFormat.table,
+        str,
+        typer.Option(
+            "--format", parser=_format_name, metavar="|".join(FORMATS), help="Output format."
+        ),
+    ] = next(iter(FORMATS)),
     fail_on: Annotated[
         str,
         typer.Option(
@@ -203,7 +192,7 @@ def scan(
             index_url=index,
             npm_registry_url=registry,
         )
-    except InputError as exc:
+    except ScanInputError as exc:
         raise fail(str(exc)) from None
 
     cache = None

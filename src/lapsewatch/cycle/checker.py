@@ -20,6 +20,7 @@ from lapsewatch.cycle.limits import Limited
 from lapsewatch.mail_hosts import MailHostChecks, not_read_again, registered_since_read
 from lapsewatch.pace import ServerPacer, open_pacer
 from lapsewatch.schedule import Policy
+from lapsewatch.source_catalog import Evidence, names_with
 from lapsewatch.sources import Observation, Source, observe_relevant, open_sources
 from lapsewatch.sources.interface import Deadline, failure
 from lapsewatch.verdict import (
@@ -147,7 +148,7 @@ class Checker:
         self, domain: str, observations: tuple[Observation, ...], deadline: Deadline
     ) -> tuple[Observation, ...]:
         """The observations with the DNS source's asked again, its MX read this time."""
-        dns = [s for s in self.sources if s.name == "dns"]
+        dns = [s for s in self.sources if s.name in names_with(Evidence.DNS)]
         again = {o.source: o for o in await observe_relevant(dns, domain, deadline)}
         return tuple(again.get(o.source, o) for o in observations)
 

@@ -9,12 +9,15 @@ Notes and warnings go to stderr, so stdout is always exactly this list.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from rich.console import Console
 
 from lapsewatch.dates import isoformat
 from lapsewatch.scan.findings import Finding, ScanReport
 
-__all__ = ["evidence", "finding_dict", "first_published", "report_list"]
+__all__ = ["evidence", "finding_dict", "first_published", "render", "report_list"]
 
 
 def evidence(finding: Finding) -> list[dict[str, Any]]:
@@ -55,3 +58,7 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
 
 def report_list(report: ScanReport) -> list[dict[str, Any]]:
     return [finding_dict(f) for f in report.findings]
+
+
+def render(report: ScanReport, console: Console) -> str:
+    return json.dumps(report_list(report), indent=2, ensure_ascii=False) + "\n"

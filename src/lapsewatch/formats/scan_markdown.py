@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rich.console import Console
+
 from lapsewatch.formats.scan_table import summary_line
 from lapsewatch.scan.findings import Finding, ScanReport
 
@@ -48,7 +50,10 @@ def _table(findings: Iterable[Finding]) -> list[str]:
     return lines
 
 
-def render(report: ScanReport, *, title: str = "lapsewatch scan") -> str:
+def render(
+    report: ScanReport, console: Console | None = None, *, title: str = "lapsewatch scan"
+) -> str:
+    """The report as GitHub-flavoured Markdown (a pull-request comment, a job summary)."""
     findings = sorted(report.findings, key=lambda f: (f.status.severity, f.package.lower()))
     dangerous = [f for f in findings if f.dangerous]
     unchecked = [f for f in findings if f.status.unchecked]
@@ -77,4 +82,4 @@ def render(report: ScanReport, *, title: str = "lapsewatch scan") -> str:
             "</details>",
             "",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"

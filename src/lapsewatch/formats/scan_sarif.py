@@ -12,14 +12,17 @@ the requirement or lock file line that named the package when there is one;
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import PurePath
 from typing import Any
+
+from rich.console import Console
 
 from lapsewatch import __version__
 from lapsewatch.formats.scan_json import evidence, first_published
 from lapsewatch.scan.findings import Finding, ScanReport, Status
 
-__all__ = ["SARIF_SCHEMA", "level", "sarif_log"]
+__all__ = ["SARIF_SCHEMA", "level", "render", "sarif_log"]
 
 SARIF_SCHEMA = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -209,3 +212,7 @@ def sarif_log(report: ScanReport) -> dict[str, Any]:
             }
         ],
     }
+
+
+def render(report: ScanReport, console: Console) -> str:
+    return json.dumps(sarif_log(report), indent=2, ensure_ascii=False) + "\n"

@@ -9,7 +9,7 @@ from rich.text import Text
 from lapsewatch.domains import to_unicode
 from lapsewatch.scan.findings import Finding, ScanReport, Status
 
-__all__ = ["print_report", "status_style", "summary_line"]
+__all__ = ["print_report", "render", "status_style", "summary_line"]
 
 
 def status_style(status: Status) -> str:
@@ -56,3 +56,10 @@ def print_report(console: Console, report: ScanReport) -> None:
     if report.findings:
         console.print(table)
     console.print(summary_line(report), highlight=False)
+
+
+def render(report: ScanReport, console: Console) -> str:
+    """The table as ``console`` draws it (its width and colours), as text."""
+    with console.capture() as captured:
+        print_report(console, report)
+    return captured.get()

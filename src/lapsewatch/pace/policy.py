@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lapsewatch.source_catalog import CATALOG
+
 __all__ = [
     "START_BY_SOURCE",
     "Learned",
@@ -38,13 +40,11 @@ __all__ = [
 ]
 
 START_BY_SOURCE: dict[str, float] = {
-    "dns": 100.0,  # a resolver, usually the operator's own, answers thousands a second
-    "whois": 2.0,  # port-43 servers are the strictest (a few a minute at some ccTLDs)
+    s.name: s.pace_start for s in CATALOG if s.pace_start is not None
 }
-"""Where a server never seen starts, by source, unless ``LAPSEWATCH_PACE_START`` sets one
-rate for all; other sources start at ``Policy.start``. A resolver started at 10/s held a
-whole cycle's first seconds (every domain waits for its DNS answer), measured in the
-bench's patchwork world."""
+"""Where a server never seen starts, by source (each source's catalog entry says, and
+why), unless ``LAPSEWATCH_PACE_START`` sets one rate for all; other sources start at
+``Policy.start``."""
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,15 @@ address. Formats live in :mod:`lapsewatch.formats`; the command in
 from lapsewatch.scan.cache import DiskCache, default_cache_dir
 from lapsewatch.scan.findings import Finding, ScanReport, Status, parse_fail_on
 from lapsewatch.scan.index import DEFAULT_INDEX_URL
-from lapsewatch.scan.inputs import InputError, ScanInputs, collect
+from lapsewatch.scan.inputs import ScanInputError, ScanInputs, collect
 from lapsewatch.scan.run import Progress, ScanOptions, run_scan, scan
 
 __all__ = [
     "DEFAULT_INDEX_URL",
     "DiskCache",
     "Finding",
-    "InputError",
     "Progress",
+    "ScanInputError",
     "ScanInputs",
     "ScanOptions",
     "ScanReport",

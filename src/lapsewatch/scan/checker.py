@@ -42,11 +42,11 @@ from lapsewatch.pace import ServerPacer, open_pacer
 from lapsewatch.scan.cache import DiskCache
 from lapsewatch.sources import Observation, Outcome, Source, observe_relevant, open_sources
 from lapsewatch.sources.bootstrap import BootstrapError
-from lapsewatch.sources.dns import system_nameservers
+from lapsewatch.sources.dns import DnsSource, system_nameservers
 from lapsewatch.sources.rdap import RdapSource
 from lapsewatch.verdict import Verdict, decide
 
-__all__ = ["DomainChecks", "check_domains", "observation_from_dict"]
+__all__ = ["DomainChecks", "check_scan_domains", "observation_from_dict"]
 
 CACHE_NAMESPACE = "domains"
 BREAKER_THRESHOLD = 3
@@ -182,7 +182,8 @@ def _cache_key(domain: str, settings: Settings) -> str:
             list(settings.sources),
             settings.rdap_bootstrap_url,
             [list(ns) for ns in settings.dns_nameservers],
-            settings.fastly_url if "fastly" in settings.sources else None,
+            settings.whois_servers,
+            settings.fastly_url if settings.fastly_key else None,
         ]
     )
 
@@ -259,7 +260,7 @@ async def _usable(source: Source, settings: Settings, notes: list[str]) -> Sourc
             await source.bootstrap()
         except BootstrapError as exc:
             why = f"RDAP bootstrap unavailable ({exc}): RDAP is not used in this scan"
-    elif source.name == "dns":
+    elif isinstance(source, DnsSource):
         # A resolver that denies everything is caught by the DNS source itself.
         why = await _dns_unreachable(settings)
     if why is None:
@@ -290,7 +291,7 @@ async def _pacing(settings: Settings, notes: list[str]) -> AsyncIterator[ServerP
         yield pacer
 
 
-async def check_domains(
+async def check_scan_domains(
     domains: Sequence[str],
     settings: Settings,
     *,

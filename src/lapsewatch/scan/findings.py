@@ -18,6 +18,7 @@ from enum import StrEnum
 from lapsewatch.mail_hosts import mail_host_domains
 from lapsewatch.scan.addresses import Extracted
 from lapsewatch.scan.packages import Ecosystem, FirstPublished, Origin, PackageMetadata
+from lapsewatch.source_catalog import label as source_label
 from lapsewatch.sources import Observation
 from lapsewatch.verdict import DANGEROUS, MailHostCheck, decide
 
@@ -273,10 +274,6 @@ def _mail_hosts(
     )
 
 
-_SOURCE_LABELS = {"rdap": "RDAP", "whois": "WHOIS"}
-"""How a reason names the registry source that gave the registration date."""
-
-
 def _reregistered(
     package: PackageMetadata,
     first: FirstPublished | None,
@@ -288,7 +285,7 @@ def _reregistered(
 
     The reason starts with the source that gave the registration date (``RDAP:``, or
     ``WHOIS:`` for a TLD without RDAP), as :func:`lapsewatch.verdict.decide`'s do."""
-    label = _SOURCE_LABELS.get(source or "", source or "registry")
+    label = source_label(source) or "registry"
     if first is None or first.version == package.version:
         return (
             f"{label}: registered {registered.date()}, after {package.name} "

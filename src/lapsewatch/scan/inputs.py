@@ -30,7 +30,7 @@ from lapsewatch.scan.npm_specs import split_spec, valid_range
 from lapsewatch.scan.packages import Origin, PackageMetadata, PackageRef, same_version
 from lapsewatch.scan.requirements import RequirementsError, pinned_version, read_requirements
 
-__all__ = ["InputError", "ScanInputs", "collect", "find_inputs", "is_input_path", "parse_name"]
+__all__ = ["ScanInputError", "ScanInputs", "collect", "find_inputs", "is_input_path", "parse_name"]
 
 _REQUIREMENTS = re.compile(r"^requirements[^/]*\.txt$")
 _PYTHON_LOCKS = re.compile(r"^(pylock(\.[^.]+)?\.toml|uv\.lock|poetry\.lock)$")
@@ -38,7 +38,7 @@ _NPM_LOCKS = ("npm-shrinkwrap.json", "package-lock.json", "pnpm-lock.yaml", "yar
 _NPM_NAME = re.compile(r"^(@[a-z0-9][\w.~-]*/)?[a-z0-9_~][\w.~-]*$", re.IGNORECASE)
 
 
-class InputError(ValueError):
+class ScanInputError(ValueError):
     """An input cannot be used; the message names it."""
 
 
@@ -60,12 +60,12 @@ def _npm_name(text: str) -> PackageRef:
     """``npm:left-pad``, ``npm:left-pad@1.3.0``, ``npm:@scope/name@^2``."""
     name, wanted = split_spec(text[4:].strip())
     if not _NPM_NAME.match(name):
-        raise InputError(f"{text!r} is not an npm package name")
+        raise ScanInputError(f"{text!r} is not an npm package name")
     origin = Origin("argument")
     if not wanted:
         return PackageRef(name, None, origin, ecosystem="npm")
     if not valid_range(wanted):
-        raise InputError(f"{text!r}: {wanted!r} is not an npm version, range or dist-tag")
+        raise ScanInputError(f"{text!r}: {wanted!r} is not an npm version, range or dist-tag")
     exact = re.fullmatch(r"v?\d+\.\d+\.\d+(-[\w.-]+)?(\+[\w.-]+)?", wanted)
     if exact:
         return PackageRef(name, wanted.removeprefix("v"), origin, ecosystem="npm")
@@ -114,9 +114,9 @@ def parse_name(text: str) -> tuple[str, str | None]:
     try:
         requirement = Requirement(text)
     except InvalidRequirement as exc:
-        raise InputError(f"{text!r} is not a package name or name==version: {exc}") from None
+        raise ScanInputError(f"{text!r} is not a package name or name==version: {exc}") from None
     if requirement.url:
-        raise InputError(f"{text!r} is a direct reference; scan the file with --dist instead")
+        raise ScanInputError(f"{text!r} is a direct reference; scan the file with --dist instead")
     return requirement.name, pinned_version(requirement)
 
 
@@ -132,7 +132,7 @@ def collect(
     npm_registry_url: str = "https://registry.npmjs.org",
     environment: Mapping[str, str] | None = None,
 ) -> ScanInputs:
-    """Read every input; raise :class:`InputError` (or a reader's error) on bad input."""
+    """Read every input; raise :class:`ScanInputError` (or a reader's error) on bad input."""
     refs: list[PackageRef] = []
     local: list[PackageMetadata] = []
     notes: list[str] = []
@@ -141,7 +141,7 @@ def collect(
         if path.is_dir():
             found = find_inputs(path)
             if not any(found):
-                raise InputError(
+                raise ScanInputError(
                     f"{path}: no known dependency file here (requirements*.txt, pylock.toml, "
                     f"uv.lock, poetry.lock, {', '.join(NPM_FILES)})"
                 )
@@ -153,7 +153,7 @@ def collect(
             kind = _file_kind(path)
             target = {"requirements": requirements, "lock": locks, "npm": npm}.get(kind or "")
             if target is None:
-                raise InputError(f"{path}: not a dependency file this scan knows")
+                raise ScanInputError(f"{path}: not a dependency file this scan knows")
             target.append(path)
     try:
         for path in requirements:
@@ -173,7 +173,7 @@ def collect(
             notes.extend(parsed.notes)
         local.extend(read_dist(path) for path in dists)
     except (RequirementsError, LockError, DistError, NpmInputError) as exc:
-        raise InputError(str(exc)) from None
+        raise ScanInputError(str(exc)) from None
     python_names = [text for text in names if not text.startswith("npm:")]
     refs.extend(_npm_name(text) for text in names if text.startswith("npm:"))
     environment_packages = installed() if (include_installed or python_names) else ()

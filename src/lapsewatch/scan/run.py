@@ -24,7 +24,7 @@ from lapsewatch.config import Settings
 from lapsewatch.domains import FreeProviders
 from lapsewatch.scan.addresses import extract
 from lapsewatch.scan.cache import DiskCache
-from lapsewatch.scan.checker import check_domains
+from lapsewatch.scan.checker import check_scan_domains
 from lapsewatch.scan.findings import (
     Finding,
     ScanReport,
@@ -135,7 +135,7 @@ async def run_scan(
             }
         )
         progress.start("domains", len(domains))
-        checks = await check_domains(
+        checks = await check_scan_domains(
             domains,
             settings,
             cache=options.cache,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import importlib
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import httpx
 
 from lapsewatch import __version__
 from lapsewatch.config import Settings
+from lapsewatch.source_catalog import CATALOG
 from lapsewatch.sources._client import open_client
 from lapsewatch.sources.dns import DnsSource
 from lapsewatch.sources.fastly import FastlySource
@@ -38,64 +41,41 @@ __all__ = [
     "open_sources",
 ]
 
+
+class Factory(Protocol):
+    """A catalog entry's ``factory``: the source, or ``None`` when ``settings`` cannot
+    ask it (a key missing)."""
+
+    def __call__(
+        self, settings: Settings, client: httpx.AsyncClient, built: Mapping[str, Source]
+    ) -> Source | None: ...
+
+
 USER_AGENT = f"lapsewatch/{__version__} (+domain lapse checks)"
 
 
 def build_sources(settings: Settings, client: httpx.AsyncClient) -> list[Source]:
-    """The sources ``settings`` names, in a stable order, sharing one HTTP client.
+    """The sources ``settings`` names, in that order, sharing one HTTP client.
 
-    ``whois`` beside ``rdap`` is asked only about TLDs without an RDAP server."""
-    sources: list[Source] = []
-    rdap: RdapSource | None = None
-    for name in settings.sources:
-        if name == "rdap":
-            rdap = RdapSource(
-                client,
-                bootstrap_location=settings.rdap_bootstrap_url,
-                attempts=settings.attempts,
-                max_retry_after=settings.max_retry_after,
-                deadline=settings.timeout,
-                max_bytes=settings.max_response_bytes,
-            )
-            sources.append(rdap)
-        elif name == "dns":
-            sources.append(
-                DnsSource(
-                    settings.dns_nameservers, timeout=settings.timeout, attempts=settings.attempts
-                )
-            )
-        elif name == "fastly" and settings.fastly_key:
-            sources.append(
-                FastlySource(
-                    client,
-                    base_url=settings.fastly_url,
-                    key=settings.fastly_key,
-                    attempts=settings.attempts,
-                    max_retry_after=settings.max_retry_after,
-                    deadline=settings.timeout,
-                    max_bytes=settings.max_response_bytes,
-                )
-            )
-        elif name == "whois":
-            sources.append(
-                WhoisSource(
-                    servers_location=settings.whois_servers,
-                    timeout=settings.timeout,
-                    attempts=min(settings.attempts, 2),
-                    deadline=settings.timeout * 2 + 1,
-                )
-            )
-    for source in sources:
-        if isinstance(source, WhoisSource):
-            source.rdap = rdap  # WHOIS only where RDAP has no server
-    return sources
+    Each is built by its catalog entry's factory (:mod:`lapsewatch.source_catalog`), in
+    the catalog's order, so that a source can use one built before it (``whois`` beside
+    ``rdap`` is asked only about TLDs without an RDAP server)."""
+    built: dict[str, Source] = {}
+    for spec in CATALOG:
+        if spec.name in settings.sources:
+            module, _, function = spec.factory.partition(":")
+            factory: Factory = getattr(importlib.import_module(module), function)
+            source = factory(settings, client, built)
+            if source is not None:
+                built[spec.name] = source
+    return [built[name] for name in settings.sources if name in built]
 
 
 @asynccontextmanager
 async def open_sources(settings: Settings) -> AsyncIterator[list[Source]]:
     """Sources with an HTTP client that is closed afterwards."""
     # Enough connections for every HTTP source's requests in flight, kept alive.
-    http_sources = sum(name in ("rdap", "fastly") for name in settings.sources)
+    http_sources = sum(s.http for s in CATALOG if s.name in settings.sources)
     async with open_client(
         timeout=settings.timeout,
         max_connections=max(20, settings.concurrency * http_sources),

@@ -8,6 +8,7 @@ resolver (NS in the answer section) and from the TLD's authoritative server
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 import dns.asyncquery
@@ -19,6 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
+from lapsewatch.config import Settings
 from lapsewatch.sources.interface import Observation, Outcome, Source, truncate
 
 __all__ = ["MAX_MAIL_HOSTS", "PARKING_NAMESERVER_DOMAINS", "DnsSource", "system_nameservers"]
@@ -308,3 +310,8 @@ class DnsSource(Source):
             nameservers=tuple(sorted(set(nameservers))),  # an RRset has no order
             evidence=evidence,
         )
+
+
+def from_settings(settings: Settings, client: object, built: Mapping[str, Source]) -> DnsSource:
+    """The catalog's factory (:mod:`lapsewatch.source_catalog`); no HTTP client."""
+    return DnsSource(settings.dns_nameservers, timeout=settings.timeout, attempts=settings.attempts)

@@ -7,11 +7,13 @@ about the aftermarket (``parked``, ``marketed``) which no registry record does.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from lapsewatch.config import Settings
 from lapsewatch.sources import _http
 from lapsewatch.sources.interface import Observation, Outcome, Source, truncate
 
@@ -119,3 +121,20 @@ class FastlySource(Source):
             status=tokens,
             evidence=evidence,
         )
+
+
+def from_settings(
+    settings: Settings, client: httpx.AsyncClient, built: Mapping[str, Source]
+) -> FastlySource | None:
+    """The catalog's factory (:mod:`lapsewatch.source_catalog`); none without a key."""
+    if not settings.fastly_key:
+        return None
+    return FastlySource(
+        client,
+        base_url=settings.fastly_url,
+        key=settings.fastly_key,
+        attempts=settings.attempts,
+        max_retry_after=settings.max_retry_after,
+        deadline=settings.timeout,
+        max_bytes=settings.max_response_bytes,
+    )

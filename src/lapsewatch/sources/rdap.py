@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import idna
 
+from lapsewatch.config import Settings
 from lapsewatch.dates import parse_datetime
 from lapsewatch.sources import _http
 from lapsewatch.sources.bootstrap import Bootstrap, BootstrapError, load_bootstrap
@@ -235,3 +237,17 @@ class RdapSource(Source):
             )
         observation = parse_domain_object(data, domain)
         return replace(observation, evidence=evidence, detail=f"{observation.detail} ({host})")
+
+
+def from_settings(
+    settings: Settings, client: httpx.AsyncClient, built: Mapping[str, Source]
+) -> RdapSource:
+    """The catalog's factory (:mod:`lapsewatch.source_catalog`)."""
+    return RdapSource(
+        client,
+        bootstrap_location=settings.rdap_bootstrap_url,
+        attempts=settings.attempts,
+        max_retry_after=settings.max_retry_after,
+        deadline=settings.timeout,
+        max_bytes=settings.max_response_bytes,
+    )

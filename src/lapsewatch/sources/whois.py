@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from lapsewatch.config import Settings
 from lapsewatch.sources._http import FetchError
 from lapsewatch.sources.bootstrap import BootstrapError
 from lapsewatch.sources.interface import Observation, Outcome, Source, truncate
@@ -312,3 +313,16 @@ class WhoisSource(Source):
             nameservers=answer.nameservers,
             evidence=evidence,
         )
+
+
+def from_settings(settings: Settings, client: object, built: Mapping[str, Source]) -> WhoisSource:
+    """The catalog's factory (:mod:`lapsewatch.source_catalog`): asked only for TLDs
+    without an RDAP server when the RDAP source is ``built`` too."""
+    rdap = built.get("rdap")
+    return WhoisSource(
+        servers_location=settings.whois_servers,
+        timeout=settings.timeout,
+        attempts=min(settings.attempts, 2),
+        deadline=settings.timeout * 2 + 1,
+        rdap=rdap if isinstance(rdap, RdapSource) else None,
+    )

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from lapsewatch.accounts.queries import AccountNotFound, show_account
+from lapsewatch.accounts.queries import UnknownUsername, show_account
 from lapsewatch.report import build_report
 from lapsewatch.web.charts import bar_chart
 from lapsewatch.web.checknow import UnknownDomain, check_now
@@ -128,8 +128,8 @@ def check_domain(request: Request, context: Ctx, admin: Admin, name: str) -> Res
 def account(request: Request, context: Ctx, username: str) -> Response:
     try:
         if not storable(username):
-            raise AccountNotFound(username)
+            raise UnknownUsername(username)
         view = show_account(context.engine, username[:150])
-    except AccountNotFound:
+    except UnknownUsername:
         raise HTTPException(status_code=404, detail="No such account.") from None
     return render(request, "admin/account.html", {"account": view})

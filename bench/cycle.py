@@ -680,7 +680,7 @@ def enqueue_main(argv: list[str]) -> None:
     parser.add_argument("--database", required=True)
     args = parser.parse_args(argv)
     from lapsewatch.config import Settings
-    from lapsewatch.cycle.tasks import enqueue_due
+    from lapsewatch.jobs import enqueue_due
     from lapsewatch.store import make_engine
 
     settings = Settings.from_env()

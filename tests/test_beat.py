@@ -16,10 +16,10 @@ from celery.beat import Scheduler
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
+from lapsewatch import jobs as tasks
 from lapsewatch.cli import app as cli
 from lapsewatch.config import ConfigError, Settings
-from lapsewatch.cycle import tasks
-from lapsewatch.cycle.tasks import beat_schedule, celery_app, configure
+from lapsewatch.jobs import beat_schedule, celery_app, configure
 
 JOBS = {
     "lapsewatch-check": "lapsewatch.enqueue_due",

@@ -234,7 +234,8 @@ def queue_notice(engine: Engine, account_id: int, subject: str, to: str | None =
 
 def unsent(engine: Engine) -> list[str]:
     with make_sessionmaker(engine)() as session:
-        return list(session.scalars(select(Notice.subject).where(Notice.sent_at.is_(None))))
+        query = select(Notice.subject).where(Notice.sent_at.is_(None)).order_by(Notice.id)
+        return list(session.scalars(query))
 
 
 def test_outbox_sends_to_addresses_verified_at_send_time(engine: Engine, smtp: MailServer) -> None:
@@ -255,6 +256,36 @@ def test_outbox_sends_to_addresses_verified_at_send_time(engine: Engine, smtp: M
     again = send_pending(engine, mailer_for(smtp.url), now=NOW)
     assert again.sent == 0
     assert len(smtp.everything()) == 1
+
+
+def test_outbox_holds_no_lock_while_it_talks_smtp(engine: Engine, smtp: MailServer) -> None:
+    """While the mail server is talked to, another connection can lock the notice's row
+    (PostgreSQL) or take the write lock (SQLite) at once, and another outbox run does
+    not send the notice again (it is leased)."""
+    alice = add_account(engine, "alice", [("alice@gmail.com", True)])
+    notice_id = queue_notice(engine, alice, "slow server")
+    real = mailer_for(smtp.url)
+    seen: list[int] = []
+
+    class Probing:
+        def send(self, mail: Mail) -> None:
+            with engine.connect() as other:
+                if engine.dialect.name == "postgresql":
+                    other.exec_driver_sql(
+                        f"SELECT id FROM notices WHERE id = {notice_id} FOR UPDATE NOWAIT"
+                    )
+                else:
+                    other.exec_driver_sql("PRAGMA busy_timeout = 0")
+                    other.exec_driver_sql("BEGIN IMMEDIATE")
+                other.rollback()
+            seen.append(send_pending(engine, real, now=NOW).sent)  # a second run meanwhile
+            real.send(mail)
+
+    summary = send_pending(engine, Probing(), now=NOW)
+    assert summary.sent == 1
+    assert seen == [0]
+    assert [r.subject for r in smtp.inbox("alice@gmail.com")] == ["slow server"]
+    assert unsent(engine) == []
 
 
 def test_outbox_keeps_notices_while_smtp_is_down(engine: Engine, smtp: MailServer) -> None:

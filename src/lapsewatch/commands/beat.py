@@ -32,7 +32,7 @@ def beat(
     webhooks. The jobs run on `lapsewatch worker` processes (broker:
     LAPSEWATCH_BROKER_URL).
     """
-    from lapsewatch.cycle.tasks import beat_schedule, configure
+    from lapsewatch.jobs import beat_schedule, configure
 
     settings = load_settings()
     try:

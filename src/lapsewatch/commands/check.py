@@ -62,7 +62,7 @@ def check(
     except SQLAlchemyError as exc:
         raise fail(f"database {settings.database_url}: {describe(exc)}") from None
     if distributed:
-        from lapsewatch.cycle.tasks import enqueue_due
+        from lapsewatch.jobs import enqueue_due
 
         try:
             queued = enqueue_due(settings, engine, limit=limit, everything=everything)

@@ -27,7 +27,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker until stopped (the broker is LAPSEWATCH_BROKER_URL)."""
-    from lapsewatch.cycle.tasks import configure
+    from lapsewatch.jobs import configure
 
     app = configure(load_settings())
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", "--loglevel=INFO"]

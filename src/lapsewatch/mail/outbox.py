@@ -6,6 +6,12 @@ read by whoever bought the domain) never receives anything. Each notice goes
 out as one message to all of its recipients, then ``sent_at`` is committed; a
 crash in between repeats that one notice (at least once, never lost).
 
+No database lock waits on the mail server: a run claims a notice with a lease
+(``lease_until``, a conditional update in a short transaction, so two runs never
+send it twice), sends it with no transaction open, then records ``sent_at``; a
+failed send gives the notice back at once, a run that dies mid-send leaves the
+lease to expire (:data:`LEASE`).
+
 When the server cannot be reached the run stops at once and leaves everything
 queued for the next run, instead of timing out once per notice.
 """
@@ -15,9 +21,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from lapsewatch.mail.smtp import Mail, Mailer, MailError
 from lapsewatch.notices import recipients
@@ -29,6 +36,8 @@ __all__ = ["OutboxSummary", "send_pending"]
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 500
+LEASE = timedelta(minutes=10)
+"""How long a run holds a notice it is sending (far longer than one SMTP exchange)."""
 
 
 @dataclass(frozen=True)
@@ -66,28 +75,56 @@ def send_pending(
     sent = failed = waiting = 0
     errors: list[str] = []
     for notice_id in pending:
+        claimed = _claim(sessions, notice_id, stamp())
+        if claimed is None:
+            continue  # sent meanwhile, or another run is sending it
+        if not claimed.to:
+            waiting += 1
+            continue
+        try:
+            mailer.send(claimed)
+        except MailError as exc:
+            _release(sessions, notice_id)
+            errors.append(f"notice {notice_id}: {exc}")
+            log.warning("notice %s not sent: %s", notice_id, exc)
+            if not exc.permanent:
+                return OutboxSummary(sent, failed + 1, waiting, True, tuple(errors))
+            failed += 1
+            continue
         with sessions.begin() as session:
-            # SKIP LOCKED: two outbox runs on PostgreSQL never send one notice twice.
-            notice = session.scalars(
-                select(Notice)
-                .where(Notice.id == notice_id, Notice.sent_at.is_(None))
-                .with_for_update(skip_locked=True)
-            ).one_or_none()
-            if notice is None:
-                continue  # sent meanwhile by another run
-            to = recipients(session, notice)
-            if not to:
-                waiting += 1
-                continue
-            try:
-                mailer.send(Mail(tuple(to), notice.subject, notice.body, notice.kind))
-            except MailError as exc:
-                errors.append(f"notice {notice.id}: {exc}")
-                log.warning("notice %s not sent: %s", notice.id, exc)
-                if not exc.permanent:
-                    return OutboxSummary(sent, failed + 1, waiting, True, tuple(errors))
-                failed += 1
-                continue
-            notice.sent_at = stamp()
+            session.execute(
+                update(Notice)
+                .where(Notice.id == notice_id)
+                .values(sent_at=stamp(), lease_until=None)
+            )
         sent += 1
     return OutboxSummary(sent, failed, waiting, False, tuple(errors))
+
+
+def _claim(sessions: sessionmaker[Session], notice_id: int, now: datetime) -> Mail | None:
+    """The notice as it goes out, leased to this run; ``None`` when it is sent or held
+    by another run. A mail with no recipient (nobody verified yet) is not leased."""
+    with sessions.begin() as session:
+        taken = session.execute(
+            update(Notice)
+            .where(
+                Notice.id == notice_id,
+                Notice.sent_at.is_(None),
+                or_(Notice.lease_until.is_(None), Notice.lease_until < now),
+            )
+            .values(lease_until=now + LEASE)
+            .returning(Notice.id)
+        ).scalar_one_or_none()
+        if taken is None:
+            return None
+        notice = session.get_one(Notice, notice_id)
+        to = tuple(recipients(session, notice))
+        if not to:
+            notice.lease_until = None
+        return Mail(to, notice.subject, notice.body, notice.kind)
+
+
+def _release(sessions: sessionmaker[Session], notice_id: int) -> None:
+    """Give a notice back at once (its send failed): the next run tries it again."""
+    with sessions.begin() as session:
+        session.execute(update(Notice).where(Notice.id == notice_id).values(lease_until=None))

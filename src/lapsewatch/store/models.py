@@ -303,6 +303,9 @@ class Notice(Base):
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    """While a run sends it: no other run takes it before then (no row lock is held
+    while the mail server is talked to)."""
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))
 
 

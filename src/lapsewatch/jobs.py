@@ -1,17 +1,27 @@
-"""The same cycle as Celery tasks, so several workers on several machines share it.
+"""Every background job, one way: Celery tasks on ``lapsewatch worker`` processes,
+queued by ``lapsewatch beat`` (or the CLI), over the work the store already holds.
 
-``check --distributed`` enqueues the due domains in chunks. A worker claims the
-domains of its chunk with a lease (a conditional UPDATE, so two workers never
-check the same domain at once), checks them and applies each verdict in its own
-transaction, which also releases the lease. Tasks are acknowledged late: a worker
-killed mid-task leaves its message unacknowledged, Redis hands it to another
-worker after the visibility timeout, and by then the dead worker's leases have
-expired. Applying is idempotent, so a chunk done twice changes nothing twice.
+* ``lapsewatch.check_domains``: one chunk of due domains
+  (:mod:`lapsewatch.cycle.distributed`); ``lapsewatch.enqueue_due``
+  queues them (``check --distributed``).
+* ``lapsewatch.notify``: expiry warnings, advice and the outbox (``lapsewatch notify``).
+* ``lapsewatch.deliver_webhooks``: the webhook deliveries due
+  (``lapsewatch admin deliver-webhooks``).
+
+Tasks are acknowledged late: a worker killed mid-task leaves its message
+unacknowledged, Redis hands it to another worker after the visibility timeout, and
+each job is safe to run twice (domains and notices are claimed with a lease,
+deliveries by a conditional update; no lock is held across network I/O). A
+deployment without Redis runs the same functions from the CLI.
+
+The app reads its configuration when Celery first needs it (``celery -A
+lapsewatch.jobs worker|beat`` works as is); the CLI's :func:`configure` sets it from
+the settings it has checked. This module sits above ``cycle``, ``mail`` and ``web``,
+whose work it runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,17 +29,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine
 
 from lapsewatch import metrics
 from lapsewatch.config import ConfigError, Settings
-from lapsewatch.cycle.due import select_due, stream_due
-from lapsewatch.cycle.run import check_and_apply
-from lapsewatch.pace import shared_pace
-from lapsewatch.store.db import make_engine, make_sessionmaker
-from lapsewatch.store.models import Domain
+from lapsewatch.cycle.distributed import check_claimed, claim_chunk
+from lapsewatch.cycle.due import stream_due
+from lapsewatch.store.db import make_engine
 
 __all__ = [
+    "BEAT_DEFAULTS",
     "Queued",
     "beat_schedule",
     "celery_app",
@@ -41,12 +50,24 @@ __all__ = [
     "notify_task",
 ]
 
-celery_app = Celery("lapsewatch")
+
+class _App(Celery):  # type: ignore[misc]
+    def on_configure(self) -> None:
+        """When Celery first reads its configuration (a worker or beat started by
+        ``celery -A lapsewatch.jobs``), from the environment; not at import."""
+        _configure(self, _settings_or_defaults())
+
+
+celery_app = _App("lapsewatch")
 
 
 def configure(settings: Settings) -> Celery:
     """Point the app at the broker; called by the CLI before enqueueing or working."""
-    celery_app.conf.update(
+    return _configure(celery_app, settings)
+
+
+def _configure(app: Celery, settings: Settings) -> Celery:
+    app.conf.update(
         broker_url=settings.broker_url,
         result_backend=None,
         task_ignore_result=True,
@@ -67,12 +88,12 @@ def configure(settings: Settings) -> Celery:
         beat_schedule=_schedule_or_defaults(),
         timezone="UTC",
     )
-    return celery_app
+    return app
 
 
 def _settings_or_defaults() -> Settings:
     """The environment's settings, or the defaults when a variable is bad (the CLI then
-    reports it); so that ``celery -A lapsewatch.cycle.tasks beat`` works as is."""
+    reports it); so that ``celery -A lapsewatch.jobs beat`` works as is."""
     try:
         return Settings.from_env()
     except ConfigError:
@@ -116,24 +137,6 @@ def enqueue_due(
     return Queued(domains, tasks)
 
 
-def claim(
-    engine: Engine, names: list[str], *, now: datetime, lease: timedelta, everything: bool
-) -> list[str]:
-    """Lease the names that are still due and not held by another worker."""
-    if not names:
-        return []
-    statement = (
-        update(Domain)
-        .where(Domain.name.in_(names), or_(Domain.lease_until.is_(None), Domain.lease_until < now))
-        .values(lease_until=now + lease)
-        .returning(Domain.name)
-    )
-    if not everything:
-        statement = statement.where(or_(Domain.next_due_at.is_(None), Domain.next_due_at <= now))
-    with engine.begin() as connection:
-        return sorted(connection.execute(statement).scalars())
-
-
 @celery_app.task(  # type: ignore[untyped-decorator]
     name="lapsewatch.check_domains", acks_late=True, reject_on_worker_lost=True
 )
@@ -141,40 +144,12 @@ def check_domains(names: list[str], everything: bool = False) -> dict[str, Any]:
     """Claim, check and apply one chunk; what another worker holds is sent again later."""
     settings = Settings.from_env()
     engine = _engine(settings.database_url)
-    now = datetime.now(UTC)
-    lease = timedelta(seconds=settings.lease_seconds)
-    claimed = claim(engine, names, now=now, lease=lease, everything=everything)
-    with make_sessionmaker(engine)() as session:
-        held = select_due(
-            session, now=now, limit=None, everything=everything, names=names, include_leased=True
-        )
-        # Due but not ours: held by a worker that may be dead; try again after its lease.
-        busy = [d.name for d in held if d.name not in claimed]
-    if busy:
+    claimed, busy = claim_chunk(settings, engine, names, everything)
+    if busy:  # held by a worker that may be dead: try again after its lease
         check_domains.apply_async((busy, everything), countdown=settings.lease_seconds)
     with metrics.worker_chunk():
-        checked, unverified = asyncio.run(_check_claimed(settings, engine, claimed))
+        checked, unverified = check_claimed(settings, engine, claimed)
     return {"claimed": len(claimed), "checked": checked, "unverified": unverified}
-
-
-async def _check_claimed(settings: Settings, engine: Engine, names: list[str]) -> tuple[int, int]:
-    if not names:
-        return 0, 0
-    sessions = make_sessionmaker(engine)
-    with sessions() as session:
-        # everything=True: we hold the lease, so due-ness was settled by the claim.
-        due = select_due(
-            session,
-            now=datetime.now(UTC),
-            limit=None,
-            everything=True,
-            names=names,
-            include_leased=True,
-        )
-    # The same writer as a cycle in one process: batches per transaction, on its own thread.
-    # Workers share each server's limit through Redis (LAPSEWATCH_PACE_REDIS=auto).
-    summary = await check_and_apply(shared_pace(settings), engine, due)
-    return summary.checked, summary.unverified
 
 
 # ------------------------------------------------------------------ periodic jobs (beat)
@@ -202,8 +177,7 @@ def beat_schedule(environ: Mapping[str, str] | None = None) -> dict[str, dict[st
 
     Each entry expires after its own interval, so a beat that ran while no worker was
     there does not leave a pile of identical jobs behind. Overlapping runs are safe:
-    domains are claimed with a lease, notices with ``SKIP LOCKED``, deliveries by a
-    conditional update.
+    domains and notices are claimed with a lease, deliveries by a conditional update.
     """
     env = os.environ if environ is None else environ
     check = _every("CHECK", env)
@@ -277,8 +251,3 @@ def deliver_webhooks_task() -> dict[str, int]:
         "failed": summary.failed,
         "gave_up": summary.gave_up,
     }
-
-
-# Last, once the tasks and the schedule exist: the CLI configures again, reporting bad
-# variables; ``celery -A lapsewatch.cycle.tasks beat|worker`` gets this.
-configure(_settings_or_defaults())

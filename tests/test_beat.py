@@ -7,6 +7,9 @@ with them, and each task does its job when a worker runs it.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -107,3 +110,20 @@ def test_each_task_does_its_job(engine: Engine, monkeypatch: pytest.MonkeyPatch)
     assert notified["stopped"] is False
     delivered = tasks.deliver_webhooks_task.apply().get()
     assert delivered == {"queued": 0, "delivered": 0, "failed": 0, "gave_up": 0}
+
+
+def test_configure_is_what_celery_reads() -> None:
+    """Settings given to ``configure`` win over the environment's when Celery first reads
+    its configuration (a fresh process: the app here is configured already)."""
+    code = (
+        "from lapsewatch.jobs import celery_app, configure\n"
+        "from lapsewatch.config import Settings\n"
+        "configure(Settings(broker_url='memory://given', visibility_timeout=5))\n"
+        "options = celery_app.conf.broker_transport_options\n"
+        "print(celery_app.conf.broker_url, options['visibility_timeout'])\n"
+    )
+    env = {**os.environ, "LAPSEWATCH_BROKER_URL": "redis://127.0.0.1:6379/9"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["memory://given", "5"]

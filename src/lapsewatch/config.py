@@ -109,7 +109,8 @@ class Settings:
         """Read settings; raise :class:`ConfigError` naming the bad variable.
 
         A setting's default is its field's, written once above; ``LAPSEWATCH_<FIELD>``
-        (the field's name in capitals) overrides it."""
+        (the field's name in capitals; ``FREE_PROVIDERS`` for ``free_providers_file``)
+        overrides it."""
         env = os.environ if environ is None else environ
         defaults: dict[str, Any] = {f.name: f.default for f in fields(cls)}
 

@@ -51,11 +51,16 @@ __all__ = [
 ]
 
 
+_given: Settings | None = None
+"""The settings :func:`configure` was called with, if it was."""
+
+
 class _App(Celery):  # type: ignore[misc]
     def on_configure(self) -> None:
-        """When Celery first reads its configuration (a worker or beat started by
-        ``celery -A lapsewatch.jobs``), from the environment; not at import."""
-        _configure(self, _settings_or_defaults())
+        """When Celery first reads its configuration: the settings :func:`configure`
+        was given, else the environment's (a worker or beat started by ``celery -A
+        lapsewatch.jobs``); never at import."""
+        _configure(self, _given or _settings_or_defaults())
 
 
 celery_app = _App("lapsewatch")
@@ -63,6 +68,8 @@ celery_app = _App("lapsewatch")
 
 def configure(settings: Settings) -> Celery:
     """Point the app at the broker; called by the CLI before enqueueing or working."""
+    global _given
+    _given = settings
     return _configure(celery_app, settings)
 
 

@@ -22,8 +22,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import CursorResult, Engine, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from lapsewatch.mail.smtp import Mail, Mailer, MailError
@@ -75,7 +76,10 @@ def send_pending(
     sent = failed = waiting = 0
     errors: list[str] = []
     for notice_id in pending:
-        claimed = _claim(sessions, notice_id, stamp())
+        # The lease runs on the real clock, whatever ``now`` the caller stamps with: a
+        # run's ``now`` is when it started, and a notice claimed late in a long run
+        # would get a lease already expired (another run would send it again).
+        claimed = _claim(sessions, notice_id, datetime.now(UTC))
         if claimed is None:
             continue  # sent meanwhile, or another run is sending it
         if not claimed.to:
@@ -102,20 +106,24 @@ def send_pending(
 
 
 def _claim(sessions: sessionmaker[Session], notice_id: int, now: datetime) -> Mail | None:
-    """The notice as it goes out, leased to this run; ``None`` when it is sent or held
-    by another run. A mail with no recipient (nobody verified yet) is not leased."""
+    """The notice as it goes out, leased to this run until ``now`` + :data:`LEASE`
+    (``now``: the real time); ``None`` when it is sent or held by another run. A mail
+    with no recipient (nobody verified yet) is not leased."""
     with sessions.begin() as session:
-        taken = session.execute(
-            update(Notice)
-            .where(
-                Notice.id == notice_id,
-                Notice.sent_at.is_(None),
-                or_(Notice.lease_until.is_(None), Notice.lease_until < now),
-            )
-            .values(lease_until=now + LEASE)
-            .returning(Notice.id)
-        ).scalar_one_or_none()
-        if taken is None:
+        taken = cast(
+            CursorResult[Any],
+            session.execute(
+                update(Notice)
+                .where(
+                    Notice.id == notice_id,
+                    Notice.sent_at.is_(None),
+                    or_(Notice.lease_until.is_(None), Notice.lease_until < now),
+                )
+                .values(lease_until=now + LEASE)
+                .execution_options(synchronize_session=False)
+            ),
+        )
+        if taken.rowcount != 1:  # no RETURNING: SQLite before 3.35 has none
             return None
         notice = session.get_one(Notice, notice_id)
         to = tuple(recipients(session, notice))

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from lapsewatch.config import ConfigError, Settings
 from lapsewatch.cycle.limits import Limited
 from lapsewatch.pace import Learned, NotSent, Pin, Pins, Policy, ServerPacer, load_pins
-from lapsewatch.pace.pacer import open_pacer, policy_from_settings, shared_pace
+from lapsewatch.pace.pacer import open_pacer, policy_from_settings, shared_pace, tracing
 from lapsewatch.pace.policy import ServerBucket, cut_rate, raised_rate, start_for
 from lapsewatch.pace.shared import LocalBuckets
 from lapsewatch.pace.store import load_rates, save_rates
@@ -200,6 +200,34 @@ def test_waiters_get_their_slots_in_arrival_order_and_a_gone_one_gets_none() -> 
     asyncio.run(scenario())
     assert order == [i for i in range(40) if i != 5]
     assert pacer._queues["a:1"].dispatcher is None  # nobody left: the reserver is gone
+
+
+def test_a_request_whose_observation_holds_a_slot_goes_first() -> None:
+    """The next request of an observation that already holds a concurrency slot (the MX
+    after the NS, a retry) is served before requests of domains not yet started."""
+    policy = Policy(burst=0.0)
+    pacer = ServerPacer(LocalBuckets(policy), policy=policy, known={"a:1": Learned(50.0)})
+    order: list[str] = []
+
+    async def new(index: int) -> None:
+        await pacer.acquire("a:1", "dns")
+        order.append(f"new{index}")
+
+    async def holding() -> None:
+        async with tracing() as trace:
+            trace.slot = True
+            await pacer.acquire("a:1", "dns")
+            order.append("holding")
+
+    async def scenario() -> None:
+        first = [asyncio.create_task(new(i)) for i in range(40)]
+        await asyncio.sleep(0)
+        await asyncio.gather(asyncio.create_task(holding()), *first)
+
+    asyncio.run(scenario())
+    # 50/s and slots reserved 0.2 s ahead: the first 10 were handed out at once; then
+    # it goes next, not behind the other 30 queued before it.
+    assert order.index("holding") <= 11, order
 
 
 def test_a_busy_clean_epoch_raises_a_refusal_cuts() -> None:

@@ -190,7 +190,17 @@ class ServerPacer:
         if queue.waiters:
             self._epoch(server, now).waited = True  # requests queue for this server
         turn: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        queue.waiters.append(turn)
+        if trace is not None and trace.slot:
+            # Its observation holds one of the source's concurrency slots (a DNS check's
+            # MX after its NS, a retry): first in line. At the back, behind the requests
+            # of every domain just started, it held its slot for seconds, and those
+            # requests, let out at the server's rate, then waited for slots: the server
+            # got nothing, then a burst of twice its rate (REFUSED), and a worker's
+            # chunk alternated between its resolver and its registry being idle
+            # (measured in the bench's patchwork world with 2 workers).
+            queue.waiters.appendleft(turn)
+        else:
+            queue.waiters.append(turn)
         if queue.dispatcher is None or queue.dispatcher.done():
             # Its own context: the reserver serves every domain, not the one that woke it.
             task = asyncio.create_task(self._dispatch(server, queue), context=Context())

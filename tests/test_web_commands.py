@@ -103,7 +103,7 @@ def server(env: dict[str, str]) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     code = "import typer; from lapsewatch.commands.serve import serve; typer.run(serve)"
     process = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", str(port), "--webhooks-every", "0.2"],
+        [sys.executable, "-c", code, "--port", str(port)],
         env={**os.environ, **env, "LAPSEWATCH_BASE_URL": url},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

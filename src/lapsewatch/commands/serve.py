@@ -19,10 +19,6 @@ __all__ = ["serve"]
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
-    webhooks_every: Annotated[
-        float,
-        typer.Option(min=0, help="Seconds between webhook delivery runs; 0 turns them off."),
-    ] = 60.0,
 ) -> None:
     """Run the web app: sign-up, login, 2FA, security page, admin dashboard, JSON API.
 
@@ -32,7 +28,9 @@ def serve(
     LAPSEWATCH_MAIL_FROM, LAPSEWATCH_MAX_PUSH_BYTES / LAPSEWATCH_MAX_BODY_BYTES (request
     body limits, 5 MiB for the API push and 64 KiB elsewhere) and
     LAPSEWATCH_WEBHOOK_ALLOW (CIDRs webhooks may reach although internal). Behind a
-    reverse proxy, keep --host 127.0.0.1.
+    reverse proxy, keep --host 127.0.0.1. Webhooks, notices and checks run as jobs
+    (`lapsewatch beat` and `worker`, or the timers' `admin deliver-webhooks`, `notify`
+    and `check`), not in the web server.
     """
     import uvicorn
 
@@ -50,7 +48,7 @@ def serve(
             highlight=False,
         )
     try:
-        app = create_app_from_env(webhooks_every=webhooks_every or None)
+        app = create_app_from_env()
     except ConfigError as exc:
         raise fail(str(exc)) from None
     except (SQLAlchemyError, OSError) as exc:

@@ -8,7 +8,6 @@ environment with :func:`create_app_from_env` (``uvicorn --factory``).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -45,7 +44,6 @@ from lapsewatch.web.security import (
     SecurityHeaders,
     session_key,
 )
-from lapsewatch.web.webhooks import deliver_webhooks
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -75,7 +73,6 @@ def create_app(
     domain_checker: DomainChecker | None = None,
     clock: Callable[[], datetime] | None = None,
     free_providers: FreeProviders | None = None,
-    webhooks_every: float | None = None,
     close_service: bool = False,
     session_max_age: int = SESSION_MAX_AGE,
     web_settings: WebSettings | None = None,
@@ -84,8 +81,9 @@ def create_app(
 
     ``settings`` are the check cycle's (the admin's "check now" uses its sources);
     cookies are signed with the account service's secret key and marked
-    ``Secure`` when its base URL is ``https://``. ``webhooks_every`` (seconds)
-    runs :func:`deliver_webhooks` in a background thread while the app is up.
+    ``Secure`` when its base URL is ``https://``. Webhooks are delivered by the
+    ``lapsewatch.deliver_webhooks`` job (:mod:`lapsewatch.jobs`, or
+    ``lapsewatch admin deliver-webhooks``), never by a thread of the web app.
     ``close_service`` closes ``account_service`` (its mail thread) at shutdown.
     ``web_settings`` (body limits, webhook allow-list) default to the safe defaults,
     not to the environment (:func:`create_app_from_env` reads that).
@@ -109,22 +107,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        stop = threading.Event()
-        worker = None
-        if webhooks_every:
-            worker = threading.Thread(
-                target=_deliver_periodically,
-                args=(engine, webhooks_every, stop, web),
-                name="lapsewatch-webhooks",
-                daemon=True,
-            )
-            worker.start()
         try:
             yield
         finally:
-            stop.set()
-            if worker is not None:
-                worker.join(timeout=30)
             if close_service:
                 account_service.close()
 
@@ -169,19 +154,6 @@ def create_app(
     _add_api_page(app)
     _add_error_pages(app)
     return app
-
-
-def _deliver_periodically(
-    engine: Engine, every: float, stop: threading.Event, web: WebSettings
-) -> None:
-    while not stop.wait(every):
-        try:
-            summary = deliver_webhooks(engine, allow=web.webhook_allow)
-        except Exception:  # a bad run must not end the loop; the next one retries
-            log.exception("webhook delivery failed")
-            continue
-        if summary.delivered or summary.failed or summary.gave_up:
-            log.info("webhooks: %s", summary)
 
 
 def _add_api_page(app: FastAPI) -> None:
@@ -285,7 +257,7 @@ def _errors(exc: RequestValidationError) -> list[dict[str, object]]:
     ]
 
 
-def create_app_from_env(*, webhooks_every: float | None = None) -> FastAPI:
+def create_app_from_env() -> FastAPI:
     """The app as configured by ``LAPSEWATCH_*`` variables; the schema is upgraded first.
 
     ``uvicorn --factory lapsewatch.web.app:create_app_from_env`` runs it.
@@ -307,7 +279,6 @@ def create_app_from_env(*, webhooks_every: float | None = None) -> FastAPI:
         engine,
         service,
         settings,
-        webhooks_every=webhooks_every,
         close_service=True,
         web_settings=web_settings,
     )

@@ -11,8 +11,8 @@ Built as an outbox so nothing is lost and nothing blocks the check cycle:
    retried with exponential backoff (1 min, 2, 4 … capped at 6 h) and given up
    after :data:`MAX_ATTEMPTS`.
 
-Run it periodically (``lapsewatch admin deliver-webhooks``, or
-``lapsewatch serve --webhooks-every 60``). Receivers must check the signature:
+Run it periodically: the ``lapsewatch.deliver_webhooks`` job (beat, every 60 s) or
+``lapsewatch admin deliver-webhooks`` from a timer. Receivers must check the signature:
 ``X-Lapsewatch-Signature: sha256=<hex>`` is HMAC-SHA256 with the webhook's
 secret over ``"<X-Lapsewatch-Timestamp>." + raw body`` (see
 :func:`verify_signature`), and should refuse old timestamps (replays).

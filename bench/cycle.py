@@ -1231,6 +1231,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--chunk-size", type=int, default=2000, help="domains per task (--workers)")
     parser.add_argument(
+        "--pace-window",
+        type=int,
+        default=None,
+        help="LAPSEWATCH_PACE_WINDOW: domains open at once (default: the product's)",
+    )
+    parser.add_argument(
         "--pace",
         choices=("server", "source"),
         default="server",
@@ -1395,6 +1401,8 @@ def _one_database(
             "LAPSEWATCH_TIMEOUT": str(args.source_timeout),
             "LAPSEWATCH_PACE": args.pace,
         }
+        if args.pace_window is not None:
+            env["LAPSEWATCH_PACE_WINDOW"] = str(args.pace_window)
         if args.world == "uniform":
             # Today's settings: a cap per source at the world's ceiling, under which each
             # server's rate is learned. The patchwork world has no cap: learned only.

@@ -26,7 +26,7 @@ from lapsewatch.cycle.apply import (
 )
 from lapsewatch.cycle.checker import open_checker
 from lapsewatch.cycle.due import DueDomain, count_due, due_pages, select_due, stream_due
-from lapsewatch.cycle.limits import Limited
+from lapsewatch.pace.limited import Limited
 from lapsewatch.schedule import Policy
 from lapsewatch.sources import DnsSource, Observation, Outcome, RdapSource
 from lapsewatch.store import Domain, Email, ObservationRow, make_engine, make_sessionmaker, upgrade

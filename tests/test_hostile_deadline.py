@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.checker import CHECKER, Checker
 from lapsewatch.cycle.due import DueDomain
-from lapsewatch.cycle.limits import Limited
+from lapsewatch.pace.limited import Limited
 from lapsewatch.sources.interface import Observation, Outcome, Source
 from lapsewatch.store import Account, Domain, Email, ObservationRow, make_sessionmaker
 from lapsewatch.verdict import Verdict

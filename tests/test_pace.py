@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import Engine
 
 from lapsewatch.config import ConfigError, Settings
-from lapsewatch.cycle.limits import Limited
 from lapsewatch.pace import Learned, NotSent, Pin, Pins, Policy, ServerPacer, load_pins
+from lapsewatch.pace.limited import Limited
 from lapsewatch.pace.pacer import open_pacer, policy_from_settings, shared_pace, tracing
 from lapsewatch.pace.policy import ServerBucket, cut_rate, raised_rate, start_for
 from lapsewatch.pace.shared import LocalBuckets
@@ -105,7 +105,7 @@ def test_a_pinned_server_learns_nothing_but_still_pauses() -> None:
 def test_a_source_cap_keeps_serving_when_waiters_give_up() -> None:
     """A request whose domain's deadline cancels it while it queues for the cap has
     taken no slot: the cap keeps serving those behind it at its rate."""
-    from lapsewatch.cycle.limits import _Cap
+    from lapsewatch.pace.limited import _Cap
 
     cap = _Cap(20.0)
     served: list[float] = []

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from lapsewatch.config import Settings
-from lapsewatch.cycle.limits import Limited
 from lapsewatch.pace import ServerPacer
+from lapsewatch.pace.limited import Limited
 from lapsewatch.scan import checker
 from lapsewatch.world import World, demo_scenario
 

@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Literal
 
 from lapsewatch import source_catalog as catalog
-from lapsewatch.sources.interface import Observation
+from lapsewatch.observation import Observation
 
 __all__ = [
     "AUTO_RENEW",

@@ -16,9 +16,9 @@ from sqlalchemy import Engine
 from lapsewatch.config import ConfigError, Settings
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.due import DueDomain
-from lapsewatch.cycle.limits import Limited
 from lapsewatch.mail_hosts import MailHostChecks, not_read_again, registered_since_read
 from lapsewatch.pace import ServerPacer, open_pacer
+from lapsewatch.pace.limited import Limited
 from lapsewatch.schedule import Policy
 from lapsewatch.source_catalog import Evidence, names_with
 from lapsewatch.sources import Observation, Source, observe_relevant, open_sources

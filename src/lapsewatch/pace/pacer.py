@@ -1,4 +1,4 @@
-"""The per-server pacer a :class:`~lapsewatch.cycle.limits.Limited` source asks before
+"""The per-server pacer a :class:`~lapsewatch.pace.limited.Limited` source asks before
 every request on the wire, and what it learns from the answers.
 
 * **Per server.** Each ``host:port`` (an RDAP base URL's host, a WHOIS server, a DNS

@@ -35,10 +35,10 @@ import dns.message
 import dns.rdatatype
 
 from lapsewatch.config import Settings
-from lapsewatch.cycle.limits import Limited
 from lapsewatch.dates import parse_datetime
 from lapsewatch.mail_hosts import mail_host_domains
 from lapsewatch.pace import ServerPacer, open_pacer
+from lapsewatch.pace.limited import Limited
 from lapsewatch.scan.cache import DiskCache
 from lapsewatch.sources import Observation, Outcome, Source, observe_relevant, open_sources
 from lapsewatch.sources.bootstrap import BootstrapError

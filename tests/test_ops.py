@@ -407,9 +407,9 @@ def test_rate_limited_answers_are_counted_per_server(engine: Engine) -> None:
     seed(engine)
     with World(demo_scenario(now=NOW), rate_limit=2.0) as strict:
         server = f"127.0.0.1:{urlsplit(strict.rdap_url).port}"
-        before = parse(metrics.render(None).decode())
+        before = parse(metrics.render().decode())
         run_cycle(settings_for(strict), engine, now=datetime.now(UTC))
-        after = parse(metrics.render(None).decode())
+        after = parse(metrics.render().decode())
     labels = {"source": "rdap", "server": server}
     assert value(after, "lapsewatch_source_refusals_total", **labels) > value(
         before, "lapsewatch_source_refusals_total", **labels

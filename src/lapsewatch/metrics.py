@@ -12,10 +12,8 @@ Two kinds of metric end up on ``/metrics``:
   counts of a ``check`` run that has ended are still there. Without it, each
   process keeps its own counts in memory, and ``/metrics`` shows the web
   process's only.
-* **Computed from the store at scrape time** (no schema of their own): due,
-  overdue and never-checked domains, domains by last verdict, addresses
-  unverified by reason, the time of the last check, the notice outbox and the
-  webhook outbox. They are right whichever process or machine did the work.
+* **Computed from the store at scrape time** (no schema of their own):
+  :mod:`lapsewatch.web.store_gauges`, which ``/metrics`` passes to :func:`render`.
 
 Nothing here ever raises into the caller: a metric that cannot be recorded is
 a metric lost, never a check lost.
@@ -29,23 +27,20 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from lapsewatch.logs import log_context
+from lapsewatch.observation import Observation
+from lapsewatch.verdict import Decision
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from lapsewatch.cycle.apply import CheckResult
-    from lapsewatch.cycle.run import CycleSummary
-    from lapsewatch.sources.interface import Observation, Source
+    from lapsewatch.sources.interface import Source
 
 __all__ = [
     "CONTENT_TYPE",
     "METRICS_DIR_VARIABLE",
     "count_notices",
+    "count_result",
     "count_status_answer",
     "count_webhooks",
     "cycle_run",
@@ -58,6 +53,28 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class CheckedDomain(Protocol):
+    """What is counted of one checked domain (the cycle's ``CheckResult``): the
+    counters sit below the cycle that reports to them."""
+
+    @property
+    def domain(self) -> str: ...
+    @property
+    def decision(self) -> Decision: ...
+    @property
+    def observations(self) -> tuple[Observation, ...]: ...
+
+
+class CycleTotals(Protocol):
+    """What is counted of a finished cycle (the cycle's ``CycleSummary``)."""
+
+    @property
+    def checked(self) -> int: ...
+
+
+_Result = TypeVar("_Result", bound=CheckedDomain)
 _results_log = logging.getLogger("lapsewatch.cycle.results")
 
 METRICS_DIR_VARIABLE = "LAPSEWATCH_METRICS_DIR"
@@ -92,7 +109,6 @@ from prometheus_client import (  # noqa: E402
     generate_latest,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
 
@@ -230,7 +246,7 @@ def _now() -> float:
 
 
 @contextlib.contextmanager
-def cycle_run(mode: str = "process") -> Iterator[Callable[[CycleSummary], None]]:
+def cycle_run(mode: str = "process") -> Iterator[Callable[[CycleTotals], None]]:
     """Time one cycle: start now, end when the caller reports its summary.
 
     An exception counts the cycle as failed and leaves the last end time as it was
@@ -239,7 +255,7 @@ def cycle_run(mode: str = "process") -> Iterator[Callable[[CycleSummary], None]]
     started, clock = _now(), time.monotonic()
     _safely("cycle start", lambda: CYCLE_START.labels(mode).set(started))
 
-    def done(summary: CycleSummary) -> None:
+    def done(summary: CycleTotals) -> None:
         def record() -> None:
             CYCLE_END.labels(mode).set(_now())
             CYCLE_DURATION.labels(mode).set(time.monotonic() - clock)
@@ -279,7 +295,7 @@ def worker_chunk() -> Iterator[None]:
     _safely("chunk", record)
 
 
-def record_result(result: CheckResult, unverified: int, *, dry_run: bool) -> None:
+def record_result(result: CheckedDomain, unverified: int, *, dry_run: bool) -> None:
     """Count one applied result: its verdict, each source's outcome, the unverified;
     log it (INFO when it unverified or failed, DEBUG when the domain is fine)."""
     decision = result.decision
@@ -308,13 +324,18 @@ def record_result(result: CheckResult, unverified: int, *, dry_run: bool) -> Non
         UNVERIFIED.labels(decision.verdict.value).inc(unverified)
 
 
+def count_result(result: CheckedDomain, unverified: int, *, dry_run: bool = False) -> None:
+    """:func:`record_result`, never raising (a check outside a cycle: "check now")."""
+    _safely("result", lambda: record_result(result, unverified, dry_run=dry_run))
+
+
 def result_hook(
-    on_result: Callable[[CheckResult, int], None] | None, *, dry_run: bool
-) -> Callable[[CheckResult, int], None]:
+    on_result: Callable[[_Result, int], None] | None, *, dry_run: bool
+) -> Callable[[_Result, int], None]:
     """``on_result`` (the cycle's callback per committed result), counting first."""
 
-    def hook(result: CheckResult, unverified: int) -> None:
-        _safely("result", lambda: record_result(result, unverified, dry_run=dry_run))
+    def hook(result: _Result, unverified: int) -> None:
+        count_result(result, unverified, dry_run=dry_run)
         if on_result is not None:
             on_result(result, unverified)
 
@@ -428,157 +449,6 @@ def count_status_answer(answer: str) -> None:
     _safely("status answer", lambda: STATUS_ANSWERS.labels(answer).inc())
 
 
-# ----------------------------------------------------------------- computed from the store
-
-OVERDUE_AFTER = timedelta(days=1)
-"""A domain due for longer than this is overdue: the cycle is not keeping up."""
-
-
-@dataclass(frozen=True)
-class StoreCollector(Collector):
-    """Gauges read from the tables at scrape time (a few indexed aggregate queries)."""
-
-    engine: Engine
-    clock: Callable[[], datetime]
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        up = GaugeMetricFamily(
-            "lapsewatch_store_up", "1 when the store answered the metrics queries, else 0."
-        )
-        try:
-            families = self._families(self.clock())
-        except Exception as exc:
-            log.warning("metrics: the store did not answer: %s", exc)
-            up.add_metric([], 0)
-            return [up]
-        up.add_metric([], 1)
-        return [up, *families]
-
-    def _families(self, now: datetime) -> list[GaugeMetricFamily]:
-        from sqlalchemy import and_, func, select
-
-        from lapsewatch.cycle.due import count_due
-        from lapsewatch.store.models import WEBHOOK_MAX_ATTEMPTS as MAX_ATTEMPTS
-        from lapsewatch.store.models import Domain, Email, Notice, WebhookDelivery
-
-        due = count_due(self.engine, now=now)
-        watched = (
-            select(Email.id)
-            .where(
-                Email.domain == Domain.name,
-                Email.verified.is_(True),
-                Email.free_provider.is_(False),
-            )
-            .exists()
-        )
-        with self.engine.connect() as conn:
-            overdue = conn.scalar(
-                select(func.count())
-                .select_from(Domain)
-                .where(watched, Domain.next_due_at <= now - OVERDUE_AFTER)
-            )
-            never = conn.scalar(
-                select(func.count())
-                .select_from(Domain)
-                .where(watched, Domain.next_due_at.is_(None))
-            )
-            by_verdict = conn.execute(
-                select(Domain.last_verdict, func.count()).group_by(Domain.last_verdict)
-            ).all()
-            by_reason = conn.execute(
-                select(Email.unverify_reason, func.count())
-                .where(Email.verified.is_(False), Email.unverify_reason.is_not(None))
-                .group_by(Email.unverify_reason)
-            ).all()
-            last_check = conn.scalar(select(func.max(Domain.last_checked_at)))
-            queued, oldest = conn.execute(
-                select(func.count(), func.min(Notice.created_at)).where(Notice.sent_at.is_(None))
-            ).one()
-            undelivered = and_(WebhookDelivery.delivered_at.is_(None))
-            pending = conn.scalar(
-                select(func.count())
-                .select_from(WebhookDelivery)
-                .where(undelivered, WebhookDelivery.attempts < MAX_ATTEMPTS)
-            )
-            retrying = conn.scalar(
-                select(func.count())
-                .select_from(WebhookDelivery)
-                .where(
-                    undelivered,
-                    WebhookDelivery.attempts > 0,
-                    WebhookDelivery.attempts < MAX_ATTEMPTS,
-                )
-            )
-            given_up = conn.scalar(
-                select(func.count())
-                .select_from(WebhookDelivery)
-                .where(undelivered, WebhookDelivery.attempts >= MAX_ATTEMPTS)
-            )
-
-        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, text, value=value)
-
-        verdicts = GaugeMetricFamily(
-            "lapsewatch_domains",
-            "Domains in the store by last verdict ('' never checked).",
-            labels=["verdict"],
-        )
-        for verdict, count in sorted(by_verdict, key=lambda row: row[0] or ""):
-            verdicts.add_metric([verdict or ""], count)
-        reasons = GaugeMetricFamily(
-            "lapsewatch_addresses_unverified",
-            "Addresses unverified by lapsewatch now, by reason (the verdict).",
-            labels=["reason"],
-        )
-        for reason, count in sorted(by_reason, key=lambda row: row[0] or ""):
-            reasons.add_metric([reason or ""], count)
-        return [
-            gauge("lapsewatch_domains_due", "Domains due for a check now.", due),
-            gauge(
-                "lapsewatch_domains_overdue",
-                "Domains due for more than a day: the cycle is not keeping up.",
-                overdue or 0,
-            ),
-            gauge(
-                "lapsewatch_domains_never_checked",
-                "Domains behind a verified address that were never checked.",
-                never or 0,
-            ),
-            verdicts,
-            reasons,
-            gauge(
-                "lapsewatch_last_check_timestamp_seconds",
-                "When any process last checked a domain (0: never).",
-                last_check.timestamp() if last_check else 0.0,
-            ),
-            gauge("lapsewatch_notices_queued", "Notices waiting for the mailer.", queued or 0),
-            gauge(
-                "lapsewatch_notices_oldest_queued_age_seconds",
-                "Age of the oldest notice waiting for the mailer (0: none).",
-                (now - _aware(oldest)).total_seconds() if oldest else 0.0,
-            ),
-            gauge(
-                "lapsewatch_webhook_deliveries_pending",
-                "Webhook deliveries not yet delivered (and not given up).",
-                pending or 0,
-            ),
-            gauge(
-                "lapsewatch_webhook_deliveries_retrying",
-                "Pending webhook deliveries that failed at least once.",
-                retrying or 0,
-            ),
-            gauge(
-                "lapsewatch_webhook_deliveries_given_up",
-                "Webhook deliveries given up after every retry.",
-                given_up or 0,
-            ),
-        ]
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 class _ProcessCollector(Collector):
     """This process's own counts (no metrics directory)."""
 
@@ -586,14 +456,15 @@ class _ProcessCollector(Collector):
         return PROCESS.collect()
 
 
-def render(engine: Engine | None, *, clock: Callable[[], datetime] | None = None) -> bytes:
-    """The text exposition: counted metrics (the directory's, or this process's) and,
-    with an ``engine``, the gauges computed from the store."""
+def render(*extra: Collector) -> bytes:
+    """The text exposition: counted metrics (the directory's, or this process's), then
+    ``extra`` collectors (``/metrics`` adds the gauges read from the store,
+    :class:`lapsewatch.web.store_gauges.StoreCollector`)."""
     registry = CollectorRegistry(auto_describe=False)
     if _DIRECTORY is not None:
         MultiProcessCollector(registry, path=_DIRECTORY)  # type: ignore[no-untyped-call]
     else:
         registry.register(_ProcessCollector())
-    if engine is not None:
-        registry.register(StoreCollector(engine, clock or (lambda: datetime.now(UTC))))
+    for collector in extra:
+        registry.register(collector)
     return generate_latest(registry)

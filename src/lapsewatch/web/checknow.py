@@ -79,5 +79,5 @@ def check_now(
             after={"verdict": result.decision.verdict.value, "unverified": unverified},
             reason=result.decision.reason,
         )
-    metrics.result_hook(None, dry_run=False)(result, unverified)
+    metrics.count_result(result, unverified)
     return CheckedNow(name, result.decision.verdict.value, result.decision.reason, unverified)

@@ -274,7 +274,7 @@ def _live(context: WebContext, name: str) -> StatusAnswer:
         with context.sessions.begin() as session:
             settled = settle_results(session, [result], policy=context.policy)[0]
             unverified = apply_result(session, settled, policy=context.policy)
-        metrics.result_hook(None, dry_run=False)(settled, unverified)
+        metrics.count_result(settled, unverified)
     decision = settled.decision
     return StatusAnswer(
         name,

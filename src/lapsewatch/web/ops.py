@@ -15,7 +15,8 @@
   otherwise 503 with the failing check named. Every check runs under a deadline,
   so a database that went silent is a 503, not a hung probe.
 * ``/metrics`` is :func:`lapsewatch.metrics.render`: the counted metrics (of every
-  process, with ``LAPSEWATCH_METRICS_DIR``) and the gauges read from the store.
+  process, with ``LAPSEWATCH_METRICS_DIR``) and the gauges read from the store
+  (:mod:`lapsewatch.web.store_gauges`).
   With ``LAPSEWATCH_METRICS_TOKEN`` set it needs ``Authorization: Bearer <token>``.
 """
 
@@ -37,6 +38,7 @@ from sqlalchemy import Engine, text
 
 from lapsewatch import metrics
 from lapsewatch.web.context import get_context
+from lapsewatch.web.store_gauges import StoreCollector
 
 __all__ = ["OPS_STATE", "OpsSettings", "get_ops", "router"]
 
@@ -194,6 +196,6 @@ async def metrics_page(request: Request) -> Response:
             )
     context = get_context(request)
     body = await anyio.to_thread.run_sync(
-        lambda: metrics.render(context.engine, clock=context.clock)
+        lambda: metrics.render(StoreCollector(context.engine, context.clock))
     )
     return Response(body, media_type=metrics.CONTENT_TYPE, headers=_NO_STORE)

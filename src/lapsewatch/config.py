@@ -101,8 +101,10 @@ class Settings:
     """The highest rate learned, in requests/s."""
     pace_max_wait: float = 10.0
     """Longest ``Retry-After`` pause waited inside a check; longer: the domain is retried later."""
-    pace_window: int = 2000
-    """Domains being checked at once when pacing per server (a slow server's queue)."""
+    pace_window: int = 500
+    """Domains being checked at once when pacing per server (a slow server's queue). Each
+    open domain holds its memory until it is written (about 25 KB measured); 500 kept the
+    bench's cycles as fast as 2,000 did, with less memory and fewer refusals."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

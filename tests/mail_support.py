@@ -28,8 +28,8 @@ from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.service import AccountService, SignedUp
 from lapsewatch.accounts.settings import AccountSettings, RateLimits
-from lapsewatch.mail.smtp import Mailer, SmtpMailer
 from lapsewatch.schedule import Policy
+from lapsewatch.smtp import Mailer, SmtpMailer
 
 __all__ = [
     "Clock",

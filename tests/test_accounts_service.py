@@ -47,7 +47,7 @@ from lapsewatch.accounts.settings import AccountSettings, Limit, RateLimits
 from lapsewatch.config import Settings
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.due import DueDomain
-from lapsewatch.mail.smtp import BackgroundMailer, SmtpMailer
+from lapsewatch.smtp import BackgroundMailer, SmtpMailer
 from lapsewatch.store import Account, Domain, Email, Event, make_sessionmaker
 from lapsewatch.store.models import RateLimitHit, Token
 from lapsewatch.world import World, demo_scenario

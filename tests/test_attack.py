@@ -25,8 +25,8 @@ from lapsewatch.accounts.service import RESET_REQUESTED, AccountService, Address
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.mail.jobs import run_mail_jobs
-from lapsewatch.mail.smtp import SmtpMailer
 from lapsewatch.schedule import Policy
+from lapsewatch.smtp import SmtpMailer
 from lapsewatch.store import Email, Event, make_sessionmaker
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from lapsewatch.world.scenario import State

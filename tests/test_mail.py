@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, select
 
+from lapsewatch import messages
 from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.config import ConfigError
-from lapsewatch.mail import messages
 from lapsewatch.mail.advice import queue_security_advice
 from lapsewatch.mail.expiry import queue_expiry_warnings
 from lapsewatch.mail.jobs import run_mail_jobs
 from lapsewatch.mail.outbox import send_pending
-from lapsewatch.mail.smtp import BackgroundMailer, Mail, MailError, SmtpConfig, SmtpMailer
+from lapsewatch.smtp import BackgroundMailer, Mail, MailError, SmtpConfig, SmtpMailer
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
 from tests.mail_support import HangingServer, MailServer, closed_port
 

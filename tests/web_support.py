@@ -33,8 +33,8 @@ from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.config import Settings
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.due import DueDomain
-from lapsewatch.mail.smtp import SmtpMailer
 from lapsewatch.schedule import Policy
+from lapsewatch.smtp import SmtpMailer
 from lapsewatch.store import Account, make_sessionmaker
 from lapsewatch.web import webhooks
 from lapsewatch.web.apikeys import create_api_key

@@ -236,7 +236,7 @@ def notify_task() -> dict[str, Any]:
     """``lapsewatch notify``, from beat: queue warnings and advice, send the outbox."""
     from lapsewatch.accounts.settings import AccountSettings
     from lapsewatch.mail.jobs import run_mail_jobs
-    from lapsewatch.mail.smtp import SmtpMailer
+    from lapsewatch.smtp import SmtpMailer
 
     settings = Settings.from_env()
     mailer = SmtpMailer.from_settings(AccountSettings.from_env())

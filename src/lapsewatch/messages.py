@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
-from lapsewatch.mail.smtp import Mail
+from lapsewatch.smtp import Mail
 from lapsewatch.verdict import Verdict
 
 __all__ = [

@@ -23,8 +23,6 @@ from email.utils import format_datetime, make_msgid
 from typing import Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
-from lapsewatch.accounts.settings import AccountSettings
-
 __all__ = [
     "BackgroundMailer",
     "Mail",
@@ -150,6 +148,17 @@ class SmtpConnection:
             log.warning("SMTP server refused some recipients of %s: %s", mail.kind, refused)
 
 
+class MailSettings(Protocol):
+    """Where and as whom to send (``AccountSettings`` has them, from ``LAPSEWATCH_SMTP_*``)."""
+
+    @property
+    def smtp_url(self) -> str: ...
+    @property
+    def mail_from(self) -> str: ...
+    @property
+    def smtp_timeout(self) -> float: ...
+
+
 class SmtpMailer:
     """Connects per call (or per :meth:`connect` block); every socket step has a timeout."""
 
@@ -159,7 +168,7 @@ class SmtpMailer:
         self.timeout = timeout
 
     @classmethod
-    def from_settings(cls, settings: AccountSettings) -> SmtpMailer:
+    def from_settings(cls, settings: MailSettings) -> SmtpMailer:
         return cls(
             SmtpConfig.from_url(settings.smtp_url),
             sender=settings.mail_from,

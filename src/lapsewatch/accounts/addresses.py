@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lapsewatch import messages
 from lapsewatch.accounts import tokens
 from lapsewatch.accounts.core import (
     AccountCore,
@@ -49,10 +50,9 @@ from lapsewatch.accounts.passwords import check_policy
 from lapsewatch.accounts.results import EmailAdded, SignedUp
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.domains import DomainError, parse
-from lapsewatch.mail import messages
-from lapsewatch.mail.smtp import Mail
 from lapsewatch.names import InvalidName, address_key
 from lapsewatch.names import check_username as _check_name
+from lapsewatch.smtp import Mail
 from lapsewatch.store.models import Account, Email, Event
 
 __all__ = ["WEB_OWNER", "AddressService", "check_username"]

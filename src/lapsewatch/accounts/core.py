@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from lapsewatch import messages
 from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.errors import AccountNotFound, EmailNotFound, RateLimited
 from lapsewatch.accounts.events import SYSTEM, record_once
@@ -26,10 +27,9 @@ from lapsewatch.accounts.settings import AccountSettings, Limit
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.dates import isoformat
 from lapsewatch.domains import FreeProviders
-from lapsewatch.mail import messages
-from lapsewatch.mail.smtp import Mail, Mailer, MailError
 from lapsewatch.names import address_key, username_key
 from lapsewatch.schedule import Policy
+from lapsewatch.smtp import Mail, Mailer, MailError
 from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.store.models import Account, AddressHistory, Domain, Email
 

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from lapsewatch import messages
 from lapsewatch.accounts import tokens
 from lapsewatch.accounts.core import (
     _MAX_IDENTIFIER,
@@ -36,9 +37,8 @@ from lapsewatch.accounts.results import (
 )
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.domains import DomainError, FreeProviders, parse
-from lapsewatch.mail import messages
-from lapsewatch.mail.smtp import Mail
 from lapsewatch.names import address_key, username_key
+from lapsewatch.smtp import Mail
 from lapsewatch.store.models import Account, Email
 
 __all__ = ["RecoveryService"]

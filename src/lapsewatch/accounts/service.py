@@ -67,8 +67,8 @@ from lapsewatch.accounts.verification import VerificationService
 from lapsewatch.accounts.verification import reregistered_since as reregistered_since
 from lapsewatch.config import Settings
 from lapsewatch.domains import load_free_providers
-from lapsewatch.mail.smtp import BackgroundMailer, Mailer, SmtpMailer
 from lapsewatch.schedule import Policy
+from lapsewatch.smtp import BackgroundMailer, Mailer, SmtpMailer
 
 __all__ = [
     "RESET_REQUESTED",

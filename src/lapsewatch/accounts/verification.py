@@ -17,6 +17,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from lapsewatch import messages
 from lapsewatch.accounts import tokens
 from lapsewatch.accounts.core import AccountCore, _account, _own_email, _verification_kind
 from lapsewatch.accounts.errors import (
@@ -33,8 +34,7 @@ from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle.apply import CheckResult, apply_result, reregistered_since, unverify_email
 from lapsewatch.cycle.due import DueDomain, select_due
 from lapsewatch.dates import isoformat
-from lapsewatch.mail import messages
-from lapsewatch.mail.smtp import Mail
+from lapsewatch.smtp import Mail
 from lapsewatch.store.models import Domain, Email
 from lapsewatch.verdict import Verdict
 

@@ -15,7 +15,7 @@ from lapsewatch.commands._common import Format, console, fail, load_settings
 from lapsewatch.commands.accounts import open_store
 from lapsewatch.formats import json as json_format
 from lapsewatch.mail.jobs import run_mail_jobs
-from lapsewatch.mail.smtp import SmtpMailer
+from lapsewatch.smtp import SmtpMailer
 
 __all__ = ["notify"]
 

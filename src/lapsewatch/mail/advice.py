@@ -19,7 +19,7 @@ from sqlalchemy import Select, Subquery, case, func, select
 from sqlalchemy.orm import Session
 
 from lapsewatch.accounts.events import SYSTEM, record_once
-from lapsewatch.mail.messages import security_advice_notice
+from lapsewatch.messages import security_advice_notice
 from lapsewatch.store.models import Account, Email, Notice
 
 __all__ = [

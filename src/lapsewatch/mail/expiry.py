@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from lapsewatch.accounts.events import SYSTEM, record_once
 from lapsewatch.dates import isoformat
-from lapsewatch.mail.messages import expiry_notice
+from lapsewatch.messages import expiry_notice
 from lapsewatch.store.models import Domain, Email, Notice
 from lapsewatch.verdict import DANGEROUS
 

@@ -16,7 +16,7 @@ from lapsewatch.accounts.ratelimit import RateLimiter
 from lapsewatch.mail.advice import queue_security_advice
 from lapsewatch.mail.expiry import DEFAULT_WARNING, queue_expiry_warnings
 from lapsewatch.mail.outbox import OutboxSummary, send_pending
-from lapsewatch.mail.smtp import Mailer
+from lapsewatch.smtp import Mailer
 from lapsewatch.store.db import make_sessionmaker
 
 __all__ = ["MailJobSummary", "run_mail_jobs"]

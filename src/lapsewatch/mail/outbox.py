@@ -27,8 +27,8 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from lapsewatch.mail.smtp import Mail, Mailer, MailError
 from lapsewatch.notices import recipients
+from lapsewatch.smtp import Mail, Mailer, MailError
 from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.store.models import Notice
 

@@ -27,7 +27,7 @@ from lapsewatch.accounts.errors import (
 )
 from lapsewatch.accounts.results import RESET_REQUESTED, LoginStatus
 from lapsewatch.accounts.totp import provisioning_uri
-from lapsewatch.mail.messages import RESET_PASSWORD_PATH, VERIFY_EMAIL_PATH
+from lapsewatch.messages import RESET_PASSWORD_PATH, VERIFY_EMAIL_PATH
 from lapsewatch.store.models import Account
 from lapsewatch.web.context import WebContext, get_context
 from lapsewatch.web.render import flash, redirect, render

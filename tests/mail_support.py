@@ -24,10 +24,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from sqlalchemy import Engine
 
-from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.service import AccountService, SignedUp
 from lapsewatch.accounts.settings import AccountSettings, RateLimits
+from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import Mailer, SmtpMailer
 

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import Engine, select
 
 from lapsewatch.accounts import addresses as addresses_module
-from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.errors import (
     AccountError,
     AddressInUse,
@@ -46,6 +45,7 @@ from lapsewatch.accounts.service import (
 from lapsewatch.accounts.settings import AccountSettings, Limit, RateLimits
 from lapsewatch.config import Settings
 from lapsewatch.cycle.apply import CheckResult
+from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.cycle.due import DueDomain
 from lapsewatch.smtp import BackgroundMailer, SmtpMailer
 from lapsewatch.store import Account, Domain, Email, Event, make_sessionmaker

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.errors import (
     InvalidCredentials,
     LoginRequired,
@@ -24,6 +23,7 @@ from lapsewatch.accounts.errors import (
 from lapsewatch.accounts.service import RESET_REQUESTED, AccountService, AddressStatus
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
+from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.mail.jobs import run_mail_jobs
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import SmtpMailer

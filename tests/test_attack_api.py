@@ -27,10 +27,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
+from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.store import Account, Email, Event, make_sessionmaker
 from lapsewatch.web.webhooks import add_webhook, deliver_webhooks
 from lapsewatch.world import DomainScenario, World, demo_scenario

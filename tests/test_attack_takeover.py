@@ -25,12 +25,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.errors import AccountError, InvalidSecondFactor, RateLimited
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.apply import apply_result
+from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.cycle.due import DueDomain
 from lapsewatch.schedule import Policy
 from lapsewatch.store import Email, Event, make_sessionmaker

@@ -22,9 +22,9 @@ import pyotp
 import pytest
 from sqlalchemy import Engine
 
-from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.config import Settings
 from lapsewatch.cycle import CycleSummary, run_cycle
+from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.schedule import Policy
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cycle_support import NOW, seed

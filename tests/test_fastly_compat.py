@@ -21,8 +21,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.config import ConfigError
+from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.logs import JsonFormatter
 from lapsewatch.sources import Observation
 from lapsewatch.sources.dns import DnsSource

@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
+from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.store import Domain, Email, Event, make_sessionmaker
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cycle_support import EXPECTED_UNVERIFIED, NOW, seed

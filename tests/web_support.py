@@ -26,12 +26,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.config import Settings
 from lapsewatch.cycle.apply import CheckResult
+from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.cycle.due import DueDomain
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import SmtpMailer

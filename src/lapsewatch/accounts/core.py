@@ -18,13 +18,13 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from lapsewatch import messages
-from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.errors import AccountNotFound, EmailNotFound, RateLimited
 from lapsewatch.accounts.events import SYSTEM, record_once
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.ratelimit import RateLimiter
 from lapsewatch.accounts.settings import AccountSettings, Limit
 from lapsewatch.accounts.tokens import TokenKind
+from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.dates import isoformat
 from lapsewatch.domains import FreeProviders
 from lapsewatch.names import address_key, username_key

@@ -40,7 +40,6 @@ from sqlalchemy import Engine
 
 from lapsewatch.accounts.addresses import AddressService, check_username
 from lapsewatch.accounts.core import Clock as Clock
-from lapsewatch.accounts.domaincheck import CycleDomainChecker
 from lapsewatch.accounts.login import LoginService
 from lapsewatch.accounts.recovery import RecoveryService
 from lapsewatch.accounts.results import (
@@ -66,6 +65,7 @@ from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.accounts.verification import VerificationService
 from lapsewatch.accounts.verification import reregistered_since as reregistered_since
 from lapsewatch.config import Settings
+from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.domains import load_free_providers
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import BackgroundMailer, Mailer, SmtpMailer

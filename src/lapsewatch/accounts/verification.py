@@ -32,7 +32,7 @@ from lapsewatch.accounts.events import SYSTEM, record, user_actor
 from lapsewatch.accounts.results import EmailVerified, VerificationSent
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle.apply import CheckResult, apply_result, reregistered_since, unverify_email
-from lapsewatch.cycle.due import DueDomain, select_due
+from lapsewatch.cycle.due import DueDomain, due_now, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.smtp import Mail
 from lapsewatch.store.models import Domain, Email
@@ -181,7 +181,7 @@ class VerificationService(AccountCore):
                     if reregistered_since(known_registration, result.decision.registered_at):
                         _refuse_verification(session, outcome, known_registration, result, now)
                 elif due:
-                    _make_due(session, outcome.domain, now)
+                    due_now(session, outcome.domain, now)
                 email = session.get(Email, outcome.email_id)
                 still = bool(email is not None and email.verified)
                 if still:
@@ -320,12 +320,3 @@ def _refuse_verification(
         },
         reason=reason,
     )
-
-
-def _make_due(session: Session, name: str, now: datetime) -> None:
-    """The check at verification did not happen: have the next cycle run do it."""
-    domain = session.get(Domain, name, with_for_update=True)
-    if domain is None:
-        session.add(Domain(name=name, consecutive_failures=0, next_due_at=now))
-    elif domain.next_due_at is None or domain.next_due_at > now:
-        domain.next_due_at = now

@@ -35,6 +35,7 @@ __all__ = [
     "DueDomain",
     "count_due",
     "count_due_query",
+    "due_now",
     "due_pages",
     "is_due",
     "known_due",
@@ -103,6 +104,16 @@ def select_due(
 
 _KNOWN = (Domain.nameservers, Domain.mail_hosts, Domain.mail_hosts_read_at)
 """What the ``domains`` row knows that the check compares against (``_due``)."""
+
+
+def due_now(session: Session, name: str, now: datetime) -> None:
+    """Make ``name`` due at ``now`` (a check that was to happen elsewhere did not: an
+    address verified while its registry was silent); the next cycle run checks it."""
+    domain = session.get(Domain, name, with_for_update=True)
+    if domain is None:
+        session.add(Domain(name=name, consecutive_failures=0, next_due_at=now))
+    elif domain.next_due_at is None or domain.next_due_at > now:
+        domain.next_due_at = now
 
 
 def known_due(name: str, earliest: datetime | None, known: Any) -> DueDomain:

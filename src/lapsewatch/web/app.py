@@ -23,10 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from lapsewatch import __version__
-from lapsewatch.accounts.domaincheck import CycleDomainChecker, DomainChecker
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.config import Settings
+from lapsewatch.cycle.domaincheck import CycleDomainChecker, DomainChecker
 from lapsewatch.domains import FreeProviders, load_free_providers
 from lapsewatch.logs import RequestId
 from lapsewatch.schedule import Policy

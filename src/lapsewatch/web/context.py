@@ -14,9 +14,9 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from lapsewatch.accounts.domaincheck import DomainChecker
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.config import Settings
+from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.domains import FreeProviders
 from lapsewatch.schedule import Policy
 from lapsewatch.web.config import WebSettings

@@ -268,7 +268,7 @@ def _live(context: WebContext, name: str) -> StatusAnswer:
             # stands in for it, so a domain that changed hands since is still caught.
             since = due[0].earliest_verified_at if due else (row.registered_at if row else None)
             target = known_due(name, since, row)
-        # The cycle's checker meters its sources itself (accounts.domaincheck); a
+        # The cycle's checker meters its sources itself (cycle.domaincheck); a
         # test's or an embedder's checker is asked as it is.
         result = context.checker.check(target, now=now)
         with context.sessions.begin() as session:

@@ -78,8 +78,10 @@ class Settings:
     """Requests per second allowed per source."""
     concurrency: int = 20
     """Requests in flight per source."""
-    chunk_size: int = 100
-    """Domains per Celery task (``check --distributed``)."""
+    chunk_size: int = 2000
+    """Domains per Celery task (``check --distributed``). Each task opens its sources and
+    ends with its slowest domain, so small chunks cost throughput (2 workers in the bench:
+    chunks of 500 reached 85% of the floor, chunks of 2,000 over 90%)."""
     lease_seconds: float = 600.0
     """How long a worker holds the domains it claimed; a dead worker's claim expires."""
     visibility_timeout: float = 3600.0

@@ -258,6 +258,11 @@ class _Validator:
             raise _Reject(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
         except RecursionError:
             raise _Reject("not valid JSON: nested too deeply") from None
+        return self.from_object(data, line)
+
+    def from_object(self, data: object, line: int) -> _LineIn:
+        """One account as JSON Lines give it, already decoded (a line of a file, or an
+        item the API's model has read)."""
         if not isinstance(data, dict):
             raise _Reject(f"expected a JSON object, got {_json_type(data)}")
         self._keys(data, _ACCOUNT_KEYS, _ACCOUNT_REQUIRED, "")

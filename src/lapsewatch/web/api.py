@@ -9,14 +9,13 @@ one by one, idempotent, and never re-verified by a repeated old date.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lapsewatch import domains
-from lapsewatch.accounts.importer import ImportAborted, InputKind, import_accounts
+from lapsewatch.accounts.importer import ImportAborted, import_objects
 from lapsewatch.dates import isoformat
 from lapsewatch.report import build_report
 from lapsewatch.web.apikeys import ApiKeyInfo, authenticate
@@ -115,28 +114,26 @@ def push_addresses(body: AddressPush, context: Ctx, key: Key) -> ImportOut:
     app's sign-up, by the command-line importer or by another key is refused (listed
     in `rejected`), so no key can add an address to somebody else's account.
     """
-    lines = []
+    accounts: list[dict[str, object]] = []
     for item in body.addresses:
         email: dict[str, object] = {"address": item.address, "verified": item.verified}
         if item.verified_at is not None:
             email["verified_at"] = isoformat(item.verified_at)
         if item.primary is not None:
             email["primary"] = item.primary
-        lines.append(json.dumps({"username": item.username, "emails": [email]}).encode() + b"\n")
+        accounts.append({"username": item.username, "emails": [email]})
     try:
-        summary = import_accounts(
+        summary = import_objects(
             context.engine,
-            lines,
+            accounts,
             name="api",
-            kind=InputKind.jsonl,
             free_providers=context.free_providers,
             now=context.clock(),
-            parallel=False,
             owner=f"api:{key.name}",
         )
     except ImportAborted as exc:
         raise HTTPException(status_code=503, detail=f"the database failed: {exc}") from None
-    return ImportOut.from_summary(summary, len(lines))
+    return ImportOut.from_summary(summary, len(accounts))
 
 
 @router.get(

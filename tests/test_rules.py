@@ -1,5 +1,6 @@
-"""One definition per rule: the report's "due now" is what ``check`` checks, and its
-"at risk" is the advice's rule (``cycle.due`` and ``mail.advice`` own them)."""
+"""One definition per rule: the report's "due now" is what ``check`` checks, its
+"at risk" is the advice's rule, and the notice the cycle queues has the words of
+``messages`` (``cycle.due``, ``mail.advice`` and ``messages`` own them)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ import typer
 from sqlalchemy import Engine, Subquery, select
 from typer.testing import CliRunner
 
+from lapsewatch import messages
 from lapsewatch.commands.check import check as check_command
 from lapsewatch.commands.report import report as report_command
 from lapsewatch.cycle import run_cycle, select_due
-from lapsewatch.cycle.apply import CheckResult
+from lapsewatch.cycle.apply import CheckResult, apply_result
 from lapsewatch.domains import parse
 from lapsewatch.mail import advice
 from lapsewatch.report import build_report
+from lapsewatch.schedule import Policy
 from lapsewatch.store import Account, Domain, Email, make_sessionmaker
+from lapsewatch.store.models import Notice
+from lapsewatch.verdict import Decision, Verdict
 from lapsewatch.world import World, demo_scenario
 from tests.cycle_support import LONG_AGO, NOW, settings_for
 
@@ -195,3 +200,18 @@ def test_the_report_has_no_at_risk_rule_of_its_own(
     listed = {r.username for r in build_report(accounts, now=NOW).accounts_at_risk}
     assert listed == {"solo", "stale", "paired", "twice", "webmail"}
     assert listed == {u for u, (_, totp) in advised(accounts).items() if not totp}
+
+
+@pytest.mark.parametrize("verdict", [Verdict.PENDING_DELETE, Verdict.MAIL_HOST_LAPSED])
+def test_the_unverify_notice_has_the_words_of_messages(engine: Engine, verdict: Verdict) -> None:
+    """The cycle writes no notice text of its own: what it queues is
+    ``messages.unverified_notice``'s, so changing those words changes the mail sent."""
+    add_account(engine, "owner", [("o@gone.test", True)])
+    reason = "RDAP: status 'pending delete'"
+    result = CheckResult("gone.test", LONG_AGO, (), Decision("gone.test", verdict, reason), NOW)
+    with make_sessionmaker(engine).begin() as session:
+        assert apply_result(session, result, policy=Policy()) == 1
+    with make_sessionmaker(engine)() as session:
+        notice = session.scalars(select(Notice)).one()
+    expected = messages.unverified_notice("o@gone.test", "gone.test", verdict.value, reason)
+    assert (notice.subject, notice.body) == expected

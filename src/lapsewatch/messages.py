@@ -143,17 +143,16 @@ def address_taken_mail(*, address: str, sign_in_url: str) -> Mail:
 
 
 def unverified_notice(address: str, domain: str, verdict: str, reason: str) -> tuple[str, str]:
-    """(subject, body) telling the owner why an address was unverified.
-
-    The check cycle queues its own notice with the same wording; this is for
-    callers that unverify outside the cycle and for showing the reason on a page.
-    """
+    """(subject, body) telling the owner why an address was unverified: the notice the
+    check cycle queues (``cycle.apply``), and the words for any other caller."""
     subject = f"Your address {address} was unverified"
     body = (
         f"Your address {address} was unverified because its domain {domain} is "
         f"{_verdict_words(verdict)}: {reason}\n\n"
         "Password resets are never sent to an unverified address. If you still own the "
-        "domain, renew it and verify the address again from your account page.\n\n"
+        "domain, renew it and verify the address again from your account page. Consider "
+        "enabling two-factor authentication and adding a second verified address at a "
+        "well-known mail provider.\n\n"
         f"{SIGNATURE}\n"
     )
     return subject, body

@@ -45,7 +45,6 @@ from lapsewatch.accounts.errors import (
     TooManyAddresses,
     UsernameTaken,
 )
-from lapsewatch.accounts.events import SYSTEM, record, user_actor
 from lapsewatch.accounts.passwords import check_policy
 from lapsewatch.accounts.results import EmailAdded, SignedUp
 from lapsewatch.accounts.tokens import TokenKind
@@ -53,6 +52,7 @@ from lapsewatch.domains import DomainError, parse
 from lapsewatch.names import InvalidName, address_key
 from lapsewatch.names import check_username as _check_name
 from lapsewatch.smtp import Mail
+from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Account, Email, Event
 
 __all__ = ["WEB_OWNER", "AddressService", "check_username"]

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from lapsewatch import messages
 from lapsewatch.accounts.errors import AccountNotFound, EmailNotFound, RateLimited
-from lapsewatch.accounts.events import SYSTEM, record_once
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.ratelimit import RateLimiter
 from lapsewatch.accounts.settings import AccountSettings, Limit
@@ -31,6 +30,7 @@ from lapsewatch.names import address_key, username_key
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import Mail, Mailer, MailError
 from lapsewatch.store.db import make_sessionmaker
+from lapsewatch.store.events import SYSTEM, record_once
 from lapsewatch.store.models import Account, AddressHistory, Domain, Email
 
 __all__ = ["AccountCore", "Clock"]

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lapsewatch.accounts import tokens
 from lapsewatch.accounts.import_validate import LineProblem
 from lapsewatch.dates import isoformat
-from lapsewatch.store.db import dialect_insert
+from lapsewatch.store.db import dialect_insert, lock_for_writing
 from lapsewatch.store.models import Account, Domain, Email, Event, UTCDateTime
 
 ACTOR = "import"
@@ -434,7 +434,7 @@ def _transaction(engine: Engine) -> Iterator[Connection]:
             conn.exec_driver_sql(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
             checkpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
             conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={_SQLITE_CHECKPOINT_PAGES}")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        lock_for_writing(conn)
         try:
             yield conn
             conn.commit()

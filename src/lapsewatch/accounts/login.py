@@ -33,7 +33,6 @@ from lapsewatch.accounts.errors import (
     TotpAlreadyEnabled,
     TotpNotEnabled,
 )
-from lapsewatch.accounts.events import record, record_once, user_actor
 from lapsewatch.accounts.passwords import check_policy
 from lapsewatch.accounts.results import (
     Advice,
@@ -55,6 +54,7 @@ from lapsewatch.accounts.totp import (
     provisioning_uri,
 )
 from lapsewatch.names import username_key
+from lapsewatch.store.events import record, record_once, user_actor
 from lapsewatch.store.models import Account, Domain, RecoveryCode
 
 __all__ = ["LoginService"]

@@ -25,7 +25,6 @@ from lapsewatch.accounts.core import (
     _email_by_address,
 )
 from lapsewatch.accounts.errors import AccountError, TokenInvalid
-from lapsewatch.accounts.events import SYSTEM, record, user_actor
 from lapsewatch.accounts.passwords import check_policy
 from lapsewatch.accounts.results import (
     RESET_REQUESTED,
@@ -39,6 +38,7 @@ from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.domains import DomainError, FreeProviders, parse
 from lapsewatch.names import address_key, username_key
 from lapsewatch.smtp import Mail
+from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Account, Email
 
 __all__ = ["RecoveryService"]

@@ -28,13 +28,13 @@ from lapsewatch.accounts.errors import (
     RateLimited,
     TokenInvalid,
 )
-from lapsewatch.accounts.events import SYSTEM, record, user_actor
 from lapsewatch.accounts.results import EmailVerified, VerificationSent
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle.apply import CheckResult, apply_result, reregistered_since, unverify_email
 from lapsewatch.cycle.due import DueDomain, due_now, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.smtp import Mail
+from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Domain, Email
 from lapsewatch.verdict import Verdict
 

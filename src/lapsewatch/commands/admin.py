@@ -15,7 +15,6 @@ import typer
 from sqlalchemy import Engine, select
 
 from lapsewatch.accounts.errors import AccountError
-from lapsewatch.accounts.events import record
 from lapsewatch.accounts.passwords import Passwords, check_policy
 from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.commands._common import Format, console, fail, load_settings
@@ -25,6 +24,7 @@ from lapsewatch.dates import isoformat
 from lapsewatch.formats import json as json_format
 from lapsewatch.names import InvalidName, check_username, username_key
 from lapsewatch.store import Account, make_sessionmaker
+from lapsewatch.store.events import record
 from lapsewatch.web.apikeys import (
     KeyNameInvalid,
     KeyNameTaken,

@@ -26,12 +26,14 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from lapsewatch import messages
 from lapsewatch.dates import isoformat
 from lapsewatch.mail_hosts import registered_again_acted_on
 from lapsewatch.names import address_key
 from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.store.db import dialect_insert
+from lapsewatch.store.events import record_once
 from lapsewatch.store.models import (
     AddressHistory,
     Domain,
@@ -112,27 +114,6 @@ def _falls(trusted_since: datetime | None, decision: Decision) -> bool:
     if decision.verdict is Verdict.MAIL_HOST_LAPSED:
         return not by_host  # no mail host to tell by: the verdict stands
     return decision.verdict.dangerous
-
-
-def _insert_event(session: Session, values: dict[str, object]) -> int | None:
-    """Insert unless an event with the same key exists; the new id, or None."""
-    statement = dialect_insert(session.get_bind().dialect.name, Event).values(**values)
-    statement = statement.on_conflict_do_nothing(index_elements=["key"])
-    return session.execute(statement.returning(Event.id)).scalar_one_or_none()
-
-
-def _notice_text(email: Email, decision: Decision) -> tuple[str, str]:
-    subject = f"Your address {email.address} was unverified"
-    body = (
-        f"The address {email.address} on your account was marked unverified because its "
-        f"domain {decision.domain} is {decision.verdict.value.replace('_', ' ')}: "
-        f"{decision.reason}\n\n"
-        "Password resets are never sent to an unverified address. If you still own the "
-        "domain, renew it and verify the address again from your account page. Consider "
-        "enabling two-factor authentication and adding a second verified address at a "
-        "well-known mail provider."
-    )
-    return subject, body
 
 
 def stored_evidence(observation: Observation, verdict: Verdict) -> str:
@@ -500,26 +481,24 @@ def _unverify(session: Session, result: CheckResult) -> int:
             continue
         if not unverify_email(session, email, decision.verdict, decision.reason, now):
             continue  # another worker got there first
-        event_id = _insert_event(
+        event_id = record_once(
             session,
-            {
-                "at": now,
-                "actor": ACTOR,
-                "kind": "email.unverified",
-                "account_id": email.account_id,
-                "email_id": email.id,
-                "domain": result.domain,
-                "before": {"verified": True, "verified_at": isoformat(email.verified_at)},
-                "after": {
-                    "verified": False,
-                    "verdict": decision.verdict.value,
-                    "decided_by": decision.decided_by,
-                    "registered_at": isoformat(decision.registered_at),
-                    "expires_at": isoformat(decision.expires_at),
-                },
-                "reason": decision.reason,
-                "key": f"email.unverified:{email.id}:{isoformat(email.verified_at)}",
+            key=f"email.unverified:{email.id}:{isoformat(email.verified_at)}",
+            at=now,
+            actor=ACTOR,
+            kind="email.unverified",
+            account_id=email.account_id,
+            email_id=email.id,
+            domain=result.domain,
+            before={"verified": True, "verified_at": isoformat(email.verified_at)},
+            after={
+                "verified": False,
+                "verdict": decision.verdict.value,
+                "decided_by": decision.decided_by,
+                "registered_at": isoformat(decision.registered_at),
+                "expires_at": isoformat(decision.expires_at),
             },
+            reason=decision.reason,
         )
         unverified.append((email, event_id))
     for email, event_id in unverified:
@@ -575,7 +554,9 @@ def _queue_notices(
     session: Session, email: Email, decision: Decision, event_id: int, now: datetime
 ) -> None:
     """Tell the owner; the mailer sends it to whatever addresses are verified then."""
-    subject, body = _notice_text(email, decision)
+    subject, body = messages.unverified_notice(
+        email.address, decision.domain, decision.verdict.value, decision.reason
+    )
     session.add(
         Notice(
             account_id=email.account_id,

@@ -47,7 +47,7 @@ from lapsewatch.cycle.checker import open_checker, source_counts
 from lapsewatch.cycle.due import DueDomain, count_due, due_pages, select_due
 from lapsewatch.mail_hosts import load_kept, save_kept
 from lapsewatch.schedule import Policy
-from lapsewatch.store.db import make_sessionmaker
+from lapsewatch.store.db import lock_for_writing, make_sessionmaker
 from lapsewatch.verdict import Decision, Verdict
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class _Writer:
                 return [(result, would_unverify(session, result)) for result in settled]
         try:
             with self._sessions.begin() as session:
-                _lock_for_writing(session)
+                lock_for_writing(session.connection())
                 settled = settle_results(session, results, policy=policy)
                 return list(
                     zip(settled, apply_results(session, settled, policy=policy), strict=True)
@@ -364,20 +364,7 @@ class _Writer:
         applied = []
         for result in results:
             with self._sessions.begin() as session:
-                _lock_for_writing(session)
+                lock_for_writing(session.connection())
                 [settled_one] = settle_results(session, [result], policy=policy)
                 applied.append((settled_one, apply_result(session, settled_one, policy=policy)))
         return applied
-
-
-def _lock_for_writing(session: Session) -> None:
-    """SQLite: take the write lock before reading what we will update.
-
-    A deferred transaction that reads, then writes after another connection
-    committed, fails at once (a WAL snapshot cannot be upgraded); ``BEGIN
-    IMMEDIATE`` waits for the lock instead, under the busy timeout. PostgreSQL
-    locks the rows themselves (``SELECT … FOR UPDATE``).
-    """
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")

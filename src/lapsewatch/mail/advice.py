@@ -18,8 +18,8 @@ from datetime import datetime
 from sqlalchemy import Select, Subquery, case, func, select
 from sqlalchemy.orm import Session
 
-from lapsewatch.accounts.events import SYSTEM, record_once
 from lapsewatch.messages import security_advice_notice
+from lapsewatch.store.events import SYSTEM, record_once
 from lapsewatch.store.models import Account, Email, Notice
 
 __all__ = [

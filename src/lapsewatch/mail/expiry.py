@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from lapsewatch.accounts.events import SYSTEM, record_once
 from lapsewatch.dates import isoformat
 from lapsewatch.messages import expiry_notice
+from lapsewatch.store.events import SYSTEM, record_once
 from lapsewatch.store.models import Domain, Email, Notice
 from lapsewatch.verdict import DANGEROUS
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -48,6 +48,7 @@ __all__ = [
     "DbTimeouts",
     "describe",
     "dialect_insert",
+    "lock_for_writing",
     "make_engine",
     "make_sessionmaker",
     "timed_out",
@@ -60,6 +61,16 @@ def dialect_insert(dialect: str, table: Any) -> PgInsert | SqliteInsert:
     """An ``INSERT`` that takes ``ON CONFLICT`` (an upsert), in ``dialect``'s own form
     (``postgresql``, else SQLite): the one place that chooses it."""
     return pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+
+
+def lock_for_writing(connection: Connection) -> None:
+    """At the start of a transaction that reads, then writes: on SQLite take the write
+    lock first (``BEGIN IMMEDIATE``). A deferred transaction that reads, then writes
+    after another connection committed, fails at once (a WAL snapshot cannot be
+    upgraded); ``BEGIN IMMEDIATE`` waits for the lock instead, under the busy timeout.
+    PostgreSQL locks the rows themselves (``SELECT … FOR UPDATE``): nothing to do."""
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 DEFAULT_DATABASE_URL = "sqlite:///lapsewatch.db"

@@ -1,4 +1,4 @@
-"""Writing to the append-only event log from the account services and the mailer.
+"""Writing to the append-only event log: the account services, the cycle and the mailer.
 
 ``record_once`` relies on the unique ``events.key``: an insert that would repeat
 a keyed event is skipped by the database itself (``ON CONFLICT DO NOTHING``), so

@@ -14,12 +14,12 @@ from datetime import datetime
 from sqlalchemy import Engine, select
 
 from lapsewatch import metrics
-from lapsewatch.accounts.events import record
 from lapsewatch.cycle.apply import apply_result
 from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.cycle.due import known_due, select_due
 from lapsewatch.schedule import Policy
 from lapsewatch.store.db import make_sessionmaker
+from lapsewatch.store.events import record
 from lapsewatch.store.models import Domain, Email
 from lapsewatch.web.queries import storable
 

@@ -103,7 +103,8 @@ def server(env: dict[str, str]) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     code = "import typer; from lapsewatch.commands.serve import serve; typer.run(serve)"
     process = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", str(port)],
+        # --webhooks-every: as unit files of an earlier release pass it (ignored, warned)
+        [sys.executable, "-c", code, "--port", str(port), "--webhooks-every", "0"],
         env={**os.environ, **env, "LAPSEWATCH_BASE_URL": url},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -19,6 +19,10 @@ __all__ = ["serve"]
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    webhooks_every: Annotated[
+        float | None,
+        typer.Option(hidden=True, help="Ignored (webhooks are delivered by the jobs)."),
+    ] = None,
 ) -> None:
     """Run the web app: sign-up, login, 2FA, security page, admin dashboard, JSON API.
 
@@ -37,6 +41,12 @@ def serve(
     from lapsewatch.web.app import create_app_from_env
 
     load_settings()  # a bad variable is reported here, not as a traceback
+    if webhooks_every is not None:  # a unit file written for an earlier release
+        errors.print(
+            "[yellow]warning:[/] --webhooks-every is ignored: webhooks are delivered by the "
+            "lapsewatch.deliver_webhooks job (beat) or `lapsewatch admin deliver-webhooks`",
+            highlight=False,
+        )
     try:
         account_settings = AccountSettings.from_env()
     except ConfigError as exc:

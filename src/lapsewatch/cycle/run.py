@@ -205,7 +205,7 @@ def _long_lived_out_of_gc() -> Iterator[None]:
     clients) is moved out of the garbage collector's sight until they end, and the
     collector runs less often.
 
-    The cycle allocates fast (2,000 domains in flight), so Python's full collection
+    The cycle allocates fast (hundreds of domains in flight), so Python's full collection
     ran every second or two, and walking the whole heap each time held the event loop
     and the writer for 200-300 ms: 10-15% of a cycle's time, measured in the bench's
     uniform world. Runs that overlap in one process (threads) share it: the first in

@@ -255,7 +255,7 @@ def _stored(context: WebContext, name: str, max_age: timedelta) -> StatusAnswer 
 
 def _live(context: WebContext, name: str) -> StatusAnswer:
     """Check now with the cycle's checker; apply, store and count the result as the
-    cycle does (``metrics.result_hook``: checks by verdict, each source's outcome, the
+    cycle does (``metrics.count_result``: checks by verdict, each source's outcome, the
     addresses unverified, and the result's log line)."""
     now = context.clock()
     with log_context(domain=name):

@@ -32,7 +32,7 @@ from lapsewatch.mail_hosts import registered_again_acted_on
 from lapsewatch.names import address_key
 from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Observation, Outcome
-from lapsewatch.store.db import dialect_insert
+from lapsewatch.store.db import dialect_insert, in_values
 from lapsewatch.store.events import record_once
 from lapsewatch.store.models import (
     AddressHistory,
@@ -238,7 +238,8 @@ def _open_confirmations(session: Session, names: Sequence[str]) -> dict[str, Pen
     rows = session.execute(
         select(Event.domain, Event.kind, Event.after, Event.at)
         .where(
-            Event.domain.in_(names), Event.kind.in_([CONFIRMATION_PENDING, CONFIRMATION_RESOLVED])
+            Event.domain.in_(in_values(names)),
+            Event.kind.in_([CONFIRMATION_PENDING, CONFIRMATION_RESOLVED]),
         )
         .order_by(Event.at, Event.id)
     )
@@ -274,7 +275,9 @@ def settle_results(
     unknown = (
         set(
             session.scalars(
-                select(Domain.name).where(Domain.name.in_(rest), Domain.last_verdict == "unknown")
+                select(Domain.name).where(
+                    Domain.name.in_(in_values(rest)), Domain.last_verdict == "unknown"
+                )
             )
         )
         if rest
@@ -427,7 +430,7 @@ def apply_results(session: Session, results: Sequence[CheckResult], *, policy: P
             columns.mail_hosts,
             columns.mail_hosts_read_at,
         )
-        .where(columns.name.in_(sorted(r.domain for r in results)))
+        .where(columns.name.in_(in_values(sorted(r.domain for r in results))))
         .order_by(columns.name)
         .with_for_update()
     ).all()

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from lapsewatch.schedule import Policy, reads_mail_hosts
+from lapsewatch.store.db import in_values
 from lapsewatch.store.models import Domain, Email
 
 __all__ = [
@@ -96,7 +97,7 @@ def select_due(
     if not everything:
         query = query.where(is_due(now))
     if names is not None:
-        query = query.where(verified.c.domain.in_(names))
+        query = query.where(verified.c.domain.in_(in_values(names)))
     if limit is not None:
         query = query.limit(limit)
     return [known_due(row.domain, row.earliest, row) for row in session.execute(query)]
@@ -142,7 +143,7 @@ def _behind(names: list[str]) -> Select[str, datetime | None]:
     """For these domains: the oldest verification of a verified, non-free address."""
     return (
         select(Email.domain, func.min(Email.trusted_since))
-        .where(Email.domain.in_(names), *_watched())
+        .where(Email.domain.in_(in_values(names)), *_watched())
         .group_by(Email.domain)
     )
 
@@ -302,7 +303,7 @@ def _merge(connection: Connection, streams: list[_Stream], page: int) -> list[st
 def _still_behind(connection: Connection, names: list[str]) -> list[DueDomain]:
     """The domains among ``names`` still behind a verified, non-free address, in order."""
     earliest: dict[str, datetime | None] = dict(connection.execute(_behind(names)).all())
-    query = select(Domain.name, *_KNOWN).where(Domain.name.in_(names))
+    query = select(Domain.name, *_KNOWN).where(Domain.name.in_(in_values(names)))
     known = {row.name: row for row in connection.execute(query)}
     return [known_due(name, earliest[name], known.get(name)) for name in names if name in earliest]
 

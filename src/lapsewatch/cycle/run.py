@@ -46,6 +46,7 @@ from lapsewatch.cycle.apply import (
 from lapsewatch.cycle.checker import open_checker, source_counts
 from lapsewatch.cycle.due import DueDomain, count_due, due_pages, select_due
 from lapsewatch.mail_hosts import load_kept, save_kept
+from lapsewatch.memory import Trimmer, trim
 from lapsewatch.schedule import Policy
 from lapsewatch.store.db import lock_for_writing, make_sessionmaker
 from lapsewatch.verdict import Decision, Verdict
@@ -188,6 +189,7 @@ async def check_and_apply(
                 writer.abandon()
     finally:
         pages.close()  # after the reader thread is done with it
+        trim()  # what the domains in flight held (a worker's next chunk starts lean)
     return summary
 
 
@@ -281,6 +283,8 @@ class _Writer:
         self._queue: queue.SimpleQueue[CheckResult | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self.error: BaseException | None = None
+        self._trimmer = Trimmer()
+        """Hands the heap's free pages back every few seconds (:mod:`lapsewatch.memory`)."""
         self._thread = threading.Thread(target=self._run, name="lapsewatch-writer", daemon=True)
         self._thread.start()
 
@@ -340,6 +344,7 @@ class _Writer:
                 self._loop.call_soon_threadsafe(self._release, WRITER_CAPACITY)
                 return
             self._loop.call_soon_threadsafe(self._release, len(results))
+            self._trimmer.maybe()
 
     def _write(self, results: list[CheckResult]) -> list[tuple[CheckResult, int]]:
         """Apply a batch; each result as applied (confirmation rule included), with

@@ -27,9 +27,9 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
@@ -48,6 +48,7 @@ __all__ = [
     "DbTimeouts",
     "describe",
     "dialect_insert",
+    "in_values",
     "lock_for_writing",
     "make_engine",
     "make_sessionmaker",
@@ -56,11 +57,30 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 
 def dialect_insert(dialect: str, table: Any) -> PgInsert | SqliteInsert:
     """An ``INSERT`` that takes ``ON CONFLICT`` (an upsert), in ``dialect``'s own form
     (``postgresql``, else SQLite): the one place that chooses it."""
     return pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+
+
+def in_values(values: Iterable[_T]) -> list[_T]:
+    """``values`` for an ``IN (...)`` list, padded to a power of two (at least 8) by
+    repeating the last one, which leaves the set the same.
+
+    SQLAlchemy writes one placeholder per value, so every batch size made a statement
+    text of its own. The writer's batches vary in size, and SQLite's cache of 128
+    compiled statements a connection filled with IN lists compiled once each (about
+    7 MB of a cycle's memory, bench/RESULTS.md, "The checker's memory"); with a few
+    lengths the cache reuses them, on PostgreSQL too.
+    """
+    padded = list(values)
+    if padded:
+        size = max(8, 1 << (len(padded) - 1).bit_length())
+        padded.extend(padded[-1:] * (size - len(padded)))
+    return padded
 
 
 def lock_for_writing(connection: Connection) -> None:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "IN_PADDED",
     "DatabaseTimeout",
     "DbTimeouts",
     "describe",
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+IN_PADDED = 1024
+"""The longest IN list :func:`in_values` pads (the writer's batches are at most 500)."""
+
 
 def dialect_insert(dialect: str, table: Any) -> PgInsert | SqliteInsert:
     """An ``INSERT`` that takes ``ON CONFLICT`` (an upsert), in ``dialect``'s own form
@@ -67,17 +71,19 @@ def dialect_insert(dialect: str, table: Any) -> PgInsert | SqliteInsert:
 
 
 def in_values(values: Iterable[_T]) -> list[_T]:
-    """``values`` for an ``IN (...)`` list, padded to a power of two (at least 8) by
-    repeating the last one, which leaves the set the same.
+    """``values`` for an ``IN (...)`` list: up to :data:`IN_PADDED` values, padded to a
+    power of two (at least 8) by repeating the last one, which leaves the set the same.
 
     SQLAlchemy writes one placeholder per value, so every batch size made a statement
     text of its own. The writer's batches vary in size, and SQLite's cache of 128
     compiled statements a connection filled with IN lists compiled once each (about
-    7 MB of a cycle's memory, bench/RESULTS.md, "The checker's memory"); with a few
-    lengths the cache reuses them, on PostgreSQL too.
+    8 MB of a cycle's memory, bench/RESULTS.md, "The checker's memory"); with a few
+    lengths the cache reuses them, on PostgreSQL too. Longer lists (a page or a chunk
+    of due domains, one size each) are left as they are: padding must never take a
+    list past the database's limit on parameters (32,766 on SQLite).
     """
     padded = list(values)
-    if padded:
+    if padded and len(padded) <= IN_PADDED:
         size = max(8, 1 << (len(padded) - 1).bit_length())
         padded.extend(padded[-1:] * (size - len(padded)))
     return padded

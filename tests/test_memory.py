@@ -1,5 +1,5 @@
-"""A long cycle keeps its memory flat: free heap pages go back to the kernel, and IN
-lists take a few statement texts, not one per batch size (bench/RESULTS.md, "The
+"""A long cycle holds its memory: free heap pages go back to the kernel, and IN lists
+take a few statement texts, not one per batch size (bench/RESULTS.md, "The
 checker's memory")."""
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ def _behind(names: list[str]) -> Select[str, datetime | None]:
     """For these domains: the oldest verification of a verified, non-free address."""
     return (
         select(Email.domain, func.min(Email.trusted_since))
-        .where(Email.domain.in_(in_values(names)), *_watched())
+        .where(Email.domain.in_(names), *_watched())
         .group_by(Email.domain)
     )
 
@@ -302,8 +302,9 @@ def _merge(connection: Connection, streams: list[_Stream], page: int) -> list[st
 
 def _still_behind(connection: Connection, names: list[str]) -> list[DueDomain]:
     """The domains among ``names`` still behind a verified, non-free address, in order."""
-    earliest: dict[str, datetime | None] = dict(connection.execute(_behind(names)).all())
-    query = select(Domain.name, *_KNOWN).where(Domain.name.in_(in_values(names)))
+    listed = in_values(names)
+    earliest: dict[str, datetime | None] = dict(connection.execute(_behind(listed)).all())
+    query = select(Domain.name, *_KNOWN).where(Domain.name.in_(listed))
     known = {row.name: row for row in connection.execute(query)}
     return [known_due(name, earliest[name], known.get(name)) for name in names if name in earliest]
 

@@ -147,11 +147,16 @@ def test_which_mail_hosts_are_checked() -> None:
             "mx.gmail.com",  # free providers count as providers
             "mx.other.co.uk",  # the Public Suffix List decides the registrable domain
             "127.0.0.1",
+            "MX.Deep.X.Test.",  # under the domain itself, in any case: lapses with it
+            "mx.x.test.evil.test",  # not under it: evil.test is its own domain
+            "mx.notx.test",
         )
     ]
     assert mail_host_domains("x.test", observed) == [
         ("mx1.old-mail.test", "old-mail.test"),
         ("mx.other.co.uk", "other.co.uk"),
+        ("mx.x.test.evil.test", "evil.test"),
+        ("mx.notx.test", "notx.test"),
     ]
     assert mail_host_domains("x.test", observed, limit=1) == [
         ("mx1.old-mail.test", "old-mail.test")

@@ -226,6 +226,31 @@ def test_parse_never_raises(text: str, domain: str) -> None:
         assert domain != "x.example"
 
 
+_DOMAIN_TEXT = st.text(alphabet="abcXYZ.-_: \n0İK\u212a", max_size=30)
+
+
+@settings(max_examples=400)
+@given(
+    _DOMAIN_TEXT,
+    st.sampled_from(["ab.c", "a.b", "x-y.z", "abc.xyz", "ik.ru"]),
+    st.sampled_from(["", "lower", "upper"]),
+    _DOMAIN_TEXT,
+)
+def test_names_domain_is_the_whole_name_match(
+    before: str, domain: str, case: str, after: str
+) -> None:
+    """The plain search that stands in for a pattern per domain says what the pattern says:
+    the domain as a whole name, in any case, not inside a longer one."""
+    import re
+
+    from lapsewatch.sources.whois_text import _names_domain
+
+    name = {"": "", "lower": domain, "upper": domain.upper()}[case]
+    text = before + name + after
+    pattern = rf"(?<![A-Za-z0-9.-]){re.escape(domain)}(?![A-Za-z0-9-])"
+    assert _names_domain(text, domain) == bool(re.search(pattern, text, re.IGNORECASE))
+
+
 # --- the client against the loopback server ----------------------------------------------
 
 

@@ -113,9 +113,10 @@ def mail_host_domains(
     if hosts is None:
         hosts = tuple(stored)
     found: dict[str, str] = {}
+    inside = f".{domain}"
     for host in hosts:
-        if providers.covers(host):
-            continue
+        if host.lower().rstrip(".").endswith(inside) or providers.covers(host):
+            continue  # a host under the domain lapses with it: nothing more to check
         registrable = _registrable(host)
         if (
             registrable is None
@@ -185,7 +186,7 @@ def registered_since_read(
     future is garbage, not a registration. The caller reads the MX again before it
     acts when the stored hosts stood in (the owner may have moved the mail away and
     let that domain go: ``cycle.checker``)."""
-    if read_at is None or verified_at is None:
+    if not checks or read_at is None or verified_at is None:
         return tuple(checks)
     named = {d for d in map(_registrable, known_mail_hosts) if d is not None}
     return tuple(
@@ -222,7 +223,10 @@ def _unread(check: MailHostCheck) -> MailHostCheck:
     return MailHostCheck(check.host, check.domain, Decision(check.domain, Verdict.UNKNOWN, why))
 
 
+@functools.lru_cache(maxsize=2048)
 def _registrable(host: str) -> str | None:
+    """The registrable domain of a mail host, ``None`` for one that has none. Cached:
+    the same few thousand hosts come back for every domain of a cycle."""
     try:
         return domains.registrable_domain(host.strip().rstrip(".").lower())
     except ValueError:  # DomainError: an IP literal, a single label, garbage

@@ -231,6 +231,20 @@ def metrics_dir() -> str | None:
     return _DIRECTORY
 
 
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: prometheus_client validates the labels
+    and takes a lock on every call, and a cycle counts several times per domain. The
+    child is the object ``labels`` returns, so it behaves the same (after a fork too)."""
+    key = (id(metric), labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 def _safely(what: str, action: Callable[[], None]) -> None:
     try:
         action()
@@ -315,11 +329,11 @@ def record_result(result: CheckedDomain, unverified: int, *, dry_run: bool) -> N
                 "dry_run": dry_run or None,
             },
         )
-    CHECKS.labels(decision.verdict.value).inc()
+    _child(CHECKS, decision.verdict.value).inc()
     if decision.pending is not None:
-        PENDING.labels(decision.pending.value).inc()
+        _child(PENDING, decision.pending.value).inc()
     for observation in result.observations:
-        OBSERVATIONS.labels(observation.source, observation.outcome.value).inc()
+        _child(OBSERVATIONS, observation.source, observation.outcome.value).inc()
     if unverified and not dry_run:
         UNVERIFIED.labels(decision.verdict.value).inc(unverified)
 
@@ -364,10 +378,10 @@ class _MeteredPacer:
         waited = _WAITED.get()
         if waited is not None:
             waited[0] += time.monotonic() - started
-        _safely("request", lambda: REQUESTS.labels(self._source, server).inc())
+        _safely("request", lambda: _child(REQUESTS, self._source, server).inc())
 
     def refused(self, retry_after: float | None, server: str = "") -> None:
-        _safely("refusal", lambda: REFUSALS.labels(self._source, server).inc())
+        _safely("refusal", lambda: _child(REFUSALS, self._source, server).inc())
         self._inner.refused(retry_after, server)
 
     def __getattr__(self, name: str) -> Any:
@@ -393,11 +407,11 @@ def _timed(source: Source) -> None:
         elapsed = max(0.0, time.monotonic() - started - waited[0])
 
         def record() -> None:
-            LATENCY.labels(name).observe(elapsed)
+            _child(LATENCY, name).observe(elapsed)
             if not paced:  # the limiter counts the observation as one request
-                REQUESTS.labels(name, "").inc()
+                _child(REQUESTS, name, "").inc()
                 if observation.retry_after:
-                    REFUSALS.labels(name, "").inc()
+                    _child(REFUSALS, name, "").inc()
 
         _safely("latency", record)
         return observation

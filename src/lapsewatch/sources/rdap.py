@@ -169,6 +169,8 @@ class RdapSource(Source):
 
     async def bootstrap(self) -> Bootstrap:
         """Load the bootstrap once per source (raises :class:`BootstrapError`)."""
+        if self._bootstrap is not None:  # every domain asks: no lock once it is loaded
+            return self._bootstrap
         async with self._lock:
             if self._bootstrap is None:
                 self._bootstrap = await load_bootstrap(self._location, self._client)

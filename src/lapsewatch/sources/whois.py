@@ -20,7 +20,7 @@ from typing import Any
 
 from lapsewatch.config import Settings
 from lapsewatch.sources._http import FetchError
-from lapsewatch.sources.bootstrap import BootstrapError
+from lapsewatch.sources.bootstrap import Bootstrap, BootstrapError
 from lapsewatch.sources.interface import Observation, Outcome, Source, truncate
 from lapsewatch.sources.rdap import RdapSource
 from lapsewatch.sources.whois_servers import (
@@ -196,6 +196,7 @@ class WhoisSource(Source):
         self.rdap = rdap
         self._no_bootstrap = False
         self._bootstrap_lock: asyncio.Lock | None = None
+        self._bootstrap: Bootstrap | None = None
         """The RDAP source asked alongside, if any (see :meth:`relevant`)."""
         self._servers = servers
         self._location = servers_location
@@ -218,6 +219,8 @@ class WhoisSource(Source):
         TLD has no RDAP server (an unreadable bootstrap: none, RDAP reports it)."""
         if self.rdap is None:
             return True
+        if self._bootstrap is not None:  # every domain asks: no lock once it is loaded
+            return not self._bootstrap.base_urls(domain.lower().rstrip("."))
         if self._bootstrap_lock is None:
             self._bootstrap_lock = asyncio.Lock()
         async with self._bootstrap_lock:  # one try at a time, and a failure remembered:
@@ -228,6 +231,7 @@ class WhoisSource(Source):
             except BootstrapError:
                 self._no_bootstrap = True
                 return False
+            self._bootstrap = bootstrap
         return not bootstrap.base_urls(domain.lower().rstrip("."))
 
     async def observe(self, domain: str) -> Observation:

@@ -121,9 +121,25 @@ def _meaningful(text: str) -> str:
     return "\n".join(lines)
 
 
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
 def _names_domain(text: str, domain: str) -> bool:
-    pattern = re.compile(rf"(?<![A-Za-z0-9.-]){re.escape(domain)}(?![A-Za-z0-9-])", re.IGNORECASE)
-    return pattern.search(text) is not None
+    """Whether ``domain`` stands in ``text`` as a whole name (not inside a longer one)."""
+    if not (text.isascii() and domain.isascii()):  # lower() would move the offsets
+        pattern = rf"(?<![A-Za-z0-9.-]){re.escape(domain)}(?![A-Za-z0-9-])"
+        return re.search(pattern, text, re.IGNORECASE) is not None
+    # A plain search: a pattern per domain would be compiled for every answer.
+    haystack, needle = text.lower(), domain.lower()
+    at = haystack.find(needle)
+    while at >= 0:
+        end = at + len(needle)
+        before = haystack[at - 1] if at else " "
+        after = haystack[end] if end < len(haystack) else " "
+        if before not in _NAME_CHARS and before != "." and after not in _NAME_CHARS:
+            return True
+        at = haystack.find(needle, at + 1)
+    return False
 
 
 def _not_found(text: str, domain: str, tld: str) -> tuple[bool, str | None]:

@@ -147,7 +147,7 @@ def test_which_mail_hosts_are_checked() -> None:
             "mx.gmail.com",  # free providers count as providers
             "mx.other.co.uk",  # the Public Suffix List decides the registrable domain
             "127.0.0.1",
-            "MX.Deep.X.Test.",  # under the domain itself, in any case: lapses with it
+            "MX.Deep.X.Test.",  # under the domain itself, in any case
             "mx.x.test.evil.test",  # not under it: evil.test is its own domain
             "mx.notx.test",
         )
@@ -163,6 +163,10 @@ def test_which_mail_hosts_are_checked() -> None:
     ]
     errors = [Observation.error("dns", "x.test", "timeout")]
     assert mail_host_domains("x.test", errors) == []
+    # Under the domain, yet a registration of its own: os.hedmark.no is a public suffix.
+    assert mail_host_domains("hedmark.no", [dns_with("mx.x.os.hedmark.no")]) == [
+        ("mx.x.os.hedmark.no", "x.os.hedmark.no")
+    ]
     assert MailProviders(["protection.outlook.com"]).covers("a.mail.protection.outlook.com")
     assert not MailProviders(["protection.outlook.com"]).covers("outlook.com.evil.test")
     assert {"google.com", "pphosted.com", "mimecast.com"} <= mail_providers().entries

@@ -113,10 +113,11 @@ def mail_host_domains(
     if hosts is None:
         hosts = tuple(stored)
     found: dict[str, str] = {}
-    inside = f".{domain}"
     for host in hosts:
-        if host.lower().rstrip(".").endswith(inside) or providers.covers(host):
-            continue  # a host under the domain lapses with it: nothing more to check
+        if providers.covers(host):
+            continue
+        # Not "ends with the domain": a public suffix inside it (os.hedmark.no under
+        # hedmark.no) makes a host under the domain a registration of its own.
         registrable = _registrable(host)
         if (
             registrable is None

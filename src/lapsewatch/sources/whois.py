@@ -194,10 +194,11 @@ class WhoisSource(Source):
         ``rdap``: the RDAP source asked alongside; WHOIS is then asked only about
         domains whose TLD has no RDAP server in its bootstrap (:meth:`relevant`)."""
         self.rdap = rdap
+        """The RDAP source asked alongside, if any (see :meth:`relevant`)."""
         self._no_bootstrap = False
         self._bootstrap_lock: asyncio.Lock | None = None
         self._bootstrap: Bootstrap | None = None
-        """The RDAP source asked alongside, if any (see :meth:`relevant`)."""
+        """``rdap``'s bootstrap once loaded (it is loaded once and never changes)."""
         self._servers = servers
         self._location = servers_location
         self._timeout = timeout

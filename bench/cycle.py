@@ -66,8 +66,10 @@ from cycle_world import WorldProcess, world_main
 
 
 @contextmanager
-def fresh_database(kind: str, workdir: Path, postgres_url: str) -> Iterator[str]:
-    """An empty database of ``kind``: a new SQLite file, or ``lapsewatch_bench`` recreated."""
+def fresh_database(
+    kind: str, workdir: Path, postgres_url: str, name: str = "lapsewatch_bench"
+) -> Iterator[str]:
+    """An empty database of ``kind``: a new SQLite file, or PostgreSQL's ``name`` recreated."""
     if kind == "sqlite":
         path = workdir / "bench.db"
         for suffix in ("", "-wal", "-shm"):
@@ -77,7 +79,6 @@ def fresh_database(kind: str, workdir: Path, postgres_url: str) -> Iterator[str]
     import psycopg
     from sqlalchemy.engine import make_url
 
-    name = "lapsewatch_bench"
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -161,6 +162,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--postgres-database",
+        default="lapsewatch_bench",
+        help="the PostgreSQL database the run drops and creates (runs at once need their own)",
+    )
     parser.add_argument("--baseline-sample", type=int, default=2000, help="0: no baseline")
     parser.add_argument(
         "--cpu-sample",
@@ -334,7 +340,7 @@ def _one_database(
     timeout: float,
 ) -> Run:
     run = Run(database=kind, addresses=generated.addresses)
-    with fresh_database(kind, workdir, args.postgres_url) as url:
+    with fresh_database(kind, workdir, args.postgres_url, args.postgres_database) as url:
         log(f"{kind}: importing {generated.addresses:,} addresses")
         with _autoanalyze(kind, url) as analyzing:
             imported = run_child(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,26 @@ KEYS = {
 def run_tiny(
     tmp_path: Path, *extra: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """The bench at 2,000 addresses with no latency; its output and its JSON results."""
+    """The bench at 2,000 addresses with no latency; its output and its JSON results.
+
+    On PostgreSQL, in a database of its own (the bench drops and creates it), dropped after."""
     out = tmp_path / "results.json"
-    run = subprocess.run(
+    database = f"lapsewatch_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        run = _run_bench(tmp_path, out, "--postgres-database", database, *extra)
+    finally:
+        if "postgresql" in extra:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert run.returncode == 0, run.stderr[-3000:]
+    results: dict[str, Any] = json.loads(out.read_text())
+    return run, results
+
+
+def _run_bench(tmp_path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             str(BENCH),
@@ -69,9 +87,6 @@ def run_tiny(
         timeout=300,
         check=False,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results: dict[str, Any] = json.loads(out.read_text())
-    return run, results
 
 
 @pytest.mark.parametrize(

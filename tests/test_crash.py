@@ -130,7 +130,9 @@ def test_celery_worker_killed_mid_task(
 
     expected = reference_state(world, tmp_path)
     engine = fresh(database_url)
-    broker = REDIS_URL.rsplit("/", 1)[0] + "/9"
+    # A broker database of its own per backend: the runs may be at once (pytest -n), and
+    # each flushes its database first.
+    broker = REDIS_URL.rsplit("/", 1)[0] + ("/9" if database_url.startswith("sqlite") else "/10")
     redis.Redis.from_url(broker).flushdb()
     env = environment(
         world,
@@ -140,7 +142,9 @@ def test_celery_worker_killed_mid_task(
         LAPSEWATCH_LEASE_SECONDS="3",
         LAPSEWATCH_VISIBILITY_TIMEOUT="6",
         LAPSEWATCH_CONCURRENCY="1",
-        LAPSEWATCH_RATE_RDAP="2",
+        # Slow enough that the first worker is still mid-cycle when it is killed, even on
+        # a loaded machine (pytest -n) where this test's polling lags by seconds.
+        LAPSEWATCH_RATE_RDAP="1",
     )
 
     def start_worker(name: str) -> subprocess.Popen[bytes]:

@@ -1,51 +1,80 @@
-"""The ``lapsewatch`` command: assembles the sub-commands in ``lapsewatch.commands``."""
+"""The ``lapsewatch`` command: assembles the sub-commands in ``lapsewatch.commands``.
+
+A sub-command's module is imported only when that sub-command runs (or ``--help``
+lists them all): each pulls in a different part of the product (the web app, the
+cycle, the scanner), and importing every one made each run start a second later.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import stamina.instrumentation
 import typer
+from typer._click import Command, Context
+from typer.core import TyperGroup
 
-from lapsewatch.commands import (
-    beat,
-    check,
-    demo,
-    domain,
-    init,
-    notify,
-    report,
-    scan,
-    serve,
-    worker,
-)
 from lapsewatch.commands._common import exit_code
-from lapsewatch.commands.accounts import accounts_app
-from lapsewatch.commands.admin import admin_app
-from lapsewatch.commands.bootstrap import bootstrap_app
-from lapsewatch.commands.whois_servers import whois_servers_app
 
-__all__ = ["app", "exit_code", "main"]
+__all__ = ["COMMANDS", "app", "exit_code", "main"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # The stable interface (DESIGN.md) first, then the operator's tools.
+    "init": ("lapsewatch.commands.init", "init"),
+    "domain": ("lapsewatch.commands.domain", "domain"),
+    "check": ("lapsewatch.commands.check", "check"),
+    "report": ("lapsewatch.commands.report", "report"),
+    "accounts": ("lapsewatch.commands.accounts", "accounts_app"),
+    "serve": ("lapsewatch.commands.serve", "serve"),
+    "scan": ("lapsewatch.commands.scan", "scan"),
+    "demo": ("lapsewatch.commands.demo", "demo"),
+    "notify": ("lapsewatch.commands.notify", "notify"),
+    "worker": ("lapsewatch.commands.worker", "worker"),
+    "beat": ("lapsewatch.commands.beat", "beat"),
+    "admin": ("lapsewatch.commands.admin", "admin_app"),
+    "rdap-bootstrap": ("lapsewatch.commands.bootstrap", "bootstrap_app"),
+    "whois-servers": ("lapsewatch.commands.whois_servers", "whois_servers_app"),
+}
+"""Each sub-command's name: the module and the attribute (a function, or a Typer app of
+sub-commands) that define it."""
+
+
+def load_command(name: str) -> Command:
+    """The sub-command ``name``, imported now (``KeyError`` if there is none)."""
+    module, attribute = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    if isinstance(target, typer.Typer):
+        command: Command = typer.main.get_group(target)
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class _LazyGroup(TyperGroup):
+    """Knows the sub-commands by name and builds one only when it is asked for."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
 
 app = typer.Typer(
+    cls=_LazyGroup,
     help="Stop account takeovers through lapsed email domains.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# The stable interface (DESIGN.md) first, then the operator's tools.
-app.command()(init.init)
-app.command()(domain.domain)
-app.command()(check.check)
-app.command()(report.report)
-app.add_typer(accounts_app, name="accounts")
-app.command()(serve.serve)
-app.command()(scan.scan)
-app.command()(demo.demo)
-app.command()(notify.notify)
-app.command()(worker.worker)
-app.command()(beat.beat)
-app.add_typer(admin_app, name="admin")
-app.add_typer(bootstrap_app, name="rdap-bootstrap")
-app.add_typer(whois_servers_app, name="whois-servers")
+
+
+@app.callback()
+def _group() -> None:
+    """Stop account takeovers through lapsed email domains."""
 
 
 def main() -> None:

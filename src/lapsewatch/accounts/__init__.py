@@ -4,15 +4,20 @@ Bulk import and the read side are re-exported here; the account services
 (sign-up, verification, 2FA, reset) live in :mod:`lapsewatch.accounts.service`.
 """
 
-from lapsewatch.accounts.importer import (
-    ImportAborted,
-    ImportInputError,
-    ImportSummary,
-    InputKind,
-    LineProblem,
-    import_accounts,
-)
-from lapsewatch.accounts.queries import AccountView, EmailView, UnknownUsername, show_account
+from typing import TYPE_CHECKING
+
+from lapsewatch.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from lapsewatch.accounts.importer import (
+        ImportAborted,
+        ImportInputError,
+        ImportSummary,
+        InputKind,
+        LineProblem,
+        import_accounts,
+    )
+    from lapsewatch.accounts.queries import AccountView, EmailView, UnknownUsername, show_account
 
 __all__ = [
     "AccountView",
@@ -26,3 +31,19 @@ __all__ = [
     "import_accounts",
     "show_account",
 ]
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ImportAborted": "importer",
+        "ImportInputError": "importer",
+        "ImportSummary": "importer",
+        "InputKind": "importer",
+        "LineProblem": "importer",
+        "import_accounts": "importer",
+        "AccountView": "queries",
+        "EmailView": "queries",
+        "UnknownUsername": "queries",
+        "show_account": "queries",
+    },
+)

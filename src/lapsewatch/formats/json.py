@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lapsewatch.dates import isoformat
-from lapsewatch.lookup import DomainReport
+
+if TYPE_CHECKING:  # the commands that only dump JSON need not import every source
+    from lapsewatch.lookup import DomainReport
 
 __all__ = ["domain_report", "dumps"]
 

@@ -215,7 +215,8 @@ def test_attack_a_keys_webhook_hears_only_of_its_own_accounts(
             made = apis[name].post("/api/v1/webhooks", json={"url": receiver.url})
             assert made.status_code == 201, made.text
         # The operator's own webhook (made on the command line) hears of everything.
-        add_webhook(engine, operator.url, now=datetime.now(UTC), allow=LOOPBACK.webhook_allow)
+        with make_sessionmaker(engine).begin() as session:
+            add_webhook(session, operator.url, now=datetime.now(UTC), allow=LOOPBACK.webhook_allow)
         pushed_a = push(apis["registry-a"], item("alice", "alice@rega.test", verified_at=LONG_AGO))
         pushed_b = push(apis["registry-b"], item("bob", "bob@regb.test", verified_at=LONG_AGO))
         assert pushed_a["accounts_created"] == pushed_b["accounts_created"] == 1

@@ -355,8 +355,11 @@ def test_attack_webhooks_to_internal_addresses_are_refused(
         "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
         "http://[2002:a00:1::1]/",  # 6to4 of 10.0.0.1
     ]:
-        with pytest.raises(InvalidWebhookUrl, match="public addresses"):
-            add_webhook(engine, url, now=datetime.now(UTC))
+        with (
+            pytest.raises(InvalidWebhookUrl, match="public addresses"),
+            make_sessionmaker(engine).begin() as session,
+        ):
+            add_webhook(session, url, now=datetime.now(UTC))
     # A name that resolves to a private address is refused like the address itself.
     dns.names["intranet.registry.test"] = ["10.1.2.3"]
     named = app_client.post(
@@ -449,7 +452,8 @@ def test_attack_delivery_connects_to_the_address_it_checked(engine: Engine, dns:
         port = receiver.url.split(":")[2].split("/")[0]
         dns.names["hooks.registry.test"] = ["127.0.0.1"]
         url = f"http://hooks.registry.test:{port}/hooks/lapsewatch"
-        add_webhook(engine, url, now=datetime.now(UTC), allow=LOOPBACK.webhook_allow)
+        with make_sessionmaker(engine).begin() as session:
+            add_webhook(session, url, now=datetime.now(UTC), allow=LOOPBACK.webhook_allow)
         _unverification(engine)
         dns.asked.clear()
         later = datetime.now(UTC) + timedelta(seconds=5)

@@ -242,7 +242,8 @@ def test_without_a_valid_key_401(engine: Engine) -> None:
             assert response.status_code == 401, headers
             assert response.json() == {"msg": "Provided credentials are missing or invalid"}
         assert ask(client, "alive.example", key)["status"] == "active"
-        assert revoke_api_key(engine, "pypi", now=datetime.now(UTC))
+        with make_sessionmaker(engine).begin() as session:
+            assert revoke_api_key(session, "pypi", now=datetime.now(UTC))
         response = client.get(
             STATUS_PATH, params={"domain": "alive.example"}, headers={"Fastly-Key": key}
         )

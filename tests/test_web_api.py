@@ -107,7 +107,8 @@ def test_every_endpoint_needs_a_valid_key(anonymous: TestClient, engine: Engine)
             assert response.json()["detail"].startswith("a valid API key is required")
     good = {"Authorization": f"Bearer {key}"}
     assert anonymous.get("/api/v1/report", headers=good).status_code == 200
-    assert revoke_api_key(engine, "old", now=datetime.now(UTC))
+    with make_sessionmaker(engine).begin() as session:
+        assert revoke_api_key(session, "old", now=datetime.now(UTC))
     assert anonymous.get("/api/v1/report", headers=good).status_code == 401
 
 

@@ -166,7 +166,8 @@ def make_admin(engine: Engine, username: str) -> None:
 
 
 def make_api_key(engine: Engine, name: str = "registry") -> str:
-    return create_api_key(engine, name, now=datetime.now(UTC))
+    with make_sessionmaker(engine).begin() as session:
+        return create_api_key(session, name, now=datetime.now(UTC))
 
 
 class WebClient:

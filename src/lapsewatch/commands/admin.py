@@ -8,11 +8,14 @@ and a key shown in a terminal never crosses the network.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from lapsewatch.accounts.errors import AccountError
 from lapsewatch.accounts.passwords import Passwords, check_policy
@@ -70,6 +73,17 @@ def _store() -> Engine:
     return open_store(load_settings())
 
 
+@contextmanager
+def _transaction() -> Iterator[Session]:
+    """The command's one transaction: committed when the block ends, rolled back on an error."""
+    engine = _store()
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
 def _web_settings() -> WebSettings:
     try:
         return WebSettings.from_env()
@@ -78,8 +92,7 @@ def _web_settings() -> WebSettings:
 
 
 def _set_admin(username: str, value: bool) -> None:
-    engine = _store()
-    with make_sessionmaker(engine).begin() as session:
+    with _transaction() as session:
         account = session.scalar(
             select(Account).where(Account.username_key == username_key(username))
         )
@@ -133,9 +146,8 @@ def create_admin(
         check_policy(password, username=username, minimum=minimum, maximum=1024)
     except (AccountError, InvalidName) as exc:
         raise fail(str(exc)) from None
-    engine = _store()
     password_hash = Passwords().hash(password)
-    with make_sessionmaker(engine).begin() as session:
+    with _transaction() as session:
         taken = select(Account.id).where(Account.username_key == username_key(username))
         if session.scalar(taken) is not None:
             raise fail(f"{username!r} exists; make it an admin with: lapsewatch admin grant")
@@ -183,7 +195,8 @@ def api_key(
     no import can change them.
     """
     try:
-        key = create_api_key(_store(), name, now=_now())
+        with _transaction() as session:
+            key = create_api_key(session, name, now=_now())
     except (KeyNameTaken, KeyNameInvalid) as exc:
         raise fail(str(exc)) from None
     console.print(key, highlight=False, soft_wrap=True)
@@ -206,14 +219,15 @@ def owner(
     (or renames its key) hands its accounts over here. Accounts made through
     the web app belong to their people and are never handed over.
     """
-    keys = {k.name for k in list_api_keys(_store()) if k.revoked_at is None}
+    with _transaction() as session:
+        keys = {k.name for k in list_api_keys(session) if k.revoked_at is None}
     if not (to == "import" or (to.startswith("api:") and to[4:] in keys)):
         raise fail(f"--to {to!r}: expected 'import' or 'api:NAME' of a live API key")
     if source == "web" or not (source or usernames):
         raise fail("name the accounts, or --from import / --from api:NAME")
     now = _now()
     moved = 0
-    with make_sessionmaker(_store()).begin() as session:
+    with _transaction() as session:
         query = select(Account).where(Account.owner != "web")
         if usernames:
             query = query.where(Account.username_key.in_([username_key(u) for u in usernames]))
@@ -239,7 +253,9 @@ def owner(
 @admin_app.command("revoke-api-key")
 def revoke_key(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
     """Revoke an API key at once."""
-    if not revoke_api_key(_store(), name, now=_now()):
+    with _transaction() as session:
+        revoked = revoke_api_key(session, name, now=_now())
+    if not revoked:
         raise fail(f"no live API key is named {name!r}")
     console.print(f"API key {name!r} revoked", highlight=False)
 
@@ -249,7 +265,8 @@ def api_keys(
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
     """List API keys (names and dates; the keys themselves are not kept)."""
-    keys = list_api_keys(_store())
+    with _transaction() as session:
+        keys = list_api_keys(session)
     if output is Format.json:
         console.print_json(json_format.dumps([_plain(k) for k in keys]))
         return
@@ -267,7 +284,8 @@ def webhook_add(url: Annotated[str, typer.Argument(help="An http(s) URL to POST 
     """
     allow = _web_settings().webhook_allow
     try:
-        hook = add_webhook(_store(), url, now=_now(), allow=allow)
+        with _transaction() as session:
+            hook = add_webhook(session, url, now=_now(), allow=allow)
     except InvalidWebhookUrl as exc:
         raise fail(str(exc)) from None
     console.print(f"webhook {hook.id}: {hook.url}\nsecret: {hook.secret}", highlight=False)
@@ -278,7 +296,8 @@ def webhook_list(
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
 ) -> None:
     """The active webhooks, everybody's (``key`` is the id of the API key that made one)."""
-    hooks = list_webhooks(_store())
+    with _transaction() as session:
+        hooks = list_webhooks(session)
     if output is Format.json:
         console.print_json(json_format.dumps([_plain(h) for h in hooks]))
         return
@@ -293,7 +312,9 @@ def webhook_list(
 @webhook_app.command("remove")
 def webhook_remove(webhook_id: Annotated[int, typer.Argument(help="The webhook's id.")]) -> None:
     """Stop a webhook (its delivery history is kept)."""
-    if not remove_webhook(_store(), webhook_id):
+    with _transaction() as session:
+        removed = remove_webhook(session, webhook_id)
+    if not removed:
         raise fail(f"no active webhook has the id {webhook_id}")
     console.print(f"webhook {webhook_id} stopped", highlight=False)
 

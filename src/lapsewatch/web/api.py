@@ -71,7 +71,10 @@ def require_api_key(
     key = getattr(request.state, API_KEY_STATE, None)
     if isinstance(key, ApiKeyInfo):
         return key
-    key = authenticate(context.engine, credentials.credentials) if credentials else None
+    key = None
+    if credentials:
+        with context.sessions() as session:
+            key = authenticate(session, credentials.credentials)
     if key is None:
         raise HTTPException(
             status_code=401, detail=UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"}
@@ -212,13 +215,14 @@ def create_webhook(body: WebhookIn, context: Ctx, key: Key) -> WebhookCreated:
     CGNAT, multicast or reserved address), now and at every delivery. The webhook
     belongs to this API key: only this key lists or stops it."""
     try:
-        hook = add_webhook(
-            context.engine,
-            body.url,
-            now=context.clock(),
-            api_key_id=key.id,
-            allow=context.web.webhook_allow,
-        )
+        with context.sessions.begin() as session:
+            hook = add_webhook(
+                session,
+                body.url,
+                now=context.clock(),
+                api_key_id=key.id,
+                allow=context.web.webhook_allow,
+            )
     except InvalidWebhookUrl as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
     return WebhookCreated.from_new(hook)
@@ -226,7 +230,9 @@ def create_webhook(body: WebhookIn, context: Ctx, key: Key) -> WebhookCreated:
 
 @router.get("/webhooks", tags=["webhooks"], summary="This key's active webhooks")
 def get_webhooks(context: Ctx, key: Key) -> list[WebhookOut]:
-    return [WebhookOut.from_info(h) for h in list_webhooks(context.engine, api_key_id=key.id)]
+    with context.sessions() as session:
+        hooks = list_webhooks(session, api_key_id=key.id)
+    return [WebhookOut.from_info(h) for h in hooks]
 
 
 @router.delete(
@@ -240,6 +246,8 @@ def get_webhooks(context: Ctx, key: Key) -> list[WebhookOut]:
 def delete_webhook(
     webhook_id: Annotated[int, Path(ge=1, le=2**31 - 1)], context: Ctx, key: Key
 ) -> Response:
-    if not remove_webhook(context.engine, webhook_id, api_key_id=key.id):
+    with context.sessions.begin() as session:
+        removed = remove_webhook(session, webhook_id, api_key_id=key.id)
+    if not removed:
         raise HTTPException(status_code=404, detail="no such active webhook")
     return Response(status_code=204)

@@ -3,6 +3,9 @@
 A key is 256 random bits, so a plain (unsalted) SHA-256 is enough: there is
 nothing to guess, and a leaked table of hashes opens nothing. Lookup by hash
 is one indexed query, fast enough to run on every API request.
+
+Each function works in the caller's session; the caller (a command, a request)
+owns the transaction and commits it.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.store.models import ApiKey
 
 __all__ = [
@@ -67,42 +70,42 @@ def check_key_name(name: str) -> str:
     return name
 
 
-def create_api_key(engine: Engine, name: str, *, now: datetime) -> str:
-    """A new key named ``name``; the only time the key itself is ever seen."""
+def create_api_key(session: Session, name: str, *, now: datetime) -> str:
+    """A new key named ``name``; the only time the key itself is ever seen.
+
+    A taken name raises :class:`KeyNameTaken`, after which the caller's transaction can
+    only be rolled back (its ``with`` block does so as the error passes)."""
     name = check_key_name(name)
     key = PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(name=name, key_hash=hash_key(key), created_at=now))
     try:
-        with make_sessionmaker(engine).begin() as session:
-            session.add(ApiKey(name=name, key_hash=hash_key(key), created_at=now))
+        session.flush()
     except IntegrityError:
         raise KeyNameTaken(f"an API key named {name!r} exists already") from None
     return key
 
 
-def authenticate(engine: Engine, key: str) -> ApiKeyInfo | None:
+def authenticate(session: Session, key: str) -> ApiKeyInfo | None:
     """The key's record if it exists and is not revoked."""
     if not key or len(key) > 200:
         return None
-    with make_sessionmaker(engine)() as session:
-        row = session.scalar(
-            select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-        )
-        return None if row is None else ApiKeyInfo(row.id, row.name, row.created_at, None)
+    row = session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
+    return None if row is None else ApiKeyInfo(row.id, row.name, row.created_at, None)
 
 
-def revoke_api_key(engine: Engine, name: str, *, now: datetime) -> bool:
+def revoke_api_key(session: Session, name: str, *, now: datetime) -> bool:
     """Revoke the key named ``name``; ``False`` if there is no such live key."""
-    with make_sessionmaker(engine).begin() as session:
-        row = session.scalar(select(ApiKey).where(ApiKey.name == name))
-        if row is None or row.revoked_at is not None:
-            return False
-        row.revoked_at = now
-        return True
+    row = session.scalar(select(ApiKey).where(ApiKey.name == name))
+    if row is None or row.revoked_at is not None:
+        return False
+    row.revoked_at = now
+    return True
 
 
-def list_api_keys(engine: Engine) -> list[ApiKeyInfo]:
-    with make_sessionmaker(engine)() as session:
-        return [
-            ApiKeyInfo(row.id, row.name, row.created_at, row.revoked_at)
-            for row in session.scalars(select(ApiKey).order_by(ApiKey.name))
-        ]
+def list_api_keys(session: Session) -> list[ApiKeyInfo]:
+    return [
+        ApiKeyInfo(row.id, row.name, row.created_at, row.revoked_at)
+        for row in session.scalars(select(ApiKey).order_by(ApiKey.name))
+    ]

@@ -46,8 +46,8 @@ from lapsewatch.dates import isoformat
 from lapsewatch.logs import log_context
 from lapsewatch.store.models import Domain
 from lapsewatch.verdict import Verdict
-from lapsewatch.web.apikeys import authenticate
 from lapsewatch.web.context import WebContext, get_context
+from lapsewatch.web.middleware import key_of
 from lapsewatch.web.queries import storable
 
 __all__ = [
@@ -303,7 +303,7 @@ async def domain_status(
     fastly_key: Annotated[str, Header(alias="Fastly-Key", max_length=256)] = "",
 ) -> Response:
     context = get_context(request)
-    key = await anyio.to_thread.run_sync(authenticate, context.engine, fastly_key.strip())
+    key = await key_of(context.engine, fastly_key.strip())
     if key is None:
         metrics.count_status_answer("unauthorized")
         return JSONResponse(_UNAUTHORIZED, status_code=401)

@@ -20,13 +20,25 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.web.apikeys import ApiKeyInfo, authenticate
 
-__all__ = ["API_KEY_STATE", "ApiKeyGate", "BodyLimit", "BodyTooLarge"]
+__all__ = ["API_KEY_STATE", "ApiKeyGate", "BodyLimit", "BodyTooLarge", "key_of"]
 
 API_KEY_STATE = "api_key"
 """Where :class:`ApiKeyGate` leaves the authenticated key (``request.state.api_key``)."""
 UNAUTHENTICATED = "a valid API key is required: Authorization: Bearer <key>"
+
+
+async def key_of(engine: Engine, key: str) -> ApiKeyInfo | None:
+    """The live API key ``key``, looked up in a thread in a read-only session of its own
+    (the gate runs before the request has any)."""
+
+    def look_up() -> ApiKeyInfo | None:
+        with make_sessionmaker(engine)() as session:
+            return authenticate(session, key)
+
+    return await anyio.to_thread.run_sync(look_up)
 
 
 class BodyTooLarge(HTTPException):
@@ -134,4 +146,4 @@ class ApiKeyGate:
         scheme, _, credentials = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             return None
-        return await anyio.to_thread.run_sync(authenticate, self.engine, credentials.strip())
+        return await key_of(self.engine, credentials.strip())

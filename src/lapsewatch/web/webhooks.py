@@ -279,51 +279,51 @@ def _pinned(url: str, target: Target) -> tuple[str, str, dict[str, Any]]:
 
 
 def add_webhook(
-    engine: Engine,
+    session: Session,
     url: str,
     *,
     now: datetime,
     api_key_id: int | None = None,
     allow: Sequence[IPNetwork] = (),
 ) -> NewWebhook:
-    """Register ``url`` for ``api_key_id`` (``None``: made by the operator's command line)."""
+    """Register ``url`` for ``api_key_id`` (``None``: made by the operator's command line).
+
+    The URL's host is resolved (and refused if internal) before the first statement, so
+    a caller that opens its transaction just for this holds nothing while DNS answers."""
     url = check_url(url)
     check_target(url, allow=allow)
     secret = "whsec_" + secrets.token_urlsafe(32)
-    with make_sessionmaker(engine).begin() as session:
-        hook = Webhook(url=url, secret=secret, created_at=now, active=True, api_key_id=api_key_id)
-        session.add(hook)
-        session.flush()
-        return NewWebhook(hook.id, hook.url, True, hook.created_at, api_key_id, secret)
+    hook = Webhook(url=url, secret=secret, created_at=now, active=True, api_key_id=api_key_id)
+    session.add(hook)
+    session.flush()
+    return NewWebhook(hook.id, hook.url, True, hook.created_at, api_key_id, secret)
 
 
 def list_webhooks(
-    engine: Engine, *, api_key_id: int | None = None, include_inactive: bool = False
+    session: Session, *, api_key_id: int | None = None, include_inactive: bool = False
 ) -> list[WebhookInfo]:
     """The webhooks of ``api_key_id``; ``None`` (the operator): everybody's."""
-    with make_sessionmaker(engine)() as session:
-        query = select(Webhook).order_by(Webhook.id)
-        if api_key_id is not None:
-            query = query.where(Webhook.api_key_id == api_key_id)
-        if not include_inactive:
-            query = query.where(Webhook.active.is_(True))
-        return [
-            WebhookInfo(h.id, h.url, h.active, h.created_at, h.api_key_id)
-            for h in session.scalars(query)
-        ]
+    query = select(Webhook).order_by(Webhook.id)
+    if api_key_id is not None:
+        query = query.where(Webhook.api_key_id == api_key_id)
+    if not include_inactive:
+        query = query.where(Webhook.active.is_(True))
+    return [
+        WebhookInfo(h.id, h.url, h.active, h.created_at, h.api_key_id)
+        for h in session.scalars(query)
+    ]
 
 
-def remove_webhook(engine: Engine, webhook_id: int, *, api_key_id: int | None = None) -> bool:
+def remove_webhook(session: Session, webhook_id: int, *, api_key_id: int | None = None) -> bool:
     """Deactivate (kept for the delivery history); ``False`` if no such active webhook
     (of ``api_key_id``, when given: another key's webhook is "not found")."""
-    with make_sessionmaker(engine).begin() as session:
-        hook = session.get(Webhook, webhook_id)
-        if hook is None or not hook.active:
-            return False
-        if api_key_id is not None and hook.api_key_id != api_key_id:
-            return False
-        hook.active = False
-        return True
+    hook = session.get(Webhook, webhook_id)
+    if hook is None or not hook.active:
+        return False
+    if api_key_id is not None and hook.api_key_id != api_key_id:
+        return False
+    hook.active = False
+    return True
 
 
 # --------------------------------------------------------------------------- signing

@@ -31,10 +31,13 @@ def test_help_lists_every_command_in_order() -> None:
     assert places == sorted(places)
 
 
-def test_an_unknown_command_is_a_usage_error() -> None:
+def test_an_unknown_command_is_a_usage_error_with_a_suggestion() -> None:
     result = CliRunner().invoke(app, ["no-such-command"])
     assert result.exit_code == 2
     assert "No such command" in result.output
+    typo = CliRunner().invoke(app, ["chek"])
+    assert typo.exit_code == 2
+    assert "Did you mean 'check'?" in typo.output
 
 
 def _imported_by(*args: str) -> set[str]:

@@ -64,24 +64,9 @@ TREE_DOMAINS = (
     "hidden.nordap",
 )
 
-_RUNNER = """
-import stamina.instrumentation, typer
-from lapsewatch.commands.scan import scan
-stamina.instrumentation.set_on_retry_hooks([])
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-app.command()(scan)
-app()
-"""
-
-
 def scan_command() -> list[str]:
-    """``python -m lapsewatch scan`` once the command is registered; a one-command app before."""
-    from lapsewatch.cli import app
-    from lapsewatch.commands.scan import scan
-
-    if any(command.callback is scan for command in app.registered_commands):
-        return [sys.executable, "-m", "lapsewatch", "scan"]
-    return [sys.executable, "-c", _RUNNER]
+    """``lapsewatch scan``, as a user runs it."""
+    return [sys.executable, "-m", "lapsewatch", "scan"]
 
 
 def closed_port() -> int:

@@ -8,13 +8,17 @@ cycle, the scanner), and importing every one made each run start a second later.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 import stamina.instrumentation
 import typer
-from typer._click import Command, Context
 from typer.core import TyperGroup
 
 from lapsewatch.commands._common import exit_code
+
+if TYPE_CHECKING:
+    from typer._click import Command
 
 __all__ = ["COMMANDS", "app", "exit_code", "main"]
 
@@ -53,14 +57,35 @@ def load_command(name: str) -> Command:
     return command
 
 
+class _Commands(MutableMapping[str, "Command"]):
+    """The group's commands: every name known at once (for help, lookups and "did you
+    mean"), each command loaded when it is first looked up."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Command] = {}
+
+    def __getitem__(self, name: str) -> Command:
+        if name not in self._loaded:
+            self._loaded[name] = load_command(name)
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: Command) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
 class _LazyGroup(TyperGroup):
-    """Knows the sub-commands by name and builds one only when it is asked for."""
-
-    def list_commands(self, ctx: Context) -> list[str]:
-        return list(COMMANDS)
-
-    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
-        return load_command(cmd_name) if cmd_name in COMMANDS else None
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _Commands()
 
 
 app = typer.Typer(

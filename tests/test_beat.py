@@ -23,6 +23,7 @@ from lapsewatch import jobs as tasks
 from lapsewatch.cli import app as cli
 from lapsewatch.config import ConfigError, Settings
 from lapsewatch.jobs import beat_schedule, celery_app, configure
+from tests.services import REDIS_URL
 
 JOBS = {
     "lapsewatch-check": "lapsewatch.enqueue_due",
@@ -127,3 +128,23 @@ def test_configure_is_what_celery_reads() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.split() == ["memory://given", "5"]
+
+
+@pytest.mark.redis
+def test_a_dead_workers_sweep_lock_lasts_seconds_not_minutes(require_redis: None) -> None:
+    """kombu's Redis channel reads the sweep settings: a worker killed while it holds the
+    sweep's lock holds up the redelivery of dead workers' tasks for 5 s here (1 s sweeps,
+    visibility 6 s), not kombu's 300 s (the Celery crash test once waited it out)."""
+    code = (
+        "from lapsewatch.jobs import celery_app, configure\n"
+        "from lapsewatch.config import Settings\n"
+        f"configure(Settings(broker_url={REDIS_URL!r}, visibility_timeout=6))\n"
+        "with celery_app.connection_for_write() as connection:\n"
+        "    channel = connection.default_channel\n"
+        "    print(channel.unacked_mutex_expire, channel.unacked_restore_interval,\n"
+        "          channel.unacked_restore_throttle, channel.visibility_timeout)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["5", "1", "1", "6"]

@@ -145,7 +145,7 @@ def test_celery_worker_killed_mid_task(
         LAPSEWATCH_RATE_RDAP="2",
     )
 
-    def start_worker(name: str, rdap_rate: str = "2") -> subprocess.Popen[bytes]:
+    def start_worker(name: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
                 sys.executable,
@@ -157,16 +157,13 @@ def test_celery_worker_killed_mid_task(
                 "--hostname",
                 f"{name}@%h",
             ],
-            env={**env, "LAPSEWATCH_RATE_RDAP": rdap_rate},
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=(tmp_path / f"{name}.log").open("wb"),
             start_new_session=True,  # its own process group, killed whole below
         )
 
-    # The first worker is slow (an RDAP request every 2 s: 10 domains take it 20 s), so it
-    # is still mid-cycle when it is killed, even on a machine so loaded (pytest -n) that
-    # this test's polling lags by seconds.
-    first = start_worker("first", rdap_rate="0.5")
+    first = start_worker("first")
     second: subprocess.Popen[bytes] | None = None
     third: subprocess.Popen[bytes] | None = None
     try:

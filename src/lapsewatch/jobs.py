@@ -74,6 +74,9 @@ def configure(settings: Settings) -> Celery:
 
 
 def _configure(app: Celery, settings: Settings) -> Celery:
+    # Sweep for a dead worker's tasks often enough to matter: kombu's default (every 10th
+    # call of a 10 s timer) can leave them waiting 100 s or more.
+    restore_every = max(1, int(min(60.0, settings.visibility_timeout / 4)))
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=None,
@@ -85,10 +88,12 @@ def _configure(app: Celery, settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
-            # Sweep for a dead worker's tasks often enough to matter: kombu's default
-            # (every 10th call of a 10 s timer) can leave them waiting 100 s or more.
-            "unacked_restore_interval": max(1, int(min(60.0, settings.visibility_timeout / 4))),
+            "unacked_restore_interval": restore_every,
             "unacked_restore_throttle": 1,
+            # One worker at a time sweeps, under a Redis lock. A worker killed while it
+            # holds the lock (SIGKILL, OOM) stops every sweep until the lock expires:
+            # kombu's 300 s, whatever the sweep's interval. Five sweeps' time instead.
+            "unacked_mutex_expire": 5 * restore_every,
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -99,7 +99,7 @@ app = typer.Typer(
 
 @app.callback()
 def _group() -> None:
-    """Stop account takeovers through lapsed email domains."""
+    """Makes Typer build a group (its help is the app's); the commands are in COMMANDS."""
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ A copy is as fresh as a migrated database and costs a few milliseconds instead o
 from __future__ import annotations
 
 import shutil
+import socket
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,17 +33,36 @@ def require_nsd() -> None:
 
 
 @pytest.fixture
+def closed_port() -> Iterator[Callable[[], int]]:
+    """Loopback TCP ports nobody listens on (a connection is refused). Each stays bound,
+    never listening, until the test ends, so no other test (pytest -n) can take it."""
+    held: list[socket.socket] = []
+
+    def take() -> int:
+        sock = socket.socket()
+        held.append(sock)
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+    yield take
+    for sock in held:
+        sock.close()
+
+
+@pytest.fixture
 def require_redis() -> None:
     require_service("Redis on 127.0.0.1:6379", redis_reachable())
 
 
-def _postgres_database() -> Generator[str]:
+def _postgres_database(template: str | None = None) -> Generator[str]:
+    """A new database (a copy of ``template`` if given), dropped afterwards."""
     import psycopg
 
     require_service("PostgreSQL on 127.0.0.1:5432", postgres_reachable())
     name = f"lapsewatch_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"{copy}')
     try:
         yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -52,11 +72,17 @@ def _postgres_database() -> Generator[str]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    _templates: _Templates,
 ) -> Iterator[str]:
-    """A fresh, empty database (not yet migrated), on each backend."""
+    """A fresh, empty database (not yet migrated), on each backend; migrated already
+    (a copy of the template) on PostgreSQL when the test also uses ``engine``, which
+    saves creating and dropping one database a test."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'lapsewatch.db'}"
+    elif "engine" in request.fixturenames:
+        yield from _postgres_database(template=_templates.postgres())
     else:
         yield from _postgres_database()
 
@@ -114,13 +140,7 @@ def engine(database_url: str, _templates: _Templates) -> Iterator[Engine]:
     assert url.database is not None
     if url.get_backend_name() == "sqlite":
         shutil.copyfile(_templates.sqlite(), url.database)
-    else:
-        import psycopg
-
-        template = _templates.postgres()
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{url.database}"')
-            admin.execute(f'CREATE DATABASE "{url.database}" TEMPLATE "{template}"')
+    # On PostgreSQL, database_url made it a copy of the template already.
     engine = make_engine(database_url)
     yield engine
     engine.dispose()

@@ -37,7 +37,6 @@ __all__ = [
     "MailServer",
     "Received",
     "account_settings",
-    "closed_port",
     "make_service",
     "token_from",
 ]
@@ -229,13 +228,6 @@ class HangingServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def closed_port() -> int:
-    """A port with nothing listening (connection refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Clock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -55,7 +55,6 @@ from tests.mail_support import (
     Clock,
     MailServer,
     account_settings,
-    closed_port,
     created,
     make_service,
     token_from,
@@ -269,7 +268,11 @@ def test_verification_checks_the_domain_at_once(
 
 
 def test_verification_stands_when_sources_are_unreachable(
-    engine: Engine, settings: AccountSettings, clock: Clock, smtp: MailServer
+    engine: Engine,
+    settings: AccountSettings,
+    clock: Clock,
+    smtp: MailServer,
+    closed_port: Callable[[], int],
 ) -> None:
     unreachable = Settings(
         sources=("rdap", "dns"),
@@ -786,7 +789,7 @@ def test_change_password(svc: AccountService, smtp: MailServer, engine: Engine) 
 
 
 def test_mail_failure_does_not_lose_the_account(
-    engine: Engine, clock: Clock, smtp: MailServer
+    engine: Engine, clock: Clock, smtp: MailServer, closed_port: Callable[[], int]
 ) -> None:
     down = account_settings(f"smtp://127.0.0.1:{closed_port()}")
     svc = make_service(engine, down, clock=clock)

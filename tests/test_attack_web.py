@@ -13,7 +13,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +35,6 @@ from tests.mail_support import (
     Clock,
     MailServer,
     account_settings,
-    closed_port,
     created,
     token_from,
 )
@@ -730,7 +729,9 @@ def test_attack_lone_surrogate_in_api_json_is_a_client_error(
     assert hook.status_code == 422
 
 
-def test_attack_an_api_key_sees_only_its_own_accounts_addresses(engine: Engine) -> None:
+def test_attack_an_api_key_sees_only_its_own_accounts_addresses(
+    engine: Engine, closed_port: Callable[[], int]
+) -> None:
     """Reading an address must not tell any key holder which web account owns it."""
     service = make_service(engine, account_settings(f"smtp://127.0.0.1:{closed_port()}"))
     created(service.sign_up("rootadmin", PASSWORD, "boss@victim.test"))

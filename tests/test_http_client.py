@@ -200,14 +200,12 @@ def test_an_idn_record_may_name_itself_in_unicode_only() -> None:
     assert parse_domain_object(data, "xn--bcher-kva.de").answered
 
 
-def test_a_refused_or_dropped_connection_is_not_a_timeout() -> None:
+def test_a_refused_or_dropped_connection_is_not_a_timeout(
+    closed_port: Callable[[], int],
+) -> None:
     """httpx-aiohttp calls every connection failure a ConnectTimeout; the pacer refuses a
     retry to a server that timed out, so a refused or reset connection must not be one."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = closed_port()
 
     async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()  # accepted, then reset at once

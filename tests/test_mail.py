@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +18,7 @@ from lapsewatch.mail.jobs import run_mail_jobs
 from lapsewatch.mail.outbox import send_pending
 from lapsewatch.smtp import BackgroundMailer, Mail, MailError, SmtpConfig, SmtpMailer
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
-from tests.mail_support import HangingServer, MailServer, closed_port
+from tests.mail_support import HangingServer, MailServer
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -126,7 +126,7 @@ def test_a_hanging_server_times_out() -> None:
         assert not caught.value.permanent
 
 
-def test_refused_connection_is_a_temporary_error() -> None:
+def test_refused_connection_is_a_temporary_error(closed_port: Callable[[], int]) -> None:
     with pytest.raises(MailError) as caught:
         mailer_for(f"smtp://127.0.0.1:{closed_port()}").send(Mail(("x@one.test",), "s", "b"))
     assert not caught.value.permanent
@@ -290,7 +290,9 @@ def test_outbox_holds_no_lock_while_it_talks_smtp(engine: Engine, smtp: MailServ
     assert unsent(engine) == []
 
 
-def test_outbox_keeps_notices_while_smtp_is_down(engine: Engine, smtp: MailServer) -> None:
+def test_outbox_keeps_notices_while_smtp_is_down(
+    engine: Engine, smtp: MailServer, closed_port: Callable[[], int]
+) -> None:
     alice = add_account(engine, "alice", [("alice@gmail.com", True)])
     for subject in ("one", "two", "three"):
         queue_notice(engine, alice, subject)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,12 +27,6 @@ def world() -> Iterator[World]:
 
 def settings_for(world: World) -> Settings:
     return Settings.from_env({**world.env(), "LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2"})
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Failing(Source):
@@ -103,7 +96,9 @@ def test_observations_survive_the_cache(world: World, tmp_path: Path) -> None:
     ]
 
 
-def test_a_domain_nobody_answered_for_is_not_cached(tmp_path: Path) -> None:
+def test_a_domain_nobody_answered_for_is_not_cached(
+    tmp_path: Path, closed_port: Callable[[], int]
+) -> None:
     port = closed_port()
     settings = Settings.from_env(
         {

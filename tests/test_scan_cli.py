@@ -10,13 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,15 +63,10 @@ TREE_DOMAINS = (
     "hidden.nordap",
 )
 
+
 def scan_command() -> list[str]:
     """``lapsewatch scan``, as a user runs it."""
     return [sys.executable, "-m", "lapsewatch", "scan"]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +317,9 @@ def test_bad_input_exits_2(tmp_path: Path, args: list[str], message: str) -> Non
     assert "Traceback" not in result.stderr
 
 
-def test_unreachable_index_is_reported_not_fatal(tmp_path: Path) -> None:
+def test_unreachable_index_is_reported_not_fatal(
+    tmp_path: Path, closed_port: Callable[[], int]
+) -> None:
     base = f"http://127.0.0.1:{closed_port()}/pypi"
     args = ("-r", str(TREE), "--index-url", base, "--no-cache", "--format", "json")
     result = lapsewatch_scan(*args)
@@ -462,7 +458,7 @@ def test_wheel_and_sdist_built_here(world: World, index: IndexServer, tmp_path: 
     assert index.requests.total == 0  # a dist carries its own metadata
 
 
-def test_installed_offline(tmp_path: Path) -> None:
+def test_installed_offline(tmp_path: Path, closed_port: Callable[[], int]) -> None:
     """This very environment, with every source unreachable: unknown, said clearly, exit 0."""
     port = closed_port()
     offline = {

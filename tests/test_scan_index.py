@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,12 +40,6 @@ def fetch_all(
 
 def ref(name: str, version: str | None = None) -> PackageRef:
     return PackageRef(name, version, Origin("argument"))
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------ the index
@@ -94,7 +87,7 @@ def test_garbled_answer_is_an_error() -> None:
     assert "unreadable answer" in answer.detail
 
 
-def test_unreachable_index_fails_once_then_fast() -> None:
+def test_unreachable_index_fails_once_then_fast(closed_port: Callable[[], int]) -> None:
     base = f"http://127.0.0.1:{closed_port()}/pypi"
     answers, requests = fetch_all(base, [ref("a"), ref("b"), ref("c")])
     assert {a.outcome for a in answers} == {IndexOutcome.ERROR}

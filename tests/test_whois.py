@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -326,10 +325,8 @@ def test_close_before_the_query_is_an_error(server: LoopbackWhoisServer) -> None
     assert observation.outcome is Outcome.ERROR
 
 
-def test_refused_connection_is_an_error() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again below: nobody listens there
+def test_refused_connection_is_an_error(closed_port: Callable[[], int]) -> None:
+    port = closed_port()
     source = WhoisSource(
         servers=parse_table({"com": f"127.0.0.1:{port}"}, "test"),
         timeout=1.0,

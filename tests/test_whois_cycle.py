@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -178,11 +177,11 @@ def test_cycle_reads_the_registrys_whois(world: World, engine: Engine) -> None:
     assert all(count == 1 for name, count in asked.items() if name != "slow.wz")
 
 
-def test_whois_doubt_never_unverifies(world: World, engine: Engine, tmp_path: Path) -> None:
+def test_whois_doubt_never_unverifies(
+    world: World, engine: Engine, tmp_path: Path, closed_port: Callable[[], int]
+) -> None:
     """Refused connections, timeouts, rate-limit texts, garbage: ``unknown``, kept verified."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = closed_port()
     table = tmp_path / "whois.json"
     table.write_text(json.dumps({"wz": {"server": f"127.0.0.1:{closed}", "like": "com"}}))
     seed(engine, ["steady.wz", "gone.wz", "redeem.wz"])

@@ -27,6 +27,16 @@ def world() -> Iterator[World]:
         yield running
 
 
+@pytest.fixture
+def slow_world() -> Iterator[World]:
+    """The same world, each answer 0.4 s late: a worker asking it (with a 3 s timeout)
+    needs many seconds for the cycle, so it is still mid-cycle when the test kills it,
+    however late a loaded machine (pytest -n) lets the test look. Its answers are
+    ``world``'s, and a hanging server still outlasts the timeout."""
+    with World(demo_scenario(now=NOW), hang_seconds=10.0, latency=0.4) as running:
+        yield running
+
+
 def environment(world: World, database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
     env.update(world.env())
@@ -124,7 +134,7 @@ def test_sigkill_mid_cycle(world: World, database_url: str, tmp_path: Path) -> N
 
 @pytest.mark.redis
 def test_celery_worker_killed_mid_task(
-    world: World, database_url: str, tmp_path: Path, require_redis: None
+    world: World, slow_world: World, database_url: str, tmp_path: Path, require_redis: None
 ) -> None:
     import redis
 
@@ -134,18 +144,17 @@ def test_celery_worker_killed_mid_task(
     # each flushes its database first.
     broker = REDIS_URL.rsplit("/", 1)[0] + ("/9" if database_url.startswith("sqlite") else "/10")
     redis.Redis.from_url(broker).flushdb()
-    env = environment(
-        world,
-        database_url,
-        LAPSEWATCH_BROKER_URL=broker,
-        LAPSEWATCH_CHUNK_SIZE="2",
-        LAPSEWATCH_LEASE_SECONDS="3",
-        LAPSEWATCH_VISIBILITY_TIMEOUT="6",
-        LAPSEWATCH_CONCURRENCY="1",
-        LAPSEWATCH_RATE_RDAP="2",
-    )
+    extra = {
+        "LAPSEWATCH_BROKER_URL": broker,
+        "LAPSEWATCH_CHUNK_SIZE": "2",
+        "LAPSEWATCH_LEASE_SECONDS": "3",
+        "LAPSEWATCH_VISIBILITY_TIMEOUT": "6",
+        "LAPSEWATCH_CONCURRENCY": "1",
+        "LAPSEWATCH_RATE_RDAP": "2",
+    }
+    env = environment(world, database_url, **extra)
 
-    def start_worker(name: str) -> subprocess.Popen[bytes]:
+    def start_worker(name: str, asks: World = world, **more: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
                 sys.executable,
@@ -157,13 +166,13 @@ def test_celery_worker_killed_mid_task(
                 "--hostname",
                 f"{name}@%h",
             ],
-            env=env,
+            env=environment(asks, database_url, **extra, **more),
             stdout=subprocess.DEVNULL,
             stderr=(tmp_path / f"{name}.log").open("wb"),
             start_new_session=True,  # its own process group, killed whole below
         )
 
-    first = start_worker("first")
+    first = start_worker("first", asks=slow_world, LAPSEWATCH_TIMEOUT="3")  # killed below
     second: subprocess.Popen[bytes] | None = None
     third: subprocess.Popen[bytes] | None = None
     try:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -108,30 +108,19 @@ def test_readyz_fails_on_a_database_that_is_not_migrated(tmp_path: Path) -> None
 
 @pytest.mark.redis
 def test_readyz_checks_redis_when_a_broker_is_configured(
-    engine: Engine, require_redis: None
+    engine: Engine, require_redis: None, closed_port: Callable[[], int]
 ) -> None:
     with client_for(engine, OpsSettings(redis_url="redis://127.0.0.1:6379/0")) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
-    with closed_port() as port:
-        ops = OpsSettings(redis_url=f"redis://127.0.0.1:{port}/0", ready_timeout=2.0)
-        with client_for(engine, ops) as client:
-            ready = client.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["checks"]["database"] == "ok"
-            assert ready.json()["checks"]["redis"].startswith("unreachable")
-
-
-@contextlib.contextmanager
-def closed_port() -> Iterator[int]:
-    """A loopback port nobody listens on (held bound, never listening, for the test)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield int(sock.getsockname()[1])
-    finally:
-        sock.close()
+    port = closed_port()
+    ops = OpsSettings(redis_url=f"redis://127.0.0.1:{port}/0", ready_timeout=2.0)
+    with client_for(engine, ops) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == "ok"
+        assert ready.json()["checks"]["redis"].startswith("unreachable")
 
 
 def test_readyz_from_env_checks_redis_only_when_configured() -> None:
@@ -151,37 +140,41 @@ def test_readyz_from_env_checks_redis_only_when_configured() -> None:
     assert (both.redis_url, both.pace_redis_url) == ("redis://h:1/0", "redis://p:2/1")
 
 
-def test_readyz_checks_the_pacers_redis_when_configured(engine: Engine) -> None:
+def test_readyz_checks_the_pacers_redis_when_configured(
+    engine: Engine, closed_port: Callable[[], int]
+) -> None:
     """LAPSEWATCH_PACE_REDIS set, its Redis down (nothing listens on the port): not ready,
     whether or not a broker is configured."""
-    with closed_port() as port:
-        env = {
-            "LAPSEWATCH_PACE_REDIS": f"redis://127.0.0.1:{port}/0",
-            "LAPSEWATCH_READY_TIMEOUT": "2",
-        }
-        with client_for(engine, OpsSettings.from_env(env)) as client:
-            ready = client.get("/readyz")
-        assert ready.status_code == 503, ready.text
-        checks = ready.json()["checks"]
-        assert checks["database"] == "ok"
-        assert "redis" not in checks  # no broker configured
-        assert checks["pace_redis"].startswith("unreachable")
+    port = closed_port()
+    env = {
+        "LAPSEWATCH_PACE_REDIS": f"redis://127.0.0.1:{port}/0",
+        "LAPSEWATCH_READY_TIMEOUT": "2",
+    }
+    with client_for(engine, OpsSettings.from_env(env)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    checks = ready.json()["checks"]
+    assert checks["database"] == "ok"
+    assert "redis" not in checks  # no broker configured
+    assert checks["pace_redis"].startswith("unreachable")
 
 
 @pytest.mark.redis
-def test_readyz_checks_the_broker_and_the_pacers_redis(engine: Engine, require_redis: None) -> None:
+def test_readyz_checks_the_broker_and_the_pacers_redis(
+    engine: Engine, require_redis: None, closed_port: Callable[[], int]
+) -> None:
     up = "redis://127.0.0.1:6379/0"
     with client_for(engine, OpsSettings(redis_url=up, pace_redis_url=up)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "pace_redis": "ok"}
-    with closed_port() as port:
-        down = f"redis://127.0.0.1:{port}/0"
-        with client_for(engine, OpsSettings(redis_url=up, pace_redis_url=down)) as client:
-            ready = client.get("/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["checks"]["redis"] == "ok"
-        assert ready.json()["checks"]["pace_redis"].startswith("unreachable")
+    port = closed_port()
+    down = f"redis://127.0.0.1:{port}/0"
+    with client_for(engine, OpsSettings(redis_url=up, pace_redis_url=down)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"] == "ok"
+    assert ready.json()["checks"]["pace_redis"].startswith("unreachable")
 
 
 class DroppingProxy:

@@ -140,12 +140,7 @@ def cycle_main(argv: list[str]) -> None:
     parser.add_argument("--everything", action="store_true", help="due or not (a second pass)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many domains")
     args = parser.parse_args(argv)
-    import logging
-
     from sqlalchemy import event
-
-    # stamina logs every scheduled retry (the world's failing domains): not progress.
-    logging.getLogger("stamina").setLevel(logging.ERROR)
 
     from lapsewatch.config import Settings
     from lapsewatch.cycle import run_cycle

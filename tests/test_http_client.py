@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import gzip
 import re
 import zlib
@@ -227,3 +229,80 @@ def test_a_refused_or_dropped_connection_is_not_a_timeout(
     raised = asyncio.run(scenario())
     assert len(raised) == 2
     assert not any(issubclass(kind, httpx.TimeoutException) for kind in raised), raised
+
+
+# ------------------------------------------------------ retries: waits and their cost
+
+
+def test_retries_wait_longer_each_time_and_honour_retry_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three 503s: waits of 0.2 s then 0.4 s (plus up to 1 s of jitter each); a
+    ``Retry-After`` replaces the computed wait exactly."""
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await real_sleep(0)
+
+    async def go(data: bytes, attempts: int) -> _http.Reply:
+        async with (
+            raw_server(writes(data)) as url,
+            open_client(timeout=5.0, max_connections=4, user_agent="test") as client,
+        ):
+            monkeypatch.setattr(asyncio, "sleep", sleep)
+            try:
+                return await _http.get(client, url, attempts=attempts, max_retry_after=1)
+            finally:
+                monkeypatch.undo()
+
+    reply = asyncio.run(go(answer(b"busy", status="503 Busy"), attempts=3))
+    assert reply.status_code == 503  # the last attempt's status, returned
+    assert len(waits) == 2
+    assert 0.2 <= waits[0] <= 1.2, waits
+    assert 0.4 <= waits[1] <= 1.4, waits
+    waits.clear()
+    reply = asyncio.run(go(answer(b"", "Retry-After: 1", status="429 Slow"), attempts=2))
+    assert reply.status_code == 429
+    assert waits == [1.0]
+
+
+def test_a_request_leaves_no_more_garbage_than_httpx_itself() -> None:
+    """What ``get`` adds to a request is freed by reference counting, not left for the
+    garbage collector: the cycle raises the collector's thresholds while it runs, so
+    garbage in reference cycles piles up. httpx's own response and stream refer to each
+    other (about 35 objects a request, measured here as the floor); the retry library
+    used before added about 50 more a request, for every request, retried or not."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:  # keep-alive: one connection for every request
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(answer(b'{"ok": true}'))
+                await writer.drain()
+
+    async def garbage(request: Callable[[], Awaitable[object]]) -> int:
+        await request()  # warm up: the connection, caches
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(50):
+                await request()
+            return gc.collect()
+        finally:
+            gc.enable()
+
+    async def go() -> tuple[int, int]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/domain/example.com"
+        async with (
+            server,
+            open_client(timeout=5.0, max_connections=4, user_agent="test") as client,
+        ):
+            plain = await garbage(lambda: client.get(url))
+            ours = await garbage(lambda: _http.get(client, url, attempts=3, max_retry_after=0))
+        return plain, ours
+
+    plain, ours = asyncio.run(go())
+    assert ours <= plain + 100, (plain, ours)  # at most 2 objects a request more

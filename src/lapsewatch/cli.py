@@ -11,7 +11,6 @@ import importlib
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import stamina.instrumentation
 import typer
 from typer.core import TyperGroup
 
@@ -103,6 +102,4 @@ def _group() -> None:
 
 
 def main() -> None:
-    # Retries are normal and bounded; their log lines would only clutter the output.
-    stamina.instrumentation.set_on_retry_hooks([])
     app()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import random
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from datetime import UTC, datetime
 from urllib.parse import urljoin, urlsplit
 
 import httpx
-import stamina
 
 from lapsewatch.sources.interface import Pacer
 
@@ -46,6 +46,11 @@ DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 """Largest body (raw and decompressed) read from a source; an RDAP record is a few KB."""
 MAX_REDIRECTS = 3
 """Redirects followed on the same host (scheme, host and port unchanged)."""
+WAIT_INITIAL = 0.2
+WAIT_MAX = 5.0
+WAIT_JITTER = 1.0
+"""The wait before retry *n* (from 1): ``WAIT_INITIAL * 2 ** (n - 1)`` plus up to
+``WAIT_JITTER`` at random, at most ``WAIT_MAX`` seconds (a ``Retry-After`` replaces it)."""
 
 
 class FetchError(httpx.TransportError):
@@ -172,24 +177,37 @@ async def get(
             return wait if wait <= max_retry_after else False
         return False
 
+    async def attempt() -> Reply:
+        reply = await _follow(client, url, params, headers, limit, max_bytes, pacer)
+        if pacer is not None and reply.status_code == 429:
+            pacer.refused(retry_after_seconds(reply), server_of(url))
+        if reply.status_code in RETRY_STATUSES:
+            raise _RetryableStatus(reply)
+        return reply
+
+    # A plain loop, not stamina: its retry context built about 50 objects in reference
+    # cycles for every request, retried or not, which only the garbage collector frees
+    # (measured in the bench: 10-15 MB held through a cycle, and their CPU).
+    number = 1
     try:
-        async for attempt in stamina.retry_context(
-            on=backoff, attempts=attempts, timeout=None, wait_initial=0.2, wait_max=5.0
-        ):
-            with attempt:
-                reply = await _follow(client, url, params, headers, limit, max_bytes, pacer)
-                if pacer is not None and reply.status_code == 429:
-                    pacer.refused(retry_after_seconds(reply), server_of(url))
-                if reply.status_code in RETRY_STATUSES:
-                    raise _RetryableStatus(reply)
-                return reply
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                wait = backoff(exc)
+                if number >= attempts or wait is False:
+                    raise
+                if wait is True:
+                    jitter = random.uniform(0, WAIT_JITTER)  # spreads retries; not a secret
+                    wait = min(WAIT_MAX, WAIT_INITIAL * 2 ** (number - 1) + jitter)
+                await asyncio.sleep(wait)
+                number += 1
     except _RetryableStatus as exc:
         return exc.reply
     except httpx.TransportError:
         raise  # FetchError, or httpx's own (a caller may tell ConnectError apart)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise FetchError(f"request failed: {type(exc).__name__}: {exc}") from exc
-    raise AssertionError("unreachable: stamina either returns or raises")  # pragma: no cover
 
 
 async def _follow(

@@ -82,8 +82,9 @@ class Settings:
     """Domains per Celery task (``check --distributed``). Each task opens its sources and
     ends with its slowest domain, so small chunks cost throughput (2 workers in the bench:
     chunks of 500 reached 85% of the floor in the patchwork world, chunks of 2,000 91-92%)."""
-    lease_seconds: float = 600.0
-    """How long a worker holds the domains it claimed; a dead worker's claim expires."""
+    lease_seconds: float = 900.0
+    """How long a worker holds the domains it claimed; a dead worker's claim expires. Above
+    a chunk's worst time: (chunk size / pace window) x the domain deadline, 600 s."""
     visibility_timeout: float = 3600.0
     """Seconds before Redis hands an unacknowledged task (dead worker) to another worker."""
     # pace (per-server limits)
@@ -103,10 +104,10 @@ class Settings:
     """The highest rate learned, in requests/s."""
     pace_max_wait: float = 10.0
     """Longest ``Retry-After`` pause waited inside a check; longer: the domain is retried later."""
-    pace_window: int = 500
+    pace_window: int = 200
     """Domains being checked at once when pacing per server (a slow server's queue). Each
-    open domain holds its memory until it is written (about 23 KB measured); 500 kept the
-    bench's cycles as fast as 2,000 did, with less memory and fewer refusals."""
+    open domain holds its memory until it is written (about 20 KB measured); 200 kept the
+    bench's cycles as fast as 500 and 2,000 did (bench/RESULTS.md), with less memory."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

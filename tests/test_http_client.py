@@ -268,6 +268,28 @@ def test_retries_wait_longer_each_time_and_honour_retry_after(
     assert waits == [1.0]
 
 
+def test_a_cancellation_between_attempts_carries_no_failed_attempt() -> None:
+    """The domain's deadline cancels a request while it waits to retry: the cancellation
+    is clean (no failed attempt as its context, keeping the last reply alive)."""
+
+    async def go() -> BaseException:
+        async with (
+            raw_server(writes(answer(b"busy", status="503 Busy"))) as url,
+            open_client(timeout=5.0, max_connections=4, user_agent="test") as client,
+        ):
+            task = asyncio.create_task(_http.get(client, url, attempts=3, max_retry_after=0))
+            await asyncio.sleep(0.1)  # the first attempt failed; now waiting 0.2-1.2 s
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError as exc:
+                return exc
+            raise AssertionError("not cancelled")
+
+    cancelled = asyncio.run(go())
+    assert cancelled.__context__ is None, repr(cancelled.__context__)
+
+
 def test_a_request_leaves_no_more_garbage_than_httpx_itself() -> None:
     """What ``get`` adds to a request is freed by reference counting, not left for the
     garbage collector: the cycle raises the collector's thresholds while it runs, so
@@ -285,13 +307,15 @@ def test_a_request_leaves_no_more_garbage_than_httpx_itself() -> None:
     async def garbage(request: Callable[[], Awaitable[object]]) -> int:
         await request()  # warm up: the connection, caches
         gc.collect()
+        enabled = gc.isenabled()
         gc.disable()
         try:
             for _ in range(50):
                 await request()
             return gc.collect()
         finally:
-            gc.enable()
+            if enabled:
+                gc.enable()
 
     async def go() -> tuple[int, int]:
         server = await asyncio.start_server(serve, "127.0.0.1", 0)

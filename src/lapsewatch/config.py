@@ -80,8 +80,8 @@ class Settings:
     """Requests in flight per source."""
     chunk_size: int = 2000
     """Domains per Celery task (``check --distributed``). Each task opens its sources and
-    ends with its slowest domain, so small chunks cost throughput (2 workers in the bench:
-    chunks of 500 reached 85% of the floor in the patchwork world, chunks of 2,000 91-92%)."""
+    ends with its slowest domain, so small chunks cost throughput (2 workers in the bench's
+    patchwork world, window 500: chunks of 500 reached 85% of the floor, of 2,000 91-92%)."""
     lease_seconds: float = 900.0
     """How long a worker holds the domains it claimed; a dead worker's claim expires. Above
     a chunk's worst time: (chunk size / pace window) x the domain deadline, 600 s."""

@@ -197,11 +197,13 @@ async def get(
                 wait = backoff(exc)
                 if number >= attempts or wait is False:
                     raise
-                if wait is True:
-                    jitter = random.uniform(0, WAIT_JITTER)  # spreads retries; not a secret
-                    wait = min(WAIT_MAX, WAIT_INITIAL * 2 ** (number - 1) + jitter)
-                await asyncio.sleep(wait)
-                number += 1
+            # The wait is outside the handler: a cancellation during it (the domain's
+            # deadline) carries no failed attempt as its context, and keeps no reply alive.
+            if wait is True:
+                jitter = random.uniform(0, WAIT_JITTER)  # spreads retries; not a secret
+                wait = min(WAIT_MAX, WAIT_INITIAL * 2 ** (number - 1) + jitter)
+            await asyncio.sleep(wait)
+            number += 1
     except _RetryableStatus as exc:
         return exc.reply
     except httpx.TransportError:

@@ -268,17 +268,28 @@ def test_retries_wait_longer_each_time_and_honour_retry_after(
     assert waits == [1.0]
 
 
-def test_a_cancellation_between_attempts_carries_no_failed_attempt() -> None:
+def test_a_cancellation_between_attempts_carries_no_failed_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The domain's deadline cancels a request while it waits to retry: the cancellation
     is clean (no failed attempt as its context, keeping the last reply alive)."""
+    real_sleep = asyncio.sleep
 
     async def go() -> BaseException:
+        waiting = asyncio.Event()
+
+        async def sleep(seconds: float) -> None:
+            if seconds >= _http.WAIT_INITIAL:  # the wait before the second attempt
+                waiting.set()
+            await real_sleep(seconds)
+
         async with (
             raw_server(writes(answer(b"busy", status="503 Busy"))) as url,
             open_client(timeout=5.0, max_connections=4, user_agent="test") as client,
         ):
+            monkeypatch.setattr(asyncio, "sleep", sleep)
             task = asyncio.create_task(_http.get(client, url, attempts=3, max_retry_after=0))
-            await asyncio.sleep(0.1)  # the first attempt failed; now waiting 0.2-1.2 s
+            await waiting.wait()
             task.cancel()
             try:
                 await task

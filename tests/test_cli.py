@@ -1,4 +1,7 @@
-"""The ``lapsewatch`` command as people run it: a real process, real exit codes."""
+"""The ``lapsewatch`` command as people run it: real exit codes, real output.
+
+Most run in this process (tests/cli_support.py); the help and the demo's main job run as
+real processes, as a newcomer types them."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from lapsewatch.world import World, demo_scenario
+from tests.cli_support import Ran
+from tests.cli_support import lapsewatch as run
 
 EXPECTED_KEYS = {"input", "domain", "verdict", "reason", "free_provider", "observations"}
 
@@ -23,18 +28,10 @@ def world() -> Iterator[World]:
         yield running
 
 
-def lapsewatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
-    environ.update({"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200"})
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "lapsewatch", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def lapsewatch(*args: str, env: dict[str, str] | None = None, process: bool = False) -> Ran:
+    """The command in this process, unless ``process`` (tests/cli_support.py)."""
+    given = {"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200", **(env or {})}
+    return run(*args, env=given, process=process, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -127,7 +124,7 @@ def test_nothing_reachable_is_unknown_not_a_crash(tmp_path: object) -> None:
 
 
 def test_help_lists_the_commands() -> None:
-    result = lapsewatch("--help")
+    result = lapsewatch("--help", process=True)
     assert result.returncode == 0
     for command in ("domain", "demo", "rdap-bootstrap"):
         assert command in result.stdout
@@ -136,7 +133,7 @@ def test_help_lists_the_commands() -> None:
 def test_demo_runs_the_main_job_offline(tmp_path: Path) -> None:
     """Import a registry into SQLite, one check cycle against the world, the report."""
     url = f"sqlite:///{tmp_path / 'demo.db'}"
-    result = lapsewatch("demo", "--database", url, "--format", "json")
+    result = lapsewatch("demo", "--database", url, "--format", "json", process=True)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     verdicts = {d["domain"]: d["verdict"] for d in data["domains"]}
@@ -178,8 +175,9 @@ def test_demo_world_serves_until_interrupted() -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "lapsewatch", "demo", "--world"],
-        env={**environ, "COLUMNS": "300"},
+        env={**environ, "COLUMNS": "300", "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -196,5 +194,23 @@ def test_demo_world_serves_until_interrupted() -> None:
         assert json.loads(result.stdout)["verdict"] == "pending_delete"
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
-    assert process.returncode == 0
+        try:
+            _, stderr = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            _, stderr = process.communicate(timeout=10)
+            pytest.fail(f"the world did not stop within 10 s of Ctrl-C:\n{stderr[-6000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+
+
+def test_a_crash_in_this_process_fails_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/cli_support.py raises what escapes a command: a real process would exit 1
+    with a traceback, which a test expecting exit code 1 could take for a verdict."""
+    import lapsewatch.commands.domain as domain_command
+
+    def crash() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(domain_command, "load_settings", crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        lapsewatch("domain", "a@alive.test")

@@ -59,6 +59,30 @@ def test_smtp_urls() -> None:
             SmtpConfig.from_url(bad)
 
 
+def test_the_ca_certificates_are_loaded_once_a_mailer_and_never_for_plain_smtp(
+    smtp: MailServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading them took ~45 ms of CPU, and every mail paid it, TLS or not."""
+    import ssl
+
+    made: list[ssl.SSLContext] = []
+    real = ssl.create_default_context
+
+    def counted() -> ssl.SSLContext:
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    plain = mailer_for(smtp.url)
+    for number in range(3):
+        plain.send(Mail(to=(f"a{number}@example.org",), subject="s", body="b"))
+    assert len(smtp.inbox("a2@example.org")) == 1
+    assert made == []
+    tls = mailer_for("smtps://mail.example")
+    assert tls._tls is tls._tls
+    assert len(made) == 1
+
+
 def test_account_settings_from_env() -> None:
     default = AccountSettings.from_env({})
     assert default.smtp_url == "smtp://127.0.0.1:25"

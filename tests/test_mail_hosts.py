@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +28,8 @@ from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
 from lapsewatch.verdict import DANGEROUS, Decision, MailHostCheck, Verdict, decide, settle
 from lapsewatch.world import DomainScenario, Scenario, World, parse_scenario
+from tests.cli_support import Ran
+from tests.cli_support import lapsewatch as run
 from tests.cycle_support import add_verified, settings_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -229,18 +228,10 @@ def test_verdict_with_mail_hosts() -> None:
 # ------------------------------------------------------------------ lapsewatch domain
 
 
-def lapsewatch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
-    environ.update({"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200"})
-    environ.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "lapsewatch", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def lapsewatch(*args: str, env: dict[str, str]) -> Ran:
+    """The command in this process (tests/cli_support.py)."""
+    given = {"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200", **env}
+    return run(*args, env=given, timeout=60)
 
 
 def test_domain_command(world: World) -> None:

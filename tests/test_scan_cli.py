@@ -1,7 +1,8 @@
 """``lapsewatch scan`` as people run it, against the local index and the local world.
 
-Every test runs the real command in a subprocess: real exit codes, real stdout
-and stderr. Nothing leaves 127.0.0.1: the index, RDAP, DNS and Fastly are local
+The command runs in the test's own process (tests/cli_support.py), with real exit
+codes, stdout and stderr; scanning this very environment runs it as a real process.
+Nothing leaves 127.0.0.1: the index, RDAP, DNS and Fastly are local
 servers, and the offline test points every source at a closed port.
 """
 
@@ -9,9 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 import time
 import zipfile
@@ -25,6 +23,7 @@ import pytest
 
 from lapsewatch.world import World, demo_scenario
 from lapsewatch.world.index_server import IndexServer, load_index
+from tests.cli_support import Ran, lapsewatch
 
 DATA = Path(__file__).parent / "data" / "scan"
 TREE = DATA / "tree" / "requirements.txt"
@@ -64,11 +63,6 @@ TREE_DOMAINS = (
 )
 
 
-def scan_command() -> list[str]:
-    """``lapsewatch scan``, as a user runs it."""
-    return [sys.executable, "-m", "lapsewatch", "scan"]
-
-
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     with World(demo_scenario(now=NOW), hang_seconds=2.0) as running:
@@ -82,25 +76,16 @@ def index() -> Iterator[IndexServer]:
 
 
 def lapsewatch_scan(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
-    environ.update({"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "250"})
-    environ.update(env or {})
-    return subprocess.run(
-        [*scan_command(), *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        cwd=cwd,
-    )
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, process: bool = False
+) -> Ran:
+    """``lapsewatch scan ARGS``, in this process unless ``process`` (tests/cli_support.py)."""
+    given = {"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "250", **(env or {})}
+    return lapsewatch("scan", *args, env=given, cwd=cwd, process=process, timeout=90)
 
 
 def scan_tree(
     world: World, index: IndexServer, cache: Path, *extra: str, output: str = "json"
-) -> subprocess.CompletedProcess[str]:
+) -> Ran:
     return lapsewatch_scan(
         "-r",
         str(TREE),
@@ -127,7 +112,7 @@ def reset(world: World, index: IndexServer) -> None:
 @pytest.fixture(scope="module")
 def tree_run(
     world: World, index: IndexServer, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[subprocess.CompletedProcess[str], dict[str, int], dict[str, int]]:
+) -> tuple[Ran, dict[str, int], dict[str, int]]:
     """One scan of the tree, shared: its result and the traffic it caused."""
     reset(world, index)
     result = scan_tree(world, index, tmp_path_factory.mktemp("tree") / "cache")
@@ -138,7 +123,7 @@ def tree_run(
 
 
 def test_every_verdict_state_in_the_tree(
-    tree_run: tuple[subprocess.CompletedProcess[str], dict[str, int], dict[str, int]],
+    tree_run: tuple[Ran, dict[str, int], dict[str, int]],
 ) -> None:
     result, _, _ = tree_run
     assert result.returncode == 1, result.stderr  # dangerous verdicts found
@@ -148,7 +133,7 @@ def test_every_verdict_state_in_the_tree(
 
 
 def test_json_contract(
-    tree_run: tuple[subprocess.CompletedProcess[str], dict[str, int], dict[str, int]],
+    tree_run: tuple[Ran, dict[str, int], dict[str, int]],
 ) -> None:
     findings = json.loads(tree_run[0].stdout)
     for finding in findings:
@@ -172,7 +157,7 @@ def test_json_contract(
 
 
 def test_each_domain_is_checked_once(
-    tree_run: tuple[subprocess.CompletedProcess[str], dict[str, int], dict[str, int]],
+    tree_run: tuple[Ran, dict[str, int], dict[str, int]],
 ) -> None:
     _, rdap, index_requests = tree_run
     for domain in TREE_DOMAINS:
@@ -469,7 +454,7 @@ def test_installed_offline(tmp_path: Path, closed_port: Callable[[], int]) -> No
     }
     started = time.monotonic()
     result = lapsewatch_scan(
-        "--installed", "--cache-dir", str(tmp_path), "--format", "json", env=offline
+        "--installed", "--cache-dir", str(tmp_path), "--format", "json", env=offline, process=True
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr

@@ -1,14 +1,13 @@
 """``lapsewatch scan`` on npm trees, the ctx pattern and mixed repositories, end to end.
 
-The real command runs in a subprocess against the local world (RDAP, DNS, Fastly),
-the local PyPI index and the local npm registry: nothing leaves 127.0.0.1.
+The command runs (in this process: tests/cli_support.py) against the local world (RDAP,
+DNS, Fastly), the local PyPI index and the local npm registry: nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from lapsewatch.world.npm_registry import (
     NpmRelease,
     load_npm_catalog,
 )
+from tests.cli_support import Ran
 from tests.test_scan_cli import DATA, NOW, lapsewatch_scan
 
 NPM = DATA / "npm"
@@ -82,7 +82,7 @@ def npm_scan(
     cache: Path | None = None,
     index: IndexServer | None = None,
     cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
+) -> Ran:
     extra = ["--cache-dir", str(cache)] if cache else ["--no-cache"]
     if index is not None:
         extra += ["--index-url", index.index_url]

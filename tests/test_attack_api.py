@@ -32,6 +32,7 @@ from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.store import Account, Email, Event, make_sessionmaker
+from lapsewatch.tls import client_context
 from lapsewatch.web.webhooks import add_webhook, deliver_webhooks
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cycle_support import settings_for
@@ -109,7 +110,12 @@ def live(engine: Engine, smtp: MailServer, checks: Settings, dns: FakeDns) -> It
 
 def registry(live: LiveServer, key: str) -> httpx.Client:
     """A registry's HTTP client, holding its API key."""
-    return httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return httpx.Client(
+        base_url=live.url,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+        verify=client_context(),
+    )
 
 
 def item(username: str, address: str, **fields: Any) -> dict[str, Any]:
@@ -129,7 +135,9 @@ def rejected(result: dict[str, Any]) -> dict[int, str]:
 
 
 def browser(live: LiveServer) -> WebClient:
-    return WebClient(httpx.Client(base_url=live.url, timeout=30, follow_redirects=True))
+    return WebClient(
+        httpx.Client(base_url=live.url, timeout=30, follow_redirects=True, verify=client_context())
+    )
 
 
 def web_member(live: LiveServer, smtp: MailServer, username: str, address: str) -> WebClient:

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import Engine
 
 from lapsewatch.accounts.service import AccountService
+from lapsewatch.tls import client_context
 from tests.mail_support import MailServer, account_settings, created
 from tests.web_support import PASSWORD, LiveServer, csrf_of, make_service, make_web_app
 
@@ -66,6 +67,7 @@ def client(server: LiveServer) -> httpx.Client:
         follow_redirects=False,
         timeout=30,
         limits=httpx.Limits(max_keepalive_connections=0),
+        verify=client_context(),  # made once: each new one loads the CA certificates
     )
 
 

@@ -341,3 +341,38 @@ def test_a_request_leaves_no_more_garbage_than_httpx_itself() -> None:
 
     plain, ours = asyncio.run(go())
     assert ours <= plain + 100, (plain, ours)  # at most 2 objects a request more
+
+
+def test_clients_and_webhook_rounds_load_the_ca_certificates_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each load cost ~45 ms of CPU, paid by every check at verification and every round
+    of webhook deliveries."""
+    import ssl
+
+    from lapsewatch.store import make_engine, upgrade
+    from lapsewatch.tls import client_context
+    from lapsewatch.web.webhooks import deliver_webhooks
+
+    loads: list[object] = []
+    real = ssl.create_default_context
+
+    def counted(*args: object, **kwargs: object) -> ssl.SSLContext:
+        loads.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    client_context.cache_clear()
+
+    async def open_twice() -> None:
+        for _ in range(2):
+            async with open_client(timeout=1.0, max_connections=1, user_agent="test"):
+                pass
+
+    asyncio.run(open_twice())
+    engine = make_engine("sqlite://")
+    upgrade(engine)
+    for _ in range(2):
+        deliver_webhooks(engine)
+    engine.dispose()
+    assert len(loads) == 1

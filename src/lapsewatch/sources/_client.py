@@ -8,8 +8,6 @@ dozens busy per source; aiohttp's costs about 0.25 ms whatever the pool size.
 
 from __future__ import annotations
 
-import functools
-import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -17,6 +15,8 @@ from contextlib import asynccontextmanager, contextmanager
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+
+from lapsewatch.tls import client_context
 
 __all__ = ["open_client"]
 
@@ -33,7 +33,9 @@ async def open_client(
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    transport = None if urllib.request.getproxies() else _Transport(verify=_tls(), limits=limits)
+    transport = (
+        None if urllib.request.getproxies() else _Transport(verify=client_context(), limits=limits)
+    )
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
         # Redirects are followed by ``_http.get`` itself: same host only, a few at most.
@@ -44,14 +46,6 @@ async def open_client(
         transport=transport,
     ) as client:
         yield client
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every client of the process: making one loads the CA
-    certificates (about 45 ms of CPU), and a client is opened for each check at
-    verification, not only once a cycle."""
-    return httpx.create_ssl_context()
 
 
 class _Transport(AiohttpTransport):

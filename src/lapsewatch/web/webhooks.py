@@ -67,6 +67,7 @@ from lapsewatch.store.models import (
     Webhook,
     WebhookDelivery,
 )
+from lapsewatch.tls import client_context
 from lapsewatch.web.config import IPNetwork
 
 __all__ = [
@@ -516,7 +517,10 @@ def deliver_webhooks(
         ).all()
     own_client = client is None
     http = client or httpx.Client(
-        timeout=timeout, follow_redirects=False, headers={"User-Agent": "lapsewatch-webhooks/1"}
+        timeout=timeout,
+        follow_redirects=False,
+        headers={"User-Agent": "lapsewatch-webhooks/1"},
+        verify=client_context(),
     )
     delivered = failed = gave_up = 0
     try:

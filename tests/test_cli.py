@@ -179,6 +179,10 @@ def test_demo_world_serves_until_interrupted() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C reaches it as it reaches a command typed in a terminal: a test run
+        # started in the background (``pytest &``) ignores SIGINT, and its children
+        # inherited that, so the world never stopped.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None
@@ -197,15 +201,9 @@ def test_demo_world_serves_until_interrupted() -> None:
         try:
             _, stderr = process.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            status = Path(f"/proc/{process.pid}/status").read_text()
-            masks = [line for line in status.splitlines() if line.startswith("Sig")]
             process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
             _, stderr = process.communicate(timeout=10)
-            pytest.fail(
-                f"the world did not stop within 10 s of Ctrl-C; here SIGINT is"
-                f" {signal.getsignal(signal.SIGINT)!r}, blocked here"
-                f" {signal.pthread_sigmask(signal.SIG_BLOCK, [])}, there {masks}:\n{stderr[-6000:]}"
-            )
+            pytest.fail(f"the world did not stop within 10 s of Ctrl-C:\n{stderr[-6000:]}")
     assert process.returncode == 0, stderr[-3000:]
 
 

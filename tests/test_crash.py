@@ -17,6 +17,7 @@ from sqlalchemy import Engine, func, select
 
 from lapsewatch.store import Domain, make_engine, make_sessionmaker, upgrade
 from lapsewatch.world import World, demo_scenario
+from tests.cli_support import lapsewatch
 from tests.cycle_support import EXPECTED_UNVERIFIED, NOW, seed, state
 from tests.services import REDIS_URL
 
@@ -37,19 +38,22 @@ def slow_world() -> Iterator[World]:
         yield running
 
 
+def settings(world: World, database_url: str, **extra: str) -> dict[str, str]:
+    """The ``LAPSEWATCH_*`` variables of a run against ``world``."""
+    return {
+        **world.env(),
+        "LAPSEWATCH_DATABASE_URL": database_url,
+        "LAPSEWATCH_TIMEOUT": "0.5",
+        "LAPSEWATCH_ATTEMPTS": "1",
+        "LAPSEWATCH_MAX_RETRY_AFTER": "0",
+        **extra,
+    }
+
+
 def environment(world: World, database_url: str, **extra: str) -> dict[str, str]:
+    """A process's whole environment: this one's, with ``settings`` for ``LAPSEWATCH_*``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
-    env.update(world.env())
-    env.update(
-        {
-            "LAPSEWATCH_DATABASE_URL": database_url,
-            "LAPSEWATCH_TIMEOUT": "0.5",
-            "LAPSEWATCH_ATTEMPTS": "1",
-            "LAPSEWATCH_MAX_RETRY_AFTER": "0",
-            **extra,
-        }
-    )
-    return env
+    return {**env, **settings(world, database_url, **extra)}
 
 
 def checked(engine: Engine) -> int:
@@ -83,14 +87,8 @@ def fresh(database_url: str) -> Engine:
 def reference_state(world: World, tmp_path: Path) -> dict[str, Any]:
     url = f"sqlite:///{tmp_path / 'reference.db'}"
     engine = fresh(url)
-    run = subprocess.run(
-        [sys.executable, "-m", "lapsewatch", "check", "--format", "json"],
-        env=environment(world, url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # The uninterrupted run needs no process of its own (tests/cli_support.py).
+    run = lapsewatch("check", "--format", "json", env=settings(world, url))
     assert run.returncode == 1, run.stderr  # 1: it unverified addresses
     result = state(engine)
     engine.dispose()

@@ -13,8 +13,10 @@ What the in-process run keeps from a real one:
 - the environment: ``LAPSEWATCH_*`` from the test's own environment are removed, the
   given variables set, and everything restored afterwards;
 - stdout and stderr apart, and the exit code, including ``typer.Exit`` and ``sys.exit``;
-- Rich's consoles, made again under the run's environment (``COLUMNS`` sets their width);
-- logging: handlers the command adds (``LAPSEWATCH_LOG_FORMAT``) are removed afterwards.
+- Rich's consoles, made again under the run's environment (``COLUMNS`` sets their width),
+  and again after it;
+- logging: no handler on the root logger during the run (a warning reaches stderr as in
+  a new process); pytest's handlers back afterwards, and none the command added.
 
 What it cannot keep: a crash. An exception that escapes the command is raised in the
 test (where a real process would print a traceback and exit 1), so a crash fails the
@@ -89,14 +91,14 @@ def _in_a_process(
 def _here(args: list[str], given: dict[str, str], cwd: Path | None, input: str | None) -> Ran:
     from lapsewatch.cli import app
 
-    with _environment(given), _directory(cwd), _logging_restored():
-        _fresh_consoles()
-        try:
+    try:
+        with _environment(given), _directory(cwd), _logging_as_in_a_process():
+            _fresh_consoles()
             result = CliRunner().invoke(
                 app, args, input=input, catch_exceptions=False, prog_name="lapsewatch"
             )
-        finally:
-            _fresh_consoles()
+    finally:
+        _fresh_consoles()  # under the test's own environment again
     return Ran(args, result.exit_code, result.stdout, result.stderr)
 
 
@@ -127,15 +129,22 @@ def _directory(cwd: Path | None) -> Iterator[None]:
 
 
 @contextmanager
-def _logging_restored() -> Iterator[None]:
+def _logging_as_in_a_process() -> Iterator[None]:
+    """The root logger as a new process has it: no handler (pytest's are set aside), so
+    warnings reach stderr through ``logging.lastResort``, as they would; then pytest's
+    handlers back, and none the command added."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    for handler in handlers:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
     try:
         yield
     finally:
         for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
         root.setLevel(level)
 
 

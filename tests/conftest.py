@@ -9,7 +9,8 @@ migration takes). On PostgreSQL ``CREATE DATABASE … TEMPLATE`` and ``DROP DATA
 cost 0.3 to 1 s a test, which was most of what a PostgreSQL test cost: each test worker
 copies the template once and empties its copy before each test instead (connections
 left by the last test closed, ``TRUNCATE … RESTART IDENTITY``: ~50 ms). A test that
-changed the schema (its fingerprint differs after the test) gets the copy replaced.
+changed the schema (its fingerprint differs after the test), or left a connection
+busy, gets the copy replaced.
 """
 
 from __future__ import annotations
@@ -146,17 +147,20 @@ class _Templates:
         return self._worker
 
     def postgres_check_schema(self) -> None:
-        """Replace this worker's database if the test changed its schema."""
+        """Replace this worker's database if the test changed its schema, or left a
+        connection busy (a thread of the test still at work might write again, into the
+        next test's rows, where a dropped database would have refused it)."""
         import psycopg
 
         assert self._worker is not None
         with psycopg.connect(self._worker, autocommit=True) as connection:
-            connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            busy = connection.execute(
+                "SELECT count(*) FILTER (WHERE state <> 'idle'),"
+                " count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+            ).fetchone()
             same = _schema_fingerprint(connection) == self._fingerprint
-        if not same:
+        if not same or (busy is not None and busy[0]):
             self._drop_worker_database()
 
     def _drop_worker_database(self) -> None:

@@ -114,7 +114,7 @@ def registry(live: LiveServer, key: str) -> httpx.Client:
         base_url=live.url,
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
-        verify=client_context(),
+        verify=client_context("httpcore"),
     )
 
 
@@ -136,7 +136,12 @@ def rejected(result: dict[str, Any]) -> dict[int, str]:
 
 def browser(live: LiveServer) -> WebClient:
     return WebClient(
-        httpx.Client(base_url=live.url, timeout=30, follow_redirects=True, verify=client_context())
+        httpx.Client(
+            base_url=live.url,
+            timeout=30,
+            follow_redirects=True,
+            verify=client_context("httpcore"),
+        )
     )
 
 

@@ -67,7 +67,7 @@ def client(server: LiveServer) -> httpx.Client:
         follow_redirects=False,
         timeout=30,
         limits=httpx.Limits(max_keepalive_connections=0),
-        verify=client_context(),  # made once: each new one loads the CA certificates
+        verify=client_context("httpcore"),  # made once: each new one loads the CA certificates
     )
 
 

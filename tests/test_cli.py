@@ -1,7 +1,7 @@
 """The ``lapsewatch`` command as people run it: real exit codes, real output.
 
-Most run in this process (tests/cli_support.py); the help and the demo's main job run as
-real processes, as a newcomer types them."""
+Most run in this process (tests/cli_support.py); the help, a domain's table and the
+demo's main job run as real processes, as a newcomer types them."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_domain_json(world: World, name: str, verdict: str, code: int) -> None:
 
 
 def test_domain_table(world: World) -> None:
-    result = lapsewatch("domain", "m@redeeming.test", env=world.env())
+    result = lapsewatch("domain", "m@redeeming.test", env=world.env(), process=True)
     assert result.returncode == 1
     assert "redemption" in result.stdout
     assert "NXDOMAIN" in result.stdout
@@ -173,17 +173,21 @@ def test_demo_world_serves_until_interrupted() -> None:
     import signal
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
+    # Ctrl-C reaches it as it reaches a command typed in a terminal: a test run started
+    # in the background (``pytest &``) ignores SIGINT, a child inherits that, and the
+    # world never stopped. (Not ``preexec_fn``: this process has threads.)
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     process = subprocess.Popen(
         [sys.executable, "-m", "lapsewatch", "demo", "--world"],
         env={**environ, "COLUMNS": "300", "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Ctrl-C reaches it as it reaches a command typed in a terminal: a test run
-        # started in the background (``pytest &``) ignores SIGINT, and its children
-        # inherited that, so the world never stopped.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         assert process.stdout is not None
         env: dict[str, str] = {}

@@ -60,7 +60,7 @@ def test_smtp_urls() -> None:
 
 
 def test_the_ca_certificates_are_loaded_once_a_mailer_and_never_for_plain_smtp(
-    smtp: MailServer, monkeypatch: pytest.MonkeyPatch
+    smtp: MailServer, monkeypatch: pytest.MonkeyPatch, closed_port: Callable[[], int]
 ) -> None:
     """Loading them took ~45 ms of CPU, and every mail paid it, TLS or not."""
     import ssl
@@ -78,8 +78,10 @@ def test_the_ca_certificates_are_loaded_once_a_mailer_and_never_for_plain_smtp(
         plain.send(Mail(to=(f"a{number}@example.org",), subject="s", body="b"))
     assert len(smtp.inbox("a2@example.org")) == 1
     assert made == []
-    tls = mailer_for("smtps://mail.example")
-    assert tls._tls is tls._tls
+    tls = mailer_for(f"smtps://127.0.0.1:{closed_port()}", timeout=0.5)
+    for _ in range(2):  # refused, after the context was made
+        with pytest.raises(MailError):
+            tls.send(Mail(to=("a@example.org",), subject="s", body="b"))
     assert len(made) == 1
 
 

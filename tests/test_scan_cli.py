@@ -1,9 +1,9 @@
 """``lapsewatch scan`` as people run it, against the local index and the local world.
 
 The command runs in the test's own process (tests/cli_support.py), with real exit
-codes, stdout and stderr; scanning this very environment runs it as a real process.
-Nothing leaves 127.0.0.1: the index, RDAP, DNS and Fastly are local
-servers, and the offline test points every source at a closed port.
+codes, stdout and stderr; the table and scanning this very environment run it as a real
+process. Nothing leaves 127.0.0.1: the index, RDAP, DNS and Fastly are local servers,
+and the offline test points every source at a closed port.
 """
 
 from __future__ import annotations
@@ -84,7 +84,12 @@ def lapsewatch_scan(
 
 
 def scan_tree(
-    world: World, index: IndexServer, cache: Path, *extra: str, output: str = "json"
+    world: World,
+    index: IndexServer,
+    cache: Path,
+    *extra: str,
+    output: str = "json",
+    process: bool = False,
 ) -> Ran:
     return lapsewatch_scan(
         "-r",
@@ -97,6 +102,7 @@ def scan_tree(
         output,
         *extra,
         env={**world.env(), "XDG_CACHE_HOME": str(cache.parent / "unused")},
+        process=process,
     )
 
 
@@ -222,7 +228,7 @@ def test_markdown_for_ci_comments(world: World, index: IndexServer, tmp_path: Pa
 
 
 def test_table_on_a_terminal_width(world: World, index: IndexServer, tmp_path: Path) -> None:
-    result = scan_tree(world, index, tmp_path / "cache", output="table")
+    result = scan_tree(world, index, tmp_path / "cache", output="table", process=True)
     assert result.returncode == 1, result.stderr
     for word in ("reregistered", "pending_delete", "free_provider", "unparseable", "no_address"):
         assert word in result.stdout

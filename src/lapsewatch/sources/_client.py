@@ -34,7 +34,9 @@ async def open_client(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
     transport = (
-        None if urllib.request.getproxies() else _Transport(verify=client_context(), limits=limits)
+        None
+        if urllib.request.getproxies()
+        else _Transport(verify=client_context("aiohttp"), limits=limits)
     )
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),

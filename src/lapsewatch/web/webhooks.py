@@ -520,7 +520,7 @@ def deliver_webhooks(
         timeout=timeout,
         follow_redirects=False,
         headers={"User-Agent": "lapsewatch-webhooks/1"},
-        verify=client_context(),
+        verify=client_context("httpcore"),
     )
     delivered = failed = gave_up = 0
     try:

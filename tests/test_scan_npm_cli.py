@@ -112,7 +112,7 @@ def test_every_npm_lock_format(world: World, registry: NpmRegistry, cache: Path,
     result = npm_scan(world, registry, str(NPM / lock), "--format", "json", cache=cache)
     assert result.returncode == 1, result.stderr
     found = findings(result.stdout)
-    assert {key: f["verdict"] for key, f in found.items()} == EXPECTED
+    assert {key: f["verdict"] for key, f in found.items()} == EXPECTED, result.stderr[-3000:]
     assert {f["ecosystem"] for f in found.values()} == {"npm"}
     assert "from-git" in result.stderr
     assert "skipped" in result.stderr

@@ -4,9 +4,10 @@ A real process costs 1 to 3 s of CPU before the command does anything (Python, T
 SQLAlchemy, aiohttp, the sources), and the suite ran about two hundred of them: that
 was more than half of its CPU. ``lapsewatch()`` runs the same Click command in this
 process instead, with the environment, working directory, streams and exit code the
-real process would have. ``lapsewatch(..., process=True)`` still starts a real process;
-each command keeps tests that do (``test_cli_startup.py`` for every command's imports,
-and the tests that kill, interrupt or time a process).
+real process would have. ``lapsewatch(..., process=True)`` still starts a real process
+where the process is the point: the imports of four commands (``test_cli_startup.py``),
+the help and the demo's main job, a domain's and a tree's table, ``scan --installed``,
+the daily job's first ``check``, and the tests that kill, interrupt or time a process.
 
 What the in-process run keeps from a real one:
 

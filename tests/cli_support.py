@@ -19,7 +19,12 @@ What the in-process run keeps from a real one:
 - logging: no handler on the root logger during the run (a warning reaches stderr as in
   a new process); pytest's handlers back afterwards, and none the command added.
 
-What it cannot keep: a crash. An exception that escapes the command is raised in the
+What it cannot keep: the CPU of a process of its own. The command and the local world's
+server threads share this process's interpreter lock, so an answer takes longer on a
+loaded machine: the tests that run commands here give sources 2 s, where 1 s timed out
+in CI, and their worlds hang longer than that.
+
+Nor a crash. An exception that escapes the command is raised in the
 test (where a real process would print a traceback and exit 1), so a crash fails the
 test rather than pass as exit code 1. Prometheus' multiprocess directory is chosen when
 ``lapsewatch.metrics`` is first imported; a run that sets it must use a real process.

@@ -24,13 +24,13 @@ EXPECTED_KEYS = {"input", "domain", "verdict", "reason", "free_provider", "obser
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with World(demo_scenario(now=datetime.now(UTC)), hang_seconds=2.0) as running:
+    with World(demo_scenario(now=datetime.now(UTC)), hang_seconds=4.0) as running:
         yield running
 
 
 def lapsewatch(*args: str, env: dict[str, str] | None = None, process: bool = False) -> Ran:
     """The command in this process, unless ``process`` (tests/cli_support.py)."""
-    given = {"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200", **(env or {})}
+    given = {"LAPSEWATCH_TIMEOUT": "2", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200", **(env or {})}
     return run(*args, env=given, process=process, timeout=60)
 
 

@@ -97,7 +97,7 @@ def scenario() -> Scenario:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with World(scenario(), hang_seconds=1.0) as running:
+    with World(scenario(), hang_seconds=3.0) as running:
         yield running
 
 
@@ -230,7 +230,7 @@ def test_verdict_with_mail_hosts() -> None:
 
 def lapsewatch(*args: str, env: dict[str, str]) -> Ran:
     """The command in this process (tests/cli_support.py)."""
-    given = {"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200", **env}
+    given = {"LAPSEWATCH_TIMEOUT": "2", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200", **env}
     return run(*args, env=given, timeout=60)
 
 

@@ -65,7 +65,7 @@ TREE_DOMAINS = (
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with World(demo_scenario(now=NOW), hang_seconds=2.0) as running:
+    with World(demo_scenario(now=NOW), hang_seconds=4.0) as running:
         yield running
 
 
@@ -79,7 +79,7 @@ def lapsewatch_scan(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, process: bool = False
 ) -> Ran:
     """``lapsewatch scan ARGS``, in this process unless ``process`` (tests/cli_support.py)."""
-    given = {"LAPSEWATCH_TIMEOUT": "1", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "250", **(env or {})}
+    given = {"LAPSEWATCH_TIMEOUT": "2", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "250", **(env or {})}
     return lapsewatch("scan", *args, env=given, cwd=cwd, process=process, timeout=90)
 
 

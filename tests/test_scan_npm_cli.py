@@ -53,7 +53,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with World(demo_scenario(now=NOW), hang_seconds=2.0) as running:
+    with World(demo_scenario(now=NOW), hang_seconds=4.0) as running:
         yield running
 
 
@@ -66,7 +66,7 @@ def index() -> Iterator[IndexServer]:
 @pytest.fixture(scope="module")
 def registry() -> Iterator[NpmRegistry]:
     catalog = load_npm_catalog(NPM / "registry.toml", now=NOW)
-    with NpmRegistry(catalog, hang_seconds=2.0) as server:
+    with NpmRegistry(catalog, hang_seconds=4.0) as server:
         yield server
 
 

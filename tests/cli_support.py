@@ -43,7 +43,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-__all__ = ["Ran", "lapsewatch"]
+__all__ = ["SOURCE_LIMITS", "Ran", "lapsewatch", "process_environment"]
+
+SOURCE_LIMITS = {"LAPSEWATCH_TIMEOUT": "2", "LAPSEWATCH_ATTEMPTS": "2"}
+"""The sources' timeout and attempts for commands run here (2 s: see above)."""
 
 _PROCESS_ONLY = ("LAPSEWATCH_METRICS_DIR", "PROMETHEUS_MULTIPROC_DIR")
 
@@ -79,11 +82,9 @@ def lapsewatch(
 def _in_a_process(
     args: list[str], given: dict[str, str], cwd: Path | None, input: str | None, timeout: float
 ) -> Ran:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
-    environ.update(given)
     done = subprocess.run(
         [sys.executable, "-m", "lapsewatch", *args],
-        env=environ,
+        env=process_environment(given),
         input=input,
         cwd=cwd,
         capture_output=True,
@@ -92,6 +93,13 @@ def _in_a_process(
         check=False,
     )
     return Ran(args, done.returncode, done.stdout, done.stderr)
+
+
+def process_environment(given: Mapping[str, str]) -> dict[str, str]:
+    """A child process's whole environment: this one's without ``LAPSEWATCH_*``, plus
+    ``given``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
+    return {**environ, **given}
 
 
 def _here(args: list[str], given: dict[str, str], cwd: Path | None, input: str | None) -> Ran:

@@ -139,10 +139,7 @@ class _Templates:
             self._truncate = f"TRUNCATE {', '.join(t for (t,) in tables)} RESTART IDENTITY CASCADE"
             return self._worker
         with psycopg.connect(self._worker, autocommit=True) as connection:
-            connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+            _close_others(connection)
             connection.execute(self._truncate.encode())
         return self._worker
 
@@ -154,13 +151,9 @@ class _Templates:
 
         assert self._worker is not None
         with psycopg.connect(self._worker, autocommit=True) as connection:
-            busy = connection.execute(
-                "SELECT count(*) FILTER (WHERE state <> 'idle'),"
-                " count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            ).fetchone()
+            busy = _close_others(connection)
             same = _schema_fingerprint(connection) == self._fingerprint
-        if not same or (busy is not None and busy[0]):
+        if not same or busy:
             self._drop_worker_database()
 
     def _drop_worker_database(self) -> None:
@@ -172,6 +165,15 @@ class _Templates:
         self._drop_worker_database()
         if self._postgres is not None:
             self._postgres.close()
+
+
+def _close_others(connection: Any) -> int:
+    """Close every other connection to this database; how many were busy (not idle)."""
+    row = connection.execute(
+        "SELECT count(*) FILTER (WHERE state <> 'idle'), count(pg_terminate_backend(pid))"
+        " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def _schema_fingerprint(connection: Any) -> tuple[Any, ...]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lapsewatch.world import World, demo_scenario
-from tests.cli_support import Ran
+from tests.cli_support import SOURCE_LIMITS, Ran
 from tests.cli_support import lapsewatch as run
 
 EXPECTED_KEYS = {"input", "domain", "verdict", "reason", "free_provider", "observations"}
@@ -30,7 +30,7 @@ def world() -> Iterator[World]:
 
 def lapsewatch(*args: str, env: dict[str, str] | None = None, process: bool = False) -> Ran:
     """The command in this process, unless ``process`` (tests/cli_support.py)."""
-    given = {"LAPSEWATCH_TIMEOUT": "2", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200", **(env or {})}
+    given = {**SOURCE_LIMITS, "COLUMNS": "200", **(env or {})}
     return run(*args, env=given, process=process, timeout=60)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select
 
 from lapsewatch.store import Domain, make_engine, make_sessionmaker, upgrade
 from lapsewatch.world import World, demo_scenario
-from tests.cli_support import lapsewatch
+from tests.cli_support import lapsewatch, process_environment
 from tests.cycle_support import EXPECTED_UNVERIFIED, NOW, seed, state
 from tests.services import REDIS_URL
 
@@ -53,8 +53,7 @@ def settings(world: World, database_url: str, **extra: str) -> dict[str, str]:
 
 def environment(world: World, database_url: str, **extra: str) -> dict[str, str]:
     """A process's whole environment: this one's, with ``settings`` for ``LAPSEWATCH_*``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAPSEWATCH_")}
-    return {**env, **settings(world, database_url, **extra)}
+    return process_environment(settings(world, database_url, **extra))
 
 
 def checked(engine: Engine) -> int:

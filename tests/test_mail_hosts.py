@@ -28,7 +28,7 @@ from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
 from lapsewatch.verdict import DANGEROUS, Decision, MailHostCheck, Verdict, decide, settle
 from lapsewatch.world import DomainScenario, Scenario, World, parse_scenario
-from tests.cli_support import Ran
+from tests.cli_support import SOURCE_LIMITS, Ran
 from tests.cli_support import lapsewatch as run
 from tests.cycle_support import add_verified, settings_for
 
@@ -230,7 +230,7 @@ def test_verdict_with_mail_hosts() -> None:
 
 def lapsewatch(*args: str, env: dict[str, str]) -> Ran:
     """The command in this process (tests/cli_support.py)."""
-    given = {"LAPSEWATCH_TIMEOUT": "2", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "200", **env}
+    given = {**SOURCE_LIMITS, "COLUMNS": "200", **env}
     return run(*args, env=given, timeout=60)
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from lapsewatch.world import World, demo_scenario
 from lapsewatch.world.index_server import IndexServer, load_index
-from tests.cli_support import Ran, lapsewatch
+from tests.cli_support import SOURCE_LIMITS, Ran, lapsewatch
 
 DATA = Path(__file__).parent / "data" / "scan"
 TREE = DATA / "tree" / "requirements.txt"
@@ -79,7 +79,7 @@ def lapsewatch_scan(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, process: bool = False
 ) -> Ran:
     """``lapsewatch scan ARGS``, in this process unless ``process`` (tests/cli_support.py)."""
-    given = {"LAPSEWATCH_TIMEOUT": "2", "LAPSEWATCH_ATTEMPTS": "2", "COLUMNS": "250", **(env or {})}
+    given = {**SOURCE_LIMITS, "COLUMNS": "250", **(env or {})}
     return lapsewatch("scan", *args, env=given, cwd=cwd, process=process, timeout=90)
 
 

@@ -233,31 +233,59 @@ def test_a_request_whose_observation_holds_a_slot_goes_first() -> None:
     assert order.index("holding") <= 11, order
 
 
-def test_a_busy_clean_epoch_raises_a_refusal_cuts() -> None:
-    clock = Clock()
-    pacer = _pacer(clock)
+def _real_pacer(rate: float) -> ServerPacer:
+    """A pacer on the real clock: how long its queue is held is measured in its sleeps."""
+    policy = Policy(burst=0.0)
+    return ServerPacer(LocalBuckets(policy), policy=policy, known={"a:1": Learned(rate)})
+
+
+def test_an_epoch_held_by_the_rate_raises_it_a_refusal_cuts() -> None:
+    """A queue held by the server's rate for a whole epoch, with clean answers: the rate
+    is the limit, so it grows (slow start: by half)."""
+    pacer = _real_pacer(10.0)
 
     async def scenario() -> tuple[float, float, float]:
         buckets = pacer.buckets
         assert isinstance(buckets, LocalBuckets)
-        waiting = [asyncio.create_task(pacer.acquire("a:1", "rdap")) for _ in range(3)]
-        await asyncio.sleep(0)  # queued behind each other: the server is the bottleneck
+        waiting = [asyncio.create_task(pacer.acquire("a:1", "rdap")) for _ in range(30)]
+        raised = 10.0
+        for _ in range(40):  # 10/s: the queue outlasts the epoch
+            await asyncio.sleep(0.05)
+            raised = buckets.buckets["a:1"].rate
+            if raised > 10.0:
+                break
         for task in waiting:
             task.cancel()
-        clock.now += 1.5
-        pacer.answered("a:1", 0.05, timed_out=False)
-        await pacer.acquire("a:1", "rdap")  # a new epoch: the last one was busy and clean
-        raised = buckets.buckets["a:1"].rate
         pacer.refused("a:1", 2.0)
         await asyncio.sleep(0)
         cut = buckets.buckets["a:1"].rate
         learned = await pacer.learned()
+        await pacer.aclose()
         return raised, cut, learned["a:1"][1].rate
 
     raised, cut, saved = asyncio.run(scenario())
     assert raised == 15.0
     assert cut == pytest.approx(10.5)
     assert saved == cut
+
+
+def test_a_brief_queue_does_not_raise_the_rate() -> None:
+    """A few requests at once (a burst of new domains) queue for a moment, well under the
+    rate over the epoch: the rate is not the limit and stays (raised on such bursts, a
+    resolver's rate grew to twice its quota, and the next burst was refused)."""
+    pacer = _real_pacer(10.0)
+
+    async def scenario() -> float:
+        buckets = pacer.buckets
+        assert isinstance(buckets, LocalBuckets)
+        await asyncio.gather(*(pacer.acquire("a:1", "rdap") for _ in range(5)))
+        await asyncio.sleep(1.1)
+        await pacer.acquire("a:1", "rdap")  # a new epoch: it was clean, but not busy
+        rate = buckets.buckets["a:1"].rate
+        await pacer.aclose()
+        return rate
+
+    assert asyncio.run(scenario()) == 10.0
 
 
 def test_timeouts_cut_the_rate() -> None:

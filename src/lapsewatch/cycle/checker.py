@@ -52,8 +52,11 @@ class Checker:
         in_flight: int,
         deadline: float = DEFAULT_DOMAIN_DEADLINE,
         policy: Policy | None = None,
+        pacer: ServerPacer | None = None,
     ) -> None:
         self.sources = sources
+        self._pacer = pacer
+        """With per-server pacing: cuts the stragglers once nothing is left to start."""
         self._in_flight = in_flight
         self._deadline = deadline
         self._policy = policy or Policy()
@@ -159,7 +162,10 @@ class Checker:
 
         ``due`` is read only as fast as results are taken: a slow consumer slows
         the checks down instead of letting results pile up (bounded memory).
-        Close the iterator (``contextlib.aclosing``) to stop early.
+        Close the iterator (``contextlib.aclosing``) to stop early. Once ``due`` is used
+        up, the last domains' stragglers are cut short (with per-server pacing:
+        :mod:`lapsewatch.pace.stragglers`), so that a run, or a Celery chunk, ends when
+        its healthy answers are in.
         """
         items = _aiter(due)
         taking = asyncio.Lock()
@@ -173,6 +179,8 @@ class Checker:
                     async with taking:
                         item = await anext(items, None)
                     if item is None:
+                        if self._pacer is not None:
+                            self._pacer.stragglers.drain()
                         break
                     await results.put(await self.check_one(item, now))
             except asyncio.CancelledError:
@@ -183,6 +191,7 @@ class Checker:
 
         workers = [asyncio.create_task(work()) for _ in range(self._in_flight)]
         running = len(workers)
+        cut_before = self._pacer.stragglers.cut if self._pacer is not None else 0
         try:
             while running:
                 got = await results.get()
@@ -197,6 +206,10 @@ class Checker:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            if self._pacer is not None:
+                await self._pacer.stragglers.stop()
+                if cut := self._pacer.stragglers.cut - cut_before:
+                    log.info("%d requests cut short at the end (stragglers): checked later", cut)
             await self.mail_hosts.aclose()
 
 
@@ -249,6 +262,7 @@ async def open_checker(
             in_flight=in_flight,
             deadline=settings.domain_deadline,
             policy=Policy.from_settings(settings),
+            pacer=pacer,
         )
 
 

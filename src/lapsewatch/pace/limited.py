@@ -19,6 +19,7 @@ from lapsewatch.pace.pacer import (
     POLL,
     TIMEOUT_SHARE,
     ServerPacer,
+    Trace,
     current_trace,
     tracing,
 )
@@ -111,10 +112,19 @@ class Limited(Source):
             self.requests += 1
             return
         key = server or f"({self.name})"
-        await self._pacer.acquire(key, self.name)
-        if self._limiter is not None:
-            await self._limiter.acquire()
         trace = current_trace()
+        began = self._pacer.now()
+        if trace is not None:
+            trace.waiting = True
+        try:
+            await self._pacer.acquire(key, self.name)
+            if self._limiter is not None:
+                await self._limiter.acquire()
+        finally:
+            if trace is not None:
+                trace.waiting = False
+                if trace.sent:
+                    trace.waited += self._pacer.now() - began
         if trace is not None:
             if not trace.slot:
                 await self._slots.acquire()
@@ -167,12 +177,14 @@ class Limited(Source):
             try:
                 if not self._paced:
                     await self.request()
-                observation = await self.inner.observe_with(domain, mail_hosts=mail_hosts)
+                observation, cut = await self._observe_watched(domain, pacer, trace, mail_hosts)
             finally:
                 if trace.slot:
                     self._slots.release()
         if not self._paced and observation.retry_after:
             self.refused(observation.retry_after)
+        if cut:
+            return observation  # cut at the run's end: it says nothing of the server
         if trace.sent and not trace.refused:
             server, sent = trace.sent[-1]
             seconds = pacer.now() - sent
@@ -181,6 +193,20 @@ class Limited(Source):
             )
             pacer.answered(server, seconds, timed_out=timed_out)
         return observation
+
+    async def _observe_watched(
+        self, domain: str, pacer: ServerPacer, trace: Trace, mail_hosts: bool
+    ) -> tuple[Observation, bool]:
+        """The inner observation, and whether it was cut short, straggling at the run's
+        end (:mod:`lapsewatch.pace.stragglers`)."""
+        watching = pacer.stragglers.watching(trace.out)
+        try:
+            async with watching as watched:
+                return await self.inner.observe_with(domain, mail_hosts=mail_hosts), False
+        except TimeoutError:
+            if watched.cut is None:
+                raise
+            return Observation.error(self.name, domain, watched.cut), True
 
     async def aclose(self) -> None:
         await self.inner.aclose()

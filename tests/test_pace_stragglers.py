@@ -1,0 +1,219 @@
+"""Issue #13: slow domains do not hold the cycle, at its end either.
+
+Once a run has nothing left to start, a request still out ten times longer than its
+server usually takes (at least a second) is cut: its domain gets an ``error``
+observation, is retried with backoff and is never unverified for it. A request still
+waiting for its server's slot, or to a server with no usual time yet, is not cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import ClassVar
+
+import pytest
+from sqlalchemy import Engine, select
+
+from lapsewatch.cycle import run_cycle
+from lapsewatch.pace import Learned, Policy, ServerPacer
+from lapsewatch.pace import stragglers as stragglers_module
+from lapsewatch.pace.limited import Limited
+from lapsewatch.pace.shared import LocalBuckets
+from lapsewatch.sources.interface import Observation, Outcome, Source
+from lapsewatch.store import Account, Domain, Email, ObservationRow, make_sessionmaker
+from lapsewatch.world import DomainScenario, Scenario, World
+from tests.cycle_support import settings_for
+
+SERVER = "slow:443"
+CUT = "when the run had nothing else to start"
+
+
+class Stuck(Source):
+    """Asks ``SERVER`` ``requests`` times in a row, then waits until ``release`` is set."""
+
+    name = "rdap"
+    paces_requests: ClassVar[bool] = True
+
+    def __init__(self, requests: int = 1) -> None:
+        self.requests = requests
+        self.sent = 0
+        self.release = asyncio.Event()
+
+    async def observe(self, domain: str) -> Observation:
+        assert self.pacer is not None
+        for _ in range(self.requests):
+            await self.pacer.request(SERVER)
+            self.sent += 1
+        await self.release.wait()
+        return Observation(self.name, domain, Outcome.ANSWERED, "registered", found=True)
+
+
+@pytest.fixture(autouse=True)
+def _short_tail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fifth of a second at least, instead of a second: the tests run faster."""
+    monkeypatch.setattr(stragglers_module, "TAIL_MIN", 0.2)
+
+
+def _pacer(rate: float = 100.0, usual: float | None = 0.01) -> ServerPacer:
+    policy = Policy(burst=0.0)
+    pacer = ServerPacer(LocalBuckets(policy), policy=policy, known={SERVER: Learned(rate)})
+    if usual is not None:
+        pacer._baseline[SERVER] = usual  # as learned from this run's answers
+    return pacer
+
+
+async def _sent(source: Stuck, count: int = 1) -> None:
+    while source.sent < count:
+        await asyncio.sleep(0.01)
+
+
+def test_a_straggler_is_cut_once_the_run_drains() -> None:
+    pacer = _pacer()
+    source = Stuck()
+    limited = Limited(source, concurrency=4, pacer=pacer)
+
+    async def scenario() -> tuple[Observation, float]:
+        task = asyncio.create_task(limited.observe("late.example"))
+        await _sent(source)
+        started = time.monotonic()
+        pacer.stragglers.drain()
+        observation = await task
+        await pacer.aclose()
+        return observation, time.monotonic() - started
+
+    observation, took = asyncio.run(scenario())
+    assert observation.outcome is Outcome.ERROR
+    assert CUT in observation.detail
+    assert SERVER in observation.detail
+    assert took < 2.0  # cut, not waited for (it would wait forever)
+    assert pacer.stragglers.cut == 1
+    epoch = pacer._epochs.get(SERVER)
+    assert epoch is None or (epoch.answers, epoch.timeouts) == (0, 0)  # no signal learned
+
+
+def test_nothing_is_cut_while_the_run_still_has_domains_to_start() -> None:
+    pacer = _pacer()
+    source = Stuck()
+    limited = Limited(source, concurrency=4, pacer=pacer)
+
+    async def scenario() -> Observation:
+        task = asyncio.create_task(limited.observe("slow.example"))
+        await _sent(source)
+        await asyncio.sleep(0.6)  # three times the tail's limit: no drain, no cut
+        source.release.set()
+        return await task
+
+    observation = asyncio.run(scenario())
+    assert observation.outcome is Outcome.ANSWERED
+    assert pacer.stragglers.cut == 0
+
+
+def test_a_server_without_a_usual_time_is_waited_for() -> None:
+    """A run of a domain or two has no usual time for its servers: no cut, the request's
+    own timeout stands."""
+    pacer = _pacer(usual=None)
+    source = Stuck()
+    limited = Limited(source, concurrency=4, pacer=pacer)
+
+    async def scenario() -> Observation:
+        task = asyncio.create_task(limited.observe("only.example"))
+        await _sent(source)
+        pacer.stragglers.drain()
+        await asyncio.sleep(0.6)
+        source.release.set()
+        observation = await task
+        await pacer.aclose()
+        return observation
+
+    assert asyncio.run(scenario()).outcome is Outcome.ANSWERED
+    assert pacer.stragglers.cut == 0
+
+
+def test_a_request_waiting_for_its_slot_is_not_a_straggler() -> None:
+    """The second request (an MX after the NS) waits 0.5 s for its server's next slot,
+    past the tail's limit since the first went out: waiting is the run's work, not cut."""
+    pacer = _pacer(rate=2.0)
+    source = Stuck(requests=2)
+    limited = Limited(source, concurrency=4, pacer=pacer)
+
+    async def scenario() -> Observation:
+        pacer.stragglers.drain()
+        task = asyncio.create_task(limited.observe("two.example"))
+        await _sent(source, 2)
+        source.release.set()
+        observation = await task
+        await pacer.aclose()
+        return observation
+
+    assert asyncio.run(scenario()).outcome is Outcome.ANSWERED
+    assert pacer.stragglers.cut == 0
+
+
+# -- a cycle against the local world ------------------------------------------------------------
+
+LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
+REQUEST_TIMEOUT = 8.0
+HEALTHY = [f"fine{index:02d}.test" for index in range(30)]
+HANGING = "hangs.test"
+
+
+@pytest.fixture
+def hanging_world() -> Iterator[World]:
+    scenario = Scenario(domains={}, tlds=("test",))
+    for name in HEALTHY:
+        scenario = scenario.with_domain(DomainScenario.make(name, registered="2010-06-01"))
+    scenario = scenario.with_domain(
+        DomainScenario.make(HANGING, registered="2010-06-01", rdap="timeout")
+    )
+    with World(scenario, latency=0.02, hang_seconds=30.0) as running:
+        yield running
+
+
+def test_a_cycle_ends_when_its_healthy_answers_are_in(hanging_world: World, engine: Engine) -> None:
+    """One domain's RDAP server never answers. The cycle does not wait out the request
+    timeout for it: the domain is an error, retried later, and stays verified."""
+    with make_sessionmaker(engine).begin() as session:
+        for index, name in enumerate([*HEALTHY, HANGING]):
+            account = Account(username=f"user{index}", created_at=LONG_AGO, projects=[])
+            account.emails.append(
+                Email(
+                    address=f"u@{name}",
+                    domain=name,
+                    free_provider=False,
+                    primary=True,
+                    verified=True,
+                    verified_at=LONG_AGO,
+                )
+            )
+            session.add(account)
+    settings = settings_for(
+        hanging_world,
+        LAPSEWATCH_SOURCES="rdap,dns",
+        LAPSEWATCH_TIMEOUT=str(REQUEST_TIMEOUT),
+        LAPSEWATCH_PACE_REDIS="off",
+    )
+    started = time.monotonic()
+    summary = run_cycle(settings, engine)
+    took = time.monotonic() - started
+    assert (summary.checked, summary.unverified) == (31, 0)
+    with make_sessionmaker(engine)() as session:
+        domains = {d.name: d for d in session.scalars(select(Domain))}
+        details = [
+            o.detail
+            for o in session.scalars(
+                select(ObservationRow).where(
+                    ObservationRow.domain == HANGING, ObservationRow.source == "rdap"
+                )
+            )
+        ]
+        verified = session.scalars(select(Email.verified).where(Email.domain == HANGING)).all()
+    assert all(domains[name].last_verdict == "registered" for name in HEALTHY)
+    assert len(details) == 1, details
+    assert CUT in details[0]
+    assert domains[HANGING].last_verdict == "unknown"
+    assert domains[HANGING].consecutive_failures == 1  # retried with backoff
+    assert verified == [True]
+    assert took < REQUEST_TIMEOUT, took  # it did not wait for the hanging request

@@ -123,8 +123,7 @@ class Limited(Source):
         finally:
             if trace is not None:
                 trace.waiting = False
-                if trace.sent:
-                    trace.waited += self._pacer.now() - began
+                trace.wait_for_slot(key, self._pacer.now() - began)
         if trace is not None:
             if not trace.slot:
                 await self._slots.acquire()
@@ -204,7 +203,7 @@ class Limited(Source):
             async with watching as watched:
                 return await self.inner.observe_with(domain, mail_hosts=mail_hosts), False
         except TimeoutError:
-            if watched.cut is None:
+            if watched.cut is None or not watched.scope.expired():
                 raise
             return Observation.error(self.name, domain, watched.cut), True
 

@@ -97,16 +97,25 @@ class Trace:
     """Servers that let a request of this observation time out (the source said so)."""
     waiting: bool = False
     """Its next request waits for a slot (not on the wire: never a straggler)."""
-    waited: float = 0.0
-    """Seconds its requests after the first waited for their slots."""
+    waited: dict[str, float] = field(default_factory=dict)
+    """Per server, seconds its requests after the first to that server waited for slots."""
+
+    def wait_for_slot(self, server: str, seconds: float) -> None:
+        """A request to ``server`` waited ``seconds`` for its slot (counted once the
+        observation has asked that server before: the wait is not time out on the wire)."""
+        if any(s == server for s, _ in self.sent):
+            self.waited[server] = self.waited.get(server, 0.0) + seconds
 
     def out(self, now: float) -> tuple[str, float] | None:
-        """``(server, seconds)``: how long this observation has been out on the wire or
-        between attempts, slot waits left out, and the server asked last; ``None`` before
-        its first request and while it waits for a slot."""
+        """``(server, seconds)``: the server asked last, and how long this observation has
+        been out on the wire or between attempts since its first request to that server,
+        slot waits left out (a DNS check that moves to the next resolver starts afresh
+        there); ``None`` before its first request and while it waits for a slot."""
         if self.waiting or not self.sent:
             return None
-        return self.sent[-1][0], now - self.sent[0][1] - self.waited
+        server = self.sent[-1][0]
+        first = next(at for s, at in self.sent if s == server)
+        return server, now - first - self.waited.get(server, 0.0)
 
 
 _TRACE: ContextVar[Trace | None] = ContextVar("lapsewatch_pace_trace", default=None)
@@ -267,9 +276,11 @@ class ServerPacer:
                 if queue.waiters:
                     queue.waiters.popleft().set_result(wait)
                 continue
-            held = min(wait - HORIZON, POLL)
-            self._epoch(server, at).held += held
-            await asyncio.sleep(held)
+            epoch, asleep = self._epoch(server, at), self._clock()
+            await asyncio.sleep(min(wait - HORIZON, POLL))
+            # The time it took, not the time asked for: on a busy event loop each wake
+            # comes late, and a fast server held all the time counted as half idle.
+            epoch.held += self._clock() - asleep
 
     def _dispatcher_done(self, server: str, queue: _Queue, task: asyncio.Task[None]) -> None:
         """Whatever ended the reserver (its queue empty, cancelled, even before it ever

@@ -8,7 +8,10 @@ So, while the run drains, an observation still waiting on a server ``TAIL_FACTOR
 times that server's usual answer time (at least ``TAIL_MIN``) after its first request
 to it (retries after an error answer included) is cut short: it becomes an ``error``
 observation, as a timeout would, and the schedule checks that domain again later
-(backoff). Nothing is decided from a cut: it is doubt, and doubt never unverifies.
+(backoff). Nothing is decided from a cut: it is doubt. A dangerous verdict of the
+domain's other sources, which the cut answer might have contradicted (the registry's
+record of a domain on hold, against two sources that see no delegation), does not act
+at once: a later check must confirm it (``Checker.check_one``, ``verdict.settle``).
 
 Not cut: a request still waiting for its server's slot (that wait is the run's real
 work), and any request to a server that has not answered this run often enough to have
@@ -20,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["TAIL_FACTOR", "TAIL_MIN", "Stragglers", "Watched"]
+from lapsewatch.observation import Observation, Outcome
+
+__all__ = ["NOT_WAITED", "TAIL_FACTOR", "TAIL_MIN", "Stragglers", "Watched", "was_cut"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,15 @@ TAIL_MIN = 1.0
 """Seconds a request is given at least, however fast its server usually answers."""
 TICK = 0.1
 """Seconds between two looks at the open observations while the run drains."""
+NOT_WAITED = "not waited for at the run's end"
+"""In the detail of every cut observation (:func:`was_cut`)."""
+
+
+def was_cut(observation: Observation) -> bool:
+    """Whether ``observation`` is a straggler cut at a run's end: no answer, not even a
+    failure, so a dangerous verdict that it might have contradicted must be confirmed
+    by a later check (``Checker.check_one``)."""
+    return observation.outcome is Outcome.ERROR and NOT_WAITED in observation.detail
 
 
 @dataclass(eq=False)
@@ -64,15 +78,22 @@ class Stragglers:
     async def watching(
         self, out: Callable[[float], tuple[str, float] | None]
     ) -> AsyncIterator[Watched]:
-        """Run an observation under a scope the drain may end; ``TimeoutError`` out of
-        it with ``cut`` set means it was cut (any other is the observation's own)."""
-        async with asyncio.timeout(None) as scope:
-            watched = Watched(scope, out)
-            self._open.add(watched)
-            try:
-                yield watched
-            finally:
-                self._open.discard(watched)
+        """Run an observation under a scope the drain may end: ``TimeoutError`` out of it
+        with ``cut`` set and the scope expired means it was cut (counted here); any other
+        is the observation's own."""
+        scope = asyncio.timeout(None)
+        watched = Watched(scope, out)
+        try:
+            async with scope:
+                self._open.add(watched)
+                try:
+                    yield watched
+                finally:
+                    self._open.discard(watched)
+        except TimeoutError:
+            if watched.cut is not None and scope.expired():
+                self.cut += 1
+            raise
 
     def limit(self, server: str) -> float | None:
         """Seconds a request to ``server`` may be out while the run drains."""
@@ -85,19 +106,18 @@ class Stragglers:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        """The run is over (or starts again): stop looking."""
+        """The run is over: stop looking (a caller cancelled meanwhile stays cancelled)."""
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()
-            with suppress(asyncio.CancelledError):
-                await watcher
+            await asyncio.wait({watcher})
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             now = self._clock()
             for watched in list(self._open):
-                out = None if watched.cut is not None else watched.out(now)
+                out = None if watched.scope.expired() else watched.out(now)
                 if out is None:
                     continue
                 server, seconds = out
@@ -106,10 +126,9 @@ class Stragglers:
                     continue
                 usual = self._usual(server) or 0.0
                 watched.cut = (
-                    f"no answer from {server} {seconds:.1f} s after the first request "
-                    f"(it usually answers in {usual * 1000:.0f} ms) when the run had "
-                    "nothing else to start: not waited for, the domain is checked again later"
+                    f"still waiting on {server} {seconds:.1f} s after the first request to "
+                    f"it (it usually answers in {usual * 1000:.0f} ms) when the run had "
+                    f"nothing else to start: {NOT_WAITED}, the domain is checked again later"
                 )
                 watched.scope.reschedule(loop.time())
-                self.cut += 1
             await asyncio.sleep(TICK)

@@ -25,6 +25,7 @@ from lapsewatch.cycle.due import DueDomain
 from lapsewatch.pace import Learned, Policy, ServerPacer
 from lapsewatch.pace import stragglers as stragglers_module
 from lapsewatch.pace.limited import Limited
+from lapsewatch.pace.pacer import Trace
 from lapsewatch.pace.shared import LocalBuckets
 from lapsewatch.sources.interface import Observation, Outcome, Source
 from lapsewatch.store import Account, Domain, Email, ObservationRow, make_sessionmaker
@@ -212,7 +213,8 @@ def test_the_drain_starts_when_the_input_ends_and_a_cut_is_never_firm() -> None:
             cut_before = pacer.stragglers.cut
             assert not pending.done()
             more.set()  # the input ends: the run drains
-            result = await pending
+            async with asyncio.timeout(5):  # not cut: it would wait forever
+                result = await pending
         await pacer.aclose()
         await checker.mail_hosts.aclose()
         return cut_before, result
@@ -226,6 +228,23 @@ def test_the_drain_starts_when_the_input_ends_and_a_cut_is_never_firm() -> None:
     assert result.decision.verdict is Verdict.AVAILABLE
     assert result.decision.doubt is not None
     assert not result.decision.firm  # never unverified on this check alone
+
+
+def test_a_stragglers_time_counts_from_its_first_request_to_the_server_asked_last() -> None:
+    """A DNS check that moves to the next resolver starts afresh there; time waiting for
+    a slot after the first request to it is not time out on the wire."""
+    trace = Trace()
+    assert trace.out(10.0) is None  # nothing sent yet
+    trace.sent.append(("a:53", 0.0))
+    assert trace.out(1.0) == ("a:53", 1.0)
+    trace.wait_for_slot(2.0, 0.5)
+    trace.sent.append(("b:53", 2.5))
+    assert trace.out(3.0) == ("b:53", 0.5)
+    trace.wait_for_slot(3.0, 1.0)
+    trace.sent.append(("a:53", 4.0))
+    assert trace.out(5.0) == ("a:53", 3.5)  # back at a: from 0.0, both waits left out
+    trace.waiting = True
+    assert trace.out(5.0) is None  # waiting for a slot: not on the wire
 
 
 # -- a cycle against the local world ------------------------------------------------------------

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.verdict import (
     Decision,
+    MailHostCheck,
     Pending,
     Verdict,
     decide,
@@ -329,3 +330,44 @@ def test_healthy_mail_hosts_are_kept_outside_the_grace_only() -> None:
     assert healthy_mail_hosts(healthy, [IN_GRACE, read]) is None  # in the grace: keep
     expiring = Decision("x.test", Verdict.EXPIRING, "no", "rdap")
     assert healthy_mail_hosts(expiring, [rdap(), read]) is None
+
+
+# -- an answer not waited for (a straggler cut at a run's end) ------------------------------------
+
+RDAP_CUT = Observation.error(
+    "rdap",
+    "x.test",
+    "still waiting on rdap.test:443 1.2 s after the first request to it "
+    "(it usually answers in 50 ms) when the run had nothing else to start: not waited for "
+    "at the run's end, the domain is checked again later",
+)
+
+
+def test_a_danger_that_an_answer_not_waited_for_might_contradict_waits() -> None:
+    """The resolver and Fastly agree the domain is gone, which alone may act; but the
+    registry's record was not waited for, and a domain on hold is absent from the DNS
+    while its record stands: the danger waits for a confirming check. A timeout, which
+    the source did wait out, acts as before."""
+    gone = (NXDOMAIN, fastly("undelegated inactive"))
+    assert RDAP_CUT.cut
+    assert not RDAP_ERROR.cut
+    timed_out = decide("x.test", [RDAP_ERROR, *gone], now=NOW)
+    assert timed_out.verdict is Verdict.AVAILABLE
+    assert timed_out.firm
+    cut = decide("x.test", [RDAP_CUT, *gone], now=NOW)
+    assert cut.verdict is Verdict.AVAILABLE
+    assert not cut.firm
+    assert cut.doubt == "rdap not waited for"
+    assert settle(cut, None, now=NOW, confirm_after=timedelta(hours=1)).decision.verdict is (
+        Verdict.UNKNOWN
+    )
+
+
+def test_a_mail_host_domain_decided_without_waiting_is_not_firm_for_its_users() -> None:
+    """The same through a mail host: its domain's danger, decided with a cut answer, makes
+    the domain that uses it ``mail_host_lapsed`` on thin evidence, never at once."""
+    host = decide("mail.test", [RDAP_CUT, NXDOMAIN, fastly("undelegated inactive")], now=NOW)
+    checked = MailHostCheck("mx.mail.test", "mail.test", host)
+    decision = decide("x.test", [rdap(), DELEGATED], now=NOW, mail_hosts=[checked])
+    assert decision.verdict is Verdict.MAIL_HOST_LAPSED
+    assert not decision.firm

@@ -15,10 +15,13 @@ from typing import Any
 
 from lapsewatch.dates import isoformat
 
-__all__ = ["EVIDENCE_LIMIT", "Observation", "Outcome", "truncate"]
+__all__ = ["EVIDENCE_LIMIT", "NOT_WAITED", "Observation", "Outcome", "truncate"]
 
 EVIDENCE_LIMIT = 64 * 1024
 """Characters of a raw answer kept as evidence; enough for any sane RDAP record."""
+NOT_WAITED = "not waited for at the run's end"
+"""In the detail of an error observation whose request was cut short because the rest
+of its run was done (:mod:`lapsewatch.pace.stragglers`; :attr:`Observation.cut`)."""
 
 
 class Outcome(StrEnum):
@@ -64,6 +67,12 @@ class Observation:
     @property
     def answered(self) -> bool:
         return self.outcome is Outcome.ANSWERED
+
+    @property
+    def cut(self) -> bool:
+        """No answer because it was not waited for (a straggler at a run's end): not even
+        a failure, so a danger it might have contradicted must be confirmed later."""
+        return self.outcome is Outcome.ERROR and NOT_WAITED in self.detail
 
     @classmethod
     def error(cls, source: str, domain: str, detail: str, **kwargs: Any) -> Observation:

@@ -403,6 +403,14 @@ def _doubt(
     return why
 
 
+def _not_waited(observations: Sequence[Observation]) -> str | None:
+    """Why a danger must wait when a source's answer was not waited for (cut at a run's
+    end): that answer (the registry's record of a domain on hold, say) might have
+    contradicted it. A timeout is a failure and counts as said; a cut is not."""
+    cut = [o.source for o in observations if o.cut]
+    return f"{', '.join(dict.fromkeys(cut))} not waited for" if cut else None
+
+
 def decide(
     domain: str,
     observations: Iterable[Observation],
@@ -445,7 +453,11 @@ def decide(
     dangerous = sorted((c for c in candidates if c.verdict.dangerous), key=_rank)
     if dangerous:
         top = dangerous[0]
-        doubt = top.doubt or _doubt(top, dangerous, candidates, registry_record=record is not None)
+        doubt = (
+            top.doubt
+            or _doubt(top, dangerous, candidates, registry_record=record is not None)
+            or _not_waited(observations)
+        )
         # The domain's own danger names the verdict, unless it is thin and a mail
         # host's is firm (a firm danger must not wait for the thin one's confirmation).
         if doubt is None or not any(m.decision.firm for m in checked):

@@ -19,7 +19,6 @@ from lapsewatch.cycle.due import DueDomain
 from lapsewatch.mail_hosts import MailHostChecks, not_read_again, registered_since_read
 from lapsewatch.pace import ServerPacer, open_pacer
 from lapsewatch.pace.limited import Limited
-from lapsewatch.pace.stragglers import NOT_WAITED, was_cut
 from lapsewatch.schedule import Policy
 from lapsewatch.source_catalog import Evidence, names_with
 from lapsewatch.sources import Observation, Source, observe_relevant, open_sources
@@ -110,11 +109,6 @@ class Checker:
                 known_mail_hosts=due.known_mail_hosts,
                 mail_hosts=mail_hosts,
             )
-            cut = [o.source for o in observations if was_cut(o)]
-            if cut and decision.firm:
-                # The cut answer might have said otherwise: confirmed by a later check.
-                doubt = f"{', '.join(cut)} {NOT_WAITED}"
-                decision = replace(decision, doubt=doubt)
             late = [m.domain for m in mail_hosts if m.decision.reason == deadline.missed]
             if late:
                 why = f"mail host domain {', '.join(late)}: {deadline.missed}"

@@ -123,7 +123,7 @@ class Limited(Source):
         finally:
             if trace is not None:
                 trace.waiting = False
-                trace.wait_for_slot(key, self._pacer.now() - began)
+                trace.wait_for_slot(began, self._pacer.now() - began)
         if trace is not None:
             if not trace.slot:
                 await self._slots.acquire()

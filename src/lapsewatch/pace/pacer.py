@@ -97,14 +97,13 @@ class Trace:
     """Servers that let a request of this observation time out (the source said so)."""
     waiting: bool = False
     """Its next request waits for a slot (not on the wire: never a straggler)."""
-    waited: dict[str, float] = field(default_factory=dict)
-    """Per server, seconds its requests after the first to that server waited for slots."""
+    waits: list[tuple[float, float]] = field(default_factory=list)
+    """``(when it began, seconds)`` per wait of a request for its slot."""
 
-    def wait_for_slot(self, server: str, seconds: float) -> None:
-        """A request to ``server`` waited ``seconds`` for its slot (counted once the
-        observation has asked that server before: the wait is not time out on the wire)."""
-        if any(s == server for s, _ in self.sent):
-            self.waited[server] = self.waited.get(server, 0.0) + seconds
+    def wait_for_slot(self, began: float, seconds: float) -> None:
+        """A request waited ``seconds`` for its slot from ``began`` (time not out on the
+        wire, left out of :meth:`out`)."""
+        self.waits.append((began, seconds))
 
     def out(self, now: float) -> tuple[str, float] | None:
         """``(server, seconds)``: the server asked last, and how long this observation has
@@ -115,7 +114,8 @@ class Trace:
             return None
         server = self.sent[-1][0]
         first = next(at for s, at in self.sent if s == server)
-        return server, now - first - self.waited.get(server, 0.0)
+        waited = sum(seconds for began, seconds in self.waits if began >= first)
+        return server, now - first - waited
 
 
 _TRACE: ContextVar[Trace | None] = ContextVar("lapsewatch_pace_trace", default=None)
@@ -278,9 +278,10 @@ class ServerPacer:
                 continue
             epoch, asleep = self._epoch(server, at), self._clock()
             await asyncio.sleep(min(wait - HORIZON, POLL))
-            # The time it took, not the time asked for: on a busy event loop each wake
-            # comes late, and a fast server held all the time counted as half idle.
-            epoch.held += self._clock() - asleep
+            # The time it took, not the time asked for (on a busy event loop each wake
+            # comes late, and a fast server held all the time counted as half idle), but
+            # no further than the slot it waited for: later than that is the loop's.
+            epoch.held += min(self._clock() - asleep, wait)
 
     def _dispatcher_done(self, server: str, queue: _Queue, task: asyncio.Task[None]) -> None:
         """Whatever ended the reserver (its queue empty, cancelled, even before it ever

@@ -11,7 +11,7 @@ observation, as a timeout would, and the schedule checks that domain again later
 (backoff). Nothing is decided from a cut: it is doubt. A dangerous verdict of the
 domain's other sources, which the cut answer might have contradicted (the registry's
 record of a domain on hold, against two sources that see no delegation), does not act
-at once: a later check must confirm it (``Checker.check_one``, ``verdict.settle``).
+at once: a later check must confirm it (``Observation.cut``, ``verdict.decide``).
 
 Not cut: a request still waiting for its server's slot (that wait is the run's real
 work), and any request to a server that has not answered this run often enough to have
@@ -26,9 +26,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from lapsewatch.observation import Observation, Outcome
+from lapsewatch.observation import NOT_WAITED
 
-__all__ = ["NOT_WAITED", "TAIL_FACTOR", "TAIL_MIN", "Stragglers", "Watched", "was_cut"]
+__all__ = ["TAIL_FACTOR", "TAIL_MIN", "Stragglers", "Watched"]
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,6 @@ TAIL_MIN = 1.0
 """Seconds a request is given at least, however fast its server usually answers."""
 TICK = 0.1
 """Seconds between two looks at the open observations while the run drains."""
-NOT_WAITED = "not waited for at the run's end"
-"""In the detail of every cut observation (:func:`was_cut`)."""
-
-
-def was_cut(observation: Observation) -> bool:
-    """Whether ``observation`` is a straggler cut at a run's end: no answer, not even a
-    failure, so a dangerous verdict that it might have contradicted must be confirmed
-    by a later check (``Checker.check_one``)."""
-    return observation.outcome is Outcome.ERROR and NOT_WAITED in observation.detail
 
 
 @dataclass(eq=False)
@@ -111,6 +102,8 @@ class Stragglers:
         if watcher is not None:
             watcher.cancel()
             await asyncio.wait({watcher})
+            if not watcher.cancelled() and watcher.exception() is not None:
+                log.error("the stragglers' watcher failed", exc_info=watcher.exception())
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

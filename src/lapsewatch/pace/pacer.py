@@ -4,10 +4,11 @@ every request on the wire, and what it learns from the answers.
 * **Per server.** Each ``host:port`` (an RDAP base URL's host, a WHOIS server, a DNS
   resolver) has its own bucket and learned rate (:mod:`lapsewatch.pace.policy`); a
   small registry's limit never slows the big ones down.
-* **Learned.** A clean, busy epoch raises the rate; a refusal (429, ``Retry-After``,
-  REFUSED, a WHOIS quota text) cuts it and honours ``Retry-After``; so do a burst of
-  timeouts (at least 3 in an epoch and 5% of its answers) and a jump in latency (the
-  epoch's mean above twice the server's usual plus 50 ms).
+* **Learned.** A clean epoch in which the rate was the limit raises it; a refusal
+  (429, ``Retry-After``, REFUSED, a WHOIS quota text) cuts it and honours
+  ``Retry-After``; so do a burst of timeouts (at least 3 in an epoch and 5% of its
+  answers) and a jump in latency (the epoch's mean above twice the server's usual plus
+  50 ms).
 * **Pinned.** ``LAPSEWATCH_PACE_FILE`` fixes or caps a server's rate (:mod:`.pins`).
 * **Shared.** With ``LAPSEWATCH_PACE_REDIS`` the buckets live in Redis
   (:mod:`.shared`): N processes behave as one client per server. If Redis fails

@@ -1,17 +1,17 @@
 """The learning rule (AIMD with a slow start) and one server's bucket, in this process.
 
-A server's rate starts conservative (``start``) or where the store says the last
-cycle ended. While requests queue for it and its answers come back clean, the
-rate grows once per ``epoch``: by half each time (*slow start*) until the server
-first says "too many requests", then back quickly towards 90% of the rate that
-was refused, then by 1% an epoch (probing whether the server now allows more). A
-429, a ``Retry-After``, a DNS ``REFUSED``, a WHOIS quota text, a burst of
-timeouts or a jump in latency cuts the rate to 70% (to 90% for a refusal near the
-known ceiling; at most once a ``cooldown``, and never for a refused request sent
-before the last cut, so a volley of refusals to requests already sent counts once),
-and the rate that was refused is remembered as the server's *ceiling* (a refusal
-only: slow answers and timeouts cut the rate but set no ceiling). ``Retry-After`` also
-pauses every request to that server until it has passed.
+A server's rate starts conservative (``start``) or where the store says the last cycle
+ended. While the rate is the limit (the server's queue held by it for half an epoch,
+``pacer.BUSY_SHARE``) and its answers come back clean, the rate grows once per
+``epoch``: by half each time (*slow start*) until the server first says "too many
+requests", then back quickly towards 90% of the rate that was refused, then by 1% an
+epoch (probing whether the server now allows more). A 429, a ``Retry-After``, a DNS
+``REFUSED``, a WHOIS quota text, a burst of timeouts or a jump in latency cuts the rate
+to 70% (to 90% for a refusal near the known ceiling; at most once a ``cooldown``, and
+never for a refused request sent before the last cut, so a volley of refusals to
+requests already sent counts once), and the rate that was refused is remembered as the
+server's *ceiling* (a refusal only: slow answers and timeouts cut the rate but set no
+ceiling). ``Retry-After`` also pauses every request to that server until it has passed.
 
 The bucket is GCRA (virtual scheduling): each request reserves the next slot,
 ``1 / rate`` after the previous one, and is told how long to sleep. A changed rate

@@ -55,7 +55,7 @@ class Stragglers:
     """The open observations of one checker, and the cut of the slow ones as it drains.
 
     ``usual(server)`` is the server's usual answer time in seconds (``None``: not known
-    yet); ``clock`` is the clock the ``sent`` times were read from."""
+    yet); ``clock`` is the clock the observations' request times were read on."""
 
     def __init__(self, usual: Callable[[str], float | None], clock: Callable[[], float]) -> None:
         self._usual = usual

@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
-from datetime import UTC, datetime
 from typing import ClassVar
 
 import pytest
@@ -28,10 +27,10 @@ from lapsewatch.pace.limited import Limited
 from lapsewatch.pace.pacer import Trace
 from lapsewatch.pace.shared import LocalBuckets
 from lapsewatch.sources.interface import Observation, Outcome, Source
-from lapsewatch.store import Account, Domain, Email, ObservationRow, make_sessionmaker
+from lapsewatch.store import Domain, Email, ObservationRow, make_sessionmaker
 from lapsewatch.verdict import Verdict
 from lapsewatch.world import DomainScenario, Scenario, World
-from tests.cycle_support import settings_for
+from tests.cycle_support import add_verified, settings_for
 
 SERVER = "slow:443"
 CUT = "not waited for at the run's end"
@@ -249,7 +248,6 @@ def test_a_stragglers_time_counts_from_its_first_request_to_the_server_asked_las
 
 # -- a cycle against the local world ------------------------------------------------------------
 
-LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 REQUEST_TIMEOUT = 8.0
 HEALTHY = [f"fine{index:02d}.test" for index in range(30)]
 HANGING = "hangs.test"
@@ -270,20 +268,8 @@ def hanging_world() -> Iterator[World]:
 def test_a_cycle_ends_when_its_healthy_answers_are_in(hanging_world: World, engine: Engine) -> None:
     """One domain's RDAP server never answers. The cycle does not wait out the request
     timeout for it: the domain is an error, retried later, and stays verified."""
-    with make_sessionmaker(engine).begin() as session:
-        for index, name in enumerate([*HEALTHY, HANGING]):
-            account = Account(username=f"user{index}", created_at=LONG_AGO, projects=[])
-            account.emails.append(
-                Email(
-                    address=f"u@{name}",
-                    domain=name,
-                    free_provider=False,
-                    primary=True,
-                    verified=True,
-                    verified_at=LONG_AGO,
-                )
-            )
-            session.add(account)
+    for index, name in enumerate([*HEALTHY, HANGING]):
+        add_verified(engine, f"user{index}", f"u@{name}")
     settings = settings_for(
         hanging_world,
         LAPSEWATCH_SOURCES="rdap,dns",

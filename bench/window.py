@@ -9,7 +9,7 @@ domain, under PyPI's schedule (``warehouse``) and lapsewatch's, on the same simu
 The exit status is 1 when an acceptance criterion of issue #17 fails against
 ``warehouse`` (PyPI's tasks with their real batch limits).
 
-It drives lapsewatch's real pure code (``verdict.decide`` and ``settle``,
+It drives lapsewatch's real pure code (``verdict.decide`` and ``confirm.settle``,
 ``mail_hosts.mail_host_domains``, ``cycle.apply``'s next state and affected addresses,
 ``schedule.next_check`` through it) with a simulated clock and synthetic observations
 (``window_world``; the policies in ``window_policies``): no network, no database. Each

@@ -21,7 +21,7 @@ lapsewatch, per check of a due domain, as ``lapsewatch check`` does it:
 * ``mail_hosts.registered_since_read`` (a mail-host domain registered after the MX
   naming it was read is ``reregistered``), then ``verdict.decide`` with the known name
   servers and mail hosts and those mail-host verdicts;
-* ``verdict.settle`` with ``Policy.confirm`` and the open pending confirmation, found
+* ``confirm.settle`` with ``Policy.confirm`` and the open pending confirmation, found
   as ``cycle.apply.settle_results`` finds it (the one step copied here: that function
   reads the pending confirmation from the events table);
 * the domain row's next state from ``cycle.apply._next_state`` (failure count, known
@@ -42,6 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import window_world as ww
+from lapsewatch.confirm import Pending, settle
 from lapsewatch.cycle.apply import CheckResult, _affected, _Known, _next_state
 from lapsewatch.cycle.due import DueDomain
 from lapsewatch.mail_hosts import (
@@ -56,12 +57,10 @@ from lapsewatch.store.models import Email
 from lapsewatch.verdict import (
     Decision,
     MailHostCheck,
-    Pending,
     Verdict,
     decide,
     needs_mail_hosts,
     read_mail_hosts,
-    settle,
 )
 
 __all__ = [

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, select
 
+from lapsewatch.confirm import Pending, settle
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.apply import CONFIRMATION_PENDING, CONFIRMATION_RESOLVED
 from lapsewatch.schedule import Policy, next_check
 from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.store import Account, Domain, Email, Event, make_sessionmaker
-from lapsewatch.verdict import Decision, Pending, Verdict, decide, settle
+from lapsewatch.verdict import Decision, Verdict, decide
 from lapsewatch.world import DomainScenario, Scenario, World
 from tests.cycle_support import settings_for
 
@@ -87,7 +88,7 @@ def test_thin_danger_is_marked_for_confirmation(
     assert not decision.firm
 
 
-# ------------------------------------------------------------------ verdict.settle
+# ------------------------------------------------------------------ confirm.settle
 
 
 def thin(verdict: Verdict = Verdict.AVAILABLE) -> Decision:

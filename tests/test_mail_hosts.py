@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, select
 
+from lapsewatch.confirm import settle
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.apply import CheckResult, _affected
 from lapsewatch.domains import parse
@@ -26,7 +27,7 @@ from lapsewatch.scan.findings import Status, findings_for_package
 from lapsewatch.scan.packages import PackageMetadata
 from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
-from lapsewatch.verdict import DANGEROUS, Decision, MailHostCheck, Verdict, decide, settle
+from lapsewatch.verdict import DANGEROUS, Decision, MailHostCheck, Verdict, decide
 from lapsewatch.world import DomainScenario, Scenario, World, parse_scenario
 from tests.cli_support import SOURCE_LIMITS, Ran
 from tests.cli_support import lapsewatch as run

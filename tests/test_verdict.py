@@ -8,16 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lapsewatch.confirm import Pending, settle
 from lapsewatch.sources.interface import Observation, Outcome
 from lapsewatch.verdict import (
     Decision,
     MailHostCheck,
-    Pending,
     Verdict,
     decide,
     healthy_mail_hosts,
     needs_mail_hosts,
-    settle,
 )
 
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)

@@ -142,7 +142,7 @@ def test_the_stored_mail_hosts_are_checked_when_the_mx_is_not_read() -> None:
     assert sim.kinds == Counter(rdap=1, dns=1, mail_host=2)
 
 
-# The product's confirmation rule (verdict.settle) -----------------------------------------
+# The product's confirmation rule (confirm.settle) -----------------------------------------
 
 
 def test_a_thin_danger_acts_only_when_its_confirming_check_says_the_same() -> None:

@@ -11,7 +11,7 @@
   every ``no_expiry_interval`` (14 days), so a 30-day redemption is not missed;
 * after a failed check (``unknown``): 1 h, doubling, capped at 7 days;
 * a dangerous verdict on thin evidence: its confirming check, ``confirm`` (60
-  minutes) later (see :func:`lapsewatch.verdict.settle`).
+  minutes) later (see :func:`lapsewatch.confirm.settle`).
 
 A domain's mail hosts (MX) are read at most once per ``mail_hosts_interval`` (90
 days; :func:`reads_mail_hosts`); the checks between use the stored ones.

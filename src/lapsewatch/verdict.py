@@ -20,7 +20,7 @@ The rules, in the order they matter:
   expiry or re-registration, so the answer is ``unknown``, retried later.
 * A dangerous verdict acts at once only when the registry's record shows the
   danger, or when two sources agree and none contradicts. Otherwise it is
-  *thin* (``Decision.doubt``): :func:`settle` turns it into a pending
+  *thin* (``Decision.doubt``): :func:`lapsewatch.confirm.settle` turns it into a pending
   confirmation, and only a later check that says the same acts on it. A domain
   whose answers flip ends ``unknown``.
 * A domain whose own verdict is not firmly dangerous, but one of whose mail hosts
@@ -32,10 +32,9 @@ The rules, in the order they matter:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
-from typing import Literal
 
 from lapsewatch import source_catalog as catalog
 from lapsewatch.observation import Observation
@@ -46,8 +45,6 @@ __all__ = [
     "REGISTRY_SOURCES",
     "Decision",
     "MailHostCheck",
-    "Pending",
-    "Settlement",
     "Verdict",
     "decide",
     "healthy_mail_hosts",
@@ -56,7 +53,6 @@ __all__ = [
     "needs_mail_hosts",
     "read_mail_hosts",
     "registry_record",
-    "settle",
 ]
 
 REGISTRY_SOURCES = catalog.names_with(catalog.Evidence.REGISTRY)
@@ -128,11 +124,13 @@ class Decision:
     """For a dangerous verdict on thin evidence (one source alone, or contradicted):
     why it must be confirmed by a later check before it acts. ``None``: it may act."""
     pending: Verdict | None = None
-    """Set by :func:`settle` on an ``unknown`` decision waiting to confirm this verdict."""
+    """Set by :func:`~lapsewatch.confirm.settle` on an ``unknown`` decision waiting to
+    confirm this verdict."""
     confirm_at: datetime | None = None
     """When the confirming check of ``pending`` is due."""
     settled: bool = False
-    """Already passed through :func:`settle` (settling again changes nothing)."""
+    """Already passed through :func:`~lapsewatch.confirm.settle` (settling again changes
+    nothing)."""
     mail_hosts: tuple[MailHostCheck, ...] = ()
     """The domain's mail hosts on other registrable domains that were checked."""
 
@@ -535,78 +533,4 @@ def _mail_host_lapsed(
         expires_at,
         doubt=doubt,
         mail_hosts=tuple(checked),
-    )
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A dangerous verdict on thin evidence, waiting since ``since`` for its confirming check."""
-
-    verdict: Verdict
-    since: datetime
-
-
-Record = Literal["pending", "confirmed", "contradicted", "superseded"]
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """The decision to act on, and what to record about the pending confirmation."""
-
-    decision: Decision
-    record: Record | None = None
-    """``pending``: a new pending confirmation; ``confirmed``/``contradicted``/
-    ``superseded``: the open one is resolved that way; ``None``: nothing changes."""
-
-
-def settle(
-    decision: Decision, pending: Pending | None, *, now: datetime, confirm_after: timedelta
-) -> Settlement:
-    """Apply the confirmation rule to a fresh ``decision``, given the open ``pending``.
-
-    Never unverify on doubt: a dangerous verdict on thin evidence becomes
-    ``unknown`` with a confirming check ``confirm_after`` later, and acts only
-    when that check (at or after the due time) says the same verdict. A domain
-    whose answers flip (pending danger, then a safe answer) ends ``unknown`` and
-    is retried with backoff. Errors (``unknown``) leave the pending one open.
-    """
-    if decision.settled:
-        return Settlement(decision)
-    done = replace(decision, settled=True)
-    verdict = decision.verdict
-    if verdict.dangerous and decision.doubt is None:
-        return Settlement(done, "superseded" if pending else None)
-    if verdict.dangerous:
-        if pending is not None and pending.verdict is verdict:
-            if now >= pending.since + confirm_after:
-                reason = (
-                    f"{decision.reason} (confirmed: the same answer since "
-                    f"{pending.since.isoformat(timespec='minutes')})"
-                )
-                return Settlement(replace(done, doubt=None, reason=reason), "confirmed")
-            return Settlement(_waiting(done, pending.since + confirm_after))
-        return Settlement(_waiting(done, now + confirm_after), "pending")
-    if verdict is Verdict.UNKNOWN or pending is None:
-        return Settlement(done)
-    reason = (
-        f"answers flip: {pending.verdict.value} since "
-        f"{pending.since.isoformat(timespec='minutes')}, now {verdict.value} "
-        f"({decision.reason}); retried, never acted on"
-    )
-    flipped = replace(done, verdict=Verdict.UNKNOWN, reason=reason, decided_by=None)
-    return Settlement(flipped, "contradicted")
-
-
-def _waiting(decision: Decision, confirm_at: datetime) -> Decision:
-    reason = (
-        f"{decision.verdict.value} on thin evidence ({decision.doubt}): {decision.reason}; "
-        f"a confirming check at {confirm_at.isoformat(timespec='minutes')} decides"
-    )
-    return replace(
-        decision,
-        verdict=Verdict.UNKNOWN,
-        reason=reason,
-        decided_by=None,
-        pending=decision.verdict,
-        confirm_at=confirm_at,
     )

@@ -27,6 +27,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from lapsewatch import messages
+from lapsewatch.confirm import Pending, settle
 from lapsewatch.dates import isoformat
 from lapsewatch.mail_hosts import registered_again_acted_on
 from lapsewatch.names import address_key
@@ -46,13 +47,11 @@ from lapsewatch.store.models import (
 from lapsewatch.verdict import (
     REGISTRY_SOURCES,
     Decision,
-    Pending,
     Verdict,
     healthy_mail_hosts,
     healthy_nameservers,
     in_auto_renew_grace,
     read_mail_hosts,
-    settle,
 )
 
 __all__ = [
@@ -260,7 +259,7 @@ DANGEROUS_VALUES = frozenset(v.value for v in Verdict if v.dangerous)
 def settle_results(
     session: Session, results: Sequence[CheckResult], *, policy: Policy, record: bool = True
 ) -> list[CheckResult]:
-    """The results with the confirmation rule applied (:func:`lapsewatch.verdict.settle`),
+    """The results with the confirmation rule applied (:func:`lapsewatch.confirm.settle`),
     recording pending and resolved confirmations as events (unless ``record`` is false,
     for ``--dry-run``). Results already settled pass through unchanged.
 

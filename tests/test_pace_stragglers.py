@@ -12,11 +12,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
+from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
 from sqlalchemy import Engine, select
 
+from lapsewatch import metrics
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.apply import CheckResult
 from lapsewatch.cycle.checker import Checker
@@ -99,6 +101,29 @@ def test_a_straggler_is_cut_once_the_run_drains() -> None:
     assert pacer.stragglers.cut == 1
     epoch = pacer._epochs.get(SERVER)
     assert epoch is None or (epoch.answers, epoch.timeouts) == (0, 0)  # no signal learned
+
+
+@pytest.mark.usefixtures("short_tail")
+def test_a_cut_observation_is_timed_like_a_timed_out_one() -> None:
+    """The metrics count every observation's time, a cut one's too (up to the cut), so
+    ``lapsewatch_source_latency_seconds_count`` matches the observations counted."""
+    pacer = _pacer()
+    source = Stuck()
+    limited = Limited(source, concurrency=4, pacer=pacer)
+    metrics.instrument(SimpleNamespace(sources=[limited]))
+    sample = ("lapsewatch_source_latency_seconds_count", {"source": "rdap"})
+    before = metrics.PROCESS.get_sample_value(*sample) or 0.0
+
+    async def scenario() -> Observation:
+        task = asyncio.create_task(limited.observe("late.example"))
+        await _sent(source)
+        pacer.stragglers.drain()
+        observation = await task
+        await pacer.aclose()
+        return observation
+
+    assert CUT in asyncio.run(scenario()).detail
+    assert (metrics.PROCESS.get_sample_value(*sample) or 0.0) == before + 1
 
 
 @pytest.mark.usefixtures("short_tail")

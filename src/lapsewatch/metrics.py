@@ -21,6 +21,7 @@ a metric lost, never a check lost.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -399,15 +400,23 @@ def _timed(source: Source) -> None:
         waited = [0.0]
         token = _WAITED.set(waited)
         started = time.monotonic()
+
+        def took() -> None:
+            _child(LATENCY, name).observe(max(0.0, time.monotonic() - started - waited[0]))
+
         try:
             with log_context(domain=domain, source=name):
                 observation = await original(domain, mail_hosts=mail_hosts)
+        except asyncio.CancelledError:
+            # Cut short (a straggler at a run's end, the domain deadline): its error
+            # observation took this long, as a request that timed out does.
+            _safely("latency", took)
+            raise
         finally:
             _WAITED.reset(token)
-        elapsed = max(0.0, time.monotonic() - started - waited[0])
 
         def record() -> None:
-            _child(LATENCY, name).observe(elapsed)
+            took()
             if not paced:  # the limiter counts the observation as one request
                 _child(REQUESTS, name, "").inc()
                 if observation.retry_after:

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -28,6 +29,8 @@ from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.service import AccountService, SignedUp
 from lapsewatch.accounts.settings import AccountSettings, RateLimits
 from lapsewatch.cycle.domaincheck import DomainChecker
+from lapsewatch.mail.links import Links
+from lapsewatch.mail.outbox import send_pending
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import Mailer, SmtpMailer
 
@@ -37,6 +40,7 @@ __all__ = [
     "MailServer",
     "Received",
     "account_settings",
+    "deliver_at_once",
     "make_service",
     "token_from",
 ]
@@ -257,6 +261,25 @@ def account_settings(smtp_url: str, **overrides: Any) -> AccountSettings:
     return AccountSettings(**values)
 
 
+def deliver_at_once(
+    engine: Engine,
+    settings: AccountSettings,
+    mailer: Mailer,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> Callable[[Sequence[int]], bool]:
+    """``deliver`` that sends the notices just queued before the service returns, with
+    the outbox's own code (the web app's sender does the same from a thread): a test
+    reads the mail as soon as the call is over. False if any stays queued."""
+    links = Links.from_settings(settings)
+
+    def deliver(ids: Sequence[int]) -> bool:
+        summary = send_pending(engine, mailer, links=links, ids=ids, clock=clock)
+        return summary.failed == 0 and not summary.stopped
+
+    return deliver
+
+
 def make_service(
     engine: Engine,
     settings: AccountSettings,
@@ -266,11 +289,14 @@ def make_service(
     mailer: Mailer | None = None,
     policy: Policy | None = None,
 ) -> AccountService:
-    """A service with cheap Argon2 parameters (tests only) and a real SMTP mailer."""
+    """A service with cheap Argon2 parameters (tests only) whose mail goes through the
+    outbox and out at once, to a real SMTP server (:func:`deliver_at_once`)."""
     return AccountService(
         engine,
         settings,
-        mailer=mailer or SmtpMailer.from_settings(settings),
+        deliver=deliver_at_once(
+            engine, settings, mailer or SmtpMailer.from_settings(settings), clock=clock
+        ),
         checker=checker,
         policy=policy,
         clock=clock,

@@ -25,6 +25,7 @@ from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.mail.jobs import run_mail_jobs
+from lapsewatch.mail.links import Links
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import SmtpMailer
 from lapsewatch.store import Email, Event, make_sessionmaker
@@ -188,14 +189,14 @@ def test_expired_domain_gives_the_attacker_nothing(
 
     # From here on the mailbox of the lapsed address is the attacker's.
     smtp.clear()
-    run_mail_jobs(engine, SmtpMailer.from_settings(svc.settings), now=NOW)
+    send_notices(engine, svc)
     (notice,) = smtp.inbox(SECOND)
     verdict = state.replace("_", " ")
     assert f"because its domain lapsed.test is {verdict}:" in notice.body
     assert LAPSED in notice.body
 
     attacker_tries_everything(svc, smtp)
-    run_mail_jobs(engine, SmtpMailer.from_settings(svc.settings), now=NOW)
+    send_notices(engine, svc)
     assert links_to(smtp, LAPSED) == []
 
     maintainer_recovers(svc, smtp, engine)
@@ -238,7 +239,7 @@ def test_drop_caught_domain_gives_the_attacker_nothing(
 
     smtp.clear()
     attacker_tries_everything(svc, smtp)
-    run_mail_jobs(engine, SmtpMailer.from_settings(svc.settings), now=NOW)
+    send_notices(engine, svc)
     assert links_to(smtp, LAPSED) == []
     maintainer_recovers(svc, smtp, engine)
     assert links_to(smtp, LAPSED) == []
@@ -262,3 +263,10 @@ def test_the_attacker_cannot_reverify_the_lapsed_address(
     smtp.clear()
     svc.request_password_reset(LAPSED, client=ATTACKER)
     assert links_to(smtp, LAPSED) == []
+
+
+def send_notices(engine: Engine, svc: AccountService) -> None:
+    """The mail job, as ``lapsewatch notify`` runs it."""
+    run_mail_jobs(
+        engine, SmtpMailer.from_settings(svc.settings), Links.from_settings(svc.settings), now=NOW
+    )

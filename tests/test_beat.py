@@ -10,24 +10,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery.beat import Scheduler
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 from lapsewatch import jobs as tasks
+from lapsewatch import notices
 from lapsewatch.cli import app as cli
 from lapsewatch.config import ConfigError, Settings
 from lapsewatch.jobs import beat_schedule, celery_app, configure
+from lapsewatch.mail import outbox
+from lapsewatch.store import Account, Email, Notice, make_sessionmaker
 from tests.services import REDIS_URL
 
 JOBS = {
     "lapsewatch-check": "lapsewatch.enqueue_due",
     "lapsewatch-notify": "lapsewatch.notify",
+    "lapsewatch-mail": "lapsewatch.send_mail",
     "lapsewatch-webhooks": "lapsewatch.deliver_webhooks",
 }
 
@@ -38,7 +43,7 @@ def test_tasks_are_registered() -> None:
 
 
 def test_schedule_has_every_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CHECK", "NOTIFY", "WEBHOOKS"):
+    for name in ("CHECK", "NOTIFY", "MAIL", "WEBHOOKS"):
         monkeypatch.delenv(f"LAPSEWATCH_BEAT_{name}_EVERY", raising=False)
     app = configure(Settings())
     schedule = app.conf.beat_schedule
@@ -46,6 +51,7 @@ def test_schedule_has_every_job(monkeypatch: pytest.MonkeyPatch) -> None:
     assert schedule["lapsewatch-check"]["schedule"] == timedelta(hours=1)
     assert schedule["lapsewatch-check"]["kwargs"] == {"limit": 10_000}
     assert schedule["lapsewatch-notify"]["schedule"] == timedelta(minutes=15)
+    assert schedule["lapsewatch-mail"]["schedule"] == timedelta(minutes=1)
     assert schedule["lapsewatch-webhooks"]["schedule"] == timedelta(minutes=1)
     for entry in schedule.values():
         assert entry["options"]["expires"] == entry["schedule"].total_seconds()
@@ -57,9 +63,11 @@ def test_schedule_follows_the_environment() -> None:
             "LAPSEWATCH_BEAT_CHECK_EVERY": "600",
             "LAPSEWATCH_BEAT_CHECK_LIMIT": "500",
             "LAPSEWATCH_BEAT_NOTIFY_EVERY": "120",
+            "LAPSEWATCH_BEAT_MAIL_EVERY": "20",
             "LAPSEWATCH_BEAT_WEBHOOKS_EVERY": "30",
         }
     )
+    assert schedule["lapsewatch-mail"]["schedule"] == timedelta(seconds=20)
     assert schedule["lapsewatch-check"]["schedule"] == timedelta(minutes=10)
     assert schedule["lapsewatch-check"]["kwargs"] == {"limit": 500}
     assert schedule["lapsewatch-notify"]["schedule"] == timedelta(minutes=2)
@@ -111,6 +119,49 @@ def test_each_task_does_its_job(engine: Engine, monkeypatch: pytest.MonkeyPatch)
     assert notified["stopped"] is False
     delivered = tasks.deliver_webhooks_task.apply().get()
     assert delivered == {"queued": 0, "delivered": 0, "failed": 0, "gave_up": 0}
+    mailed = tasks.send_mail_task.apply().get()
+    assert mailed == {"sent": 0, "failed": 0, "waiting": 0, "dropped": 0}
+
+
+def test_send_mail_retries_while_the_server_is_down_and_keeps_the_mail(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, closed_port: Callable[[], int]
+) -> None:
+    """A reset link queued while the mail server is down: the task retries with backoff
+    (here at once, run eagerly), gives up for now, and the link waits in the outbox."""
+    monkeypatch.setenv("LAPSEWATCH_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    monkeypatch.setenv("LAPSEWATCH_SMTP_URL", f"smtp://127.0.0.1:{closed_port()}")
+    with make_sessionmaker(engine).begin() as session:
+        account = Account(username="alice", created_at=datetime.now(UTC), projects=[])
+        account.emails.append(
+            Email(address="alice@gmail.com", domain="gmail.com", primary=True, verified=True)
+        )
+        session.add(account)
+        session.flush()
+        notices.queue(
+            session,
+            account_id=account.id,
+            kind=notices.PASSWORD_RESET,
+            now=datetime.now(UTC),
+            email_id=account.emails[0].id,
+        )
+    tries: list[int] = []
+    real = outbox.send_pending
+
+    def counted(*args: Any, **kwargs: Any) -> outbox.OutboxSummary:
+        summary = real(*args, **kwargs)
+        tries.append(summary.failed)
+        return summary
+
+    monkeypatch.setattr(outbox, "send_pending", counted)
+    assert tasks.send_mail_task.retry_backoff
+    result = tasks.send_mail_task.apply()
+    assert isinstance(result.result, tasks.MailServerDown)
+    assert result.state == "FAILURE"
+    assert tries == [1] * (1 + tasks.send_mail_task.max_retries)
+    with make_sessionmaker(engine)() as session:
+        (notice,) = session.scalars(select(Notice)).all()
+        assert notice.sent_at is None
+        assert notice.lease_until is None
 
 
 def test_configure_is_what_celery_reads() -> None:

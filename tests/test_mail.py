@@ -15,12 +15,15 @@ from lapsewatch.config import ConfigError
 from lapsewatch.mail.advice import queue_security_advice
 from lapsewatch.mail.expiry import queue_expiry_warnings
 from lapsewatch.mail.jobs import run_mail_jobs
+from lapsewatch.mail.links import Links
 from lapsewatch.mail.outbox import send_pending
-from lapsewatch.smtp import BackgroundMailer, Mail, MailError, SmtpConfig, SmtpMailer
+from lapsewatch.mail.sender import OutboxSender
+from lapsewatch.smtp import Mail, MailError, SmtpConfig, SmtpMailer
 from lapsewatch.store import Account, Domain, Email, Event, Notice, make_sessionmaker
 from tests.mail_support import HangingServer, MailServer
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+LINKS = Links("http://registry.test", timedelta(hours=24), timedelta(hours=1))
 
 
 @pytest.fixture(scope="module")
@@ -173,27 +176,6 @@ def test_server_answers_become_mail_errors(smtp: MailServer) -> None:
     assert len(smtp.inbox("here@one.test")) == 1
 
 
-def test_background_mailer_returns_at_once_and_reports_failures(smtp: MailServer) -> None:
-    failures: list[str] = []
-    with HangingServer() as hanging:
-        slow = BackgroundMailer(
-            mailer_for(hanging.url, timeout=0.5),
-            on_error=lambda mail, error: failures.append(mail.subject),
-        )
-        started = time.monotonic()
-        slow.send(Mail(("x@one.test",), "lost", "b"))
-        assert time.monotonic() - started < 0.1
-        slow.close()
-    assert failures == ["lost"]
-    fine = BackgroundMailer(mailer_for(smtp.url))
-    fine.send(Mail(("y@one.test",), "kept", "b"))
-    fine.flush()
-    assert [r.subject for r in smtp.inbox("y@one.test")] == ["kept"]
-    fine.close()
-    with pytest.raises(MailError, match="closed"):
-        fine.send(Mail(("y@one.test",), "late", "b"))
-
-
 def test_texts() -> None:
     url = messages.link("https://r.test/", messages.RESET_PASSWORD_PATH, "a+b/c")
     assert url == "https://r.test/account/reset-password?token=a%2Bb%2Fc"
@@ -282,6 +264,35 @@ def test_outbox_sends_to_addresses_verified_at_send_time(engine: Engine, smtp: M
     again = send_pending(engine, mailer_for(smtp.url), now=NOW)
     assert again.sent == 0
     assert len(smtp.everything()) == 1
+
+
+def test_sender_returns_at_once_and_a_failed_send_stays_queued(
+    engine: Engine, smtp: MailServer
+) -> None:
+    """The web process's sender: the request never waits for SMTP, and a mail the server
+    did not take is still in the outbox for the mail job (nothing lives only in memory)."""
+    links = Links("http://registry.test", timedelta(hours=24), timedelta(hours=1))
+    alice = add_account(engine, "alice", [("alice@gmail.com", True)])
+    lost = queue_notice(engine, alice, "server hangs")
+    with HangingServer() as hanging:
+        slow = OutboxSender(engine, mailer_for(hanging.url, timeout=0.5), links)
+        started = time.monotonic()
+        assert slow([lost])
+        assert time.monotonic() - started < 0.1
+        slow.close()
+    assert unsent(engine) == ["server hangs"]
+    assert smtp.inbox("alice@gmail.com") == []
+    fine = OutboxSender(engine, mailer_for(smtp.url), links)
+    kept = queue_notice(engine, alice, "server answers")
+    fine([kept])  # only what it was handed: the first notice is the mail job's
+    fine.flush()
+    assert [r.subject for r in smtp.inbox("alice@gmail.com")] == ["server answers"]
+    assert unsent(engine) == ["server hangs"]
+    fine.close()
+    assert fine([lost])  # closed: left queued, still true (the job sends it)
+    summary = run_mail_jobs(engine, mailer_for(smtp.url), links, now=NOW)
+    assert summary.outbox.sent == 1
+    assert unsent(engine) == []
 
 
 def test_outbox_holds_no_lock_while_it_talks_smtp(engine: Engine, smtp: MailServer) -> None:
@@ -399,7 +410,7 @@ def test_expiry_warning_once_per_domain_expiry(engine: Engine, smtp: MailServer)
     subject = f"Your domain soon.test expires on {expires.date().isoformat()}"
     assert notices(engine, "domain.expiry_warning") == [(carol, subject), (erin, subject)]
 
-    run_mail_jobs(engine, mailer_for(smtp.url), now=NOW)
+    run_mail_jobs(engine, mailer_for(smtp.url), LINKS, now=NOW)
     (mail,) = smtp.inbox("carol@gmail.com")
     assert mail.subject == subject
     assert "carol@soon.test" in mail.body
@@ -431,7 +442,7 @@ def test_security_advice_once_per_account(engine: Engine, smtp: MailServer) -> N
         assert queue_security_advice(session, now=NOW + timedelta(days=7)) == 0
     assert [a for a, _ in notices(engine, "account.security_advice")] == [solo, guarded]
 
-    summary = run_mail_jobs(engine, mailer_for(smtp.url), now=NOW + timedelta(days=8))
+    summary = run_mail_jobs(engine, mailer_for(smtp.url), LINKS, now=NOW + timedelta(days=8))
     assert summary.advice == 0
     assert summary.outbox.sent == 2
     (solo_mail,) = smtp.inbox("solo@own.test")

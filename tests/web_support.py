@@ -40,6 +40,7 @@ from lapsewatch.web import webhooks
 from lapsewatch.web.apikeys import create_api_key
 from lapsewatch.web.app import create_app
 from lapsewatch.web.config import WebSettings
+from tests.mail_support import deliver_at_once
 
 __all__ = [
     "LOOPBACK",
@@ -130,7 +131,7 @@ def make_service(
     return AccountService(
         engine,
         settings,
-        mailer=SmtpMailer.from_settings(settings),
+        deliver=deliver_at_once(engine, settings, SmtpMailer.from_settings(settings), clock=clock),
         checker=checker,
         policy=policy,
         clock=clock or (lambda: datetime.now(UTC)),

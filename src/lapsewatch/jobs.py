@@ -5,6 +5,8 @@ queued by ``lapsewatch beat`` (or the CLI), over the work the store already hold
   (:mod:`lapsewatch.cycle.distributed`); ``lapsewatch.enqueue_due``
   queues them (``check --distributed``).
 * ``lapsewatch.notify``: expiry warnings, advice and the outbox (``lapsewatch notify``).
+* ``lapsewatch.send_mail``: the outbox alone, often (links and security mails a web
+  process could not send), retried with backoff while the mail server is down.
 * ``lapsewatch.deliver_webhooks``: the webhook deliveries due
   (``lapsewatch admin deliver-webhooks``).
 
@@ -48,6 +50,7 @@ __all__ = [
     "enqueue_due",
     "enqueue_due_task",
     "notify_task",
+    "send_mail_task",
 ]
 
 
@@ -166,7 +169,7 @@ def check_domains(names: list[str], everything: bool = False) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ periodic jobs (beat)
 
-BEAT_DEFAULTS = {"CHECK": 3600.0, "NOTIFY": 900.0, "WEBHOOKS": 60.0}
+BEAT_DEFAULTS = {"CHECK": 3600.0, "NOTIFY": 900.0, "MAIL": 60.0, "WEBHOOKS": 60.0}
 """Seconds between runs of each periodic job (``LAPSEWATCH_BEAT_<JOB>_EVERY``)."""
 
 
@@ -185,7 +188,8 @@ def _every(job: str, environ: Mapping[str, str]) -> float:
 
 
 def beat_schedule(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """Celery beat's schedule: enqueue the due domains, send the mail, deliver webhooks.
+    """Celery beat's schedule: enqueue the due domains, queue and send the notices, send
+    the outbox often, deliver webhooks.
 
     Each entry expires after its own interval, so a beat that ran while no worker was
     there does not leave a pile of identical jobs behind. Overlapping runs are safe:
@@ -199,6 +203,7 @@ def beat_schedule(environ: Mapping[str, str] | None = None) -> dict[str, dict[st
     except ValueError:
         raise ConfigError(f"LAPSEWATCH_BEAT_CHECK_LIMIT must be a number, not {limit!r}") from None
     notify = _every("NOTIFY", env)
+    mail = _every("MAIL", env)
     webhooks = _every("WEBHOOKS", env)
     return {
         "lapsewatch-check": {
@@ -211,6 +216,11 @@ def beat_schedule(environ: Mapping[str, str] | None = None) -> dict[str, dict[st
             "task": "lapsewatch.notify",
             "schedule": timedelta(seconds=notify),
             "options": {"expires": notify},
+        },
+        "lapsewatch-mail": {
+            "task": "lapsewatch.send_mail",
+            "schedule": timedelta(seconds=mail),
+            "options": {"expires": mail},
         },
         "lapsewatch-webhooks": {
             "task": "lapsewatch.deliver_webhooks",
@@ -241,11 +251,52 @@ def notify_task() -> dict[str, Any]:
     """``lapsewatch notify``, from beat: queue warnings and advice, send the outbox."""
     from lapsewatch.accounts.settings import AccountSettings
     from lapsewatch.mail.jobs import run_mail_jobs
+    from lapsewatch.mail.links import Links
     from lapsewatch.smtp import SmtpMailer
 
     settings = Settings.from_env()
-    mailer = SmtpMailer.from_settings(AccountSettings.from_env())
-    return run_mail_jobs(_engine(settings.database_url), mailer).counts()
+    account = AccountSettings.from_env()
+    mailer = SmtpMailer.from_settings(account)
+    return run_mail_jobs(
+        _engine(settings.database_url), mailer, Links.from_settings(account)
+    ).counts()
+
+
+class MailServerDown(Exception):
+    """The outbox stopped: the mail server could not be reached (the task retries)."""
+
+
+@celery_app.task(  # type: ignore[untyped-decorator]
+    name="lapsewatch.send_mail",
+    autoretry_for=(MailServerDown,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=6,
+)
+def send_mail_task() -> dict[str, int]:
+    """The outbox: every queued mail (the web's links and security mails, notices)."""
+    from lapsewatch.accounts.settings import AccountSettings
+    from lapsewatch.mail.links import Links
+    from lapsewatch.mail.outbox import send_pending
+    from lapsewatch.smtp import SmtpMailer
+
+    settings = Settings.from_env()
+    account = AccountSettings.from_env()
+    summary = send_pending(
+        _engine(settings.database_url),
+        SmtpMailer.from_settings(account),
+        links=Links.from_settings(account),
+    )
+    metrics.count_notices(summary.sent, summary.failed, summary.stopped)
+    if summary.stopped:
+        raise MailServerDown("; ".join(summary.errors) or "the mail server is unreachable")
+    return {
+        "sent": summary.sent,
+        "failed": summary.failed,
+        "waiting": summary.waiting,
+        "dropped": summary.dropped,
+    }
 
 
 @celery_app.task(name="lapsewatch.deliver_webhooks")  # type: ignore[untyped-decorator]

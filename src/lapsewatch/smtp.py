@@ -2,20 +2,17 @@
 
 Everything that goes wrong (refused connection, timeout, TLS failure, a 4xx or
 5xx answer) becomes one :class:`MailError`, so callers have a single thing to
-catch and can keep the message for the next attempt. :class:`BackgroundMailer`
-moves the sending off the request path: a password-reset request then takes the
-same time whether or not a mail is sent (no account enumeration by timing).
+catch and can keep the message for the next attempt. Every mail is queued in the
+outbox first (:mod:`lapsewatch.mail.outbox`), which calls this.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import queue
 import smtplib
 import ssl
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +22,6 @@ from typing import Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
-    "BackgroundMailer",
     "Mail",
     "MailError",
     "Mailer",
@@ -228,56 +224,3 @@ class SmtpMailer:
             raise MailError(
                 f"cannot reach SMTP server {config.host}:{config.port}: {exc!r}"
             ) from None
-
-
-class BackgroundMailer:
-    """Queues mails and sends them from one thread, so callers never wait for SMTP.
-
-    A failure is logged and passed to ``on_error``; links in such mails are
-    simply asked for again. (Notices do not go through here: the outbox keeps
-    them in the database until they are sent.)
-    """
-
-    _STOP = object()
-
-    def __init__(
-        self, inner: Mailer, *, on_error: Callable[[Mail, MailError], None] | None = None
-    ) -> None:
-        self._inner = inner
-        self._on_error = on_error
-        self._queue: queue.Queue[object] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="lapsewatch-mailer", daemon=True)
-        self._thread.start()
-
-    def send(self, mail: Mail) -> None:
-        if not self._thread.is_alive():
-            raise MailError("the background mailer is closed")
-        self._queue.put(mail)
-
-    def flush(self) -> None:
-        """Wait until everything queued so far has been tried."""
-        self._queue.join()
-
-    def close(self, timeout: float | None = None) -> None:
-        """Send what is queued, then stop the thread."""
-        if self._thread.is_alive():
-            self._queue.put(self._STOP)
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is self._STOP:
-                    return
-                assert isinstance(item, Mail)
-                try:
-                    self._inner.send(item)
-                except MailError as exc:
-                    log.warning("could not send %s mail: %s", item.kind, exc)
-                    if self._on_error is not None:
-                        self._on_error(item, exc)
-                except Exception:  # the thread must outlive any bug in one send
-                    log.exception("unexpected error sending %s mail", item.kind)
-            finally:
-                self._queue.task_done()

@@ -3,7 +3,7 @@
 Sign-up and adding an address never say whether an address already has an
 account (its owner is mailed instead), and an address that may now be read by
 someone else gets only a login-bound verification link
-(:func:`~lapsewatch.accounts.core._verification_kind`). Redeeming the links is
+(:func:`~lapsewatch.accounts.tokens.verification_kind`). Redeeming the links is
 :mod:`lapsewatch.accounts.verification`'s job.
 
 Nobody can squat on someone else's address: one a web account added but never
@@ -22,8 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lapsewatch import messages
-from lapsewatch.accounts import tokens
+from lapsewatch import messages, notices
 from lapsewatch.accounts.core import (
     AccountCore,
     _account,
@@ -31,7 +30,6 @@ from lapsewatch.accounts.core import (
     _clean_client,
     _email_by_address,
     _own_email,
-    _verification_kind,
 )
 from lapsewatch.accounts.errors import (
     AccountError,
@@ -47,11 +45,9 @@ from lapsewatch.accounts.errors import (
 )
 from lapsewatch.accounts.passwords import check_policy
 from lapsewatch.accounts.results import EmailAdded, SignedUp
-from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.domains import DomainError, parse
 from lapsewatch.names import InvalidName, address_key
 from lapsewatch.names import check_username as _check_name
-from lapsewatch.smtp import Mail
 from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Account, Email, Event
 
@@ -92,42 +88,26 @@ class AddressService(AccountCore):
                 self.settings.limits.sign_ups_per_client,
                 now=now,
             ):
-                outcome: AccountError | tuple[int, int, str, bool] | None = RateLimited(
+                outcome: AccountError | tuple[int | None, int | None, list[int]] = RateLimited(
                     "too many sign-ups from here; try again later"
                 )
             else:
                 outcome = self._create_account(session, username, password_hash, parsed, now)
         if isinstance(outcome, AccountError):
             raise outcome
-        if outcome is None:
-            sent = self._send(
-                messages.address_taken_mail(
-                    address=parsed.address,
-                    sign_in_url=messages.link(self.settings.base_url, messages.LOGIN_PATH),
-                )
-            )
-            return SignedUp(None, username, None, parsed.address, sent)
-        account_id, email_id, token, again = outcome
-        sent = self._send(
-            messages.verification_mail(
-                address=parsed.address,
-                username=username,
-                url=messages.link(self.settings.base_url, messages.VERIFY_EMAIL_PATH, token),
-                ttl=self.settings.verify_token_ttl,
-                again=again,
-            )
-        )
+        account_id, email_id, queued = outcome
+        sent = self._deliver(queued)
         return SignedUp(account_id, username, email_id, parsed.address, sent)
 
     def _create_account(
         self, session: Session, username: str, password_hash: str, parsed: _Address, now: datetime
-    ) -> AccountError | tuple[int, int, str, bool] | None:
-        """The new account's ids, its link and whether it is login-bound; ``None``: the
-        address is someone else's (the caller mails it instead of saying so)."""
+    ) -> AccountError | tuple[int | None, int | None, list[int]]:
+        """The new account's ids and its queued link; no ids when the address is
+        someone else's (its owner is mailed instead of the visitor being told)."""
         if _account_by_username(session, username) is not None:
             return UsernameTaken(f"the username {username!r} is taken")
         if not self._address_free(session, parsed.address, now):
-            return None
+            return None, None, self._queue_address_taken(session, parsed.address, now)
         account = Account(
             username=username, created_at=now, password_hash=password_hash, projects=[]
         )
@@ -143,16 +123,27 @@ class AddressService(AccountCore):
         actor = user_actor(username)
         record(session, at=now, actor=actor, kind="account.created", account_id=account.id)
         self._record_email_added(session, email, actor, now)
-        kind = _verification_kind(session, email)
-        token = tokens.issue(
-            session,
-            kind,
-            account_id=account.id,
-            email_id=email.id,
-            now=now,
-            ttl=self.settings.verify_token_ttl,
+        return account.id, email.id, [self._queue_link(session, email, notices.VERIFY_EMAIL, now)]
+
+    def _queue_address_taken(self, session: Session, address: str, now: datetime) -> list[int]:
+        """Tell the owner of ``address`` that someone tried to sign up with it."""
+        email = _email_by_address(session, address)
+        if email is None:  # gone since it was found taken: nobody to tell
+            return []
+        mail = messages.address_taken_mail(
+            address=address,
+            sign_in_url=messages.link(self.settings.base_url, messages.LOGIN_PATH),
         )
-        return account.id, email.id, token, kind is TokenKind.REVERIFY_EMAIL
+        notice = notices.queue(
+            session,
+            account_id=email.account_id,
+            kind=mail.kind,
+            now=now,
+            subject=mail.subject,
+            body=mail.body,
+            to_address=address,
+        )
+        return [notice.id]
 
     def add_email(self, account_id: int, address: str) -> EmailAdded:
         """Add an unverified address to the logged-in account and mail its verification link."""
@@ -162,22 +153,14 @@ class AddressService(AccountCore):
             outcome = self._add_email(session, account_id, parsed, now)
         if isinstance(outcome, AccountError):
             raise outcome
-        email_id, username, token, again, notices = outcome
-        sent = self._send(
-            messages.verification_mail(
-                address=parsed.address,
-                username=username,
-                url=messages.link(self.settings.base_url, messages.VERIFY_EMAIL_PATH, token),
-                ttl=self.settings.verify_token_ttl,
-                again=again,
-            )
-        )
-        self._send_all(notices)
+        email_id, link, security = outcome
+        sent = self._deliver([link])
+        self._deliver(security)
         return EmailAdded(email_id, parsed.address, sent)
 
     def _add_email(
         self, session: Session, account_id: int, parsed: _Address, now: datetime
-    ) -> AccountError | tuple[int, str, str, bool, list[Mail]]:
+    ) -> AccountError | tuple[int, int, list[int]]:
         account = _account(session, account_id)
         if len(account.emails) >= self.settings.max_addresses:
             return TooManyAddresses(
@@ -195,17 +178,9 @@ class AddressService(AccountCore):
         except IntegrityError:
             return AddressInUse("this address is already used by an account")
         self._record_email_added(session, email, user_actor(account.username), now)
-        kind = _verification_kind(session, email)
-        token = tokens.issue(
-            session,
-            kind,
-            account_id=account.id,
-            email_id=email.id,
-            now=now,
-            ttl=self.settings.verify_token_ttl,
-        )
-        notices = self._security_mails(account, "email.added", email.address, now)
-        return email.id, account.username, token, kind is TokenKind.REVERIFY_EMAIL, notices
+        link = self._queue_link(session, email, notices.VERIFY_EMAIL, now)
+        security = self._queue_security_mails(session, account, "email.added", email.address, now)
+        return email.id, link, security
 
     def remove_email(self, account_id: int, email_id: int) -> None:
         """Remove an address; never the primary, never the last verified one.
@@ -214,7 +189,7 @@ class AddressService(AccountCore):
         back, so it goes only once another address is verified.
         """
         now = self._clock()
-        notices: list[Mail] = []
+        queued: list[int] = []
         with self._sessions.begin() as session:
             account = _account(session, account_id)
             email = _own_email(account, email_id)
@@ -237,11 +212,13 @@ class AddressService(AccountCore):
                     before={"address": email.address, "verified": email.verified},
                 )
                 # The removed address hears of it too: it may be the owner's last word.
-                notices = self._security_mails(account, "email.removed", email.address, now)
+                queued = self._queue_security_mails(
+                    session, account, "email.removed", email.address, now
+                )
                 account.emails.remove(email)
         if error is not None:
             raise error
-        self._send_all(notices)
+        self._deliver(queued)
 
     def set_primary(self, account_id: int, email_id: int) -> None:
         """Make a verified address the primary one."""
@@ -266,8 +243,10 @@ class AddressService(AccountCore):
                 before={"primary": old.address if old else None},
                 after={"primary": email.address},
             )
-            notices = self._security_mails(account, "email.primary_changed", email.address, now)
-        self._send_all(notices)
+            queued = self._queue_security_mails(
+                session, account, "email.primary_changed", email.address, now
+            )
+        self._deliver(queued)
 
     # -------------------------------------------------------------------------- helpers
 

@@ -17,27 +17,28 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from lapsewatch import messages
+from lapsewatch import messages, notices
 from lapsewatch.accounts.errors import AccountNotFound, EmailNotFound, RateLimited
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.ratelimit import RateLimiter
 from lapsewatch.accounts.settings import AccountSettings, Limit
-from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.dates import isoformat
 from lapsewatch.domains import FreeProviders
 from lapsewatch.names import address_key, username_key
 from lapsewatch.schedule import Policy
-from lapsewatch.smtp import Mail, Mailer, MailError
 from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.store.events import SYSTEM, record_once
-from lapsewatch.store.models import Account, AddressHistory, Domain, Email
+from lapsewatch.store.models import Account, Email
 
-__all__ = ["AccountCore", "Clock"]
+__all__ = ["AccountCore", "Clock", "Deliver"]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Deliver = Callable[[Sequence[int]], bool]
+"""Send these queued notices now, or soon; false if they could not be (they stay queued
+for the mail job). :class:`lapsewatch.mail.sender.OutboxSender` is the production one."""
 
 _MAX_IDENTIFIER = 320
 
@@ -48,24 +49,29 @@ def _utc_now() -> datetime:
 
 class AccountCore:
     """The state and helpers the job services share; each public method runs its own
-    short transactions, and slow work (Argon2, a domain check, SMTP) happens outside them."""
+    short transactions, and slow work (Argon2, a domain check) happens outside them.
+
+    Mail is queued in the outbox inside the transaction that decides it (a crash loses
+    nothing), then handed to ``deliver`` once that transaction has committed.
+    """
 
     def __init__(
         self,
         engine: Engine,
         settings: AccountSettings,
         *,
-        mailer: Mailer,
+        deliver: Deliver | None = None,
         checker: DomainChecker | None = None,
         policy: Policy | None = None,
         clock: Clock = _utc_now,
         passwords: Passwords | None = None,
         free_providers: FreeProviders | None = None,
     ) -> None:
-        """``checker=None`` skips the check at verification (the domain is left due at once)."""
+        """``checker=None`` skips the check at verification (the domain is left due at
+        once); ``deliver=None`` leaves the mail to the mail job (``lapsewatch notify``)."""
         self.engine = engine
         self.settings = settings
-        self.mailer = mailer
+        self._deliver_now = deliver
         self._checker = checker
         self._policy = policy or Policy()
         self._clock = clock
@@ -143,16 +149,23 @@ class AccountCore:
 
     # -------------------------------------------------------------------------- mails
 
-    def _security_mails(
-        self, account: Account, kind: str, detail: str, now: datetime, *, skip: str | None = None
-    ) -> list[Mail]:
-        """The mails telling every verified address (and a removed one) of a change."""
-        targets = [e.address for e in account.emails if e.verified and e.address != skip]
-        if kind == "email.removed" and detail not in targets:
-            targets.append(detail)
+    def _queue_security_mails(
+        self,
+        session: Session,
+        account: Account,
+        kind: str,
+        detail: str,
+        now: datetime,
+        *,
+        skip: str | None = None,
+    ) -> list[int]:
+        """Queue the mails telling every verified address (and a removed one) of a
+        change; their notice ids. Each goes out only if its address is still verified."""
         url = messages.link(self.settings.base_url, messages.SECURITY_PATH)
-        return [
-            messages.security_change_mail(
+        ids: list[int] = []
+
+        def add(address: str, email_id: int | None) -> None:
+            mail = messages.security_change_mail(
                 address=address,
                 username=account.username,
                 kind=kind,
@@ -160,20 +173,57 @@ class AccountCore:
                 when=now,
                 security_url=url,
             )
-            for address in targets
-        ]
+            notice = notices.queue(
+                session,
+                account_id=account.id,
+                kind=mail.kind,
+                now=now,
+                subject=mail.subject,
+                body=mail.body,
+                to_address=None if email_id is not None else address,
+                email_id=email_id,
+            )
+            ids.append(notice.id)
 
-    def _send_all(self, mails: Sequence[Mail]) -> None:
-        for mail in mails:
-            self._send(mail)
+        removed = detail if kind == "email.removed" else None
+        for email in account.emails:
+            if email.verified and email.address not in (skip, removed):
+                add(email.address, email.id)
+        if removed is not None:  # its row goes with this transaction: by address
+            add(removed, None)
+        return ids
 
-    def _send(self, mail: Mail) -> bool:
+    def _queue_link(
+        self,
+        session: Session,
+        email: Email,
+        kind: str,
+        now: datetime,
+        *,
+        client: str | None = None,
+    ) -> int:
+        """Queue a link for ``email`` (``verify_email``, ``password_reset``); its notice
+        id. The outbox makes the token when it sends (none rests in the database)."""
+        notice = notices.queue(
+            session,
+            account_id=email.account_id,
+            kind=kind,
+            now=now,
+            email_id=email.id,
+            client=client,
+        )
+        return notice.id
+
+    def _deliver(self, ids: Sequence[int]) -> bool:
+        """Hand committed notices to ``deliver``; whether they went (or are on their way).
+        A failure leaves them queued: the mail job sends them later."""
+        if not ids or self._deliver_now is None:
+            return True
         try:
-            self.mailer.send(mail)
-        except MailError as exc:
-            log.warning("could not send %s mail: %s", mail.kind, exc)
+            return self._deliver_now(ids)
+        except Exception:  # the mail is queued; the request it came from stands
+            log.exception("delivering notices %s failed; the mail job will send them", ids)
             return False
-        return True
 
 
 # --------------------------------------------------------------------------- functions
@@ -217,20 +267,6 @@ def _account_by_username(session: Session, username: str) -> Account | None:
 def _email_by_address(session: Session, address: str) -> Email | None:
     """By key: ``CTX@x.test`` is ``ctx@x.test`` (one row per key, a unique index)."""
     return session.scalar(select(Email).where(Email.address_key == address_key(address)))
-
-
-def _verification_kind(session: Session, email: Email) -> TokenKind:
-    """A login-bound link for an address that may now be read by someone else: one
-    lapsewatch unverified (even if it was removed since), or any address on a
-    domain once found dangerous. A plain link otherwise."""
-    if email.unverified_at is not None:
-        return TokenKind.REVERIFY_EMAIL
-    if session.get(AddressHistory, address_key(email.address)) is not None:
-        return TokenKind.REVERIFY_EMAIL
-    domain = session.get(Domain, email.domain)
-    if domain is not None and domain.dangerous_at is not None:
-        return TokenKind.REVERIFY_EMAIL
-    return TokenKind.VERIFY_EMAIL
 
 
 def _bump_generation(account: Account) -> int:

@@ -351,8 +351,8 @@ class LoginService(AccountCore):
                 before={"totp_enabled": False},
                 after={"totp_enabled": True, "recovery_codes": len(hashes)},
             )
-            notices = self._security_mails(account, "totp.enabled", "", now)
-        self._send_all(notices)
+            queued = self._queue_security_mails(session, account, "totp.enabled", "", now)
+        self._deliver(queued)
         return RecoveryCodes(codes, session_generation=generation)
 
     def disable_totp(self, account_id: int, password: str) -> None:
@@ -376,8 +376,8 @@ class LoginService(AccountCore):
                 before={"totp_enabled": True},
                 after={"totp_enabled": False},
             )
-            notices = self._security_mails(account, "totp.disabled", "", now)
-        self._send_all(notices)
+            queued = self._queue_security_mails(session, account, "totp.disabled", "", now)
+        self._deliver(queued)
 
     def regenerate_recovery_codes(self, account_id: int, password: str) -> RecoveryCodes:
         """New codes replace all the old ones (after a few were used, or if they leaked)."""
@@ -401,8 +401,10 @@ class LoginService(AccountCore):
                 before={"recovery_codes": before},
                 after={"recovery_codes": len(hashes)},
             )
-            notices = self._security_mails(account, "totp.recovery_codes_regenerated", "", now)
-        self._send_all(notices)
+            queued = self._queue_security_mails(
+                session, account, "totp.recovery_codes_regenerated", "", now
+            )
+        self._deliver(queued)
         return RecoveryCodes(codes)
 
     # ------------------------------------------------------------------------- passwords
@@ -436,8 +438,8 @@ class LoginService(AccountCore):
                 kind="password.changed",
                 account_id=account.id,
             )
-            notices = self._security_mails(account, "password.changed", "", now)
-        self._send_all(notices)
+            queued = self._queue_security_mails(session, account, "password.changed", "", now)
+        self._deliver(queued)
         return generation
 
     # --------------------------------------------------------------------- what to show

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from lapsewatch import messages
+from lapsewatch import notices
 from lapsewatch.accounts import tokens
 from lapsewatch.accounts.core import (
     _MAX_IDENTIFIER,
@@ -37,7 +37,6 @@ from lapsewatch.accounts.results import (
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.domains import DomainError, FreeProviders, parse
 from lapsewatch.names import address_key, username_key
-from lapsewatch.smtp import Mail
 from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Account, Email
 
@@ -61,14 +60,15 @@ class RecoveryService(AccountCore):
         ``password_reset.requested`` whose ``after.outcome`` is ``sent``,
         ``no_verified_address``, ``unknown`` or ``rate_limited``.
 
-        The same work is done whatever the outcome (a token is made and hashed
-        either way); pass a :class:`BackgroundMailer` so SMTP time is not seen.
+        A link is queued in the outbox for each such address, as an intent: the
+        outbox makes its token when it sends, so no usable token rests in the
+        database, and SMTP time is never part of the answer (the ``deliver`` given
+        to the service must not wait for the server:
+        :class:`~lapsewatch.mail.sender.OutboxSender`).
         """
         now = self._clock()
         ident = _clean(identifier, _MAX_IDENTIFIER)
         client = _clean_client(client)
-        spare_token = tokens.new_token()
-        tokens.digest(spare_token)  # the hashing work is done whether or not it is used
         limits = self.settings.limits
         with self._sessions.begin() as session:
             allowed = client is None or self._limiter.allow(
@@ -84,7 +84,8 @@ class RecoveryService(AccountCore):
                 now=now,
             )
             account, named = _find_for_reset(session, ident, self._free)
-            mails: list[Mail] = []
+            queued: list[int] = []
+            to: list[str] = []
             if account is None:
                 outcome = "rate_limited" if not allowed else "unknown"
             elif not allowed or not self._limiter.allow(
@@ -98,28 +99,12 @@ class RecoveryService(AccountCore):
                 verified = [e for e in account.emails if e.verified]
                 if named is not None and named.verified:
                     verified = [named]
-                for index, email in enumerate(verified):
-                    token = tokens.issue(
-                        session,
-                        TokenKind.PASSWORD_RESET,
-                        account_id=account.id,
-                        email_id=email.id,
-                        now=now,
-                        ttl=self.settings.reset_token_ttl,
-                        token=spare_token if index == 0 else None,
+                for email in verified:
+                    queued.append(
+                        self._queue_link(session, email, notices.PASSWORD_RESET, now, client=client)
                     )
-                    mails.append(
-                        messages.reset_mail(
-                            address=email.address,
-                            username=account.username,
-                            url=messages.link(
-                                self.settings.base_url, messages.RESET_PASSWORD_PATH, token
-                            ),
-                            ttl=self.settings.reset_token_ttl,
-                            client=client,
-                        )
-                    )
-                outcome = "sent" if mails else "no_verified_address"
+                    to.append(email.address)
+                outcome = "sent" if queued else "no_verified_address"
             record(
                 session,
                 at=now,
@@ -133,11 +118,10 @@ class RecoveryService(AccountCore):
                     "identifier": ident[:100],
                     "identifier_kind": "address" if "@" in ident else "username",
                     "client": client,
-                    "recipients": [m.to[0] for m in mails],
+                    "recipients": to,
                 },
             )
-        for mail in mails:
-            self._send(mail)
+        self._deliver(queued)
         return RESET_REQUESTED
 
     def check_reset_token(self, token: str) -> ResetTokenInfo:
@@ -170,15 +154,17 @@ class RecoveryService(AccountCore):
             maximum=self.settings.max_password_length,
         )
         new_hash = self._passwords.hash(new_password)
-        notices: list[Mail] = []
+        queued: list[int] = []
         with self._sessions.begin() as session:
             outcome = self._redeem_reset(session, token, new_hash, now)
             if not isinstance(outcome, AccountError):
                 account = _account(session, outcome.account_id)
-                notices = self._security_mails(account, "password.reset", outcome.via, now)
+                queued = self._queue_security_mails(
+                    session, account, "password.reset", outcome.via, now
+                )
         if isinstance(outcome, AccountError):
             raise outcome
-        self._send_all(notices)
+        self._deliver(queued)
         return outcome
 
     def _redeem_reset(

@@ -4,7 +4,10 @@ password reset that a lapsed domain cannot open, and the security overview.
 Framework-free on purpose: the web app, the CLI and tests call the same typed
 methods, get frozen dataclasses back, and catch one :class:`AccountError`.
 Every method runs its own short transactions; slow work (Argon2, a domain
-check, SMTP) happens outside them, so no database lock waits on the network.
+check) happens outside them, so no database lock waits on the network. Every
+mail is queued in the outbox by the transaction that decides it, and sent by
+the outbox (:mod:`lapsewatch.mail.outbox`): a link's token is made when it is
+sent, and a mail is lost neither with the process nor with the mail server.
 
 The rules that make the ``ctx`` attack fail, enforced by the job services that
 :class:`AccountService` combines (sign-up and addresses, verification, login
@@ -40,6 +43,7 @@ from sqlalchemy import Engine
 
 from lapsewatch.accounts.addresses import AddressService, check_username
 from lapsewatch.accounts.core import Clock as Clock
+from lapsewatch.accounts.core import Deliver
 from lapsewatch.accounts.login import LoginService
 from lapsewatch.accounts.recovery import RecoveryService
 from lapsewatch.accounts.results import (
@@ -68,7 +72,6 @@ from lapsewatch.config import Settings
 from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.domains import load_free_providers
 from lapsewatch.schedule import Policy
-from lapsewatch.smtp import BackgroundMailer, Mailer, SmtpMailer
 
 __all__ = [
     "RESET_REQUESTED",
@@ -97,7 +100,7 @@ class AccountService(AddressService, VerificationService, LoginService, Recovery
     """All account operations, each in its own transactions; one instance per process.
 
     Built like :class:`~lapsewatch.accounts.core.AccountCore`; the job services it
-    combines share its session factory, rate limiter and mailer.
+    combines share its session factory, rate limiter and ``deliver``.
     """
 
     @classmethod
@@ -107,25 +110,17 @@ class AccountService(AddressService, VerificationService, LoginService, Recovery
         settings: AccountSettings,
         check_settings: Settings,
         *,
-        background_mail: bool = True,
+        deliver: Deliver | None = None,
     ) -> AccountService:
-        """The production wiring: SMTP (sent from a background thread), the cycle's checker.
-
-        Background sending keeps SMTP latency out of the response time, which
-        would otherwise tell a visitor whether a reset mail was sent.
-        """
-        smtp = SmtpMailer.from_settings(settings)
-        mailer: Mailer = BackgroundMailer(smtp) if background_mail else smtp
+        """The production wiring: the cycle's checker, and ``deliver`` for the mail
+        (the web app passes an :class:`~lapsewatch.mail.sender.OutboxSender`, which
+        keeps SMTP time out of the answer: that would tell a visitor whether a reset
+        mail was sent)."""
         return cls(
             engine,
             settings,
-            mailer=mailer,
+            deliver=deliver,
             checker=CycleDomainChecker(check_settings),
             policy=Policy.from_settings(check_settings),
             free_providers=load_free_providers(check_settings.free_providers_file),
         )
-
-    def close(self) -> None:
-        """Send what the background mailer still holds."""
-        if isinstance(self.mailer, BackgroundMailer):
-            self.mailer.close()

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from lapsewatch.accounts.errors import TokenExpired, TokenInvalid, TokenUsed
-from lapsewatch.store.models import Token
+from lapsewatch.names import address_key
+from lapsewatch.store.models import AddressHistory, Domain, Email, Token
 
 __all__ = [
     "TokenKind",
@@ -31,6 +32,7 @@ __all__ = [
     "peek",
     "revoke",
     "revoke_sent_to",
+    "verification_kind",
 ]
 
 _MAX_TOKEN_LENGTH = 200
@@ -45,6 +47,21 @@ class TokenKind(StrEnum):
     REVERIFY_EMAIL = "reverify_email"
     """An address lapsewatch unverified: only its logged-in owner may redeem it."""
     PASSWORD_RESET = "password_reset"
+
+
+def verification_kind(session: Session, email: Email) -> TokenKind:
+    """A login-bound link for an address that may now be read by someone else: one
+    lapsewatch unverified (even if it was removed since), or any address on a
+    domain once found dangerous. A plain link otherwise. Asked when the link is made
+    (the outbox, at send time), so a domain found dangerous meanwhile counts."""
+    if email.unverified_at is not None:
+        return TokenKind.REVERIFY_EMAIL
+    if session.get(AddressHistory, address_key(email.address)) is not None:
+        return TokenKind.REVERIFY_EMAIL
+    domain = session.get(Domain, email.domain)
+    if domain is not None and domain.dangerous_at is not None:
+        return TokenKind.REVERIFY_EMAIL
+    return TokenKind.VERIFY_EMAIL
 
 
 def new_token() -> str:

@@ -17,9 +17,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from lapsewatch import messages
+from lapsewatch import notices
 from lapsewatch.accounts import tokens
-from lapsewatch.accounts.core import AccountCore, _account, _own_email, _verification_kind
+from lapsewatch.accounts.core import AccountCore, _account, _own_email
 from lapsewatch.accounts.errors import (
     AccountError,
     AlreadyVerified,
@@ -33,7 +33,6 @@ from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle.apply import CheckResult, apply_result, reregistered_since, unverify_email
 from lapsewatch.cycle.due import DueDomain, due_now, select_due
 from lapsewatch.dates import isoformat
-from lapsewatch.smtp import Mail
 from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Domain, Email
 from lapsewatch.verdict import Verdict
@@ -57,14 +56,13 @@ class VerificationService(AccountCore):
         with self._sessions.begin() as session:
             account = _account(session, account_id)
             email = _own_email(account, email_id)
-            outcome: AccountError | tuple[str, bool]
+            outcome: AccountError | int
             if email.verified:
                 outcome = AlreadyVerified("this address is already verified")
             elif not self._verification_allowed(session, account.id, now):
                 outcome = RateLimited("too many verification mails; try again later")
             else:
-                kind = _verification_kind(session, email)
-                again = kind is TokenKind.REVERIFY_EMAIL
+                kind = tokens.verification_kind(session, email)
                 # Only the newest link works: an older one may sit in a mailbox we doubt.
                 tokens.revoke(
                     session,
@@ -72,14 +70,6 @@ class VerificationService(AccountCore):
                     account_id=account.id,
                     email_id=email.id,
                     now=now,
-                )
-                token = tokens.issue(
-                    session,
-                    kind,
-                    account_id=account.id,
-                    email_id=email.id,
-                    now=now,
-                    ttl=self.settings.verify_token_ttl,
                 )
                 record(
                     session,
@@ -91,21 +81,11 @@ class VerificationService(AccountCore):
                     domain=email.domain,
                     after={"address": email.address, "kind": kind.value},
                 )
-                outcome = (token, again)
-            address, username = email.address, account.username
+                outcome = self._queue_link(session, email, notices.VERIFY_EMAIL, now)
+            address = email.address
         if isinstance(outcome, AccountError):
             raise outcome
-        token, again = outcome
-        sent = self._send(
-            messages.verification_mail(
-                address=address,
-                username=username,
-                url=messages.link(self.settings.base_url, messages.VERIFY_EMAIL_PATH, token),
-                ttl=self.settings.verify_token_ttl,
-                again=again,
-            )
-        )
-        return VerificationSent(email_id, address, sent)
+        return VerificationSent(email_id, address, self._deliver([outcome]))
 
     def verify_email(self, token: str, *, session_account_id: int | None = None) -> EmailVerified:
         """Redeem a verification link, after checking the address's domain.
@@ -172,7 +152,7 @@ class VerificationService(AccountCore):
                 f"the registry of {probe.domain} did not answer, so the address was not "
                 "verified; open the link again in a few minutes"
             )
-        notices: list[Mail] = []
+        queued: list[int] = []
         with self._sessions.begin() as session:
             outcome = self._redeem_verification(session, token, session_account_id, now)
             if isinstance(outcome, EmailVerified) and not outcome.already_verified:
@@ -186,13 +166,18 @@ class VerificationService(AccountCore):
                 still = bool(email is not None and email.verified)
                 if still:
                     account = _account(session, outcome.account_id)
-                    notices = self._security_mails(
-                        account, "email.verified", outcome.address, now, skip=outcome.address
+                    queued = self._queue_security_mails(
+                        session,
+                        account,
+                        "email.verified",
+                        outcome.address,
+                        now,
+                        skip=outcome.address,
                     )
                 outcome = replace(outcome, verified=still)
         if isinstance(outcome, AccountError):
             raise outcome
-        self._send_all(notices)
+        self._deliver(queued)
         if not due or outcome.already_verified:
             return outcome
         return replace(

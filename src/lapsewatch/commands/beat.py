@@ -28,7 +28,8 @@ def beat(
     Every LAPSEWATCH_BEAT_CHECK_EVERY seconds (3600) it queues up to
     LAPSEWATCH_BEAT_CHECK_LIMIT due domains (10,000) for the workers, like
     `lapsewatch check --distributed`; every LAPSEWATCH_BEAT_NOTIFY_EVERY (900) it
-    runs `lapsewatch notify`; every LAPSEWATCH_BEAT_WEBHOOKS_EVERY (60) it delivers
+    runs `lapsewatch notify`; every LAPSEWATCH_BEAT_MAIL_EVERY (60) it sends the
+    outbox; every LAPSEWATCH_BEAT_WEBHOOKS_EVERY (60) it delivers
     webhooks. The jobs run on `lapsewatch worker` processes (broker:
     LAPSEWATCH_BROKER_URL).
     """

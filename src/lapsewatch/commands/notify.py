@@ -1,5 +1,6 @@
 """``lapsewatch notify``: the periodic job that tells people — queue expiry warnings
-and security advice, then send every queued notice over SMTP."""
+and security advice, then send every queued notice over SMTP (the account side's
+links and security mails a web process could not send included)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lapsewatch.commands._common import Format, console, fail, load_settings
 from lapsewatch.commands.accounts import open_store
 from lapsewatch.formats import json as json_format
 from lapsewatch.mail.jobs import run_mail_jobs
+from lapsewatch.mail.links import Links
 from lapsewatch.smtp import SmtpMailer
 
 __all__ = ["notify"]
@@ -29,11 +31,13 @@ def notify(
     """Queue expiry warnings and advice, then send queued notices (LAPSEWATCH_SMTP_URL)."""
     engine = open_store(load_settings())
     try:
-        mailer = SmtpMailer.from_settings(AccountSettings.from_env())
+        account_settings = AccountSettings.from_env()
+        mailer = SmtpMailer.from_settings(account_settings)
     except (AccountError, ValueError) as exc:
         raise fail(str(exc)) from None
+    links = Links.from_settings(account_settings)
     try:
-        summary = run_mail_jobs(engine, mailer, warn_before=timedelta(weeks=warn_weeks))
+        summary = run_mail_jobs(engine, mailer, links, warn_before=timedelta(weeks=warn_weeks))
     except SQLAlchemyError as exc:
         raise fail(f"database error; queued notices are kept for the next run: {exc}") from None
     outbox = summary.outbox

@@ -15,6 +15,7 @@ from lapsewatch import metrics
 from lapsewatch.accounts.ratelimit import RateLimiter
 from lapsewatch.mail.advice import queue_security_advice
 from lapsewatch.mail.expiry import DEFAULT_WARNING, queue_expiry_warnings
+from lapsewatch.mail.links import Links
 from lapsewatch.mail.outbox import OutboxSummary, send_pending
 from lapsewatch.smtp import Mailer
 from lapsewatch.store.db import make_sessionmaker
@@ -37,22 +38,25 @@ class MailJobSummary:
             "failed": self.outbox.failed,
             "waiting": self.outbox.waiting,
             "stopped": self.outbox.stopped,
+            "dropped": self.outbox.dropped,
         }
 
 
 def run_mail_jobs(
     engine: Engine,
     mailer: Mailer,
+    links: Links,
     *,
     now: datetime | None = None,
     warn_before: timedelta = DEFAULT_WARNING,
 ) -> MailJobSummary:
-    """Queue expiry warnings and advice, prune old rate-limit hits, send the outbox."""
+    """Queue expiry warnings and advice, prune old rate-limit hits, send the outbox
+    (the account side's links and security mails included)."""
     now = now or datetime.now(UTC)
     with make_sessionmaker(engine).begin() as session:
         warnings = queue_expiry_warnings(session, now=now, before=warn_before)
         advice = queue_security_advice(session, now=now)
         RateLimiter.prune(session, now=now)
-    outbox = send_pending(engine, mailer, now=now)
+    outbox = send_pending(engine, mailer, now=now, links=links)
     metrics.count_notices(outbox.sent, outbox.failed, outbox.stopped)
     return MailJobSummary(warnings, advice, outbox)

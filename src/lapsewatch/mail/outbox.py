@@ -1,10 +1,14 @@
-"""Send queued notices; a notice leaves the queue only once the SMTP server accepted it.
+"""Send queued mail; a notice leaves the queue only once the SMTP server accepted it.
 
-Recipients are resolved at send time (:func:`lapsewatch.notices.recipients`),
-never at queue time: an address unverified in between (the lapsed one, now
-read by whoever bought the domain) never receives anything. Each notice goes
-out as one message to all of its recipients, then ``sent_at`` is committed; a
-crash in between repeats that one notice (at least once, never lost).
+Every mail goes through here: the cycle's and the mail jobs' notices, and the
+account side's links and security mails. Recipients are resolved at send time
+(:func:`lapsewatch.notices.recipients`), never at queue time: an address
+unverified in between (the lapsed one, now read by whoever bought the domain)
+never receives anything, and a notice for one address no longer in the state it
+was for is dropped. A link's token is made as it is claimed
+(:mod:`lapsewatch.mail.links`). Each notice goes out as one message to all of its
+recipients, then ``sent_at`` is committed; a crash in between repeats that one
+notice (at least once, never lost; a repeated link carries a new token).
 
 No database lock waits on the mail server: a run claims a notice with a lease
 (``lease_until``, a conditional update in a short transaction, so two runs never
@@ -19,15 +23,16 @@ queued for the next run, instead of timing out once per notice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, or_, select, update
+from sqlalchemy import CursorResult, Engine, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from lapsewatch.notices import recipients
+from lapsewatch.mail.links import Links, link_mail
+from lapsewatch.notices import LINK_KINDS, dropped, recipients
 from lapsewatch.smtp import Mail, Mailer, MailError
 from lapsewatch.store.db import make_sessionmaker
 from lapsewatch.store.models import Notice
@@ -51,6 +56,8 @@ class OutboxSummary:
     stopped: bool = False
     """The server was unreachable: the run stopped early, the rest stays queued."""
     errors: tuple[str, ...] = ()
+    dropped: int = 0
+    """Notices for one address no longer in the state they were for (never sent)."""
 
 
 def send_pending(
@@ -60,28 +67,35 @@ def send_pending(
     now: datetime | None = None,
     limit: int = DEFAULT_BATCH,
     clock: Callable[[], datetime] | None = None,
+    links: Links | None = None,
+    ids: Sequence[int] | None = None,
 ) -> OutboxSummary:
-    """Try every unsent notice (oldest first, at most ``limit``) once."""
+    """Try every unsent notice (oldest first, at most ``limit``; of ``ids`` only, if
+    given) once. Without ``links``, link notices stay queued for a run that has them."""
     sessions = make_sessionmaker(engine)
 
     def stamp() -> datetime:
         return now or (clock() if clock else datetime.now(UTC))
 
+    query = select(Notice.id).where(Notice.sent_at.is_(None)).order_by(Notice.id).limit(limit)
+    if ids is not None:
+        query = query.where(Notice.id.in_(list(ids)))
+    if links is None:
+        query = query.where(Notice.kind.not_in(sorted(LINK_KINDS)))
     with sessions() as session:
-        pending = list(
-            session.scalars(
-                select(Notice.id).where(Notice.sent_at.is_(None)).order_by(Notice.id).limit(limit)
-            )
-        )
-    sent = failed = waiting = 0
+        pending = list(session.scalars(query))
+    sent = failed = waiting = gone = 0
     errors: list[str] = []
     for notice_id in pending:
         # The lease runs on the real clock, whatever ``now`` the caller stamps with: a
         # run's ``now`` is when it started, and a notice claimed late in a long run
         # would get a lease already expired (another run would send it again).
-        claimed = _claim(sessions, notice_id, datetime.now(UTC))
+        claimed = _claim(sessions, notice_id, datetime.now(UTC), links, stamp())
         if claimed is None:
             continue  # sent meanwhile, or another run is sending it
+        if claimed is _DROPPED:
+            gone += 1
+            continue
         if not claimed.to:
             waiting += 1
             continue
@@ -92,7 +106,7 @@ def send_pending(
             errors.append(f"notice {notice_id}: {exc}")
             log.warning("notice %s not sent: %s", notice_id, exc)
             if not exc.permanent:
-                return OutboxSummary(sent, failed + 1, waiting, True, tuple(errors))
+                return OutboxSummary(sent, failed + 1, waiting, True, tuple(errors), gone)
             failed += 1
             continue
         with sessions.begin() as session:
@@ -102,13 +116,26 @@ def send_pending(
                 .values(sent_at=stamp(), lease_until=None)
             )
         sent += 1
-    return OutboxSummary(sent, failed, waiting, False, tuple(errors))
+    return OutboxSummary(sent, failed, waiting, False, tuple(errors), gone)
 
 
-def _claim(sessions: sessionmaker[Session], notice_id: int, now: datetime) -> Mail | None:
+_DROPPED = Mail((), "", "", "dropped")
+"""What :func:`_claim` gives for a notice it deleted (see :func:`lapsewatch.notices.dropped`)."""
+
+
+def _claim(
+    sessions: sessionmaker[Session],
+    notice_id: int,
+    now: datetime,
+    links: Links | None,
+    made_at: datetime,
+) -> Mail | None:
     """The notice as it goes out, leased to this run until ``now`` + :data:`LEASE`
     (``now``: the real time); ``None`` when it is sent or held by another run. A mail
-    with no recipient (nobody verified yet) is not leased."""
+    with no recipient (nobody verified yet) is not leased; one for an address no
+    longer in the state it was for is deleted (:data:`_DROPPED`). A link's token is
+    made and committed here, before the mail goes out, stamped ``made_at`` (the run's
+    clock)."""
     with sessions.begin() as session:
         taken = cast(
             CursorResult[Any],
@@ -126,10 +153,16 @@ def _claim(sessions: sessionmaker[Session], notice_id: int, now: datetime) -> Ma
         if taken.rowcount != 1:  # no RETURNING: SQLite before 3.35 has none
             return None
         notice = session.get_one(Notice, notice_id)
-        to = tuple(recipients(session, notice))
+        to = recipients(session, notice)
+        if dropped(notice, to):
+            session.execute(delete(Notice).where(Notice.id == notice_id))
+            return _DROPPED
         if not to:
             notice.lease_until = None
-        return Mail(to, notice.subject, notice.body, notice.kind)
+            return Mail((), notice.subject, notice.body, notice.kind)
+        if notice.kind in LINK_KINDS and links is not None:
+            return link_mail(session, notice, links, now=made_at)
+        return Mail(tuple(to), notice.subject, notice.body, notice.kind)
 
 
 def _release(sessions: sessionmaker[Session], notice_id: int) -> None:

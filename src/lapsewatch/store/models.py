@@ -307,6 +307,12 @@ class Notice(Base):
     """While a run sends it: no other run takes it before then (no row lock is held
     while the mail server is talked to)."""
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))
+    email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id", ondelete="CASCADE"))
+    """The one address a mail of the account side is for (a link, a security change):
+    sent only if that address is still in the state the mail needs when it goes out,
+    and dropped with the address (:func:`lapsewatch.notices.recipients`)."""
+    client: Mapped[str | None] = mapped_column(String(100))
+    """Who asked (the client's IP address), for a mail that says so (a reset link)."""
 
 
 class Token(Base):

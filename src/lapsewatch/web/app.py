@@ -29,7 +29,10 @@ from lapsewatch.config import Settings
 from lapsewatch.cycle.domaincheck import CycleDomainChecker, DomainChecker
 from lapsewatch.domains import FreeProviders, load_free_providers
 from lapsewatch.logs import RequestId
+from lapsewatch.mail.links import Links
+from lapsewatch.mail.sender import OutboxSender
 from lapsewatch.schedule import Policy
+from lapsewatch.smtp import SmtpMailer
 from lapsewatch.store import make_engine, make_sessionmaker, upgrade
 from lapsewatch.web import admin, api, fastly_compat, ops, pages
 from lapsewatch.web.config import WebSettings
@@ -73,7 +76,7 @@ def create_app(
     domain_checker: DomainChecker | None = None,
     clock: Callable[[], datetime] | None = None,
     free_providers: FreeProviders | None = None,
-    close_service: bool = False,
+    on_shutdown: Callable[[], None] | None = None,
     session_max_age: int = SESSION_MAX_AGE,
     web_settings: WebSettings | None = None,
 ) -> FastAPI:
@@ -84,7 +87,7 @@ def create_app(
     ``Secure`` when its base URL is ``https://``. Webhooks are delivered by the
     ``lapsewatch.deliver_webhooks`` job (:mod:`lapsewatch.jobs`, or
     ``lapsewatch admin deliver-webhooks``), never by a thread of the web app.
-    ``close_service`` closes ``account_service`` (its mail thread) at shutdown.
+    ``on_shutdown`` runs when the app stops (the mail sender's last sends).
     ``web_settings`` (body limits, webhook allow-list) default to the safe defaults,
     not to the environment (:func:`create_app_from_env` reads that).
     """
@@ -110,8 +113,8 @@ def create_app(
         try:
             yield
         finally:
-            if close_service:
-                account_service.close()
+            if on_shutdown is not None:
+                on_shutdown()
 
     app = FastAPI(
         title="lapsewatch",
@@ -274,12 +277,17 @@ def create_app_from_env() -> FastAPI:
     web_settings = WebSettings.from_env()
     ops_settings = ops.OpsSettings.from_env()
     status_settings = fastly_compat.StatusApiSettings.from_env()
-    service = AccountService.from_settings(engine, account_settings, settings)
+    # Mail is queued in the outbox; this thread makes the first try at once, and the
+    # mail job (notify, or the send_mail task on beat) sends what it could not.
+    sender = OutboxSender(
+        engine, SmtpMailer.from_settings(account_settings), Links.from_settings(account_settings)
+    )
+    service = AccountService.from_settings(engine, account_settings, settings, deliver=sender)
     app = create_app(
         engine,
         service,
         settings,
-        close_service=True,
+        on_shutdown=sender.close,
         web_settings=web_settings,
     )
     app.state.ops = ops_settings

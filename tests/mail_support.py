@@ -19,22 +19,44 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session as DbSession
 
+from lapsewatch.accounts.core import KEEP
 from lapsewatch.accounts.passwords import Passwords
-from lapsewatch.accounts.service import AccountService, SignedUp
+from lapsewatch.accounts.service import (
+    AccountService,
+    EmailAdded,
+    EmailVerified,
+    LoginResult,
+    PasswordReset,
+    RecoveryCodes,
+    RecoveryOptions,
+    ResetRequested,
+    ResetTokenInfo,
+    SecurityOverview,
+    SignedUp,
+    TotpSetup,
+    VerificationSent,
+)
 from lapsewatch.accounts.settings import AccountSettings, RateLimits
 from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.mail.links import Links
 from lapsewatch.mail.outbox import send_pending
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import Mailer, SmtpMailer
+from lapsewatch.store.db import make_sessionmaker
+from lapsewatch.store.work import transaction
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = [
+    "Accounts",
     "Clock",
     "HangingServer",
     "MailServer",
@@ -288,17 +310,133 @@ def make_service(
     checker: DomainChecker | None = None,
     mailer: Mailer | None = None,
     policy: Policy | None = None,
-) -> AccountService:
-    """A service with cheap Argon2 parameters (tests only) whose mail goes through the
-    outbox and out at once, to a real SMTP server (:func:`deliver_at_once`)."""
-    return AccountService(
-        engine,
-        settings,
-        deliver=deliver_at_once(
-            engine, settings, mailer or SmtpMailer.from_settings(settings), clock=clock
-        ),
-        checker=checker,
-        policy=policy,
-        clock=clock,
-        passwords=Passwords.cheapest(),
+    deliver: bool = True,
+) -> Accounts:
+    """The services with cheap Argon2 parameters (tests only), called as a request calls
+    them (:class:`Accounts`), their mail going through the outbox and out at once to a
+    real SMTP server (:func:`deliver_at_once`), or only queued (``deliver=False``)."""
+    return Accounts(
+        AccountService(
+            engine,
+            settings,
+            deliver=deliver_at_once(
+                engine, settings, mailer or SmtpMailer.from_settings(settings), clock=clock
+            )
+            if deliver
+            else None,
+            checker=checker,
+            policy=policy,
+            clock=clock,
+            passwords=Passwords.cheapest(),
+        )
     )
+
+
+class Accounts:
+    """The account services as their callers use them (the web app's ``context.run``):
+    each call in a transaction of its own, which the caller owns and commits, also when
+    the call raises an ``AccountError`` (``KEEP``: a refusal whose record must stand)."""
+
+    def __init__(self, service: AccountService) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.engine = service.engine
+        self._sessions = make_sessionmaker(service.engine)
+
+    def _run(
+        self, action: Callable[Concatenate[DbSession, P], R], *args: P.args, **kw: P.kwargs
+    ) -> R:
+        with transaction(self._sessions, keep=KEEP) as session:
+            return action(session, *args, **kw)
+
+    def sign_up(
+        self, username: str, password: str, email: str, *, client: str | None = None
+    ) -> SignedUp:
+        return self._run(self.service.sign_up, username, password, email, client=client)
+
+    def add_email(self, account_id: int, address: str) -> EmailAdded:
+        return self._run(self.service.add_email, account_id, address)
+
+    def remove_email(self, account_id: int, email_id: int) -> None:
+        self._run(self.service.remove_email, account_id, email_id)
+
+    def set_primary(self, account_id: int, email_id: int) -> None:
+        self._run(self.service.set_primary, account_id, email_id)
+
+    def request_reverification(self, account_id: int, email_id: int) -> VerificationSent:
+        return self._run(self.service.request_reverification, account_id, email_id)
+
+    def verify_email(self, token: str, *, session_account_id: int | None = None) -> EmailVerified:
+        return self._run(self.service.verify_email, token, session_account_id=session_account_id)
+
+    def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        totp_code: str | None = None,
+        recovery_code: str | None = None,
+        client: str | None = None,
+    ) -> LoginResult:
+        return self._run(
+            self.service.login,
+            username,
+            password,
+            totp_code=totp_code,
+            recovery_code=recovery_code,
+            client=client,
+        )
+
+    def complete_login(
+        self,
+        account_id: int,
+        *,
+        totp_code: str | None = None,
+        recovery_code: str | None = None,
+        client: str | None = None,
+    ) -> LoginResult:
+        return self._run(
+            self.service.complete_login,
+            account_id,
+            totp_code=totp_code,
+            recovery_code=recovery_code,
+            client=client,
+        )
+
+    def end_sessions(self, account_id: int) -> int:
+        return self._run(self.service.end_sessions, account_id)
+
+    def reauthenticate(self, account_id: int, password: str) -> None:
+        self._run(self.service.reauthenticate, account_id, password)
+
+    def begin_totp_setup(self, account_id: int) -> TotpSetup:
+        return self._run(self.service.begin_totp_setup, account_id)
+
+    def confirm_totp(self, account_id: int, code: str) -> RecoveryCodes:
+        return self._run(self.service.confirm_totp, account_id, code)
+
+    def disable_totp(self, account_id: int, password: str) -> None:
+        self._run(self.service.disable_totp, account_id, password)
+
+    def regenerate_recovery_codes(self, account_id: int, password: str) -> RecoveryCodes:
+        return self._run(self.service.regenerate_recovery_codes, account_id, password)
+
+    def change_password(self, account_id: int, current_password: str, new_password: str) -> int:
+        return self._run(self.service.change_password, account_id, current_password, new_password)
+
+    def security_overview(self, account_id: int) -> SecurityOverview:
+        return self._run(self.service.security_overview, account_id)
+
+    def request_password_reset(
+        self, identifier: str, *, client: str | None = None
+    ) -> ResetRequested:
+        return self._run(self.service.request_password_reset, identifier, client=client)
+
+    def check_reset_token(self, token: str) -> ResetTokenInfo:
+        return self._run(self.service.check_reset_token, token)
+
+    def reset_password(self, token: str, new_password: str) -> PasswordReset:
+        return self._run(self.service.reset_password, token, new_password)
+
+    def recovery_options(self, account_id: int) -> RecoveryOptions:
+        return self._run(self.service.recovery_options, account_id)

@@ -20,7 +20,7 @@ from lapsewatch.accounts.errors import (
     LoginRequired,
     TokenInvalid,
 )
-from lapsewatch.accounts.service import RESET_REQUESTED, AccountService, AddressStatus
+from lapsewatch.accounts.service import RESET_REQUESTED, AddressStatus
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.domaincheck import CycleDomainChecker
@@ -32,6 +32,7 @@ from lapsewatch.store import Email, Event, make_sessionmaker
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from lapsewatch.world.scenario import State
 from tests.mail_support import (
+    Accounts,
     Clock,
     MailServer,
     account_settings,
@@ -88,7 +89,7 @@ def check_settings(world: World) -> Settings:
 @pytest.fixture
 def svc(
     engine: Engine, smtp: MailServer, world: World, clock: Clock, lapsed_domain: None
-) -> AccountService:
+) -> Accounts:
     smtp.clear()
     checks = check_settings(world)
     return make_service(
@@ -100,7 +101,7 @@ def svc(
     )
 
 
-def maintainer_years_ago(svc: AccountService, smtp: MailServer) -> int:
+def maintainer_years_ago(svc: Accounts, smtp: MailServer) -> int:
     """Sign-up and both verifications, three years ago, when the maintainer owned the domain."""
     account_id = created(svc.sign_up("maintainer", PASSWORD, LAPSED))
     first = svc.verify_email(token_from(smtp.inbox(LAPSED)[-1]))
@@ -115,7 +116,7 @@ def maintainer_years_ago(svc: AccountService, smtp: MailServer) -> int:
     return account_id
 
 
-def attacker_tries_everything(svc: AccountService, smtp: MailServer) -> None:
+def attacker_tries_everything(svc: Accounts, smtp: MailServer) -> None:
     """What the new owner of the domain can do without the maintainer's password."""
     assert svc.request_password_reset("maintainer", client=ATTACKER) is RESET_REQUESTED
     assert svc.request_password_reset(LAPSED, client=ATTACKER) is RESET_REQUESTED
@@ -127,7 +128,7 @@ def attacker_tries_everything(svc: AccountService, smtp: MailServer) -> None:
         svc.login("maintainer", "a guess at the password", client=ATTACKER)
 
 
-def maintainer_recovers(svc: AccountService, smtp: MailServer, engine: Engine) -> None:
+def maintainer_recovers(svc: Accounts, smtp: MailServer, engine: Engine) -> None:
     """The second address got the links; following one resets the password."""
     links = smtp.inbox(SECOND)
     resets = [m for m in links if m.kind == "password_reset"]
@@ -169,7 +170,7 @@ def _lapsed_email(engine: Engine) -> Email:
 
 @pytest.mark.parametrize("state", ["redemption", "pending_delete", "available"])
 def test_expired_domain_gives_the_attacker_nothing(
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -211,7 +212,7 @@ def test_expired_domain_gives_the_attacker_nothing(
 
 
 def test_drop_caught_domain_gives_the_attacker_nothing(
-    svc: AccountService, smtp: MailServer, world: World, engine: Engine, clock: Clock
+    svc: Accounts, smtp: MailServer, world: World, engine: Engine, clock: Clock
 ) -> None:
     maintainer_years_ago(svc, smtp)
 
@@ -246,7 +247,7 @@ def test_drop_caught_domain_gives_the_attacker_nothing(
 
 
 def test_the_attacker_cannot_reverify_the_lapsed_address(
-    svc: AccountService, smtp: MailServer, world: World, engine: Engine, clock: Clock
+    svc: Accounts, smtp: MailServer, world: World, engine: Engine, clock: Clock
 ) -> None:
     """Even a re-verification link the maintainer asked for is useless without their session."""
     account_id = maintainer_years_ago(svc, smtp)
@@ -265,7 +266,7 @@ def test_the_attacker_cannot_reverify_the_lapsed_address(
     assert links_to(smtp, LAPSED) == []
 
 
-def send_notices(engine: Engine, svc: AccountService) -> None:
+def send_notices(engine: Engine, svc: Accounts) -> None:
     """The mail job, as ``lapsewatch notify`` runs it."""
     run_mail_jobs(
         engine, SmtpMailer.from_settings(svc.settings), Links.from_settings(svc.settings), now=NOW

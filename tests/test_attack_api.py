@@ -27,7 +27,6 @@ import httpx
 import pytest
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.service import AccountService
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.domaincheck import CycleDomainChecker
@@ -36,7 +35,7 @@ from lapsewatch.tls import client_context
 from lapsewatch.web.webhooks import add_webhook, deliver_webhooks
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cycle_support import settings_for
-from tests.mail_support import MailServer, account_settings, token_from
+from tests.mail_support import Accounts, MailServer, account_settings, token_from
 from tests.web_support import (
     LOOPBACK,
     FakeDns,
@@ -87,7 +86,7 @@ def live(engine: Engine, smtp: MailServer, checks: Settings, dns: FakeDns) -> It
     """The app as served, checking domains against the world; its webhooks may reach
     the tests' loopback receivers (the operator's allow-list)."""
     smtp.clear()
-    service: AccountService = make_service(
+    service: Accounts = make_service(
         engine, account_settings(smtp.url), checker=CycleDomainChecker(checks)
     )
     app = make_web_app(

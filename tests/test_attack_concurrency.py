@@ -20,9 +20,8 @@ import pyotp
 import pytest
 from sqlalchemy import Engine
 
-from lapsewatch.accounts.service import AccountService
 from lapsewatch.tls import client_context
-from tests.mail_support import MailServer, account_settings, created
+from tests.mail_support import Accounts, MailServer, account_settings, created
 from tests.web_support import PASSWORD, LiveServer, csrf_of, make_service, make_web_app
 
 
@@ -33,19 +32,19 @@ def smtp() -> Iterator[MailServer]:
 
 
 @pytest.fixture
-def svc(engine: Engine, smtp: MailServer) -> AccountService:
+def svc(engine: Engine, smtp: MailServer) -> Accounts:
     return make_service(engine, account_settings(smtp.url))
 
 
 @pytest.fixture
-def server(engine: Engine, svc: AccountService) -> Iterator[LiveServer]:
+def server(engine: Engine, svc: Accounts) -> Iterator[LiveServer]:
     live = LiveServer()
     live.start(make_web_app(engine, svc))
     yield live
     live.stop()
 
 
-def with_totp(svc: AccountService, username: str) -> tuple[str, tuple[str, ...]]:
+def with_totp(svc: Accounts, username: str) -> tuple[str, tuple[str, ...]]:
     """An account with 2FA on: its TOTP secret and recovery codes."""
     account_id = created(svc.sign_up(username, PASSWORD, f"{username}@gmail.com"))
     secret = svc.begin_totp_setup(account_id).secret
@@ -93,7 +92,7 @@ def at_once(count: int, prepare: Callable[[int], Callable[[], str]]) -> list[str
 
 
 def test_attack_one_recovery_code_posted_by_eight_logins_at_once_logs_in_once(
-    server: LiveServer, svc: AccountService
+    server: LiveServer, svc: Accounts
 ) -> None:
     _secret, codes = with_totp(svc, "racer")
 
@@ -116,7 +115,7 @@ def test_attack_one_recovery_code_posted_by_eight_logins_at_once_logs_in_once(
 
 
 def test_attack_thirty_wrong_passwords_at_once_are_not_all_checked(
-    server: LiveServer, svc: AccountService
+    server: LiveServer, svc: Accounts
 ) -> None:
     created(svc.sign_up("target", PASSWORD, "target@gmail.com"))
     limit = svc.settings.limits.login_per_username.count
@@ -147,7 +146,7 @@ def wrong_codes(secret: str, count: int) -> list[str]:
 
 
 def test_attack_twenty_wrong_totp_codes_at_once_are_not_all_checked(
-    server: LiveServer, svc: AccountService
+    server: LiveServer, svc: Accounts
 ) -> None:
     """M5 at the second step: 20 logins that passed the password step post a wrong TOTP
     code at the same moment; at most the limit (5) are checked, the rest get 429."""
@@ -178,7 +177,7 @@ def test_attack_twenty_wrong_totp_codes_at_once_are_not_all_checked(
 
 
 def test_attack_the_code_that_confirmed_2fa_does_not_log_in(
-    server: LiveServer, svc: AccountService
+    server: LiveServer, svc: Accounts
 ) -> None:
     account_id = created(svc.sign_up("shoulder", PASSWORD, "shoulder@gmail.com"))
     secret = svc.begin_totp_setup(account_id).secret
@@ -193,7 +192,7 @@ def test_attack_the_code_that_confirmed_2fa_does_not_log_in(
 
 
 def test_attack_wrong_passwords_do_not_lock_out_an_account_with_2fa(
-    server: LiveServer, svc: AccountService
+    server: LiveServer, svc: Accounts
 ) -> None:
     with_totp(svc, "guarded")
     http = client(server)

@@ -19,9 +19,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.service import AccountService
 from lapsewatch.store import Account, Email, Event, make_sessionmaker
-from tests.mail_support import Clock, MailServer, account_settings, make_service, token_from
+from tests.mail_support import (
+    Accounts,
+    Clock,
+    MailServer,
+    account_settings,
+    make_service,
+    token_from,
+)
 from tests.web_support import WebClient, make_api_key, make_web_app
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -41,13 +47,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def svc(engine: Engine, smtp: MailServer, clock: Clock) -> AccountService:
+def svc(engine: Engine, smtp: MailServer, clock: Clock) -> Accounts:
     smtp.clear()
     return make_service(engine, account_settings(smtp.url), clock=clock)
 
 
 @pytest.fixture
-def app(engine: Engine, svc: AccountService) -> Iterator[TestClient]:
+def app(engine: Engine, svc: Accounts) -> Iterator[TestClient]:
     with TestClient(make_web_app(engine, svc)) as client:
         yield client
 
@@ -114,7 +120,7 @@ def the_owner_takes_it_after_the_hold(
 
 
 def test_attack_squatter_who_keeps_asking_for_links_holds_the_address_one_day_only(
-    app: TestClient, svc: AccountService, smtp: MailServer, engine: Engine, clock: Clock
+    app: TestClient, svc: Accounts, smtp: MailServer, engine: Engine, clock: Clock
 ) -> None:
     squatter = member(app, smtp, "squatter", "squatter@gmail.com")
     owner = member(app, smtp, "realowner", "realowner@gmail.com")

@@ -26,7 +26,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
 from lapsewatch.accounts.errors import AccountError, InvalidSecondFactor, RateLimited
-from lapsewatch.accounts.service import AccountService
 from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.apply import apply_result
@@ -38,6 +37,7 @@ from lapsewatch.store.models import AddressHistory, Domain, Token
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cycle_support import settings_for
 from tests.mail_support import (
+    Accounts,
     Clock,
     MailServer,
     account_settings,
@@ -81,23 +81,21 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def svc(
-    engine: Engine, smtp: MailServer, world: World, clock: Clock, domains: None
-) -> AccountService:
+def svc(engine: Engine, smtp: MailServer, world: World, clock: Clock, domains: None) -> Accounts:
     smtp.clear()
     checker = CycleDomainChecker(settings_for(world))
     return make_service(engine, account_settings(smtp.url), clock=clock, checker=checker)
 
 
 @pytest.fixture
-def app(engine: Engine, svc: AccountService, world: World) -> Iterator[TestClient]:
+def app(engine: Engine, svc: Accounts, world: World) -> Iterator[TestClient]:
     checks = settings_for(world)
     web = make_web_app(engine, svc, settings=checks, checker=CycleDomainChecker(checks))
     with TestClient(web) as client:
         yield client
 
 
-def owner_years_ago(svc: AccountService, smtp: MailServer, username: str, address: str) -> int:
+def owner_years_ago(svc: Accounts, smtp: MailServer, username: str, address: str) -> int:
     """An owner with ``address`` (verified while the domain was theirs) and a spare address."""
     account_id = created(svc.sign_up(username, PASSWORD, address))
     assert svc.verify_email(token_from(smtp.inbox(address)[-1])).verified
@@ -161,7 +159,7 @@ def assert_sign_in_first(response: httpx.Response) -> None:
 
 def test_takeover_by_removing_and_re_adding_a_lapsed_address_fails(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -205,7 +203,7 @@ def test_takeover_by_removing_and_re_adding_a_lapsed_address_fails(
 
 def test_a_never_verified_address_on_a_re_registered_domain_needs_the_session(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -321,7 +319,7 @@ def test_attack_reset_asked_during_the_check_at_verification_reaches_nobody(
 
 
 def test_resurrection_between_checks_is_refused_at_verification(
-    svc: AccountService, smtp: MailServer, world: World, engine: Engine, clock: Clock
+    svc: Accounts, smtp: MailServer, world: World, engine: Engine, clock: Clock
 ) -> None:
     """The store saw the domain registered years ago; it lapsed and was bought again
     between two checks, so the store never saw it dangerous. A plain link then reaches
@@ -355,7 +353,7 @@ def test_resurrection_between_checks_is_refused_at_verification(
 
 def test_attack_case_variant_of_an_unverified_address_is_the_same_address(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -377,7 +375,7 @@ def test_attack_case_variant_of_an_unverified_address_is_the_same_address(
     assert resets_to(smtp, VICTIM.upper()) == 0
 
 
-def _enable_totp(svc: AccountService, account_id: int, clock: Clock) -> tuple[str, ...]:
+def _enable_totp(svc: Accounts, account_id: int, clock: Clock) -> tuple[str, ...]:
     import pyotp
 
     setup = svc.begin_totp_setup(account_id)
@@ -385,7 +383,7 @@ def _enable_totp(svc: AccountService, account_id: int, clock: Clock) -> tuple[st
 
 
 def test_attack_one_recovery_code_logs_in_once_under_concurrency(
-    svc: AccountService, smtp: MailServer, clock: Clock
+    svc: Accounts, smtp: MailServer, clock: Clock
 ) -> None:
     clock.now = NOW
     account_id = created(svc.sign_up("racer", PASSWORD, "racer@gmail.com"))
@@ -406,7 +404,7 @@ def test_attack_one_recovery_code_logs_in_once_under_concurrency(
 
 
 def test_attack_concurrent_guesses_stay_under_the_login_limit(
-    svc: AccountService, smtp: MailServer, clock: Clock, engine: Engine
+    svc: Accounts, smtp: MailServer, clock: Clock, engine: Engine
 ) -> None:
     clock.now = NOW
     created(svc.sign_up("target", PASSWORD, "target@gmail.com"))
@@ -430,7 +428,7 @@ def test_attack_concurrent_guesses_stay_under_the_login_limit(
 
 
 def test_attack_wrong_passwords_do_not_lock_out_an_account_with_2fa(
-    svc: AccountService, smtp: MailServer, clock: Clock
+    svc: Accounts, smtp: MailServer, clock: Clock
 ) -> None:
     """A hard block on the name would lock its owner out; the second factor guards it."""
     clock.now = NOW
@@ -443,7 +441,7 @@ def test_attack_wrong_passwords_do_not_lock_out_an_account_with_2fa(
 
 
 def test_attack_reset_links_die_when_their_address_is_unverified(
-    svc: AccountService, smtp: MailServer, world: World, engine: Engine, clock: Clock
+    svc: Accounts, smtp: MailServer, world: World, engine: Engine, clock: Clock
 ) -> None:
     owner_years_ago(svc, smtp, "victim", VICTIM)
     clock.now = NOW
@@ -459,7 +457,7 @@ def test_attack_reset_links_die_when_their_address_is_unverified(
 
 
 def test_attack_the_code_that_confirms_2fa_cannot_log_in_again(
-    svc: AccountService, smtp: MailServer, clock: Clock
+    svc: Accounts, smtp: MailServer, clock: Clock
 ) -> None:
     import pyotp
 
@@ -473,7 +471,7 @@ def test_attack_the_code_that_confirms_2fa_cannot_log_in_again(
 
 
 def test_attack_a_stolen_session_cannot_change_things_silently(
-    svc: AccountService, smtp: MailServer, clock: Clock, world: World, engine: Engine
+    svc: Accounts, smtp: MailServer, clock: Clock, world: World, engine: Engine
 ) -> None:
     """Whatever a session changes that guards the account is mailed to every verified
     address, so the owner hears of an attacker holding their cookie."""
@@ -507,7 +505,7 @@ def test_attack_a_stolen_session_cannot_change_things_silently(
 
 
 def test_attack_an_unverified_squat_on_an_address_expires(
-    svc: AccountService, smtp: MailServer, clock: Clock, engine: Engine
+    svc: Accounts, smtp: MailServer, clock: Clock, engine: Engine
 ) -> None:
     """Someone adds another person's address and never verifies it: a day (a link's
     lifetime) after that adding, the real owner can add it (first to verify wins).
@@ -528,7 +526,7 @@ def test_attack_an_unverified_squat_on_an_address_expires(
 
 def test_resurrection_after_an_address_was_added_but_never_verified_is_refused(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -562,7 +560,7 @@ def test_resurrection_after_an_address_was_added_but_never_verified_is_refused(
 
 def test_attack_plain_link_during_a_registry_outage_verifies_nothing(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -603,7 +601,7 @@ def test_attack_plain_link_during_a_registry_outage_verifies_nothing(
 
 def test_attack_plain_link_on_a_known_domain_that_lapsed_is_applied_not_deferred(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -629,7 +627,7 @@ def test_attack_plain_link_on_a_known_domain_that_lapsed_is_applied_not_deferred
 
 
 def _plain_link_back_on_a_re_registered_domain(
-    svc: AccountService, smtp: MailServer, world: World, engine: Engine, clock: Clock
+    svc: Accounts, smtp: MailServer, world: World, engine: Engine, clock: Clock
 ) -> int:
     """'former' verified boss@ years ago and removed it while all was well (no history);
     the domain is registered again; former adds the address back and gets a plain link,
@@ -646,7 +644,7 @@ def _plain_link_back_on_a_re_registered_domain(
     return former
 
 
-def _boss_stays_unverified(svc: AccountService, smtp: MailServer, engine: Engine) -> None:
+def _boss_stays_unverified(svc: Accounts, smtp: MailServer, engine: Engine) -> None:
     row = email_row(engine, "boss@quietcorp.test")
     assert row is not None
     assert not row.verified
@@ -656,7 +654,7 @@ def _boss_stays_unverified(svc: AccountService, smtp: MailServer, engine: Engine
 
 def test_attack_a_decoy_verification_cannot_launder_the_registration_date(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -680,7 +678,7 @@ def test_attack_a_decoy_verification_cannot_launder_the_registration_date(
 
 def test_attack_a_cycle_run_cannot_launder_the_registration_date(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,
@@ -699,7 +697,7 @@ def test_attack_a_cycle_run_cannot_launder_the_registration_date(
 
 def test_attack_a_check_without_a_verified_address_still_marks_the_new_registration(
     app: TestClient,
-    svc: AccountService,
+    svc: Accounts,
     smtp: MailServer,
     world: World,
     engine: Engine,

@@ -23,15 +23,16 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from lapsewatch.accounts.results import RESET_REQUESTED
-from lapsewatch.accounts.service import AccountService
 from lapsewatch.store import Account, Email, Event, make_sessionmaker
 from lapsewatch.store.models import Webhook, WebhookDelivery
 from lapsewatch.web.config import DEFAULT_MAX_BODY_BYTES, WebSettings
 from lapsewatch.web.security import SESSION_MAX_AGE
 from lapsewatch.web.webhooks import InvalidWebhookUrl, add_webhook, deliver_webhooks
 from tests.mail_support import (
+    Accounts,
     Clock,
     MailServer,
     account_settings,
@@ -76,13 +77,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def service(engine: Engine, smtp: MailServer) -> AccountService:
+def service(engine: Engine, smtp: MailServer) -> Accounts:
     smtp.clear()
     return make_service(engine, account_settings(smtp.url))
 
 
 @pytest.fixture
-def app(engine: Engine, service: AccountService, clock: Clock) -> FastAPI:
+def app(engine: Engine, service: Accounts, clock: Clock) -> FastAPI:
     """The app with its default (safe) settings, but a smaller push limit to keep the
     oversized bodies small; the web clock (re-authentication) is the test's."""
     return make_web_app(
@@ -648,23 +649,23 @@ def test_attack_sign_up_does_not_tell_whether_an_address_is_used(
 
 
 def test_attack_forgot_password_answers_before_the_work(
-    engine: Engine, smtp: MailServer, service: AccountService, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, smtp: MailServer, service: Accounts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The answer must not wait for the reset work, whose duration told a known
     account (~15 ms) from an unknown one (~9 ms). The work is held back here: the
     answer still comes."""
     release = threading.Event()
     finished = threading.Event()
-    real = service.request_password_reset
+    real = service.service.request_password_reset
 
-    def held(identifier: str, *, client: str | None = None) -> Any:
+    def held(session: Session, identifier: str, *, client: str | None = None) -> Any:
         release.wait(10)
         try:
-            return real(identifier, client=client)
+            return real(session, identifier, client=client)
         finally:
             finished.set()
 
-    monkeypatch.setattr(service, "request_password_reset", held)
+    monkeypatch.setattr(service.service, "request_password_reset", held)
     server = LiveServer()
     server.start(make_web_app(engine, service))
     try:
@@ -765,8 +766,8 @@ def test_attack_a_stale_cookie_cannot_redeem_a_login_bound_link(
     with make_sessionmaker(engine).begin() as session:
         row = session.get_one(Email, email_id)
         row.verified, row.unverified_at, row.unverify_reason = False, clock(), "available"
-    accounts = app_client.app.state.context.accounts  # type: ignore[attr-defined]
-    accounts.request_reverification(row.account_id, email_id)
+    context = app_client.app.state.context  # type: ignore[attr-defined]
+    context.run(context.accounts.request_reverification, row.account_id, email_id)
     token = token_from(smtp.inbox(VICTIM)[-1])
     clock.advance(minutes=11)
     thief = copy_session(app_client, victim)

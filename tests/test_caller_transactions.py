@@ -1,17 +1,26 @@
-"""The caller owns the transaction: API keys and webhooks change nothing the caller
-does not commit, and a refused change leaves the caller's transaction to roll back."""
+"""The caller owns the transaction: API keys, webhooks and the account services change
+nothing the caller does not commit, and a refused change leaves the caller's
+transaction to roll back (or, for the account services, to commit the refusal's
+record when the caller keeps refusals: the web app's ``context.run``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from lapsewatch.store import make_sessionmaker
+from lapsewatch.accounts.core import KEEP
+from lapsewatch.accounts.errors import InvalidCredentials
+from lapsewatch.accounts.passwords import Passwords
+from lapsewatch.accounts.service import AccountService
+from lapsewatch.smtp import SmtpMailer
+from lapsewatch.store import Account, Event, Notice, make_sessionmaker
+from lapsewatch.store.models import RateLimitHit
+from lapsewatch.store.work import transaction
 from lapsewatch.web.apikeys import (
     KeyNameTaken,
     authenticate,
@@ -20,10 +29,12 @@ from lapsewatch.web.apikeys import (
     revoke_api_key,
 )
 from lapsewatch.web.webhooks import add_webhook, list_webhooks, remove_webhook
+from tests.mail_support import MailServer, account_settings, deliver_at_once
 from tests.web_support import LOOPBACK
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 HOOK = "http://127.0.0.1:9/hook"
+PASSWORD = "correct horse battery"
 
 
 @contextmanager
@@ -84,3 +95,71 @@ def test_webhooks_change_only_when_the_caller_commits(engine: Engine) -> None:
         assert remove_webhook(session, hook.id)
     with make_sessionmaker(engine)() as session:
         assert [h.id for h in list_webhooks(session)] == [hook.id]
+
+
+# ---------------------------------------------------------------- the account services
+
+
+def services(engine: Engine, smtp: MailServer, sent: list[list[int]]) -> AccountService:
+    """The services with a ``deliver`` that records what it was handed, then sends it."""
+    settings = account_settings(smtp.url)
+    send = deliver_at_once(engine, settings, SmtpMailer.from_settings(settings))
+
+    def deliver(ids: Sequence[int]) -> bool:
+        sent.append(list(ids))
+        return send(ids)
+
+    return AccountService(engine, settings, deliver=deliver, passwords=Passwords.cheapest())
+
+
+def test_a_sign_up_rolled_back_leaves_nothing_and_mails_nothing(engine: Engine) -> None:
+    sent: list[list[int]] = []
+    with MailServer() as smtp:
+        svc = services(engine, smtp, sent)
+        with rolled_back(engine) as session:
+            signed = svc.sign_up(session, "alice", PASSWORD, "alice@gmail.com")
+            assert signed.account_id is not None  # seen inside the transaction
+            assert session.scalars(select(Notice)).all() != []
+        assert sent == []  # never handed to the sender: the notice is not there
+        assert smtp.everything() == []
+    with make_sessionmaker(engine)() as session:
+        assert session.scalars(select(Account)).all() == []
+        assert session.scalars(select(Notice)).all() == []
+        assert session.scalars(select(Event)).all() == []
+
+
+def test_the_caller_composes_calls_into_one_transaction_and_mail_waits_for_its_commit(
+    engine: Engine,
+) -> None:
+    """Two calls in one transaction; nothing is visible to another connection, and no
+    mail is handed over, before the caller commits."""
+    sent: list[list[int]] = []
+    with MailServer() as smtp:
+        svc = services(engine, smtp, sent)
+        with make_sessionmaker(engine).begin() as session:
+            account_id = svc.sign_up(session, "alice", PASSWORD, "alice@gmail.com").account_id
+            assert account_id is not None
+            svc.add_email(session, account_id, "alice@own.test")
+            with make_sessionmaker(engine)() as other:
+                assert other.scalars(select(Account)).all() == []
+            assert sent == []
+        assert len(sent) == 2  # each link handed over once committed
+        assert {m.mailbox for m in smtp.everything()} == {"alice@gmail.com", "alice@own.test"}
+
+
+def test_a_refused_login_is_recorded_when_the_caller_keeps_refusals(engine: Engine) -> None:
+    """``transaction(keep=KEEP)`` (what the web app's ``context.run`` does) commits the
+    record of a refusal; the limiter counts the attempt whatever the caller does."""
+    sessions = make_sessionmaker(engine)
+    with MailServer() as smtp:
+        svc = services(engine, smtp, [])
+        with transaction(sessions, keep=KEEP) as session:
+            svc.sign_up(session, "alice", PASSWORD, "alice@gmail.com")
+        with pytest.raises(InvalidCredentials), transaction(sessions, keep=KEEP) as session:
+            svc.login(session, "alice", "a wrong guess")
+        with pytest.raises(InvalidCredentials), transaction(sessions) as session:
+            svc.login(session, "alice", "another wrong guess")  # this caller rolls back
+    with sessions() as session:
+        failed = session.scalars(select(Event).where(Event.kind == "login.failed")).all()
+        assert len(failed) == 1  # only the kept one
+        assert len(session.scalars(select(RateLimitHit)).all()) == 2  # both counted

@@ -12,14 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.service import AccountService
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.store import Domain, Email, Event, make_sessionmaker
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cycle_support import EXPECTED_UNVERIFIED, NOW, seed
-from tests.mail_support import MailServer, account_settings, token_from
+from tests.mail_support import Accounts, MailServer, account_settings, token_from
 from tests.metrics_support import scrape, total
 from tests.web_support import WebClient, make_admin, make_service, make_web_app
 
@@ -50,13 +49,13 @@ def check_settings(world: World) -> Settings:
 
 
 @pytest.fixture
-def service(engine: Engine, smtp: MailServer) -> AccountService:
+def service(engine: Engine, smtp: MailServer) -> Accounts:
     smtp.clear()
     return make_service(engine, account_settings(smtp.url))
 
 
 @pytest.fixture
-def app_client(engine: Engine, service: AccountService, world: World) -> Iterator[TestClient]:
+def app_client(engine: Engine, service: Accounts, world: World) -> Iterator[TestClient]:
     settings = check_settings(world)
     app = make_web_app(engine, service, settings=settings, checker=CycleDomainChecker(settings))
     with TestClient(app) as client:

@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from lapsewatch.accounts.service import RESET_REQUESTED, AccountService
+from lapsewatch.accounts.service import RESET_REQUESTED
 from lapsewatch.accounts.settings import Limit, RateLimits
 from lapsewatch.store import Email, make_sessionmaker
-from tests.mail_support import MailServer, account_settings, token_from
+from tests.mail_support import Accounts, MailServer, account_settings, token_from
 from tests.web_support import (
     PASSWORD,
     WebClient,
@@ -38,14 +38,14 @@ def smtp() -> Iterator[MailServer]:
 
 
 @pytest.fixture
-def service(engine: Engine, smtp: MailServer) -> AccountService:
+def service(engine: Engine, smtp: MailServer) -> Accounts:
     smtp.clear()
     limits = RateLimits(login_per_username=Limit(3, timedelta(minutes=15)))
     return make_service(engine, account_settings(smtp.url, limits=limits))
 
 
 @pytest.fixture
-def app_client(engine: Engine, service: AccountService) -> Iterator[TestClient]:
+def app_client(engine: Engine, service: Accounts) -> Iterator[TestClient]:
     with TestClient(make_web_app(engine, service)) as client:
         yield client
 

@@ -40,7 +40,7 @@ from lapsewatch.web import webhooks
 from lapsewatch.web.apikeys import create_api_key
 from lapsewatch.web.app import create_app
 from lapsewatch.web.config import WebSettings
-from tests.mail_support import deliver_at_once
+from tests.mail_support import Accounts, deliver_at_once
 
 __all__ = [
     "LOOPBACK",
@@ -126,22 +126,27 @@ def make_service(
     clock: Callable[[], datetime] | None = None,
     checker: DomainChecker | None = None,
     policy: Policy | None = None,
-) -> AccountService:
-    """Cheap Argon2 (tests only), real SMTP, and real time unless a clock is given."""
-    return AccountService(
-        engine,
-        settings,
-        deliver=deliver_at_once(engine, settings, SmtpMailer.from_settings(settings), clock=clock),
-        checker=checker,
-        policy=policy,
-        clock=clock or (lambda: datetime.now(UTC)),
-        passwords=Passwords.cheapest(),
+) -> Accounts:
+    """Cheap Argon2 (tests only), real SMTP, and real time unless a clock is given;
+    called as a request calls them (:class:`~tests.mail_support.Accounts`)."""
+    return Accounts(
+        AccountService(
+            engine,
+            settings,
+            deliver=deliver_at_once(
+                engine, settings, SmtpMailer.from_settings(settings), clock=clock
+            ),
+            checker=checker,
+            policy=policy,
+            clock=clock or (lambda: datetime.now(UTC)),
+            passwords=Passwords.cheapest(),
+        )
     )
 
 
 def make_web_app(
     engine: Engine,
-    service: AccountService,
+    service: Accounts,
     *,
     settings: Settings | None = None,
     checker: DomainChecker | None = None,
@@ -150,7 +155,7 @@ def make_web_app(
 ) -> FastAPI:
     return create_app(
         engine,
-        service,
+        service.service,
         settings or Settings(),
         domain_checker=checker or NoChecker(),
         clock=clock,

@@ -32,7 +32,6 @@ from lapsewatch.accounts.core import (
     _own_email,
 )
 from lapsewatch.accounts.errors import (
-    AccountError,
     AddressInUse,
     InvalidAddress,
     InvalidUsername,
@@ -50,6 +49,7 @@ from lapsewatch.names import InvalidName, address_key
 from lapsewatch.names import check_username as _check_name
 from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Account, Email, Event
+from lapsewatch.store.work import savepoint
 
 __all__ = ["WEB_OWNER", "AddressService", "check_username"]
 
@@ -61,7 +61,13 @@ class AddressService(AccountCore):
     """Sign-up and the logged-in owner's changes to their addresses."""
 
     def sign_up(
-        self, username: str, password: str, email: str, *, client: str | None = None
+        self,
+        session: Session,
+        username: str,
+        password: str,
+        email: str,
+        *,
+        client: str | None = None,
     ) -> SignedUp:
         """Create an account with one unverified primary address and mail its verification link.
 
@@ -81,33 +87,26 @@ class AddressService(AccountCore):
         password_hash = self._passwords.hash(password)
         now = self._clock()
         client = _clean_client(client)
-        with self._sessions.begin() as session:
-            if client is not None and not self._limiter.allow(
-                session,
-                self._limiter.key("sign-up-client", client),
-                self.settings.limits.sign_ups_per_client,
-                now=now,
-            ):
-                outcome: AccountError | tuple[int | None, int | None, list[int]] = RateLimited(
-                    "too many sign-ups from here; try again later"
-                )
-            else:
-                outcome = self._create_account(session, username, password_hash, parsed, now)
-        if isinstance(outcome, AccountError):
-            raise outcome
-        account_id, email_id, queued = outcome
-        sent = self._deliver(queued)
-        return SignedUp(account_id, username, email_id, parsed.address, sent)
+        if client is not None and not self._limiter.allow(
+            session,
+            self._limiter.key("sign-up-client", client),
+            self.settings.limits.sign_ups_per_client,
+            now=now,
+        ):
+            raise RateLimited("too many sign-ups from here; try again later")
+        account_id, email_id = self._create_account(session, username, password_hash, parsed, now)
+        return SignedUp(account_id, username, email_id, parsed.address)
 
     def _create_account(
         self, session: Session, username: str, password_hash: str, parsed: _Address, now: datetime
-    ) -> AccountError | tuple[int | None, int | None, list[int]]:
-        """The new account's ids and its queued link; no ids when the address is
-        someone else's (its owner is mailed instead of the visitor being told)."""
+    ) -> tuple[int | None, int | None]:
+        """The new account's ids, its link queued; no ids when the address is someone
+        else's (its owner is mailed instead of the visitor being told)."""
         if _account_by_username(session, username) is not None:
-            return UsernameTaken(f"the username {username!r} is taken")
+            raise UsernameTaken(f"the username {username!r} is taken")
         if not self._address_free(session, parsed.address, now):
-            return None, None, self._queue_address_taken(session, parsed.address, now)
+            self._queue_address_taken(session, parsed.address, now)
+            return None, None
         account = Account(
             username=username, created_at=now, password_hash=password_hash, projects=[]
         )
@@ -115,21 +114,22 @@ class AddressService(AccountCore):
         account.emails.append(email)
         try:
             # Added inside the savepoint, so a refused insert leaves nothing pending.
-            with session.begin_nested():
+            with savepoint(session):
                 session.add(account)
                 session.flush()
         except IntegrityError:  # a concurrent sign-up took the name or the address
-            return UsernameTaken("that username or address was just taken")
+            raise UsernameTaken("that username or address was just taken") from None
         actor = user_actor(username)
         record(session, at=now, actor=actor, kind="account.created", account_id=account.id)
         self._record_email_added(session, email, actor, now)
-        return account.id, email.id, [self._queue_link(session, email, notices.VERIFY_EMAIL, now)]
+        self._queue_link(session, email, notices.VERIFY_EMAIL, now)
+        return account.id, email.id
 
-    def _queue_address_taken(self, session: Session, address: str, now: datetime) -> list[int]:
+    def _queue_address_taken(self, session: Session, address: str, now: datetime) -> None:
         """Tell the owner of ``address`` that someone tried to sign up with it."""
         email = _email_by_address(session, address)
         if email is None:  # gone since it was found taken: nobody to tell
-            return []
+            return
         mail = messages.address_taken_mail(
             address=address,
             sign_in_url=messages.link(self.settings.base_url, messages.LOGIN_PATH),
@@ -143,110 +143,91 @@ class AddressService(AccountCore):
             body=mail.body,
             to_address=address,
         )
-        return [notice.id]
+        self._send_after_commit(session, [notice.id])
 
-    def add_email(self, account_id: int, address: str) -> EmailAdded:
+    def add_email(self, session: Session, account_id: int, address: str) -> EmailAdded:
         """Add an unverified address to the logged-in account and mail its verification link."""
         parsed = self._parse_address(address)
         now = self._clock()
-        with self._sessions.begin() as session:
-            outcome = self._add_email(session, account_id, parsed, now)
-        if isinstance(outcome, AccountError):
-            raise outcome
-        email_id, link, security = outcome
-        sent = self._deliver([link])
-        self._deliver(security)
-        return EmailAdded(email_id, parsed.address, sent)
-
-    def _add_email(
-        self, session: Session, account_id: int, parsed: _Address, now: datetime
-    ) -> AccountError | tuple[int, int, list[int]]:
         account = _account(session, account_id)
         if len(account.emails) >= self.settings.max_addresses:
-            return TooManyAddresses(
+            raise TooManyAddresses(
                 f"an account can have at most {self.settings.max_addresses} addresses"
             )
-        if not self._address_free(session, parsed.address, now):
-            return AddressInUse("this address is already used by an account")
+        stale = self._stale_holder(session, parsed.address, now)
+        if stale is False:
+            raise AddressInUse("this address is already used by an account")
+        # Counted before this session writes (on SQLite a writing session holds the lock
+        # the limiter's own transaction needs).
         if not self._verification_allowed(session, account.id, now):
-            return RateLimited("too many verification mails; try again later")
+            raise RateLimited("too many verification mails; try again later")
+        if isinstance(stale, Email) and not self._drop_stale(session, stale, now):
+            raise AddressInUse("this address is already used by an account")
         email = parsed.new_email(primary=not account.emails, now=now)
         try:
-            with session.begin_nested():
+            with savepoint(session):
                 account.emails.append(email)
                 session.flush()
         except IntegrityError:
-            return AddressInUse("this address is already used by an account")
+            raise AddressInUse("this address is already used by an account") from None
         self._record_email_added(session, email, user_actor(account.username), now)
-        link = self._queue_link(session, email, notices.VERIFY_EMAIL, now)
-        security = self._queue_security_mails(session, account, "email.added", email.address, now)
-        return email.id, link, security
+        self._queue_link(session, email, notices.VERIFY_EMAIL, now)
+        self._queue_security_mails(session, account, "email.added", email.address, now)
+        return EmailAdded(email.id, parsed.address)
 
-    def remove_email(self, account_id: int, email_id: int) -> None:
+    def remove_email(self, session: Session, account_id: int, email_id: int) -> None:
         """Remove an address; never the primary, never the last verified one.
 
         The last verified address is the only way a forgotten password comes
         back, so it goes only once another address is verified.
         """
         now = self._clock()
-        queued: list[int] = []
-        with self._sessions.begin() as session:
-            account = _account(session, account_id)
-            email = _own_email(account, email_id)
-            verified_others = [e for e in account.emails if e.verified and e.id != email.id]
-            error: AccountError | None = None
-            if email.primary:
-                error = PrimaryAddress("make another verified address primary first")
-            elif email.verified and not verified_others:
-                error = LastVerifiedAddress(
-                    "this is your only verified address; verify another one first"
-                )
-            else:
-                record(
-                    session,
-                    at=now,
-                    actor=user_actor(account.username),
-                    kind="email.removed",
-                    account_id=account.id,
-                    domain=email.domain,
-                    before={"address": email.address, "verified": email.verified},
-                )
-                # The removed address hears of it too: it may be the owner's last word.
-                queued = self._queue_security_mails(
-                    session, account, "email.removed", email.address, now
-                )
-                account.emails.remove(email)
-        if error is not None:
-            raise error
-        self._deliver(queued)
+        account = _account(session, account_id)
+        email = _own_email(account, email_id)
+        verified_others = [e for e in account.emails if e.verified and e.id != email.id]
+        if email.primary:
+            raise PrimaryAddress("make another verified address primary first")
+        if email.verified and not verified_others:
+            raise LastVerifiedAddress(
+                "this is your only verified address; verify another one first"
+            )
+        record(
+            session,
+            at=now,
+            actor=user_actor(account.username),
+            kind="email.removed",
+            account_id=account.id,
+            domain=email.domain,
+            before={"address": email.address, "verified": email.verified},
+        )
+        # The removed address hears of it too: it may be the owner's last word.
+        self._queue_security_mails(session, account, "email.removed", email.address, now)
+        account.emails.remove(email)
+        session.flush()
 
-    def set_primary(self, account_id: int, email_id: int) -> None:
+    def set_primary(self, session: Session, account_id: int, email_id: int) -> None:
         """Make a verified address the primary one."""
         now = self._clock()
-        with self._sessions.begin() as session:
-            account = _account(session, account_id)
-            email = _own_email(account, email_id)
-            if not email.verified:
-                raise NotVerified("only a verified address can be primary")
-            old = next((e for e in account.emails if e.primary), None)
-            if old is email:
-                return
-            for other in account.emails:
-                other.primary = other is email
-            record(
-                session,
-                at=now,
-                actor=user_actor(account.username),
-                kind="email.primary_changed",
-                account_id=account.id,
-                email_id=email.id,
-                before={"primary": old.address if old else None},
-                after={"primary": email.address},
-            )
-            queued = self._queue_security_mails(
-                session, account, "email.primary_changed", email.address, now
-            )
-        self._deliver(queued)
+        account = _account(session, account_id)
+        email = _own_email(account, email_id)
+        if not email.verified:
+            raise NotVerified("only a verified address can be primary")
+        old = next((e for e in account.emails if e.primary), None)
+        if old is email:
+            return
+        for other in account.emails:
+            other.primary = other is email
+        record(
+            session,
+            at=now,
+            actor=user_actor(account.username),
+            kind="email.primary_changed",
+            account_id=account.id,
+            email_id=email.id,
+            before={"primary": old.address if old else None},
+            after={"primary": email.address},
+        )
+        self._queue_security_mails(session, account, "email.primary_changed", email.address, now)
 
     # -------------------------------------------------------------------------- helpers
 
@@ -286,20 +267,34 @@ class AddressService(AccountCore):
         asked for since or however often it was removed and added again: the row
         is dropped (its links die) and whoever verifies first keeps the address.
         """
+        stale = self._stale_holder(session, address, now)
+        if stale is None or stale is False:
+            return stale is None
+        assert isinstance(stale, Email)
+        return self._drop_stale(session, stale, now)
+
+    def _stale_holder(self, session: Session, address: str, now: datetime) -> Email | bool | None:
+        """Reading only: ``None`` when nobody has ``address``, ``False`` when it is taken,
+        else the row of a web account whose hold on it ran out (:meth:`_drop_stale`)."""
         email = _email_by_address(session, address)
         if email is None:
-            return True
+            return None
         if not _never_verified(email) or email.account.owner != WEB_OWNER:
             return False
         held_since = _held_since(session, email)
         if held_since is not None and now < held_since + self.settings.verify_token_ttl:
             return False
+        return email
+
+    def _drop_stale(self, session: Session, stale: Email, now: datetime) -> bool:
+        """Drop a row whose hold ran out (:meth:`_stale_holder`); whether the address is
+        free now."""
         # Read again under a row lock: its holder may have verified it a moment ago (a
         # verified address is never dropped), or another newcomer dropped it already
         # (then this one trips over the winner's row and its unique address).
         email = session.scalar(
             select(Email)
-            .where(Email.id == email.id)
+            .where(Email.id == stale.id)
             .with_for_update()
             .execution_options(populate_existing=True)
         )

@@ -3,12 +3,14 @@
 The job services (:mod:`~lapsewatch.accounts.addresses`,
 :mod:`~lapsewatch.accounts.verification`, :mod:`~lapsewatch.accounts.login`,
 :mod:`~lapsewatch.accounts.recovery`) each extend :class:`AccountCore`, so they
-share one session factory, one rate limiter and one mailer, and
+share one rate limiter and one ``deliver``, and
 :class:`~lapsewatch.accounts.service.AccountService` combines them into one object.
+Each method takes its caller's session (see :class:`AccountCore`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -18,7 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from lapsewatch import messages, notices
-from lapsewatch.accounts.errors import AccountNotFound, EmailNotFound, RateLimited
+from lapsewatch.accounts.errors import AccountError, AccountNotFound, EmailNotFound, RateLimited
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.ratelimit import RateLimiter
 from lapsewatch.accounts.settings import AccountSettings, Limit
@@ -27,15 +29,19 @@ from lapsewatch.dates import isoformat
 from lapsewatch.domains import FreeProviders
 from lapsewatch.names import address_key, username_key
 from lapsewatch.schedule import Policy
-from lapsewatch.store.db import make_sessionmaker
+from lapsewatch.store.db import make_sessionmaker, side_engine
 from lapsewatch.store.events import SYSTEM, record_once
 from lapsewatch.store.models import Account, Email
+from lapsewatch.store.work import after_commit
 
-__all__ = ["AccountCore", "Clock", "Deliver"]
+__all__ = ["KEEP", "AccountCore", "Clock", "Deliver"]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+KEEP = (AccountError,)
+"""What a caller's :func:`~lapsewatch.store.work.transaction` commits before re-raising:
+a refusal whose record (a failed login, a limit hit) must stand."""
 Deliver = Callable[[Sequence[int]], bool]
 """Send these queued notices now, or soon; false if they could not be (they stay queued
 for the mail job). :class:`lapsewatch.mail.sender.OutboxSender` is the production one."""
@@ -48,11 +54,16 @@ def _utc_now() -> datetime:
 
 
 class AccountCore:
-    """The state and helpers the job services share; each public method runs its own
-    short transactions, and slow work (Argon2, a domain check) happens outside them.
+    """The state and helpers the job services share.
 
-    Mail is queued in the outbox inside the transaction that decides it (a crash loses
-    nothing), then handed to ``deliver`` once that transaction has committed.
+    Every public method takes the caller's session and never commits, rolls back or
+    begins a transaction (:mod:`lapsewatch.store.work`): the caller (a web request, a
+    command) owns the unit of work, and commits it also when the method raises an
+    :class:`AccountError` (:data:`KEEP`), whose record (a failed login, a limit hit)
+    must stand. Slow work (Argon2) runs before the method writes anything in that
+    session, so no write lock waits on it; rate limits keep their own books
+    (:class:`RateLimiter`), and mail is queued in the session and handed to
+    ``deliver`` once the caller commits.
     """
 
     def __init__(
@@ -77,8 +88,12 @@ class AccountCore:
         self._clock = clock
         self._passwords = passwords or Passwords()
         self._free = free_providers
-        self._sessions = make_sessionmaker(engine)
-        self._limiter = RateLimiter(settings.secret_key)
+        # The limiter and the dry runs use connections of their own (side_engine): a
+        # caller's session holds one of the main pool while they run.
+        side = make_sessionmaker(side_engine(engine))
+        self._limiter = RateLimiter(settings.secret_key, side)
+        self._probes = side
+        """For a dry run only (a verification's, before its domain check): always rolled back."""
 
     # ------------------------------------------------------------------------- limits
 
@@ -90,32 +105,6 @@ class AccountCore:
             now=now,
         )
 
-    def _blocked(
-        self,
-        session: Session,
-        keys: Sequence[tuple[str, Limit]],
-        now: datetime,
-        *,
-        event_kind: str,
-    ) -> RateLimited | None:
-        """A :class:`RateLimited` if any key is over its limit (recorded once per window)."""
-        for key, limit in keys:
-            until = self._limiter.blocked_until(session, key, limit, now=now)
-            if until is None:
-                continue
-            bucket = int(now.timestamp() // max(limit.window.total_seconds(), 1))
-            record_once(
-                session,
-                key=f"{event_kind}:{key}:{bucket}",
-                at=now,
-                actor=SYSTEM,
-                kind=event_kind,
-                after={"limit": key.split(":")[0], "until": isoformat(until)},
-            )
-            wait = max(1, int((until - now).total_seconds() // 60) + 1)
-            return RateLimited(f"too many attempts; try again in {wait} minutes", until)
-        return None
-
     def _reserve(
         self,
         session: Session,
@@ -123,29 +112,32 @@ class AccountCore:
         now: datetime,
         *,
         event_kind: str,
-    ) -> tuple[list[int], RateLimited | None]:
-        """Refuse if over a limit, else record one hit per key (committed by the caller
-        before the expensive check, then confirmed by :meth:`_recount`)."""
-        self._limiter.serialize(session, [key for key, _ in keys])
-        blocked = self._blocked(session, keys, now, event_kind=event_kind)
-        if blocked is not None:
-            return [], blocked
-        return [self._limiter.hit(session, key, limit, now=now) for key, limit in keys], None
+    ) -> list[int]:
+        """Reserve one hit per key before an expensive check (committed at once by the
+        limiter); their ids. Over a limit: :class:`RateLimited`, and a key over its
+        limit before this attempt is recorded in ``session`` once per window."""
+        hits, over = self._limiter.reserve(session, keys, now=now)
+        if over is None:
+            return hits
+        if over.blocked:
+            limit = next(limit for key, limit in keys if key == over.key)
+            bucket = int(now.timestamp() // max(limit.window.total_seconds(), 1))
+            record_once(
+                session,
+                key=f"{event_kind}:{over.key}:{bucket}",
+                at=now,
+                actor=SYSTEM,
+                kind=event_kind,
+                after={"limit": over.key.split(":")[0], "until": isoformat(over.until)},
+            )
+        wait = max(1, int((over.until - now).total_seconds() // 60) + int(over.blocked))
+        raise RateLimited(f"too many attempts; try again in {wait} minutes", over.until)
 
-    def _recount(
-        self, keys: Sequence[tuple[str, Limit]], hits: list[int], now: datetime
-    ) -> RateLimited | None:
-        """After the hits are committed: refuse (and give them back) if racing attempts
-        took the key over its limit."""
-        with self._sessions.begin() as session:
-            over = [
-                limit for key, limit in keys if self._limiter.over(session, key, limit, now=now)
-            ]
-            if not over:
-                return None
-            self._limiter.refund(session, hits)
-        wait = max(1, int(max(limit.window for limit in over).total_seconds() // 60))
-        return RateLimited(f"too many attempts; try again in {wait} minutes", now + over[0].window)
+    def _refund(self, session: Session, hits: list[int]) -> None:
+        """Give the reserved hits back once the caller commits: the attempt succeeded.
+        (Not before: on SQLite this session may hold the write lock the limiter needs.)"""
+        if hits:
+            after_commit(session, functools.partial(self._limiter.refund, hits))
 
     # -------------------------------------------------------------------------- mails
 
@@ -158,9 +150,9 @@ class AccountCore:
         now: datetime,
         *,
         skip: str | None = None,
-    ) -> list[int]:
+    ) -> None:
         """Queue the mails telling every verified address (and a removed one) of a
-        change; their notice ids. Each goes out only if its address is still verified."""
+        change. Each goes out only if its address is still verified then."""
         url = messages.link(self.settings.base_url, messages.SECURITY_PATH)
         ids: list[int] = []
 
@@ -191,7 +183,7 @@ class AccountCore:
                 add(email.address, email.id)
         if removed is not None:  # its row goes with this transaction: by address
             add(removed, None)
-        return ids
+        self._send_after_commit(session, ids)
 
     def _queue_link(
         self,
@@ -201,9 +193,9 @@ class AccountCore:
         now: datetime,
         *,
         client: str | None = None,
-    ) -> int:
-        """Queue a link for ``email`` (``verify_email``, ``password_reset``); its notice
-        id. The outbox makes the token when it sends (none rests in the database)."""
+    ) -> None:
+        """Queue a link for ``email`` (``verify_email``, ``password_reset``). The outbox
+        makes the token when it sends (none rests in the database)."""
         notice = notices.queue(
             session,
             account_id=email.account_id,
@@ -212,18 +204,21 @@ class AccountCore:
             email_id=email.id,
             client=client,
         )
-        return notice.id
+        self._send_after_commit(session, [notice.id])
 
-    def _deliver(self, ids: Sequence[int]) -> bool:
-        """Hand committed notices to ``deliver``; whether they went (or are on their way).
-        A failure leaves them queued: the mail job sends them later."""
-        if not ids or self._deliver_now is None:
-            return True
+    def _send_after_commit(self, session: Session, ids: Sequence[int]) -> None:
+        """Hand queued notices to ``deliver`` once the caller commits (never if it rolls
+        back). A failure leaves them queued: the mail job sends them later."""
+        if ids and self._deliver_now is not None:
+            after_commit(session, functools.partial(self._deliver, list(ids)))
+
+    def _deliver(self, ids: list[int]) -> None:
+        assert self._deliver_now is not None
         try:
-            return self._deliver_now(ids)
+            if not self._deliver_now(ids):
+                log.warning("notices %s stay queued for the mail job", ids)
         except Exception:  # the mail is queued; the request it came from stands
             log.exception("delivering notices %s failed; the mail job will send them", ids)
-            return False
 
 
 # --------------------------------------------------------------------------- functions
@@ -244,7 +239,8 @@ def _clean_client(client: str | None) -> str | None:
 
 
 def _account(session: Session, account_id: int, *, lock: bool = False) -> Account:
-    account = session.get(Account, account_id, with_for_update=lock)
+    # A lock reads the row again: the object may be from before it (the same session).
+    account = session.get(Account, account_id, with_for_update=lock, populate_existing=lock)
     if account is None:
         raise AccountNotFound("this account does not exist")
     return account

@@ -27,7 +27,6 @@ from lapsewatch.accounts.core import (
     _clean_client,
 )
 from lapsewatch.accounts.errors import (
-    AccountError,
     InvalidCredentials,
     InvalidSecondFactor,
     TotpAlreadyEnabled,
@@ -65,6 +64,7 @@ class LoginService(AccountCore):
 
     def login(
         self,
+        session: Session,
         username: str,
         password: str,
         *,
@@ -86,25 +86,20 @@ class LoginService(AccountCore):
         now = self._clock()
         username = _clean(username, _MAX_IDENTIFIER)
         client = _clean_client(client)
-        with self._sessions.begin() as session:
-            account = _account_by_username(session, username)
-            keys = self._login_keys(username, client, account)
-            stored = account.password_hash if account is not None else None
-            account_id = account.id if account is not None else None
-            hits, blocked = self._reserve(session, keys, now, event_kind="login.rate_limited")
-        if blocked is None:
-            blocked = self._recount(keys, hits, now)
-        if blocked is not None:
-            raise blocked
-        good = self._passwords.verify(stored, password)
-        with self._sessions.begin() as session:
-            outcome = self._after_password(session, account_id, good, password, hits, client, now)
-        if isinstance(outcome, AccountError):
-            raise outcome
+        account = _account_by_username(session, username)
+        keys = self._login_keys(username, client, account)
+        stored = account.password_hash if account is not None else None
+        hits = self._reserve(session, keys, now, event_kind="login.rate_limited")
+        good = self._passwords.verify(stored, password)  # before this session writes
+        outcome = self._after_password(session, account, good, hits, client, now)
+        assert account is not None
         if outcome.status is LoginStatus.SECOND_FACTOR_REQUIRED and (
             totp_code is not None or recovery_code is not None
         ):
-            return self._second_factor(outcome.account_id, totp_code, recovery_code, client)
+            outcome = self._second_factor(session, account.id, totp_code, recovery_code, client)
+        # Written last: the second factor's limit is reserved before this session writes.
+        if account.password_hash and self._passwords.needs_rehash(account.password_hash):
+            account.password_hash = self._passwords.hash(password)
         return outcome
 
     def _login_keys(
@@ -123,14 +118,12 @@ class LoginService(AccountCore):
     def _after_password(
         self,
         session: Session,
-        account_id: int | None,
+        account: Account | None,
         good: bool,
-        password: str,
         hits: list[int],
         client: str | None,
         now: datetime,
-    ) -> AccountError | LoginResult:
-        account = session.get(Account, account_id) if account_id is not None else None
+    ) -> LoginResult:
         if account is None or not good:
             if account is not None:  # the reserved hits stay: they count the failure
                 record(
@@ -141,10 +134,8 @@ class LoginService(AccountCore):
                     account_id=account.id,
                     after={"client": client, "reason": "password"},
                 )
-            return InvalidCredentials("wrong username or password")
-        self._limiter.refund(session, hits)
-        if account.password_hash and self._passwords.needs_rehash(account.password_hash):
-            account.password_hash = self._passwords.hash(password)
+            raise InvalidCredentials("wrong username or password")
+        self._refund(session, hits)
         if account.totp_enabled:
             return LoginResult(
                 LoginStatus.SECOND_FACTOR_REQUIRED, account.id, account.username, account.is_admin
@@ -161,6 +152,7 @@ class LoginService(AccountCore):
 
     def complete_login(
         self,
+        session: Session,
         account_id: int,
         *,
         totp_code: str | None = None,
@@ -168,10 +160,13 @@ class LoginService(AccountCore):
         client: str | None = None,
     ) -> LoginResult:
         """Second step of a 2FA login; call only for an account whose password was just checked."""
-        return self._second_factor(account_id, totp_code, recovery_code, _clean_client(client))
+        return self._second_factor(
+            session, account_id, totp_code, recovery_code, _clean_client(client)
+        )
 
     def _second_factor(
         self,
+        session: Session,
         account_id: int,
         totp_code: str | None,
         recovery_code: str | None,
@@ -183,17 +178,12 @@ class LoginService(AccountCore):
         now = self._clock()
         key = self._limiter.key("second-factor", str(account_id))
         keys = [(key, self.settings.limits.second_factor_per_account)]
-        with self._sessions.begin() as session:
-            account = _account(session, account_id)
-            if not account.totp_enabled:
-                raise TotpNotEnabled("two-factor authentication is not enabled")
-            secret = account.totp_secret
-            codes = [(c.id, c.code_hash) for c in account.unused_recovery_codes]
-            hits, blocked = self._reserve(session, keys, now, event_kind="login.rate_limited")
-        if blocked is None:
-            blocked = self._recount(keys, hits, now)
-        if blocked is not None:
-            raise blocked
+        account = _account(session, account_id)
+        if not account.totp_enabled:
+            raise TotpNotEnabled("two-factor authentication is not enabled")
+        secret = account.totp_secret
+        codes = [(c.id, c.code_hash) for c in account.unused_recovery_codes]
+        hits = self._reserve(session, keys, now, event_kind="login.rate_limited")
         timecode: int | None = None
         code_id: int | None = None
         if totp_code is not None and secret:
@@ -202,120 +192,111 @@ class LoginService(AccountCore):
             normalized = normalize_recovery_code(recovery_code)
             if normalized is not None:
                 code_id = next((i for i, h in codes if self._passwords.verify(h, normalized)), None)
-        with self._sessions.begin() as session:
-            account = _account(session, account_id)
-            actor = user_actor(account.username)
-            method = None
-            if timecode is not None and record_once(
+        account = _account(session, account_id)
+        actor = user_actor(account.username)
+        method = None
+        if timecode is not None and record_once(
+            session,
+            key=_totp_step_key(account.id, timecode),
+            at=now,
+            actor=actor,
+            kind="login.succeeded",
+            account_id=account.id,
+            after={"client": client, "method": "totp"},
+        ):
+            method = "totp"
+        elif code_id is not None and _spend_recovery_code(session, code_id, now):
+            method = "recovery_code"
+            left = len(account.unused_recovery_codes) - 1
+            record(
                 session,
-                key=_totp_step_key(account.id, timecode),
+                at=now,
+                actor=actor,
+                kind="totp.recovery_code_used",
+                account_id=account.id,
+                after={"recovery_codes_left": left, "client": client},
+            )
+            record(
+                session,
                 at=now,
                 actor=actor,
                 kind="login.succeeded",
                 account_id=account.id,
-                after={"client": client, "method": "totp"},
-            ):
-                method = "totp"
-            elif code_id is not None and _spend_recovery_code(session, code_id, now):
-                method = "recovery_code"
-                left = len(account.unused_recovery_codes) - 1
-                record(
-                    session,
-                    at=now,
-                    actor=actor,
-                    kind="totp.recovery_code_used",
-                    account_id=account.id,
-                    after={"recovery_codes_left": left, "client": client},
-                )
-                record(
-                    session,
-                    at=now,
-                    actor=actor,
-                    kind="login.succeeded",
-                    account_id=account.id,
-                    after={"client": client, "method": method},
-                )
-            if method is not None:
-                self._limiter.refund(session, hits)
-                session.expire(account, ["unused_recovery_codes"])
-                return LoginResult(
-                    LoginStatus.OK,
-                    account.id,
-                    account.username,
-                    account.is_admin,
-                    used_recovery_code=method == "recovery_code",
-                    recovery_codes_left=len(account.unused_recovery_codes),
-                )
-            record(
-                session,
-                at=now,
-                actor=actor,
-                kind="login.failed",
-                account_id=account.id,
-                after={"client": client, "reason": "second_factor"},
+                after={"client": client, "method": method},
             )
+        if method is not None:
+            self._refund(session, hits)
+            session.expire(account, ["unused_recovery_codes"])
+            return LoginResult(
+                LoginStatus.OK,
+                account.id,
+                account.username,
+                account.is_admin,
+                used_recovery_code=method == "recovery_code",
+                recovery_codes_left=len(account.unused_recovery_codes),
+            )
+        record(
+            session,
+            at=now,
+            actor=actor,
+            kind="login.failed",
+            account_id=account.id,
+            after={"client": client, "reason": "second_factor"},
+        )
         raise InvalidSecondFactor("wrong or already used code")
 
     # ---------------------------------------------------------------------------- sessions
 
-    def end_sessions(self, account_id: int) -> int:
+    def end_sessions(self, session: Session, account_id: int) -> int:
         """End every session of the account (logout, "log out everywhere"); the new
         generation, which a session that should live on (this one) takes up."""
         now = self._clock()
-        with self._sessions.begin() as session:
-            account = _account(session, account_id, lock=True)
-            generation = _bump_generation(account)
-            record(
-                session,
-                at=now,
-                actor=user_actor(account.username),
-                kind="sessions.ended",
-                account_id=account.id,
-                after={"session_generation": generation},
-            )
+        account = _account(session, account_id, lock=True)
+        generation = _bump_generation(account)
+        record(
+            session,
+            at=now,
+            actor=user_actor(account.username),
+            kind="sessions.ended",
+            account_id=account.id,
+            after={"session_generation": generation},
+        )
         return generation
 
-    def reauthenticate(self, account_id: int, password: str) -> None:
+    def reauthenticate(self, session: Session, account_id: int, password: str) -> None:
         """Ask for the password again before a change that guards the account; a
         stolen session cookie alone then cannot make it (raises on a wrong one)."""
-        self._check_password(account_id, password)
+        self._check_password(session, account_id, password)
 
-    def _check_password(self, account_id: int, password: str) -> None:
+    def _check_password(self, session: Session, account_id: int, password: str) -> None:
         """Re-check the password of a logged-in account, under the login limit (reserved
         first): a stolen session must not become a password-guessing oracle."""
         now = self._clock()
-        with self._sessions.begin() as session:
-            account = _account(session, account_id)
-            keys = [
-                (
-                    self._limiter.key("login-user", account.username_key),
-                    self.settings.limits.login_per_username,
-                )
-            ]
-            stored = account.password_hash
-            hits, blocked = self._reserve(session, keys, now, event_kind="login.rate_limited")
-        if blocked is None:
-            blocked = self._recount(keys, hits, now)
-        if blocked is not None:
-            raise blocked
+        account = _account(session, account_id)
+        keys = [
+            (
+                self._limiter.key("login-user", account.username_key),
+                self.settings.limits.login_per_username,
+            )
+        ]
+        stored = account.password_hash
+        hits = self._reserve(session, keys, now, event_kind="login.rate_limited")
         if not self._passwords.verify(stored, password):
             raise InvalidCredentials("wrong password")
-        with self._sessions.begin() as session:
-            self._limiter.refund(session, hits)
+        self._refund(session, hits)
 
     # ----------------------------------------------------------------------------- TOTP
 
-    def begin_totp_setup(self, account_id: int) -> TotpSetup:
+    def begin_totp_setup(self, session: Session, account_id: int) -> TotpSetup:
         """A fresh secret to show, kept in the store (not the cookie) until confirmed."""
-        with self._sessions.begin() as session:
-            account = _account(session, account_id, lock=True)
-            if account.totp_enabled:
-                raise TotpAlreadyEnabled("two-factor authentication is already enabled")
-            secret = new_secret()
-            account.totp_pending_secret = secret
-            return TotpSetup(secret, provisioning_uri(secret, account.username))
+        account = _account(session, account_id, lock=True)
+        if account.totp_enabled:
+            raise TotpAlreadyEnabled("two-factor authentication is already enabled")
+        secret = new_secret()
+        account.totp_pending_secret = secret
+        return TotpSetup(secret, provisioning_uri(secret, account.username))
 
-    def confirm_totp(self, account_id: int, code: str) -> RecoveryCodes:
+    def confirm_totp(self, session: Session, account_id: int, code: str) -> RecoveryCodes:
         """Enable 2FA once the app shows a matching code; return the recovery codes (once).
 
         The confirming code's time step cannot log in again, and every other
@@ -323,101 +304,93 @@ class LoginService(AccountCore):
         owner (or they) turn 2FA on.
         """
         now = self._clock()
-        with self._sessions() as session:
-            pending = _account(session, account_id).totp_pending_secret
+        pending = _account(session, account_id).totp_pending_secret
         timecode = matching_timecode(pending, code, now) if pending else None
         if pending is None or timecode is None:
             raise InvalidSecondFactor("that code does not match; check the app's clock and retry")
         codes = new_recovery_codes(self.settings.recovery_code_count)
         hashes = [self._passwords.hash(normalize_recovery_code(c) or c) for c in codes]
-        with self._sessions.begin() as session:
-            account = _account(session, account_id, lock=True)
-            if account.totp_enabled:
-                raise TotpAlreadyEnabled("two-factor authentication is already enabled")
-            if account.totp_pending_secret != pending:
-                raise InvalidSecondFactor("the set-up was restarted; scan the new code")
-            account.totp_enabled = True
-            account.totp_secret = pending
-            account.totp_pending_secret = None
-            _replace_recovery_codes(session, account.id, hashes)
-            generation = _bump_generation(account)
-            record_once(
-                session,
-                key=_totp_step_key(account.id, timecode),
-                at=now,
-                actor=user_actor(account.username),
-                kind="totp.enabled",
-                account_id=account.id,
-                before={"totp_enabled": False},
-                after={"totp_enabled": True, "recovery_codes": len(hashes)},
-            )
-            queued = self._queue_security_mails(session, account, "totp.enabled", "", now)
-        self._deliver(queued)
+        account = _account(session, account_id, lock=True)
+        if account.totp_enabled:
+            raise TotpAlreadyEnabled("two-factor authentication is already enabled")
+        if account.totp_pending_secret != pending:
+            raise InvalidSecondFactor("the set-up was restarted; scan the new code")
+        account.totp_enabled = True
+        account.totp_secret = pending
+        account.totp_pending_secret = None
+        _replace_recovery_codes(session, account.id, hashes)
+        generation = _bump_generation(account)
+        record_once(
+            session,
+            key=_totp_step_key(account.id, timecode),
+            at=now,
+            actor=user_actor(account.username),
+            kind="totp.enabled",
+            account_id=account.id,
+            before={"totp_enabled": False},
+            after={"totp_enabled": True, "recovery_codes": len(hashes)},
+        )
+        self._queue_security_mails(session, account, "totp.enabled", "", now)
         return RecoveryCodes(codes, session_generation=generation)
 
-    def disable_totp(self, account_id: int, password: str) -> None:
+    def disable_totp(self, session: Session, account_id: int, password: str) -> None:
         """Turn 2FA off; needs the password, so a hijacked session alone cannot."""
         now = self._clock()
-        with self._sessions() as session:
-            if not _account(session, account_id).totp_enabled:
-                raise TotpNotEnabled("two-factor authentication is not enabled")
-        self._check_password(account_id, password)
-        with self._sessions.begin() as session:
-            account = _account(session, account_id, lock=True)
-            account.totp_enabled = False
-            account.totp_secret = None
-            _replace_recovery_codes(session, account.id, [])
-            record(
-                session,
-                at=now,
-                actor=user_actor(account.username),
-                kind="totp.disabled",
-                account_id=account.id,
-                before={"totp_enabled": True},
-                after={"totp_enabled": False},
-            )
-            queued = self._queue_security_mails(session, account, "totp.disabled", "", now)
-        self._deliver(queued)
+        if not _account(session, account_id).totp_enabled:
+            raise TotpNotEnabled("two-factor authentication is not enabled")
+        self._check_password(session, account_id, password)
+        account = _account(session, account_id, lock=True)
+        account.totp_enabled = False
+        account.totp_secret = None
+        _replace_recovery_codes(session, account.id, [])
+        record(
+            session,
+            at=now,
+            actor=user_actor(account.username),
+            kind="totp.disabled",
+            account_id=account.id,
+            before={"totp_enabled": True},
+            after={"totp_enabled": False},
+        )
+        self._queue_security_mails(session, account, "totp.disabled", "", now)
 
-    def regenerate_recovery_codes(self, account_id: int, password: str) -> RecoveryCodes:
+    def regenerate_recovery_codes(
+        self, session: Session, account_id: int, password: str
+    ) -> RecoveryCodes:
         """New codes replace all the old ones (after a few were used, or if they leaked)."""
         now = self._clock()
-        with self._sessions() as session:
-            if not _account(session, account_id).totp_enabled:
-                raise TotpNotEnabled("two-factor authentication is not enabled")
-        self._check_password(account_id, password)
+        if not _account(session, account_id).totp_enabled:
+            raise TotpNotEnabled("two-factor authentication is not enabled")
+        self._check_password(session, account_id, password)
         codes = new_recovery_codes(self.settings.recovery_code_count)
         hashes = [self._passwords.hash(normalize_recovery_code(c) or c) for c in codes]
-        with self._sessions.begin() as session:
-            account = _account(session, account_id, lock=True)
-            before = len(account.unused_recovery_codes)
-            _replace_recovery_codes(session, account.id, hashes)
-            record(
-                session,
-                at=now,
-                actor=user_actor(account.username),
-                kind="totp.recovery_codes_regenerated",
-                account_id=account.id,
-                before={"recovery_codes": before},
-                after={"recovery_codes": len(hashes)},
-            )
-            queued = self._queue_security_mails(
-                session, account, "totp.recovery_codes_regenerated", "", now
-            )
-        self._deliver(queued)
+        account = _account(session, account_id, lock=True)
+        before = len(account.unused_recovery_codes)
+        _replace_recovery_codes(session, account.id, hashes)
+        record(
+            session,
+            at=now,
+            actor=user_actor(account.username),
+            kind="totp.recovery_codes_regenerated",
+            account_id=account.id,
+            before={"recovery_codes": before},
+            after={"recovery_codes": len(hashes)},
+        )
+        self._queue_security_mails(session, account, "totp.recovery_codes_regenerated", "", now)
         return RecoveryCodes(codes)
 
     # ------------------------------------------------------------------------- passwords
 
-    def change_password(self, account_id: int, current_password: str, new_password: str) -> int:
+    def change_password(
+        self, session: Session, account_id: int, current_password: str, new_password: str
+    ) -> int:
         """Change a known password; open reset links and every other session die with
         the old password. Returns the new session generation (for this session)."""
         now = self._clock()
-        with self._sessions() as session:
-            account = _account(session, account_id)
-            username = account.username
-            addresses = tuple(e.address for e in account.emails)
-        self._check_password(account_id, current_password)
+        account = _account(session, account_id)
+        username = account.username
+        addresses = tuple(e.address for e in account.emails)
+        self._check_password(session, account_id, current_password)
         check_policy(
             new_password,
             username=username,
@@ -426,49 +399,44 @@ class LoginService(AccountCore):
             maximum=self.settings.max_password_length,
         )
         new_hash = self._passwords.hash(new_password)
-        with self._sessions.begin() as session:
-            account = _account(session, account_id, lock=True)
-            account.password_hash = new_hash
-            generation = _bump_generation(account)
-            tokens.revoke(session, (TokenKind.PASSWORD_RESET,), account_id=account.id, now=now)
-            record(
-                session,
-                at=now,
-                actor=user_actor(account.username),
-                kind="password.changed",
-                account_id=account.id,
-            )
-            queued = self._queue_security_mails(session, account, "password.changed", "", now)
-        self._deliver(queued)
+        account = _account(session, account_id, lock=True)
+        account.password_hash = new_hash
+        generation = _bump_generation(account)
+        tokens.revoke(session, (TokenKind.PASSWORD_RESET,), account_id=account.id, now=now)
+        record(
+            session,
+            at=now,
+            actor=user_actor(account.username),
+            kind="password.changed",
+            account_id=account.id,
+        )
+        self._queue_security_mails(session, account, "password.changed", "", now)
         return generation
 
     # --------------------------------------------------------------------- what to show
 
-    def security_overview(self, account_id: int) -> SecurityOverview:
+    def security_overview(self, session: Session, account_id: int) -> SecurityOverview:
         """Each address with its state and why, the domain's verdict, and advice."""
-        with self._sessions() as session:
-            account = _account(session, account_id)
-            emails = sorted(account.emails, key=lambda e: (not e.primary, e.id))
-            names = {e.domain for e in emails}
-            domains = {
-                d.name: d for d in session.scalars(select(Domain).where(Domain.name.in_(names)))
-            }
-            states = tuple(build_address_state(e, domains.get(e.domain)) for e in emails)
-            verified = [e for e in emails if e.verified]
-            advice = Advice(
-                enable_2fa=not account.totp_enabled,
-                add_well_known_address=len(verified) == 1 and not verified[0].free_provider,
-                verify_an_address=not verified,
-            )
-            return SecurityOverview(
-                account.id,
-                account.username,
-                account.totp_enabled,
-                len(account.unused_recovery_codes) if account.totp_enabled else 0,
-                states,
-                advice,
-                build_recovery_options(account),
-            )
+        account = _account(session, account_id)
+        emails = sorted(account.emails, key=lambda e: (not e.primary, e.id))
+        names = {e.domain for e in emails}
+        domains = {d.name: d for d in session.scalars(select(Domain).where(Domain.name.in_(names)))}
+        states = tuple(build_address_state(e, domains.get(e.domain)) for e in emails)
+        verified = [e for e in emails if e.verified]
+        advice = Advice(
+            enable_2fa=not account.totp_enabled,
+            add_well_known_address=len(verified) == 1 and not verified[0].free_provider,
+            verify_an_address=not verified,
+        )
+        return SecurityOverview(
+            account.id,
+            account.username,
+            account.totp_enabled,
+            len(account.unused_recovery_codes) if account.totp_enabled else 0,
+            states,
+            advice,
+            build_recovery_options(account),
+        )
 
 
 # --------------------------------------------------------------------------- functions

@@ -47,7 +47,7 @@ class RecoveryService(AccountCore):
     """A forgotten password: reset links, and the ways an account can be recovered."""
 
     def request_password_reset(
-        self, identifier: str, *, client: str | None = None
+        self, session: Session, identifier: str, *, client: str | None = None
     ) -> ResetRequested:
         """Mail a reset link to the verified addresses of the account named by
         ``identifier`` (a username or an address); always :data:`RESET_REQUESTED`.
@@ -70,82 +70,75 @@ class RecoveryService(AccountCore):
         ident = _clean(identifier, _MAX_IDENTIFIER)
         client = _clean_client(client)
         limits = self.settings.limits
-        with self._sessions.begin() as session:
-            allowed = client is None or self._limiter.allow(
-                session,
-                self._limiter.key("reset-client", client),
-                limits.reset_per_client,
-                now=now,
-            )
-            allowed = allowed and self._limiter.allow(
-                session,
-                self._limiter.key("reset-id", _identifier_key(ident, self._free)),
-                limits.reset_per_identifier,
-                now=now,
-            )
-            account, named = _find_for_reset(session, ident, self._free)
-            queued: list[int] = []
-            to: list[str] = []
-            if account is None:
-                outcome = "rate_limited" if not allowed else "unknown"
-            elif not allowed or not self._limiter.allow(
-                session,
-                self._limiter.key("reset-account", str(account.id)),
-                limits.reset_per_account,
-                now=now,
-            ):
-                outcome = "rate_limited"
-            else:
-                verified = [e for e in account.emails if e.verified]
-                if named is not None and named.verified:
-                    verified = [named]
-                for email in verified:
-                    queued.append(
-                        self._queue_link(session, email, notices.PASSWORD_RESET, now, client=client)
-                    )
-                    to.append(email.address)
-                outcome = "sent" if queued else "no_verified_address"
-            record(
-                session,
-                at=now,
-                actor=SYSTEM,
-                kind="password_reset.requested",
-                account_id=account.id if account is not None else None,
-                email_id=named.id if named is not None else None,
-                domain=named.domain if named is not None else None,
-                after={
-                    "outcome": outcome,
-                    "identifier": ident[:100],
-                    "identifier_kind": "address" if "@" in ident else "username",
-                    "client": client,
-                    "recipients": to,
-                },
-            )
-        self._deliver(queued)
+        allowed = client is None or self._limiter.allow(
+            session,
+            self._limiter.key("reset-client", client),
+            limits.reset_per_client,
+            now=now,
+        )
+        allowed = allowed and self._limiter.allow(
+            session,
+            self._limiter.key("reset-id", _identifier_key(ident, self._free)),
+            limits.reset_per_identifier,
+            now=now,
+        )
+        account, named = _find_for_reset(session, ident, self._free)
+        to: list[str] = []
+        if account is None:
+            outcome = "rate_limited" if not allowed else "unknown"
+        elif not allowed or not self._limiter.allow(
+            session,
+            self._limiter.key("reset-account", str(account.id)),
+            limits.reset_per_account,
+            now=now,
+        ):
+            outcome = "rate_limited"
+        else:
+            verified = [e for e in account.emails if e.verified]
+            if named is not None and named.verified:
+                verified = [named]
+            for email in verified:
+                self._queue_link(session, email, notices.PASSWORD_RESET, now, client=client)
+                to.append(email.address)
+            outcome = "sent" if to else "no_verified_address"
+        record(
+            session,
+            at=now,
+            actor=SYSTEM,
+            kind="password_reset.requested",
+            account_id=account.id if account is not None else None,
+            email_id=named.id if named is not None else None,
+            domain=named.domain if named is not None else None,
+            after={
+                "outcome": outcome,
+                "identifier": ident[:100],
+                "identifier_kind": "address" if "@" in ident else "username",
+                "client": client,
+                "recipients": to,
+            },
+        )
         return RESET_REQUESTED
 
-    def check_reset_token(self, token: str) -> ResetTokenInfo:
+    def check_reset_token(self, session: Session, token: str) -> ResetTokenInfo:
         """Validate a reset link before showing the form (raises a TokenInvalid subclass)."""
         now = self._clock()
-        with self._sessions() as session:
-            row = tokens.peek(session, (TokenKind.PASSWORD_RESET,), token, now=now)
-            account = _account(session, row.account_id)
-            email = session.get(Email, row.email_id) if row.email_id is not None else None
-            if email is None or not email.verified or email.account_id != account.id:
-                raise TokenInvalid(
-                    "this link was sent to an address that is no longer verified; ask for a new one"
-                )
-            return ResetTokenInfo(account.username, row.expires_at)
+        row = tokens.peek(session, (TokenKind.PASSWORD_RESET,), token, now=now)
+        account = _account(session, row.account_id)
+        email = session.get(Email, row.email_id) if row.email_id is not None else None
+        if email is None or not email.verified or email.account_id != account.id:
+            raise TokenInvalid(
+                "this link was sent to an address that is no longer verified; ask for a new one"
+            )
+        return ResetTokenInfo(account.username, row.expires_at)
 
-    def reset_password(self, token: str, new_password: str) -> PasswordReset:
+    def reset_password(self, session: Session, token: str, new_password: str) -> PasswordReset:
         """Set a new password through a reset link: once, and only while the address it
         was sent to is still verified. Every other open reset link dies with it."""
         now = self._clock()
-        with self._sessions() as session:
-            row = tokens.peek(session, (TokenKind.PASSWORD_RESET,), token, now=now)
-            account = _account(session, row.account_id)
-            username = account.username
-            addresses = tuple(e.address for e in account.emails)
+        row = tokens.peek(session, (TokenKind.PASSWORD_RESET,), token, now=now)
+        account = _account(session, row.account_id)
+        username = account.username
+        addresses = tuple(e.address for e in account.emails)
         check_policy(  # a weak password keeps the link usable for a second try
             new_password,
             username=username,
@@ -154,17 +147,11 @@ class RecoveryService(AccountCore):
             maximum=self.settings.max_password_length,
         )
         new_hash = self._passwords.hash(new_password)
-        queued: list[int] = []
-        with self._sessions.begin() as session:
-            outcome = self._redeem_reset(session, token, new_hash, now)
-            if not isinstance(outcome, AccountError):
-                account = _account(session, outcome.account_id)
-                queued = self._queue_security_mails(
-                    session, account, "password.reset", outcome.via, now
-                )
+        outcome = self._redeem_reset(session, token, new_hash, now)
         if isinstance(outcome, AccountError):
-            raise outcome
-        self._deliver(queued)
+            raise outcome  # the link is used up all the same (the caller commits)
+        account = _account(session, outcome.account_id)
+        self._queue_security_mails(session, account, "password.reset", outcome.via, now)
         return outcome
 
     def _redeem_reset(
@@ -174,7 +161,13 @@ class RecoveryService(AccountCore):
             row = tokens.consume(session, (TokenKind.PASSWORD_RESET,), token, now=now)
         except TokenInvalid as exc:
             return exc
-        email = session.get(Email, row.email_id) if row.email_id is not None else None
+        # Read again: the address may have been unverified while the new password was
+        # hashed (and its links revoked: then consume above failed already).
+        email = (
+            session.get(Email, row.email_id, populate_existing=True)
+            if row.email_id is not None
+            else None
+        )
         account = _account(session, row.account_id)
         if email is None or not email.verified or email.account_id != account.id:
             return TokenInvalid(
@@ -195,14 +188,13 @@ class RecoveryService(AccountCore):
         )
         return PasswordReset(account.id, account.username, email.address)
 
-    def recovery_options(self, account_id: int) -> RecoveryOptions:
+    def recovery_options(self, session: Session, account_id: int) -> RecoveryOptions:
         """How this account can be recovered: for its logged-in owner or support staff.
 
         Never show this to an anonymous visitor (it would tell them the account
         exists); the public reset page shows :data:`RESET_REQUESTED` instead.
         """
-        with self._sessions() as session:
-            return build_recovery_options(_account(session, account_id))
+        return build_recovery_options(_account(session, account_id))
 
 
 # --------------------------------------------------------------------------- functions

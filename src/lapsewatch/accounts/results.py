@@ -45,22 +45,22 @@ class SignedUp:
     username: str
     email_id: int | None
     address: str
-    verification_sent: bool
-    """False when the mail server refused: ask again with ``request_reverification``."""
 
 
 @dataclass(frozen=True)
 class EmailAdded:
+    """The address was added and its verification link queued (sent once committed)."""
+
     email_id: int
     address: str
-    verification_sent: bool
 
 
 @dataclass(frozen=True)
 class VerificationSent:
+    """A new link was queued (sent once committed; the outbox keeps it until it is)."""
+
     email_id: int
     address: str
-    sent: bool
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 class VerificationService(AccountCore):
     """Verification links: asked for again, redeemed, and the domain checked right away."""
 
-    def request_reverification(self, account_id: int, email_id: int) -> VerificationSent:
+    def request_reverification(
+        self, session: Session, account_id: int, email_id: int
+    ) -> VerificationSent:
         """Mail a verification link to that address of the logged-in account.
 
         Also for an address never verified (a lost first link). For an address
@@ -53,50 +55,48 @@ class VerificationService(AccountCore):
         (see :meth:`verify_email`).
         """
         now = self._clock()
-        with self._sessions.begin() as session:
-            account = _account(session, account_id)
-            email = _own_email(account, email_id)
-            outcome: AccountError | int
-            if email.verified:
-                outcome = AlreadyVerified("this address is already verified")
-            elif not self._verification_allowed(session, account.id, now):
-                outcome = RateLimited("too many verification mails; try again later")
-            else:
-                kind = tokens.verification_kind(session, email)
-                # Only the newest link works: an older one may sit in a mailbox we doubt.
-                tokens.revoke(
-                    session,
-                    (TokenKind.VERIFY_EMAIL, TokenKind.REVERIFY_EMAIL),
-                    account_id=account.id,
-                    email_id=email.id,
-                    now=now,
-                )
-                record(
-                    session,
-                    at=now,
-                    actor=user_actor(account.username),
-                    kind="email.verification_requested",
-                    account_id=account.id,
-                    email_id=email.id,
-                    domain=email.domain,
-                    after={"address": email.address, "kind": kind.value},
-                )
-                outcome = self._queue_link(session, email, notices.VERIFY_EMAIL, now)
-            address = email.address
-        if isinstance(outcome, AccountError):
-            raise outcome
-        return VerificationSent(email_id, address, self._deliver([outcome]))
+        account = _account(session, account_id)
+        email = _own_email(account, email_id)
+        if email.verified:
+            raise AlreadyVerified("this address is already verified")
+        if not self._verification_allowed(session, account.id, now):
+            raise RateLimited("too many verification mails; try again later")
+        kind = tokens.verification_kind(session, email)
+        # Only the newest link works: an older one may sit in a mailbox we doubt.
+        tokens.revoke(
+            session,
+            (TokenKind.VERIFY_EMAIL, TokenKind.REVERIFY_EMAIL),
+            account_id=account.id,
+            email_id=email.id,
+            now=now,
+        )
+        record(
+            session,
+            at=now,
+            actor=user_actor(account.username),
+            kind="email.verification_requested",
+            account_id=account.id,
+            email_id=email.id,
+            domain=email.domain,
+            after={"address": email.address, "kind": kind.value},
+        )
+        self._queue_link(session, email, notices.VERIFY_EMAIL, now)
+        return VerificationSent(email_id, email.address)
 
-    def verify_email(self, token: str, *, session_account_id: int | None = None) -> EmailVerified:
+    def verify_email(
+        self, session: Session, token: str, *, session_account_id: int | None = None
+    ) -> EmailVerified:
         """Redeem a verification link, after checking the address's domain.
 
         ``session_account_id`` is the logged-in account, if any: a
         re-verification link requires it to be the owner (:class:`LoginRequired`).
 
         The address stays unverified while its domain is checked: the link is
-        first redeemed in a transaction that is rolled back (it only learns the
-        domain), then checked with no transaction open, then redeemed for real
-        together with the check's result, in one transaction. Committing the
+        first redeemed in a dry run, a transaction of its own that is always rolled
+        back (it only learns the domain, and holds no lock during the check), then
+        the domain is checked, then the link is redeemed for real in the caller's
+        session together with the check's result. Call it before writing anything
+        in that session: the domain check talks to the network. Committing the
         verification before the check would let whoever reads the domain's mail
         ask for a password reset during the check (issue #10, H2). If the
         domain has lapsed the address is unverified again in that same
@@ -109,25 +109,25 @@ class VerificationService(AccountCore):
         now = self._clock()
         due: list[DueDomain] = []
         known_registration: datetime | None = None
-        with self._sessions() as session:  # a dry run: rolled back when the block ends
-            probe = self._redeem_verification(session, token, session_account_id, now)
+        with self._probes() as dry:  # a dry run: rolled back when the block ends
+            probe = self._redeem_verification(dry, token, session_account_id, now)
             if isinstance(probe, EmailVerified) and not (
                 probe.already_verified or probe.free_provider
             ):
-                stored = session.get(Domain, probe.domain)
+                stored = dry.get(Domain, probe.domain)
                 known_registration = stored.registered_at if stored is not None else None
                 # Well-known providers are never checked; for a custom domain the
                 # oldest verification on it decides what counts as a re-registration
                 # (asked while the address counts as verified, in this dry run).
                 due = select_due(
-                    session,
+                    dry,
                     now=now,
                     limit=None,
                     everything=True,
                     names=[probe.domain],
                     include_leased=True,
                 )
-            session.rollback()
+            dry.rollback()
         if isinstance(probe, AccountError):
             raise probe
         result: CheckResult | None = None
@@ -152,32 +152,24 @@ class VerificationService(AccountCore):
                 f"the registry of {probe.domain} did not answer, so the address was not "
                 "verified; open the link again in a few minutes"
             )
-        queued: list[int] = []
-        with self._sessions.begin() as session:
-            outcome = self._redeem_verification(session, token, session_account_id, now)
-            if isinstance(outcome, EmailVerified) and not outcome.already_verified:
-                if due and result is not None:
-                    apply_result(session, result, policy=self._policy)
-                    if reregistered_since(known_registration, result.decision.registered_at):
-                        _refuse_verification(session, outcome, known_registration, result, now)
-                elif due:
-                    due_now(session, outcome.domain, now)
-                email = session.get(Email, outcome.email_id)
-                still = bool(email is not None and email.verified)
-                if still:
-                    account = _account(session, outcome.account_id)
-                    queued = self._queue_security_mails(
-                        session,
-                        account,
-                        "email.verified",
-                        outcome.address,
-                        now,
-                        skip=outcome.address,
-                    )
-                outcome = replace(outcome, verified=still)
+        outcome = self._redeem_verification(session, token, session_account_id, now)
         if isinstance(outcome, AccountError):
             raise outcome
-        self._deliver(queued)
+        if not outcome.already_verified:
+            if due and result is not None:
+                apply_result(session, result, policy=self._policy)
+                if reregistered_since(known_registration, result.decision.registered_at):
+                    _refuse_verification(session, outcome, known_registration, result, now)
+            elif due:
+                due_now(session, outcome.domain, now)
+            email = session.get(Email, outcome.email_id)
+            still = bool(email is not None and email.verified)
+            if still:
+                account = _account(session, outcome.account_id)
+                self._queue_security_mails(
+                    session, account, "email.verified", outcome.address, now, skip=outcome.address
+                )
+            outcome = replace(outcome, verified=still)
         if not due or outcome.already_verified:
             return outcome
         return replace(
@@ -199,7 +191,11 @@ class VerificationService(AccountCore):
             return LoginRequired(
                 "sign in to the account this address belongs to, then open the link"
             )
-        email = session.get(Email, row.email_id, with_for_update=True) if row.email_id else None
+        email = (
+            session.get(Email, row.email_id, with_for_update=True, populate_existing=True)
+            if row.email_id
+            else None
+        )
         if email is None or email.account_id != row.account_id:
             return TokenInvalid("this link is not valid")
         domain = session.get(Domain, email.domain)

@@ -258,6 +258,20 @@ def make_engine(
     return engine
 
 
+def side_engine(engine: Engine) -> Engine:
+    """Another engine on ``engine``'s database, with its timeouts and a pool of its own.
+
+    For books kept beside a caller's transaction (rate limits, a dry run): a request
+    that holds a connection of the main pool while it asks for one of these never
+    waits for its own pool (thirty such requests at once would exhaust a shared one).
+    """
+    state = _ENGINES.get(engine)
+    return make_engine(
+        engine.url.render_as_string(hide_password=False),
+        timeouts=state.timeouts if state is not None else None,
+    )
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

@@ -9,19 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Concatenate, ParamSpec, TypeVar
 
 from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from lapsewatch.accounts.core import KEEP
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.config import Settings
 from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.domains import FreeProviders
 from lapsewatch.schedule import Policy
+from lapsewatch.store.work import transaction
 from lapsewatch.web.config import WebSettings
 
 __all__ = ["WebContext", "get_context"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,15 @@ class WebContext:
     """Served over HTTPS (the base URL says so): cookies get the ``Secure`` flag."""
     web: WebSettings
     """Body limits, the webhook allow-list, how long a re-authentication counts."""
+
+    def run(
+        self, action: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """``action(session, ...)`` in a transaction of its own, which the request owns:
+        committed when it returns, and when it raises an ``AccountError`` (a refusal
+        whose record must stand, :data:`~lapsewatch.accounts.core.KEEP`)."""
+        with transaction(self.sessions, keep=KEEP) as session:
+            return action(session, *args, **kwargs)
 
 
 def get_context(request: Request) -> WebContext:

@@ -141,7 +141,7 @@ def sign_up(
             status_code=400,
         )
     try:
-        context.accounts.sign_up(username, password, email, client=client_of(request))
+        context.run(context.accounts.sign_up, username, password, email, client=client_of(request))
     except AccountError as exc:
         return _refused(request, context, "sign_up.html", exc, {"values": values})
     # One answer whether or not the address was free (no account is made for a used
@@ -173,8 +173,10 @@ def verify_email(request: Request, context: Ctx, viewer: MaybeUser, token: Text 
     # plus the lapsed domain's mailbox must not re-verify the address.
     owner = viewer if viewer is not None and recently_authenticated(request, context) else None
     try:
-        result = context.accounts.verify_email(
-            token[:_MAX_TOKEN], session_account_id=owner.account_id if owner else None
+        result = context.run(
+            context.accounts.verify_email,
+            token[:_MAX_TOKEN],
+            session_account_id=owner.account_id if owner else None,
         )
     except LoginRequired as exc:
         back = f"{VERIFY_EMAIL_PATH}?token={token[:_MAX_TOKEN]}"
@@ -227,7 +229,7 @@ def login(
 ) -> Response:
     target = safe_next(next)
     try:
-        result = context.accounts.login(username, password, client=client_of(request))
+        result = context.run(context.accounts.login, username, password, client=client_of(request))
     except AccountError as exc:
         return _refused(request, context, "login.html", exc, {"next": target, "username": username})
     if result.status is LoginStatus.SECOND_FACTOR_REQUIRED:
@@ -271,7 +273,8 @@ def second_factor(
         flash(request, "That took too long; sign in again.", "warning")
         return redirect("/account/login")
     try:
-        result = context.accounts.complete_login(
+        result = context.run(
+            context.accounts.complete_login,
             pending["uid"],
             totp_code=code.strip() or None,
             recovery_code=None if code.strip() else recovery_code.strip() or None,
@@ -294,7 +297,7 @@ def second_factor(
 def logout(request: Request, context: Ctx, viewer: MaybeUser) -> Response:
     """Ends this session for good: a copy of its cookie stops working too."""
     if viewer is not None:
-        context.accounts.end_sessions(viewer.account_id)
+        context.run(context.accounts.end_sessions, viewer.account_id)
     log_out(request)
     flash(request, "You are signed out.")
     return redirect("/")
@@ -303,7 +306,7 @@ def logout(request: Request, context: Ctx, viewer: MaybeUser) -> Response:
 @router.post("/account/sessions/end")
 def end_other_sessions(request: Request, context: Ctx, viewer: User) -> Response:
     """Sign out everywhere else (another browser, a stolen cookie); this session stays."""
-    context.accounts.end_sessions(viewer.account_id)
+    context.run(context.accounts.end_sessions, viewer.account_id)
     refresh_stamp(request, context, viewer.account_id)
     flash(request, "Every other session of your account was signed out.", "success")
     return redirect("/account/security")
@@ -324,7 +327,7 @@ def confirm_password(
     """Enter the password again before a sensitive action; it counts for ten minutes."""
     target = safe_next(next)
     try:
-        context.accounts.reauthenticate(viewer.account_id, password)
+        context.run(context.accounts.reauthenticate, viewer.account_id, password)
     except AccountError as exc:
         return _refused(request, context, "confirm_password.html", exc, {"next": target})
     mark_reauthenticated(request, context)
@@ -336,7 +339,7 @@ def confirm_password(
 
 @router.get("/account/2fa")
 def totp_page(request: Request, context: Ctx, viewer: User) -> Response:
-    overview = context.accounts.security_overview(viewer.account_id)
+    overview = context.run(context.accounts.security_overview, viewer.account_id)
     if overview.totp_enabled:
         return render(request, "totp_manage.html", {"overview": overview})
     # The set-up page shows the secret: whoever sees it can make codes, so it needs a
@@ -358,7 +361,7 @@ def _totp_setup(
     secret is shown again, so the one already in the app still works."""
     secret = _pending_secret(context, viewer.account_id) if error else None
     if secret is None:
-        secret = context.accounts.begin_totp_setup(viewer.account_id).secret
+        secret = context.run(context.accounts.begin_totp_setup, viewer.account_id).secret
     uri = provisioning_uri(secret, viewer.username)
     grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
     return render(
@@ -380,7 +383,7 @@ def totp_confirm(
     request: Request, context: Ctx, viewer: ConfirmedFor2fa, code: Text = ""
 ) -> Response:
     try:
-        codes = context.accounts.confirm_totp(viewer.account_id, code)
+        codes = context.run(context.accounts.confirm_totp, viewer.account_id, code)
     except TotpAlreadyEnabled:
         return redirect("/account/2fa")
     except AccountError as exc:
@@ -396,7 +399,7 @@ def totp_disable(
     """Needs a recent password *and* the password in the form (checked by the service
     under the login limit)."""
     try:
-        context.accounts.disable_totp(viewer.account_id, password)
+        context.run(context.accounts.disable_totp, viewer.account_id, password)
     except AccountError as exc:
         flash(request, str(exc), "error")
         return redirect("/account/2fa")
@@ -410,7 +413,7 @@ def recovery_codes(
     request: Request, context: Ctx, viewer: ConfirmedFor2fa, password: Text = ""
 ) -> Response:
     try:
-        codes = context.accounts.regenerate_recovery_codes(viewer.account_id, password)
+        codes = context.run(context.accounts.regenerate_recovery_codes, viewer.account_id, password)
     except AccountError as exc:
         flash(request, str(exc), "error")
         return redirect("/account/2fa")
@@ -422,7 +425,7 @@ def recovery_codes(
 
 @router.get("/account/security")
 def security(request: Request, context: Ctx, viewer: User) -> Response:
-    overview = context.accounts.security_overview(viewer.account_id)
+    overview = context.run(context.accounts.security_overview, viewer.account_id)
     return render(request, "security.html", {"overview": overview})
 
 
@@ -442,10 +445,8 @@ def add_email(
     request: Request, context: Ctx, viewer: ConfirmedForAddresses, address: Text = ""
 ) -> Response:
     def add() -> str:
-        added = context.accounts.add_email(viewer.account_id, address)
-        if added.verification_sent:
-            return f"We sent a verification link to {added.address}."
-        return f"{added.address} was added, but the mail could not be sent; ask again."
+        added = context.run(context.accounts.add_email, viewer.account_id, address)
+        return f"We sent a verification link to {added.address}."
 
     return _act(request, "", add)
 
@@ -457,7 +458,7 @@ def remove_email(
     return _act(
         request,
         "The address was removed.",
-        lambda: context.accounts.remove_email(viewer.account_id, email_id),
+        lambda: context.run(context.accounts.remove_email, viewer.account_id, email_id),
     )
 
 
@@ -468,7 +469,7 @@ def make_primary(
     return _act(
         request,
         "That address is now your primary address.",
-        lambda: context.accounts.set_primary(viewer.account_id, email_id),
+        lambda: context.run(context.accounts.set_primary, viewer.account_id, email_id),
     )
 
 
@@ -477,10 +478,8 @@ def reverify(
     request: Request, context: Ctx, viewer: ConfirmedForAddresses, email_id: int
 ) -> Response:
     def ask() -> str:
-        sent = context.accounts.request_reverification(viewer.account_id, email_id)
-        if sent.sent:
-            return f"We sent a verification link to {sent.address}. Open it while signed in."
-        return f"The mail to {sent.address} could not be sent; try again later."
+        sent = context.run(context.accounts.request_reverification, viewer.account_id, email_id)
+        return f"We sent a verification link to {sent.address}. Open it while signed in."
 
     return _act(request, "", ask)
 
@@ -498,7 +497,7 @@ def change_password(
         flash(request, "The two new passwords differ.", "error")
         return redirect("/account/security")
     try:
-        context.accounts.change_password(viewer.account_id, current, password)
+        context.run(context.accounts.change_password, viewer.account_id, current, password)
     except AccountError as exc:
         flash(request, str(exc), "error")
         return redirect("/account/security")
@@ -530,7 +529,7 @@ def forgot_password(
 
 def _request_reset(context: WebContext, identifier: str, client: str | None) -> None:
     try:
-        context.accounts.request_password_reset(identifier, client=client)
+        context.run(context.accounts.request_password_reset, identifier, client=client)
     except Exception:  # after the answer: nobody to tell but the log
         log.exception("a password reset request failed")
 
@@ -538,7 +537,7 @@ def _request_reset(context: WebContext, identifier: str, client: str | None) -> 
 @router.get(RESET_PASSWORD_PATH)
 def reset_password_form(request: Request, context: Ctx, token: str = "") -> Response:
     try:
-        info = context.accounts.check_reset_token(token[:_MAX_TOKEN])
+        info = context.run(context.accounts.check_reset_token, token[:_MAX_TOKEN])
     except AccountError as exc:
         return _dead_reset_link(request, str(exc))
     return render(request, "reset_password.html", {"token": token[:_MAX_TOKEN], "info": info})
@@ -564,7 +563,7 @@ def reset_password(
 ) -> Response:
     token = token[:_MAX_TOKEN]
     try:
-        info = context.accounts.check_reset_token(token)
+        info = context.run(context.accounts.check_reset_token, token)
     except AccountError as exc:
         return _dead_reset_link(request, str(exc))
     values = {"token": token, "info": info}
@@ -576,7 +575,7 @@ def reset_password(
             status_code=400,
         )
     try:
-        context.accounts.reset_password(token, password)
+        context.run(context.accounts.reset_password, token, password)
     except AccountError as exc:
         if isinstance(exc, WeakPassword):
             return _refused(request, context, "reset_password.html", exc, values)

@@ -1,0 +1,98 @@
+"""The one seam for transactions: the caller owns the unit of work, services take a session.
+
+A command, a web request or a task opens a :func:`transaction`, passes its session
+to the services it calls, and the transaction commits when the block ends; the
+services never commit, roll back or begin one themselves (as in Warehouse, where
+the request owns the transaction). Two things ride on the caller's commit:
+
+* a refusal that must leave a record (a failed login, a limit hit) is raised as an
+  exception the caller names in ``keep``: the transaction commits, then the
+  exception goes on to be shown;
+* work that must wait for the commit (handing queued mail to the sender) is
+  registered with :func:`after_commit` and runs only once the data is there, never
+  after a rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+__all__ = ["after_commit", "savepoint", "transaction", "writing_on_sqlite"]
+
+log = logging.getLogger(__name__)
+
+_AFTER_COMMIT = "lapsewatch.after_commit"
+"""Key in a session's ``info``: what to run once its transaction commits."""
+
+
+@contextmanager
+def transaction(
+    sessions: sessionmaker[Session], *, keep: tuple[type[BaseException], ...] = ()
+) -> Iterator[Session]:
+    """One unit of work: commit when the block ends, or when it raises one of ``keep``
+    (then re-raise it); roll back on anything else."""
+    with sessions() as session:
+        try:
+            yield session
+        except keep:
+            session.commit()
+            raise
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+
+
+def savepoint(session: Session) -> SessionTransaction:
+    """``session.begin_nested()`` that stays inside the caller's transaction on SQLite.
+
+    Python's sqlite3 module begins a transaction only before the first write; a
+    SAVEPOINT before it would begin one of its own, and its RELEASE would commit it,
+    whatever the caller does next. So on SQLite the transaction is begun first (the
+    savepoint is about to write anyway).
+    """
+    if not writing_on_sqlite(session) and session.get_bind().dialect.name == "sqlite":
+        session.connection().exec_driver_sql("BEGIN")
+    return session.begin_nested()
+
+
+def writing_on_sqlite(session: Session) -> bool:
+    """Whether ``session`` holds SQLite's write lock: its transaction has written (its
+    pending changes are flushed first). Other connections cannot write until it ends."""
+    if session.get_bind().dialect.name != "sqlite" or not session.in_transaction():
+        return False
+    session.flush()
+    dbapi = session.connection().connection.dbapi_connection
+    return bool(getattr(dbapi, "in_transaction", False))
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run ``action`` once ``session``'s transaction commits; dropped if it rolls back.
+
+    For what must not happen before the data is there (a sender reading the outbox)
+    nor when it never will be. An action that fails is logged: the commit stands.
+    """
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    if session.get_nested_transaction() is not None:  # a savepoint was released
+        return
+    for action in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            action()
+        except Exception:
+            log.exception("an action after a commit failed (the commit stands)")
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_after_rollback(session: Session, transaction: SessionTransaction) -> None:
+    """The outermost transaction ended without a commit (after one, the list is gone)."""
+    if transaction.parent is None and transaction.nested is False:
+        session.info.pop(_AFTER_COMMIT, None)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.app.task import Context
 from celery.beat import Scheduler
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner
@@ -154,6 +155,12 @@ def test_send_mail_retries_while_the_server_is_down_and_keeps_the_mail(
 
     monkeypatch.setattr(outbox, "send_pending", counted)
     assert tasks.send_mail_task.retry_backoff
+    # A retry does not inherit beat's expiry (it would be thrown away once that passed).
+    beat_request = Context(id="beat-run", args=(), kwargs={}, expires="2026-12-01T00:01:00+00:00")
+    retry = tasks.send_mail_task.signature_from_request(
+        beat_request, countdown=600, **tasks.send_mail_task.retry_kwargs
+    )
+    assert retry.options["expires"] is None
     result = tasks.send_mail_task.apply()
     assert isinstance(result.result, tasks.MailServerDown)
     assert result.state == "FAILURE"

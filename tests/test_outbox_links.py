@@ -11,8 +11,10 @@ command, and an SMTP server with an inbox per address.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -22,15 +24,17 @@ from lapsewatch import notices
 from lapsewatch.accounts.errors import LoginRequired
 from lapsewatch.accounts.service import RESET_REQUESTED
 from lapsewatch.accounts.settings import AccountSettings
-from lapsewatch.accounts.tokens import TokenKind
+from lapsewatch.accounts.tokens import TokenKind, revoke_sent_to
 from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.mail.jobs import run_mail_jobs
 from lapsewatch.mail.links import Links
+from lapsewatch.mail.outbox import send_pending
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import SmtpMailer
 from lapsewatch.store import Domain, Email, Notice, make_sessionmaker
+from lapsewatch.store.db import lock_for_writing
 from lapsewatch.store.models import Token
 from lapsewatch.web.app import create_app_from_env
 from lapsewatch.world import DomainScenario, World, demo_scenario
@@ -223,3 +227,125 @@ def test_the_web_app_as_deployed_sends_its_links_through_the_outbox(
         kinds = session.scalars(select(Notice.kind).order_by(Notice.id)).all()
         assert kinds == [notices.VERIFY_EMAIL, notices.PASSWORD_RESET]  # one per mail
         assert session.scalars(select(Notice).where(Notice.sent_at.is_(None))).all() == []
+
+
+def signed_up_verified(svc: Accounts, smtp: MailServer, name: str, *addresses: str) -> int:
+    account_id = created(svc.sign_up(name, PASSWORD, addresses[0]))
+    svc.verify_email(token_from(smtp.inbox(addresses[0])[-1]))
+    for address in addresses[1:]:
+        svc.add_email(account_id, address)
+        svc.verify_email(token_from(smtp.inbox(address)[-1]))
+    return account_id
+
+
+def unused_resets(engine: Engine) -> list[Token]:
+    return [t for t in tokens_of(engine, TokenKind.PASSWORD_RESET) if t.used_at is None]
+
+
+def test_the_outbox_waits_for_an_unverify_in_progress_and_then_sends_nothing(
+    engine: Engine, smtp: MailServer
+) -> None:
+    """The cycle unverifies the address while the outbox is about to make its link: the
+    outbox waits for the cycle's transaction (the address's row is locked), then finds
+    the address unverified, sends nothing and makes no token the revocation missed."""
+    smtp.clear()
+    settings = account_settings(smtp.url)
+    clock = Clock(NOW)
+    web = make_service(engine, settings, clock=clock)
+    signed_up_verified(web, smtp, "alice", "alice@gmail.com")
+    queued_only(engine, settings, clock).request_password_reset("alice@gmail.com")
+    summaries: list[Any] = []
+    with make_sessionmaker(engine).begin() as cycle:  # what the cycle's unverify holds
+        lock_for_writing(cycle.connection())  # SQLite: the write lock, as the cycle takes it
+        email = cycle.scalars(
+            select(Email).where(Email.address == "alice@gmail.com").with_for_update()
+        ).one()
+        sender = threading.Thread(
+            target=lambda: summaries.append(
+                send_pending(
+                    engine,
+                    SmtpMailer.from_settings(settings),
+                    links=Links.from_settings(settings),
+                )
+            )
+        )
+        sender.start()
+        sender.join(1.0)
+        assert sender.is_alive()  # waiting for the row (or, on SQLite, the write lock)
+        email.verified, email.unverified_at = False, NOW
+        revoke_sent_to(cycle, [email.id], now=NOW)
+    sender.join(10)
+    (summary,) = summaries
+    assert (summary.sent, summary.dropped) == (0, 1)
+    assert [m.kind for m in smtp.inbox("alice@gmail.com")] == ["verify_email"]
+    assert unused_resets(engine) == []
+
+
+def test_a_password_change_kills_the_reset_links_not_sent_yet(
+    engine: Engine, smtp: MailServer
+) -> None:
+    smtp.clear()
+    settings = account_settings(smtp.url)
+    clock = Clock(NOW)
+    web = make_service(engine, settings, clock=clock)
+    alice = signed_up_verified(web, smtp, "alice", "alice@gmail.com")
+    queued_only(engine, settings, clock).request_password_reset("alice")
+    web.change_password(alice, PASSWORD, "a brand new passphrase")
+    mailer = SmtpMailer.from_settings(settings)
+    summary = send_pending(engine, mailer, links=Links.from_settings(settings), clock=clock)
+    assert summary.sent == 0
+    assert link_kinds(smtp, "alice@gmail.com") == ["verify_email"]
+    assert tokens_of(engine, TokenKind.PASSWORD_RESET) == []
+
+
+def test_a_link_older_than_its_life_is_never_made(engine: Engine, smtp: MailServer) -> None:
+    """A reset asked for before a long mail outage does not come back when it ends."""
+    smtp.clear()
+    settings = account_settings(smtp.url)
+    clock = Clock(NOW)
+    signed_up_verified(
+        make_service(engine, settings, clock=clock), smtp, "alice", "alice@gmail.com"
+    )
+    queued_only(engine, settings, clock).request_password_reset("alice")
+    clock.advance(seconds=settings.reset_token_ttl.total_seconds())
+    mailer = SmtpMailer.from_settings(settings)
+    summary = send_pending(engine, mailer, links=Links.from_settings(settings), clock=clock)
+    assert (summary.sent, summary.dropped) == (0, 1)
+    assert tokens_of(engine, TokenKind.PASSWORD_RESET) == []
+
+
+def test_a_link_the_server_refuses_for_good_is_dropped_and_its_token_retired(
+    engine: Engine, smtp: MailServer
+) -> None:
+    smtp.clear()
+    settings = account_settings(smtp.url)
+    clock = Clock(NOW)
+    signed_up_verified(make_service(engine, settings, clock=clock), smtp, "bob", "bob@gmail.com")
+    queued_only(engine, settings, clock).request_password_reset("bob")
+    smtp.refuse.add("bob@gmail.com")
+    try:
+        mailer = SmtpMailer.from_settings(settings)
+        refused = send_pending(engine, mailer, links=Links.from_settings(settings), clock=clock)
+    finally:
+        smtp.refuse.discard("bob@gmail.com")
+    assert (refused.sent, refused.failed) == (0, 1)
+    (token,) = tokens_of(engine, TokenKind.PASSWORD_RESET)
+    assert token.used_at is not None  # the link that never left is dead
+    again = send_pending(engine, mailer, links=Links.from_settings(settings), clock=clock)
+    assert (again.sent, again.failed) == (0, 0)  # not tried, and a token made, at every run
+    with make_sessionmaker(engine)() as session:
+        assert session.scalars(select(Notice).where(Notice.sent_at.is_(None))).all() == []
+
+
+def test_removing_a_lapsed_address_does_not_mail_it(engine: Engine, smtp: MailServer) -> None:
+    smtp.clear()
+    settings = account_settings(smtp.url)
+    web = make_service(engine, settings, clock=Clock(NOW))
+    alice = signed_up_verified(web, smtp, "alice", "alice@gmail.com", "alice@lapsed.test")
+    with make_sessionmaker(engine).begin() as session:  # the cycle unverified it
+        email = session.scalars(select(Email).where(Email.address == "alice@lapsed.test")).one()
+        email.verified, email.unverified_at, email_id = False, NOW, email.id
+    before = len(smtp.inbox("alice@lapsed.test"))
+    web.remove_email(alice, email_id)
+    assert len(smtp.inbox("alice@lapsed.test")) == before  # nothing to whoever reads it now
+    assert "alice@lapsed.test" in smtp.inbox("alice@gmail.com")[-1].body  # the owner hears

@@ -273,6 +273,9 @@ class MailServerDown(Exception):
     retry_backoff_max=600,
     retry_jitter=True,
     max_retries=6,
+    # A retry keeps its request's options, beat's expiry among them, which would throw
+    # away every retry later than the beat interval.
+    retry_kwargs={"expires": None},
 )
 def send_mail_task() -> dict[str, int]:
     """The outbox: every queued mail (the web's links and security mails, notices)."""

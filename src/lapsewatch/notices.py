@@ -11,12 +11,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from lapsewatch.store.models import Email, Notice
 
-__all__ = ["LINK_KINDS", "TO_UNVERIFIED", "queue", "recipients"]
+__all__ = [
+    "LINK_KINDS",
+    "PASSWORD_RESET",
+    "TO_UNVERIFIED",
+    "VERIFY_EMAIL",
+    "dropped",
+    "forget_resets",
+    "queue",
+    "recipients",
+]
 
 VERIFY_EMAIL = "verify_email"
 PASSWORD_RESET = "password_reset"
@@ -54,16 +63,17 @@ def queue(
     return notice
 
 
-def recipients(session: Session, notice: Notice) -> list[str]:
+def recipients(session: Session, notice: Notice, *, lock: bool = False) -> list[str]:
     """Who the notice goes to now.
 
     For one address of the account (``email_id``): that address, if it is still the
     account's and still verified (unverified, for a verification link); nobody
     otherwise, for good (:func:`dropped`). Else the notice's own address, or every
-    address of the account verified right now.
+    address of the account verified right now. ``lock``: the address's row stays
+    locked until ``session`` ends (the outbox, which makes a link on that answer).
     """
     if notice.email_id is not None:
-        email = session.get(Email, notice.email_id)
+        email = session.get(Email, notice.email_id, with_for_update=lock, populate_existing=lock)
         if email is None or email.account_id != notice.account_id:
             return []
         wanted = notice.kind not in TO_UNVERIFIED
@@ -77,6 +87,19 @@ def recipients(session: Session, notice: Notice) -> list[str]:
             .order_by(Email.id)
         )
     )
+
+
+def forget_resets(session: Session, account_id: int) -> int:
+    """Drop the account's reset links not sent yet: its password changed, so every open
+    reset link dies (those sent are revoked as tokens); how many."""
+    gone = session.execute(
+        delete(Notice).where(
+            Notice.account_id == account_id,
+            Notice.kind == PASSWORD_RESET,
+            Notice.sent_at.is_(None),
+        )
+    )
+    return int(gone.rowcount)  # type: ignore[attr-defined]
 
 
 def dropped(notice: Notice, to: list[str]) -> bool:

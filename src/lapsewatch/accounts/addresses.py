@@ -128,8 +128,8 @@ class AddressService(AccountCore):
     def _queue_address_taken(self, session: Session, address: str, now: datetime) -> None:
         """Tell the owner of ``address`` that someone tried to sign up with it."""
         email = _email_by_address(session, address)
-        if email is None:  # gone since it was found taken: nobody to tell
-            return
+        if email is None or email.unverified_at is not None:
+            return  # gone since; or lapsewatch doubts who reads it now: nobody to tell
         mail = messages.address_taken_mail(
             address=address,
             sign_in_url=messages.link(self.settings.base_url, messages.LOGIN_PATH),

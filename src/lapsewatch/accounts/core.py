@@ -181,7 +181,9 @@ class AccountCore:
         for email in account.emails:
             if email.verified and email.address not in (skip, removed):
                 add(email.address, email.id)
-        if removed is not None:  # its row goes with this transaction: by address
+        # The removed address, by address (its row goes with this transaction), and
+        # only if verified: a lapsed one may be read by someone else now.
+        if removed is not None and any(e.address == removed and e.verified for e in account.emails):
             add(removed, None)
         self._send_after_commit(session, ids)
 

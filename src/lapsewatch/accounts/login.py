@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from lapsewatch import notices
 from lapsewatch.accounts import tokens
 from lapsewatch.accounts.core import (
     _MAX_IDENTIFIER,
@@ -403,6 +404,7 @@ class LoginService(AccountCore):
         account.password_hash = new_hash
         generation = _bump_generation(account)
         tokens.revoke(session, (TokenKind.PASSWORD_RESET,), account_id=account.id, now=now)
+        notices.forget_resets(session, account.id)  # and those not sent yet
         record(
             session,
             at=now,

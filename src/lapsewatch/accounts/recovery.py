@@ -176,6 +176,7 @@ class RecoveryService(AccountCore):
         account.password_hash = new_hash
         _bump_generation(account)
         tokens.revoke(session, (TokenKind.PASSWORD_RESET,), account_id=account.id, now=now)
+        notices.forget_resets(session, account.id)  # and those not sent yet
         record(
             session,
             at=now,

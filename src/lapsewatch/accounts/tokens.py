@@ -30,6 +30,7 @@ __all__ = [
     "issue",
     "new_token",
     "peek",
+    "retire",
     "revoke",
     "revoke_sent_to",
     "verification_kind",
@@ -156,6 +157,16 @@ def revoke(
     if email_id is not None:
         query = query.where(Token.email_id == email_id)
     return int(session.execute(query).rowcount)  # type: ignore[attr-defined]
+
+
+def retire(session: Session, token: str, *, now: datetime) -> None:
+    """Use up one token that never reached its owner (its mail was not sent)."""
+    session.execute(
+        update(Token)
+        .where(Token.token_hash == digest(token), Token.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def revoke_sent_to(db: Session | Connection, email_ids: Sequence[int], *, now: datetime) -> int:

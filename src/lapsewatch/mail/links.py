@@ -35,10 +35,16 @@ class Links:
     def from_settings(cls, settings: AccountSettings) -> Links:
         return cls(settings.base_url, settings.verify_token_ttl, settings.reset_token_ttl)
 
+    def expired(self, notice: Notice, now: datetime) -> bool:
+        """Whether a link asked for this long ago would be dead already: it is never
+        made (a reset asked for before a mail server's long outage does not come back)."""
+        ttl = self.verify_ttl if notice.kind == notices.VERIFY_EMAIL else self.reset_ttl
+        return now >= notice.created_at + ttl
 
-def link_mail(session: Session, notice: Notice, links: Links, *, now: datetime) -> Mail:
-    """The mail of a link notice (:data:`lapsewatch.notices.LINK_KINDS`), with a new
-    token stored (as a hash) in ``session``; call only once its recipient is known."""
+
+def link_mail(session: Session, notice: Notice, links: Links, *, now: datetime) -> tuple[Mail, str]:
+    """The mail of a link notice (:data:`lapsewatch.notices.LINK_KINDS`) and its token,
+    stored (as a hash) in ``session``; call only once its recipient is known."""
     email = session.get_one(Email, notice.email_id)
     account = session.get_one(Account, notice.account_id)
     if notice.kind == notices.VERIFY_EMAIL:
@@ -55,13 +61,14 @@ def link_mail(session: Session, notice: Notice, links: Links, *, now: datetime) 
         token = tokens.issue(
             session, kind, account_id=account.id, email_id=email.id, now=now, ttl=links.verify_ttl
         )
-        return messages.verification_mail(
+        mail = messages.verification_mail(
             address=email.address,
             username=account.username,
             url=messages.link(links.base_url, messages.VERIFY_EMAIL_PATH, token),
             ttl=links.verify_ttl,
             again=kind is TokenKind.REVERIFY_EMAIL,
         )
+        return mail, token
     if notice.kind == notices.PASSWORD_RESET:
         token = tokens.issue(
             session,
@@ -71,11 +78,12 @@ def link_mail(session: Session, notice: Notice, links: Links, *, now: datetime) 
             now=now,
             ttl=links.reset_ttl,
         )
-        return messages.reset_mail(
+        mail = messages.reset_mail(
             address=email.address,
             username=account.username,
             url=messages.link(links.base_url, messages.RESET_PASSWORD_PATH, token),
             ttl=links.reset_ttl,
             client=notice.client,
         )
+        return mail, token
     raise ValueError(f"notice {notice.id}: {notice.kind!r} is not a link")

@@ -31,6 +31,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from lapsewatch.accounts import tokens
 from lapsewatch.mail.links import Links, link_mail
 from lapsewatch.notices import LINK_KINDS, dropped, recipients
 from lapsewatch.smtp import Mail, Mailer, MailError
@@ -89,20 +90,22 @@ def send_pending(
     for notice_id in pending:
         # The lease runs on the real clock, whatever ``now`` the caller stamps with: a
         # run's ``now`` is when it started, and a notice claimed late in a long run
-        # would get a lease already expired (another run would send it again).
-        claimed = _claim(sessions, notice_id, datetime.now(UTC), links, stamp())
+        # would get a lease already expired (another run would send it again). A link
+        # is made on the clock too, never the run's start (its life would be shorter).
+        made_at = clock() if clock else datetime.now(UTC)
+        claimed = _claim(sessions, notice_id, datetime.now(UTC), links, made_at)
         if claimed is None:
             continue  # sent meanwhile, or another run is sending it
         if claimed is _DROPPED:
             gone += 1
             continue
-        if not claimed.to:
+        if not claimed.mail.to:
             waiting += 1
             continue
         try:
-            mailer.send(claimed)
+            mailer.send(claimed.mail)
         except MailError as exc:
-            _release(sessions, notice_id)
+            _release(sessions, notice_id, claimed, exc.permanent, made_at)
             errors.append(f"notice {notice_id}: {exc}")
             log.warning("notice %s not sent: %s", notice_id, exc)
             if not exc.permanent:
@@ -119,7 +122,14 @@ def send_pending(
     return OutboxSummary(sent, failed, waiting, False, tuple(errors), gone)
 
 
-_DROPPED = Mail((), "", "", "dropped")
+@dataclass(frozen=True)
+class _Claimed:
+    mail: Mail
+    token: str | None = None
+    """The token a link was made with (to retire if the mail does not go out)."""
+
+
+_DROPPED = _Claimed(Mail((), "", "", "dropped"))
 """What :func:`_claim` gives for a notice it deleted (see :func:`lapsewatch.notices.dropped`)."""
 
 
@@ -129,13 +139,14 @@ def _claim(
     now: datetime,
     links: Links | None,
     made_at: datetime,
-) -> Mail | None:
+) -> _Claimed | None:
     """The notice as it goes out, leased to this run until ``now`` + :data:`LEASE`
     (``now``: the real time); ``None`` when it is sent or held by another run. A mail
     with no recipient (nobody verified yet) is not leased; one for an address no
-    longer in the state it was for is deleted (:data:`_DROPPED`). A link's token is
-    made and committed here, before the mail goes out, stamped ``made_at`` (the run's
-    clock)."""
+    longer in the state it was for, or a link older than its life, is deleted
+    (:data:`_DROPPED`). A link's token is made and committed here, before the mail
+    goes out, stamped ``made_at``, while its address's row is locked: the cycle cannot
+    unverify it between the check and the token (its revocation would miss the token)."""
     with sessions.begin() as session:
         taken = cast(
             CursorResult[Any],
@@ -153,19 +164,36 @@ def _claim(
         if taken.rowcount != 1:  # no RETURNING: SQLite before 3.35 has none
             return None
         notice = session.get_one(Notice, notice_id)
-        to = recipients(session, notice)
-        if dropped(notice, to):
+        to = recipients(session, notice, lock=True)
+        expired = links is not None and notice.kind in LINK_KINDS and links.expired(notice, made_at)
+        if dropped(notice, to) or expired:
             session.execute(delete(Notice).where(Notice.id == notice_id))
+            why = "expired" if expired else "its address is no longer in the state it was for"
+            log.info("%s notice %s dropped: %s", notice.kind, notice_id, why)
             return _DROPPED
         if not to:
             notice.lease_until = None
-            return Mail((), notice.subject, notice.body, notice.kind)
+            return _Claimed(Mail((), notice.subject, notice.body, notice.kind))
         if notice.kind in LINK_KINDS and links is not None:
-            return link_mail(session, notice, links, now=made_at)
-        return Mail(tuple(to), notice.subject, notice.body, notice.kind)
+            mail, token = link_mail(session, notice, links, now=made_at)
+            return _Claimed(mail, token)
+        return _Claimed(Mail(tuple(to), notice.subject, notice.body, notice.kind))
 
 
-def _release(sessions: sessionmaker[Session], notice_id: int) -> None:
-    """Give a notice back at once (its send failed): the next run tries it again."""
+def _release(
+    sessions: sessionmaker[Session],
+    notice_id: int,
+    claimed: _Claimed,
+    permanent: bool,
+    now: datetime,
+) -> None:
+    """A send failed: the link it carried is retired (it never left), and the notice is
+    given back at once for the next run; a link the server refused for good is dropped
+    (its owner asks again) rather than tried, and a token made, at every run."""
     with sessions.begin() as session:
+        if claimed.token is not None:
+            tokens.retire(session, claimed.token, now=now)
+            if permanent:
+                session.execute(delete(Notice).where(Notice.id == notice_id))
+                return
         session.execute(update(Notice).where(Notice.id == notice_id).values(lease_until=None))

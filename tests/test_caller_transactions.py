@@ -5,18 +5,21 @@ record when the caller keeps refusals: the web app's ``context.run``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
+from argon2 import PasswordHasher
+from argon2.profiles import CHEAPEST
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from lapsewatch.accounts.core import KEEP
 from lapsewatch.accounts.errors import InvalidCredentials
 from lapsewatch.accounts.passwords import Passwords
-from lapsewatch.accounts.service import AccountService
+from lapsewatch.accounts.service import AccountService, LoginStatus
 from lapsewatch.smtp import SmtpMailer
 from lapsewatch.store import Account, Event, Notice, make_sessionmaker
 from lapsewatch.store.models import RateLimitHit
@@ -163,3 +166,65 @@ def test_a_refused_login_is_recorded_when_the_caller_keeps_refusals(engine: Engi
         failed = session.scalars(select(Event).where(Event.kind == "login.failed")).all()
         assert len(failed) == 1  # only the kept one
         assert len(session.scalars(select(RateLimitHit)).all()) == 2  # both counted
+
+
+class _Meanwhile(Passwords):
+    """Passwords whose first check lets another request commit a change to the account
+    while it runs (as one would during a real Argon2 check)."""
+
+    def __init__(self, meanwhile: Callable[[], None]) -> None:
+        hasher = PasswordHasher.from_parameters(dataclasses.replace(CHEAPEST, time_cost=2))
+        super().__init__(hasher)  # raised cost: the stored cheap hash needs a rehash
+        self._meanwhile: Callable[[], None] | None = meanwhile
+
+    def verify(self, stored: str | None, password: str) -> bool:
+        good = super().verify(stored, password)
+        if self._meanwhile is not None:
+            meanwhile, self._meanwhile = self._meanwhile, None
+            meanwhile()
+        return good
+
+
+def test_a_password_changed_during_a_login_fails_it_and_stays(engine: Engine) -> None:
+    """A login with the old password, whose check the owner's change overtakes, neither
+    gets in nor writes the old password back (its rehash)."""
+    sessions = make_sessionmaker(engine)
+    settings = account_settings("smtp://127.0.0.1:9")
+    cheap = AccountService(engine, settings, passwords=Passwords.cheapest())
+    with transaction(sessions, keep=KEEP) as session:
+        account_id = cheap.sign_up(session, "victim", PASSWORD, "victim@gmail.com").account_id
+    new_hash = Passwords.cheapest().hash("the owner's new passphrase")
+
+    held: list[int] = []
+
+    def owner_changes_it() -> None:
+        held.append(engine.pool.checkedout())  # type: ignore[attr-defined]
+        with sessions.begin() as other:
+            other.get_one(Account, account_id).password_hash = new_hash
+
+    svc = AccountService(engine, settings, passwords=_Meanwhile(owner_changes_it))
+    with pytest.raises(InvalidCredentials), transaction(sessions, keep=KEEP) as session:
+        svc.login(session, "victim", PASSWORD)
+    with sessions() as session:
+        assert session.get_one(Account, account_id).password_hash == new_hash
+    # Through Argon2 the login held no connection of the caller's pool (a flood of
+    # logins would starve every other request of it).
+    assert held == [0]
+
+
+def test_two_factor_turned_on_during_a_login_is_asked_for(engine: Engine) -> None:
+    sessions = make_sessionmaker(engine)
+    settings = account_settings("smtp://127.0.0.1:9")
+    cheap = AccountService(engine, settings, passwords=Passwords.cheapest())
+    with transaction(sessions, keep=KEEP) as session:
+        account_id = cheap.sign_up(session, "victim", PASSWORD, "victim@gmail.com").account_id
+
+    def owner_turns_2fa_on() -> None:
+        with sessions.begin() as other:
+            account = other.get_one(Account, account_id)
+            account.totp_enabled, account.totp_secret = True, "JBSWY3DPEHPK3PXP"
+
+    svc = AccountService(engine, settings, passwords=_Meanwhile(owner_turns_2fa_on))
+    with transaction(sessions, keep=KEEP) as session:
+        result = svc.login(session, "victim", PASSWORD)
+    assert result.status is LoginStatus.SECOND_FACTOR_REQUIRED

@@ -93,7 +93,10 @@ class AccountCore:
         side = make_sessionmaker(side_engine(engine))
         self._limiter = RateLimiter(settings.secret_key, side)
         self._probes = side
-        """For a dry run only (a verification's, before its domain check): always rolled back."""
+        """For reading before slow work (Argon2, a verification's domain check), so the
+        caller's session holds no connection through it; never committed. What is
+        decided on such a read is read again in the caller's session before it is acted
+        on (a password changed meanwhile fails a login)."""
 
     # ------------------------------------------------------------------------- limits
 
@@ -240,9 +243,14 @@ def _clean_client(client: str | None) -> str | None:
     return _clean(client, 100) or None
 
 
-def _account(session: Session, account_id: int, *, lock: bool = False) -> Account:
-    # A lock reads the row again: the object may be from before it (the same session).
-    account = session.get(Account, account_id, with_for_update=lock, populate_existing=lock)
+def _account(
+    session: Session, account_id: int, *, lock: bool = False, fresh: bool = False
+) -> Account:
+    """The account; ``fresh`` (and ``lock``) read its row again: the session may hold an
+    object read before slow work, while another request changed it."""
+    account = session.get(
+        Account, account_id, with_for_update=lock, populate_existing=lock or fresh
+    )
     if account is None:
         raise AccountNotFound("this account does not exist")
     return account

@@ -87,20 +87,26 @@ class LoginService(AccountCore):
         now = self._clock()
         username = _clean(username, _MAX_IDENTIFIER)
         client = _clean_client(client)
-        account = _account_by_username(session, username)
-        keys = self._login_keys(username, client, account)
-        stored = account.password_hash if account is not None else None
+        with self._probes() as side:  # no connection of the caller's held through Argon2
+            found = _account_by_username(side, username)
+            keys = self._login_keys(username, client, found)
+            stored = found.password_hash if found is not None else None
+            account_id = found.id if found is not None else None
         hits = self._reserve(session, keys, now, event_kind="login.rate_limited")
-        good = self._passwords.verify(stored, password)  # before this session writes
-        outcome = self._after_password(session, account, good, hits, client, now)
-        assert account is not None
+        good = self._passwords.verify(stored, password)
+        # Hashed now, before this session writes; stored only if the hash is unchanged.
+        rehash = good and stored is not None and self._passwords.needs_rehash(stored)
+        new_hash = self._passwords.hash(password) if rehash else None
+        outcome = self._after_password(session, account_id, stored, good, hits, client, now)
         if outcome.status is LoginStatus.SECOND_FACTOR_REQUIRED and (
             totp_code is not None or recovery_code is not None
         ):
-            outcome = self._second_factor(session, account.id, totp_code, recovery_code, client)
+            outcome = self._second_factor(
+                session, outcome.account_id, totp_code, recovery_code, client
+            )
         # Written last: the second factor's limit is reserved before this session writes.
-        if account.password_hash and self._passwords.needs_rehash(account.password_hash):
-            account.password_hash = self._passwords.hash(password)
+        if new_hash is not None:
+            _account(session, outcome.account_id).password_hash = new_hash
         return outcome
 
     def _login_keys(
@@ -119,12 +125,19 @@ class LoginService(AccountCore):
     def _after_password(
         self,
         session: Session,
-        account: Account | None,
+        account_id: int | None,
+        stored: str | None,
         good: bool,
         hits: list[int],
         client: str | None,
         now: datetime,
     ) -> LoginResult:
+        """The outcome, decided on the account as it is now (read again after Argon2): a
+        password changed or reset meanwhile fails the login, and 2FA turned on meanwhile
+        is asked for."""
+        account = _account(session, account_id, fresh=True) if account_id is not None else None
+        if account is not None and account.password_hash != stored:
+            good = False
         if account is None or not good:
             if account is not None:  # the reserved hits stay: they count the failure
                 record(
@@ -179,11 +192,12 @@ class LoginService(AccountCore):
         now = self._clock()
         key = self._limiter.key("second-factor", str(account_id))
         keys = [(key, self.settings.limits.second_factor_per_account)]
-        account = _account(session, account_id)
-        if not account.totp_enabled:
-            raise TotpNotEnabled("two-factor authentication is not enabled")
-        secret = account.totp_secret
-        codes = [(c.id, c.code_hash) for c in account.unused_recovery_codes]
+        with self._probes() as side:  # no connection of the caller's held through Argon2
+            found = _account(side, account_id)
+            if not found.totp_enabled:
+                raise TotpNotEnabled("two-factor authentication is not enabled")
+            secret = found.totp_secret
+            codes = [(c.id, c.code_hash) for c in found.unused_recovery_codes]
         hits = self._reserve(session, keys, now, event_kind="login.rate_limited")
         timecode: int | None = None
         code_id: int | None = None
@@ -193,7 +207,9 @@ class LoginService(AccountCore):
             normalized = normalize_recovery_code(recovery_code)
             if normalized is not None:
                 code_id = next((i for i, h in codes if self._passwords.verify(h, normalized)), None)
-        account = _account(session, account_id)
+        account = _account(session, account_id, fresh=True)
+        if not account.totp_enabled or account.totp_secret != secret:
+            timecode = None  # 2FA turned off, or set up anew, during the check
         actor = user_actor(account.username)
         method = None
         if timecode is not None and record_once(
@@ -273,14 +289,10 @@ class LoginService(AccountCore):
         """Re-check the password of a logged-in account, under the login limit (reserved
         first): a stolen session must not become a password-guessing oracle."""
         now = self._clock()
-        account = _account(session, account_id)
-        keys = [
-            (
-                self._limiter.key("login-user", account.username_key),
-                self.settings.limits.login_per_username,
-            )
-        ]
-        stored = account.password_hash
+        with self._probes() as side:  # no connection of the caller's held through Argon2
+            found = _account(side, account_id)
+            name, stored = found.username_key, found.password_hash
+        keys = [(self._limiter.key("login-user", name), self.settings.limits.login_per_username)]
         hits = self._reserve(session, keys, now, event_kind="login.rate_limited")
         if not self._passwords.verify(stored, password):
             raise InvalidCredentials("wrong password")
@@ -305,7 +317,8 @@ class LoginService(AccountCore):
         owner (or they) turn 2FA on.
         """
         now = self._clock()
-        pending = _account(session, account_id).totp_pending_secret
+        with self._probes() as side:  # no connection of the caller's held through Argon2
+            pending = _account(side, account_id).totp_pending_secret
         timecode = matching_timecode(pending, code, now) if pending else None
         if pending is None or timecode is None:
             raise InvalidSecondFactor("that code does not match; check the app's clock and retry")
@@ -337,8 +350,9 @@ class LoginService(AccountCore):
     def disable_totp(self, session: Session, account_id: int, password: str) -> None:
         """Turn 2FA off; needs the password, so a hijacked session alone cannot."""
         now = self._clock()
-        if not _account(session, account_id).totp_enabled:
-            raise TotpNotEnabled("two-factor authentication is not enabled")
+        with self._probes() as side:
+            if not _account(side, account_id).totp_enabled:
+                raise TotpNotEnabled("two-factor authentication is not enabled")
         self._check_password(session, account_id, password)
         account = _account(session, account_id, lock=True)
         account.totp_enabled = False
@@ -360,8 +374,9 @@ class LoginService(AccountCore):
     ) -> RecoveryCodes:
         """New codes replace all the old ones (after a few were used, or if they leaked)."""
         now = self._clock()
-        if not _account(session, account_id).totp_enabled:
-            raise TotpNotEnabled("two-factor authentication is not enabled")
+        with self._probes() as side:
+            if not _account(side, account_id).totp_enabled:
+                raise TotpNotEnabled("two-factor authentication is not enabled")
         self._check_password(session, account_id, password)
         codes = new_recovery_codes(self.settings.recovery_code_count)
         hashes = [self._passwords.hash(normalize_recovery_code(c) or c) for c in codes]
@@ -388,9 +403,10 @@ class LoginService(AccountCore):
         """Change a known password; open reset links and every other session die with
         the old password. Returns the new session generation (for this session)."""
         now = self._clock()
-        account = _account(session, account_id)
-        username = account.username
-        addresses = tuple(e.address for e in account.emails)
+        with self._probes() as side:  # no connection of the caller's held through Argon2
+            found = _account(side, account_id)
+            username = found.username
+            addresses = tuple(e.address for e in found.emails)
         self._check_password(session, account_id, current_password)
         check_policy(
             new_password,

@@ -135,10 +135,11 @@ class RecoveryService(AccountCore):
         """Set a new password through a reset link: once, and only while the address it
         was sent to is still verified. Every other open reset link dies with it."""
         now = self._clock()
-        row = tokens.peek(session, (TokenKind.PASSWORD_RESET,), token, now=now)
-        account = _account(session, row.account_id)
-        username = account.username
-        addresses = tuple(e.address for e in account.emails)
+        with self._probes() as side:  # no connection of the caller's held through Argon2
+            row = tokens.peek(side, (TokenKind.PASSWORD_RESET,), token, now=now)
+            found = _account(side, row.account_id)
+            username = found.username
+            addresses = tuple(e.address for e in found.emails)
         check_policy(  # a weak password keeps the link usable for a second try
             new_password,
             username=username,
@@ -168,7 +169,7 @@ class RecoveryService(AccountCore):
             if row.email_id is not None
             else None
         )
-        account = _account(session, row.account_id)
+        account = _account(session, row.account_id, fresh=True)
         if email is None or not email.verified or email.account_id != account.id:
             return TokenInvalid(
                 "this link was sent to an address that is no longer verified; ask for a new one"

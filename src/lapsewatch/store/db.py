@@ -265,6 +265,8 @@ def side_engine(engine: Engine) -> Engine:
     that holds a connection of the main pool while it asks for one of these never
     waits for its own pool (thirty such requests at once would exhaust a shared one).
     """
+    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        return engine  # a database in memory exists once, in its engine
     state = _ENGINES.get(engine)
     return make_engine(
         engine.url.render_as_string(hide_password=False),

@@ -228,3 +228,22 @@ def test_two_factor_turned_on_during_a_login_is_asked_for(engine: Engine) -> Non
     with transaction(sessions, keep=KEEP) as session:
         result = svc.login(session, "victim", PASSWORD)
     assert result.status is LoginStatus.SECOND_FACTOR_REQUIRED
+
+
+def test_a_login_upgrades_an_old_hash(engine: Engine) -> None:
+    sessions = make_sessionmaker(engine)
+    settings = account_settings("smtp://127.0.0.1:9")
+    cheap = AccountService(engine, settings, passwords=Passwords.cheapest())
+    with transaction(sessions, keep=KEEP) as session:
+        account_id = cheap.sign_up(session, "alice", PASSWORD, "alice@gmail.com").account_id
+    with sessions() as session:
+        old = session.get_one(Account, account_id).password_hash
+    raised = _Meanwhile(lambda: None)
+    with transaction(sessions, keep=KEEP) as session:
+        AccountService(engine, settings, passwords=raised).login(session, "alice", PASSWORD)
+    with sessions() as session:
+        new = session.get_one(Account, account_id).password_hash
+    assert new is not None
+    assert new != old
+    assert not raised.needs_rehash(new)
+    assert raised.verify(new, PASSWORD)

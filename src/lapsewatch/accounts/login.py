@@ -105,8 +105,13 @@ class LoginService(AccountCore):
                 session, outcome.account_id, totp_code, recovery_code, client
             )
         # Written last: the second factor's limit is reserved before this session writes.
-        if new_hash is not None:
-            _account(session, outcome.account_id).password_hash = new_hash
+        if new_hash is not None:  # only over the hash it replaces (not a new password)
+            session.execute(
+                update(Account)
+                .where(Account.id == outcome.account_id, Account.password_hash == stored)
+                .values(password_hash=new_hash)
+                .execution_options(synchronize_session="fetch")
+            )
         return outcome
 
     def _login_keys(

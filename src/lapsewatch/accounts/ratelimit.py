@@ -1,7 +1,8 @@
 """Sliding-window rate limits kept in the database, so every web worker shares them.
 
-The limiter keeps its own books: each call runs its own short transaction and
-commits it, whatever becomes of the caller's (as Warehouse's limiter keeps its
+The limiter keeps its own books: each call runs its own short transaction, on
+connections of its own (``store.db.side_engine``), and commits it, whatever becomes
+of the caller's (as Warehouse's limiter keeps its
 counts in Redis, outside the request's transaction). An attempt is counted the
 moment it is let through, so attempts racing in other requests see it, even when
 the caller rolls back. One exception: on SQLite, once the caller's transaction has

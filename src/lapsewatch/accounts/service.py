@@ -3,10 +3,13 @@ password reset that a lapsed domain cannot open, and the security overview.
 
 Framework-free on purpose: the web app, the CLI and tests call the same typed
 methods, get frozen dataclasses back, and catch one :class:`AccountError`.
-Every method runs its own short transactions; slow work (Argon2, a domain
-check) happens outside them, so no database lock waits on the network. Every
-mail is queued in the outbox by the transaction that decides it, and sent by
-the outbox (:mod:`lapsewatch.mail.outbox`): a link's token is made when it is
+Every method takes its caller's session and never commits: the caller owns the
+transaction (:mod:`lapsewatch.store.work`; the web app's ``context.run``) and
+commits it also on an :class:`AccountError` (``KEEP``), whose record must stand.
+Slow work (Argon2, a domain check) reads on connections of its own and runs
+before the method writes, so no database lock waits on it. Every mail is queued
+in the outbox by the transaction that decides it, and sent by the outbox once
+that commits (:mod:`lapsewatch.mail.outbox`): a link's token is made when it is
 sent, and a mail is lost neither with the process nor with the mail server.
 
 The rules that make the ``ctx`` attack fail, enforced by the job services that
@@ -97,10 +100,10 @@ __all__ = [
 
 
 class AccountService(AddressService, VerificationService, LoginService, RecoveryService):
-    """All account operations, each in its own transactions; one instance per process.
+    """All account operations, each in its caller's session; one instance per process.
 
     Built like :class:`~lapsewatch.accounts.core.AccountCore`; the job services it
-    combines share its session factory, rate limiter and ``deliver``.
+    combines share its rate limiter and ``deliver``.
     """
 
     @classmethod

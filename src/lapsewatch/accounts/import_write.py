@@ -320,6 +320,12 @@ def _insert_with_ids(
     On SQLite, under the chunk's exclusive lock, new rowids are max+1, max+2, …:
     when the maximum moved by exactly the number of rows, that is what happened
     and no lookup is needed. Otherwise the ids are looked up by the unique key.
+
+    SQLAlchemy's ``insert().returning(table.c.id, sort_by_parameter_order=True)`` does
+    the same in one line and was measured against this (issue #14; 1,000,000 addresses
+    on SQLite, this machine, twice each, alternating): 78.7 and 78.8 s against 55.9 and
+    55.8 s, 41% slower, past the 10% the issue allowed; its per-row parameter handling is
+    what :func:`_insert` avoids.
     """
     if conn.dialect.name == "sqlite":
         highest = f"SELECT max(id) FROM {table.name}"

@@ -88,8 +88,8 @@ class AccountCore:
         self._clock = clock
         self._passwords = passwords or Passwords()
         self._free = free_providers
-        # The limiter and the dry runs use connections of their own (side_engine): a
-        # caller's session holds one of the main pool while they run.
+        # The limiter, and the reads before slow work, use connections of their own
+        # (side_engine): the caller's session may hold one of the main pool meanwhile.
         side = make_sessionmaker(side_engine(engine))
         self._limiter = RateLimiter(settings.secret_key, side)
         self._probes = side

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from lapsewatch import messages, notices
+from lapsewatch.accounts import tokens
 from lapsewatch.accounts.errors import AccountError, AccountNotFound, EmailNotFound, RateLimited
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.ratelimit import RateLimiter
@@ -273,6 +274,13 @@ def _account_by_username(session: Session, username: str) -> Account | None:
 def _email_by_address(session: Session, address: str) -> Email | None:
     """By key: ``CTX@x.test`` is ``ctx@x.test`` (one row per key, a unique index)."""
     return session.scalar(select(Email).where(Email.address_key == address_key(address)))
+
+
+def _end_reset_links(session: Session, account_id: int, now: datetime) -> None:
+    """Every open reset link of the account dies (its password changed): those sent are
+    revoked, those not sent yet are dropped from the outbox."""
+    tokens.revoke(session, (tokens.TokenKind.PASSWORD_RESET,), account_id=account_id, now=now)
+    notices.forget_resets(session, account_id)
 
 
 def _bump_generation(account: Account) -> int:

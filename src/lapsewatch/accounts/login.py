@@ -16,8 +16,6 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from lapsewatch import notices
-from lapsewatch.accounts import tokens
 from lapsewatch.accounts.core import (
     _MAX_IDENTIFIER,
     AccountCore,
@@ -26,6 +24,7 @@ from lapsewatch.accounts.core import (
     _bump_generation,
     _clean,
     _clean_client,
+    _end_reset_links,
 )
 from lapsewatch.accounts.errors import (
     InvalidCredentials,
@@ -45,7 +44,6 @@ from lapsewatch.accounts.results import (
     build_recovery_options,
 )
 from lapsewatch.accounts.settings import Limit
-from lapsewatch.accounts.tokens import TokenKind
 from lapsewatch.accounts.totp import (
     matching_timecode,
     new_recovery_codes,
@@ -424,8 +422,7 @@ class LoginService(AccountCore):
         account = _account(session, account_id, lock=True)
         account.password_hash = new_hash
         generation = _bump_generation(account)
-        tokens.revoke(session, (TokenKind.PASSWORD_RESET,), account_id=account.id, now=now)
-        notices.forget_resets(session, account.id)  # and those not sent yet
+        _end_reset_links(session, account.id, now)
         record(
             session,
             at=now,

@@ -23,6 +23,7 @@ from lapsewatch.accounts.core import (
     _clean,
     _clean_client,
     _email_by_address,
+    _end_reset_links,
 )
 from lapsewatch.accounts.errors import AccountError, TokenInvalid
 from lapsewatch.accounts.passwords import check_policy
@@ -176,8 +177,7 @@ class RecoveryService(AccountCore):
             )
         account.password_hash = new_hash
         _bump_generation(account)
-        tokens.revoke(session, (TokenKind.PASSWORD_RESET,), account_id=account.id, now=now)
-        notices.forget_resets(session, account.id)  # and those not sent yet
+        _end_reset_links(session, account.id, now)
         record(
             session,
             at=now,

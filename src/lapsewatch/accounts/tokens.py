@@ -33,6 +33,7 @@ __all__ = [
     "retire",
     "revoke",
     "revoke_sent_to",
+    "revoke_verification",
     "verification_kind",
 ]
 
@@ -157,6 +158,18 @@ def revoke(
     if email_id is not None:
         query = query.where(Token.email_id == email_id)
     return int(session.execute(query).rowcount)  # type: ignore[attr-defined]
+
+
+def revoke_verification(session: Session, email: Email, *, now: datetime) -> int:
+    """Only the newest verification link of an address works: an older one may sit in a
+    mailbox we doubt. Called before a new one is asked for and before it is made."""
+    return revoke(
+        session,
+        (TokenKind.VERIFY_EMAIL, TokenKind.REVERIFY_EMAIL),
+        account_id=email.account_id,
+        email_id=email.id,
+        now=now,
+    )
 
 
 def retire(session: Session, token: str, *, now: datetime) -> None:

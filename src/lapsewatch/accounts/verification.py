@@ -62,14 +62,7 @@ class VerificationService(AccountCore):
         if not self._verification_allowed(session, account.id, now):
             raise RateLimited("too many verification mails; try again later")
         kind = tokens.verification_kind(session, email)
-        # Only the newest link works: an older one may sit in a mailbox we doubt.
-        tokens.revoke(
-            session,
-            (TokenKind.VERIFY_EMAIL, TokenKind.REVERIFY_EMAIL),
-            account_id=account.id,
-            email_id=email.id,
-            now=now,
-        )
+        tokens.revoke_verification(session, email, now=now)
         record(
             session,
             at=now,

@@ -50,14 +50,7 @@ def link_mail(session: Session, notice: Notice, links: Links, *, now: datetime) 
     if notice.kind == notices.VERIFY_EMAIL:
         # Asked now: a domain found dangerous since the request gets a login-bound link.
         kind = tokens.verification_kind(session, email)
-        # Only the newest link works: an older one may sit in a mailbox we doubt.
-        tokens.revoke(
-            session,
-            (TokenKind.VERIFY_EMAIL, TokenKind.REVERIFY_EMAIL),
-            account_id=account.id,
-            email_id=email.id,
-            now=now,
-        )
+        tokens.revoke_verification(session, email, now=now)
         token = tokens.issue(
             session, kind, account_id=account.id, email_id=email.id, now=now, ttl=links.verify_ttl
         )

@@ -6,8 +6,9 @@ record when the caller keeps refusals: the web app's ``context.run``)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 
 import pytest
@@ -21,9 +22,9 @@ from lapsewatch.accounts.errors import InvalidCredentials
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.service import AccountService, LoginStatus
 from lapsewatch.smtp import SmtpMailer
-from lapsewatch.store import Account, Event, Notice, make_sessionmaker
+from lapsewatch.store import Account, Email, Event, Notice, make_sessionmaker
 from lapsewatch.store.models import RateLimitHit
-from lapsewatch.store.work import transaction
+from lapsewatch.store.work import after_commit, savepoint, transaction
 from lapsewatch.web.apikeys import (
     KeyNameTaken,
     authenticate,
@@ -32,7 +33,7 @@ from lapsewatch.web.apikeys import (
     revoke_api_key,
 )
 from lapsewatch.web.webhooks import add_webhook, list_webhooks, remove_webhook
-from tests.mail_support import MailServer, account_settings, deliver_at_once
+from tests.mail_support import MailServer, account_settings, deliver_at_once, token_from
 from tests.web_support import LOOPBACK
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -247,3 +248,52 @@ def test_a_login_upgrades_an_old_hash(engine: Engine) -> None:
     assert new != old
     assert not raised.needs_rehash(new)
     assert raised.verify(new, PASSWORD)
+
+
+def test_after_commit_runs_once_after_the_outermost_commit_only(engine: Engine) -> None:
+    """What rides on the caller's commit: not at a savepoint's release, never after a
+    rollback (the caller's, or the savepoint's it was registered in)."""
+    sessions = make_sessionmaker(engine)
+    ran: list[str] = []
+    with transaction(sessions) as session:
+        after_commit(session, lambda: ran.append("outer"))
+        with savepoint(session):
+            after_commit(session, lambda: ran.append("released savepoint"))
+        with suppress(LookupError), savepoint(session):
+            after_commit(session, lambda: ran.append("rolled-back savepoint"))
+            raise LookupError
+        assert ran == []  # nothing before the commit
+    assert ran == ["outer", "released savepoint"]
+    with suppress(LookupError), transaction(sessions) as session:
+        after_commit(session, lambda: ran.append("rolled back"))
+        raise LookupError
+    with sessions() as reused:  # one session, two transactions
+        reused.begin()
+        after_commit(reused, lambda: ran.append("first, rolled back"))
+        reused.rollback()
+        reused.begin()
+        after_commit(reused, lambda: ran.append("second, committed"))
+        reused.commit()
+    assert ran == ["outer", "released savepoint", "second, committed"]
+
+
+def test_a_verification_composes_after_a_write(engine: Engine) -> None:
+    """A caller that wrote first (holding SQLite's write lock, or a row lock on
+    PostgreSQL) and then verifies: the dry run goes in a savepoint of its transaction
+    instead of a connection of its own, which would wait for those locks until the lock
+    timeout."""
+    sessions = make_sessionmaker(engine)
+    with MailServer() as smtp:
+        svc = services(engine, smtp, [])
+        with transaction(sessions, keep=KEEP) as session:
+            account_id = svc.sign_up(session, "alice", PASSWORD, "alice@gmail.com").account_id
+        assert account_id is not None
+        token = token_from(smtp.inbox("alice@gmail.com")[-1])
+        started = time.monotonic()
+        with transaction(sessions, keep=KEEP) as session:
+            svc.end_sessions(session, account_id)  # a write, and the account's row locked
+            assert svc.verify_email(session, token).verified
+        assert time.monotonic() - started < 5
+    with sessions() as session:
+        email = session.scalars(select(Email).where(Email.address == "alice@gmail.com")).one()
+        assert email.verified

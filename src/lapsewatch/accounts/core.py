@@ -91,13 +91,19 @@ class AccountCore:
         self._free = free_providers
         # The limiter, and the reads before slow work, use connections of their own
         # (side_engine): the caller's session may hold one of the main pool meanwhile.
-        side = make_sessionmaker(side_engine(engine))
+        self._side = side_engine(engine)
+        side = make_sessionmaker(self._side)
         self._limiter = RateLimiter(settings.secret_key, side)
         self._probes = side
         """For reading before slow work (Argon2, a verification's domain check), so the
         caller's session holds no connection through it; never committed. What is
         decided on such a read is read again in the caller's session before it is acted
         on (a password changed meanwhile fails a login)."""
+
+    def close(self) -> None:
+        """Close the side connections (the main engine is the caller's)."""
+        if self._side is not self.engine:
+            self._side.dispose()
 
     # ------------------------------------------------------------------------- limits
 

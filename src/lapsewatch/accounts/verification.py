@@ -12,6 +12,8 @@ that calls the cycle (:mod:`lapsewatch.cycle.apply`, :mod:`lapsewatch.cycle.due`
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
@@ -35,6 +37,7 @@ from lapsewatch.cycle.due import DueDomain, due_now, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Domain, Email
+from lapsewatch.store.work import savepoint
 from lapsewatch.verdict import Verdict
 
 __all__ = ["VerificationService", "reregistered_since"]
@@ -102,7 +105,7 @@ class VerificationService(AccountCore):
         now = self._clock()
         due: list[DueDomain] = []
         known_registration: datetime | None = None
-        with self._probes() as dry:  # a dry run: rolled back when the block ends
+        with self._dry_run(session) as dry:
             probe = self._redeem_verification(dry, token, session_account_id, now)
             if isinstance(probe, EmailVerified) and not (
                 probe.already_verified or probe.free_provider
@@ -120,7 +123,6 @@ class VerificationService(AccountCore):
                     names=[probe.domain],
                     include_leased=True,
                 )
-            dry.rollback()
         if isinstance(probe, AccountError):
             raise probe
         result: CheckResult | None = None
@@ -171,6 +173,26 @@ class VerificationService(AccountCore):
             verdict=result.decision.verdict.value if result else None,
             reason=result.decision.reason if result else None,
         )
+
+    @contextmanager
+    def _dry_run(self, session: Session) -> Iterator[Session]:
+        """A session to try the redeem in, always rolled back: one of its own, so the
+        caller's holds no lock (nor, through the check, a connection); a savepoint of the
+        caller's when that has begun already (a caller composing calls: its locks would
+        make a session of its own wait), whose locks go with the savepoint."""
+        if not session.in_transaction():
+            with self._probes() as dry:
+                try:
+                    yield dry
+                finally:
+                    dry.rollback()
+            return
+        nested = savepoint(session)
+        try:
+            yield session
+        finally:
+            nested.rollback()
+            session.expire_all()  # what the dry run loaded is the caller's to read again
 
     def _redeem_verification(
         self, session: Session, token: str, session_account_id: int | None, now: datetime

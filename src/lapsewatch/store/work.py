@@ -72,27 +72,42 @@ def writing_on_sqlite(session: Session) -> bool:
 
 
 def after_commit(session: Session, action: Callable[[], None]) -> None:
-    """Run ``action`` once ``session``'s transaction commits; dropped if it rolls back.
+    """Run ``action`` once ``session``'s transaction commits; dropped if it rolls back,
+    or if the savepoint it was registered in does.
 
     For what must not happen before the data is there (a sender reading the outbox)
     nor when it never will be. An action that fails is logged: the commit stands.
     """
-    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+    current = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(_AFTER_COMMIT, []).append((current, action))
 
 
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
     if session.get_nested_transaction() is not None:  # a savepoint was released
         return
-    for action in session.info.pop(_AFTER_COMMIT, []):
+    for _, action in session.info.pop(_AFTER_COMMIT, []):
         try:
             action()
         except Exception:
             log.exception("an action after a commit failed (the commit stands)")
 
 
-@event.listens_for(Session, "after_transaction_end")
-def _forget_after_rollback(session: Session, transaction: SessionTransaction) -> None:
-    """The outermost transaction ended without a commit (after one, the list is gone)."""
-    if transaction.parent is None and transaction.nested is False:
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_after_rollback(session: Session, previous: SessionTransaction) -> None:
+    """Drop what was registered in the transaction rolled back, or in one inside it."""
+    pending = session.info.get(_AFTER_COMMIT)
+    if not pending:
+        return
+    if previous.parent is None:
         session.info.pop(_AFTER_COMMIT, None)
+        return
+
+    def inside(transaction: SessionTransaction | None) -> bool:
+        while transaction is not None:
+            if transaction is previous:
+                return True
+            transaction = transaction.parent
+        return False
+
+    session.info[_AFTER_COMMIT] = [(t, a) for t, a in pending if not inside(t)]

@@ -260,6 +260,12 @@ def _errors(exc: RequestValidationError) -> list[dict[str, object]]:
     ]
 
 
+def _close(sender: OutboxSender, service: AccountService) -> None:
+    """At shutdown: the sender tries what it was handed, then the side connections go."""
+    sender.close()
+    service.close()
+
+
 def create_app_from_env() -> FastAPI:
     """The app as configured by ``LAPSEWATCH_*`` variables; the schema is upgraded first.
 
@@ -287,7 +293,7 @@ def create_app_from_env() -> FastAPI:
         engine,
         service,
         settings,
-        on_shutdown=sender.close,
+        on_shutdown=lambda: _close(sender, service),
         web_settings=web_settings,
     )
     app.state.ops = ops_settings

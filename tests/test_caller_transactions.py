@@ -6,22 +6,29 @@ record when the caller keeps refusals: the web app's ``context.run``)."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
 from argon2.profiles import CHEAPEST
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from lapsewatch.accounts.core import KEEP
-from lapsewatch.accounts.errors import InvalidCredentials
+from lapsewatch.accounts.errors import InvalidCredentials, TokenInvalid
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.service import AccountService, LoginStatus
-from lapsewatch.smtp import SmtpMailer
+from lapsewatch.cycle.apply import CheckResult
+from lapsewatch.cycle.due import DueDomain
+from lapsewatch.mail.links import link_mail
+from lapsewatch.smtp import Mail, SmtpMailer
 from lapsewatch.store import Account, Email, Event, Notice, make_sessionmaker
 from lapsewatch.store.models import RateLimitHit
 from lapsewatch.store.work import after_commit, savepoint, transaction
@@ -297,3 +304,158 @@ def test_a_verification_composes_after_a_write(engine: Engine) -> None:
     with sessions() as session:
         email = session.scalars(select(Email).where(Email.address == "alice@gmail.com")).one()
         assert email.verified
+
+
+def test_a_password_changed_during_a_password_change_wins(engine: Engine) -> None:
+    """A stolen session with the old password changing it while the owner resets it: the
+    owner's new password stays (the stale check does not overwrite it)."""
+    sessions = make_sessionmaker(engine)
+    settings = account_settings("smtp://127.0.0.1:9")
+    cheap = AccountService(engine, settings, passwords=Passwords.cheapest())
+    with transaction(sessions, keep=KEEP) as session:
+        account_id = cheap.sign_up(session, "victim", PASSWORD, "victim@gmail.com").account_id
+    assert account_id is not None
+    owners = Passwords.cheapest().hash("the owner's new passphrase")
+
+    def owner_resets_it() -> None:
+        with sessions.begin() as other:
+            other.get_one(Account, account_id).password_hash = owners
+
+    svc = AccountService(engine, settings, passwords=_Meanwhile(owner_resets_it))
+    with pytest.raises(InvalidCredentials), transaction(sessions, keep=KEEP) as session:
+        svc.change_password(session, account_id, PASSWORD, "the attacker's passphrase")
+    with sessions() as session:
+        assert session.get_one(Account, account_id).password_hash == owners
+
+
+def test_a_login_passes_while_another_upgrades_the_hash(engine: Engine) -> None:
+    sessions = make_sessionmaker(engine)
+    settings = account_settings("smtp://127.0.0.1:9")
+    cheap = AccountService(engine, settings, passwords=Passwords.cheapest())
+    with transaction(sessions, keep=KEEP) as session:
+        cheap.sign_up(session, "alice", PASSWORD, "alice@gmail.com")
+
+    def another_device_logs_in() -> None:
+        with transaction(sessions, keep=KEEP) as other:
+            raised = _Meanwhile(lambda: None)
+            AccountService(engine, settings, passwords=raised).login(other, "alice", PASSWORD)
+
+    svc = AccountService(engine, settings, passwords=_Meanwhile(another_device_logs_in))
+    with transaction(sessions, keep=KEEP) as session:
+        assert svc.login(session, "alice", PASSWORD).status is LoginStatus.OK
+
+
+def test_after_commit_is_forgotten_when_the_transaction_ends_otherwise(engine: Engine) -> None:
+    """Closed without a commit, or a commit whose flush failed: the session's next commit
+    does not run what was queued."""
+    sessions = make_sessionmaker(engine)
+    ran: list[str] = []
+    with sessions() as session:
+        session.begin()
+        after_commit(session, lambda: ran.append("closed"))
+        session.close()
+        session.begin()
+        session.commit()
+    with sessions() as session:
+        session.begin()
+        after_commit(session, lambda: ran.append("failed commit"))
+        session.add(Account(username="x", created_at=None, projects=[]))  # NOT NULL
+        with suppress(SQLAlchemyError):
+            session.commit()
+        session.close()
+        session.begin()
+        session.commit()
+    assert ran == []
+
+
+@pytest.mark.parametrize("how", ["reset", "change"])
+def test_a_reset_link_made_during_a_password_change_dies_with_it(
+    engine: Engine, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox is making a reset link while the owner resets (or changes) the
+    password: that link is dead afterwards, and neither side fails."""
+    sessions = make_sessionmaker(engine)
+    with MailServer() as smtp:
+        svc = services(engine, smtp, [])
+        with transaction(sessions, keep=KEEP) as session:
+            account_id = svc.sign_up(session, "victim", PASSWORD, "victim@gmail.com").account_id
+        assert account_id is not None
+        with transaction(sessions, keep=KEEP) as session:
+            svc.verify_email(session, token_from(smtp.inbox("victim@gmail.com")[-1]))
+        with transaction(sessions, keep=KEEP) as session:
+            svc.request_password_reset(session, "victim")
+        first = token_from(smtp.inbox("victim@gmail.com")[-1])
+        errors: list[BaseException] = []
+
+        def owner() -> None:
+            try:
+                with transaction(sessions, keep=KEEP) as session:
+                    if how == "reset":
+                        svc.reset_password(session, first, "the owner's new passphrase")
+                    else:
+                        svc.change_password(
+                            session, account_id, PASSWORD, "the owner's new passphrase"
+                        )
+            except BaseException as exc:
+                errors.append(exc)
+
+        real = link_mail
+        started: list[threading.Thread] = []
+
+        def while_the_owner_acts(*args: Any, **kwargs: Any) -> tuple[Mail, str]:
+            made = real(*args, **kwargs)
+            if not started:  # the claim's transaction is open, its token not committed
+                started.append(threading.Thread(target=owner))
+                started[0].start()
+                time.sleep(1.0)
+            return made
+
+        monkeypatch.setattr("lapsewatch.mail.outbox.link_mail", while_the_owner_acts)
+        with transaction(sessions, keep=KEEP) as session:
+            svc.request_password_reset(session, "victim")
+        started[0].join(20)
+        assert errors == []
+        resets = [m for m in smtp.inbox("victim@gmail.com") if m.kind == "password_reset"]
+        second = token_from(resets[-1])
+        assert second != first
+        with pytest.raises(TokenInvalid), sessions() as session:
+            svc.check_reset_token(session, second)
+
+
+def test_a_caller_that_only_read_holds_no_lock_through_the_domain_check(engine: Engine) -> None:
+    """A verification whose caller read first: the dry run still goes on a connection of
+    its own (a savepoint of the caller's would keep SQLite's write lock through the
+    check, over the network)."""
+    sessions = make_sessionmaker(engine)
+    seen: list[str] = []
+
+    class Probing:
+        def check(self, due: DueDomain, *, now: datetime) -> CheckResult:
+            if engine.dialect.name == "sqlite":  # can another connection write now?
+                assert engine.url.database is not None
+                other = sqlite3.connect(engine.url.database, timeout=0.3)
+                try:
+                    other.execute("BEGIN IMMEDIATE")
+                    other.execute("ROLLBACK")
+                    seen.append("free")
+                except sqlite3.OperationalError as exc:
+                    seen.append(str(exc))
+                finally:
+                    other.close()
+            else:  # PostgreSQL locks rows, not the database: the verification must work
+                seen.append("free")
+            raise RuntimeError("the registry does not answer")
+
+    with MailServer() as smtp:
+        settings = account_settings(smtp.url)
+        send = deliver_at_once(engine, settings, SmtpMailer.from_settings(settings))
+        svc = AccountService(
+            engine, settings, deliver=send, checker=Probing(), passwords=Passwords.cheapest()
+        )
+        with transaction(sessions, keep=KEEP) as session:
+            svc.sign_up(session, "alice", PASSWORD, "alice@own.test")
+        token = token_from(smtp.inbox("alice@own.test")[-1])
+        with transaction(sessions, keep=KEEP) as session:
+            session.scalars(select(Account)).all()  # the caller reads first
+            assert svc.verify_email(session, token).verified
+    assert seen == ["free"]

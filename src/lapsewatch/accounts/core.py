@@ -255,8 +255,13 @@ def _account(
 ) -> Account:
     """The account; ``fresh`` (and ``lock``) read its row again: the session may hold an
     object read before slow work, while another request changed it."""
+    # FOR NO KEY UPDATE: a row that refers to the account (a token the outbox makes)
+    # may still be inserted meanwhile; FOR UPDATE deadlocked against it.
     account = session.get(
-        Account, account_id, with_for_update=lock, populate_existing=lock or fresh
+        Account,
+        account_id,
+        with_for_update={"key_share": True} if lock else None,
+        populate_existing=lock or fresh,
     )
     if account is None:
         raise AccountNotFound("this account does not exist")
@@ -285,8 +290,10 @@ def _email_by_address(session: Session, address: str) -> Email | None:
 def _end_reset_links(session: Session, account_id: int, now: datetime) -> None:
     """Every open reset link of the account dies (its password changed): those sent are
     revoked, those not sent yet are dropped from the outbox."""
-    tokens.revoke(session, (tokens.TokenKind.PASSWORD_RESET,), account_id=account_id, now=now)
+    # The queued ones first: a run making one's token now holds its notice, so this
+    # waits for that token to be committed, and the revocation below then sees it.
     notices.forget_resets(session, account_id)
+    tokens.revoke(session, (tokens.TokenKind.PASSWORD_RESET,), account_id=account_id, now=now)
 
 
 def _bump_generation(account: Account) -> int:

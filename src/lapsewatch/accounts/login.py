@@ -95,7 +95,9 @@ class LoginService(AccountCore):
         # Hashed now, before this session writes; stored only if the hash is unchanged.
         rehash = good and stored is not None and self._passwords.needs_rehash(stored)
         new_hash = self._passwords.hash(password) if rehash else None
-        outcome = self._after_password(session, account_id, stored, good, hits, client, now)
+        outcome = self._after_password(
+            session, account_id, stored, good, password, hits, client, now
+        )
         if outcome.status is LoginStatus.SECOND_FACTOR_REQUIRED and (
             totp_code is not None or recovery_code is not None
         ):
@@ -131,6 +133,7 @@ class LoginService(AccountCore):
         account_id: int | None,
         stored: str | None,
         good: bool,
+        password: str,
         hits: list[int],
         client: str | None,
         now: datetime,
@@ -139,8 +142,10 @@ class LoginService(AccountCore):
         password changed or reset meanwhile fails the login, and 2FA turned on meanwhile
         is asked for."""
         account = _account(session, account_id, fresh=True) if account_id is not None else None
-        if account is not None and account.password_hash != stored:
-            good = False
+        if good and account is not None and account.password_hash != stored:
+            # Changed during the check: a new password fails, another login's rehash of
+            # this one does not (rare: the second Argon2 runs in the caller's session).
+            good = self._passwords.verify(account.password_hash, password)
         if account is None or not good:
             if account is not None:  # the reserved hits stay: they count the failure
                 record(
@@ -288,9 +293,10 @@ class LoginService(AccountCore):
         stolen session cookie alone then cannot make it (raises on a wrong one)."""
         self._check_password(session, account_id, password)
 
-    def _check_password(self, session: Session, account_id: int, password: str) -> None:
+    def _check_password(self, session: Session, account_id: int, password: str) -> str | None:
         """Re-check the password of a logged-in account, under the login limit (reserved
-        first): a stolen session must not become a password-guessing oracle."""
+        first): a stolen session must not become a password-guessing oracle. The hash it
+        was checked against, for :func:`_unchanged` once the account is locked."""
         now = self._clock()
         with self._probes() as side:  # no connection of the caller's held through Argon2
             found = _account(side, account_id)
@@ -300,6 +306,7 @@ class LoginService(AccountCore):
         if not self._passwords.verify(stored, password):
             raise InvalidCredentials("wrong password")
         self._refund(session, hits)
+        return stored
 
     # ----------------------------------------------------------------------------- TOTP
 
@@ -356,8 +363,8 @@ class LoginService(AccountCore):
         with self._probes() as side:
             if not _account(side, account_id).totp_enabled:
                 raise TotpNotEnabled("two-factor authentication is not enabled")
-        self._check_password(session, account_id, password)
-        account = _account(session, account_id, lock=True)
+        checked = self._check_password(session, account_id, password)
+        account = _unchanged(_account(session, account_id, lock=True), checked)
         account.totp_enabled = False
         account.totp_secret = None
         _replace_recovery_codes(session, account.id, [])
@@ -380,10 +387,10 @@ class LoginService(AccountCore):
         with self._probes() as side:
             if not _account(side, account_id).totp_enabled:
                 raise TotpNotEnabled("two-factor authentication is not enabled")
-        self._check_password(session, account_id, password)
+        checked = self._check_password(session, account_id, password)
         codes = new_recovery_codes(self.settings.recovery_code_count)
         hashes = [self._passwords.hash(normalize_recovery_code(c) or c) for c in codes]
-        account = _account(session, account_id, lock=True)
+        account = _unchanged(_account(session, account_id, lock=True), checked)
         before = len(account.unused_recovery_codes)
         _replace_recovery_codes(session, account.id, hashes)
         record(
@@ -410,7 +417,7 @@ class LoginService(AccountCore):
             found = _account(side, account_id)
             username = found.username
             addresses = tuple(e.address for e in found.emails)
-        self._check_password(session, account_id, current_password)
+        checked = self._check_password(session, account_id, current_password)
         check_policy(
             new_password,
             username=username,
@@ -419,7 +426,7 @@ class LoginService(AccountCore):
             maximum=self.settings.max_password_length,
         )
         new_hash = self._passwords.hash(new_password)
-        account = _account(session, account_id, lock=True)
+        account = _unchanged(_account(session, account_id, lock=True), checked)
         account.password_hash = new_hash
         generation = _bump_generation(account)
         _end_reset_links(session, account.id, now)
@@ -460,6 +467,14 @@ class LoginService(AccountCore):
 
 
 # --------------------------------------------------------------------------- functions
+
+
+def _unchanged(account: Account, checked: str | None) -> Account:
+    """The locked account, if its password is still the one just checked: a change or
+    reset that landed during the check wins (the stale check does not overwrite it)."""
+    if account.password_hash != checked:
+        raise InvalidCredentials("your password was changed meanwhile; sign in again")
+    return account
 
 
 def _totp_step_key(account_id: int, timecode: int) -> str:

@@ -37,7 +37,7 @@ from lapsewatch.cycle.due import DueDomain, due_now, select_due
 from lapsewatch.dates import isoformat
 from lapsewatch.store.events import SYSTEM, record, user_actor
 from lapsewatch.store.models import Domain, Email
-from lapsewatch.store.work import savepoint
+from lapsewatch.store.work import has_written, savepoint
 from lapsewatch.verdict import Verdict
 
 __all__ = ["VerificationService", "reregistered_since"]
@@ -178,9 +178,9 @@ class VerificationService(AccountCore):
     def _dry_run(self, session: Session) -> Iterator[Session]:
         """A session to try the redeem in, always rolled back: one of its own, so the
         caller's holds no lock (nor, through the check, a connection); a savepoint of the
-        caller's when that has begun already (a caller composing calls: its locks would
-        make a session of its own wait), whose locks go with the savepoint."""
-        if not session.in_transaction():
+        caller's when that has written already (a caller composing calls: its locks would
+        make a session of its own wait), whose own locks go with the savepoint."""
+        if not has_written(session):
             with self._probes() as dry:
                 try:
                     yield dry

@@ -22,12 +22,14 @@ from contextlib import contextmanager
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
-__all__ = ["after_commit", "savepoint", "transaction", "writing_on_sqlite"]
+__all__ = ["after_commit", "has_written", "savepoint", "transaction", "writing_on_sqlite"]
 
 log = logging.getLogger(__name__)
 
 _AFTER_COMMIT = "lapsewatch.after_commit"
 """Key in a session's ``info``: what to run once its transaction commits."""
+_WROTE = "lapsewatch.wrote"
+"""Key in a session's ``info``: its transaction has flushed a write."""
 
 
 @contextmanager
@@ -91,6 +93,32 @@ def _run_after_commit(session: Session) -> None:
             action()
         except Exception:
             log.exception("an action after a commit failed (the commit stands)")
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> None:
+    """The outermost transaction ended without a commit running them (a close, a commit
+    whose flush failed): what was queued must not run at the session's next commit."""
+    if transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)
+        session.info.pop(_WROTE, None)
+
+
+@event.listens_for(Session, "after_flush")
+def _note_the_write(session: Session, _context: object) -> None:
+    session.info[_WROTE] = True
+
+
+def has_written(session: Session) -> bool:
+    """Whether ``session``'s transaction has written (its pending changes flushed first):
+    on SQLite it then holds the database's write lock, on PostgreSQL row locks that a
+    connection of its own could wait for."""
+    if not session.in_transaction():
+        return False
+    if writing_on_sqlite(session):
+        return True
+    session.flush()
+    return bool(session.info.get(_WROTE))
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -1,10 +1,11 @@
 """Mail jobs: expiry warnings, security advice and the notice outbox.
 
-Notices are queued as rows and sent by :func:`~lapsewatch.mail.jobs.run_mail_jobs`,
-which retries until the server accepts them. Links (verification, password reset)
-are not queued here: the account services send them at once (:mod:`lapsewatch.smtp`)
-and never store them, since only their hashes may live in the database. The words
-of every mail are in :mod:`lapsewatch.messages`.
+Every mail is a queued row, sent by the outbox (:mod:`~lapsewatch.mail.outbox`: the
+mail job :func:`~lapsewatch.mail.jobs.run_mail_jobs`, the ``send_mail`` task, the web
+process's :mod:`~lapsewatch.mail.sender`), which retries until the server accepts it.
+A link (verification, password reset) is queued as an intent and its token made as it
+is sent (:mod:`~lapsewatch.mail.links`): only token hashes live in the database. The
+words of every mail are in :mod:`lapsewatch.messages`.
 """
 
 from lapsewatch.mail.jobs import MailJobSummary, run_mail_jobs

@@ -293,6 +293,12 @@ class LoginService(AccountCore):
         stolen session cookie alone then cannot make it (raises on a wrong one)."""
         self._check_password(session, account_id, password)
 
+    def _require_totp(self, account_id: int) -> None:
+        """2FA must be on (read on the side connections: Argon2 comes next)."""
+        with self._probes() as side:
+            if not _account(side, account_id).totp_enabled:
+                raise TotpNotEnabled("two-factor authentication is not enabled")
+
     def _check_password(self, session: Session, account_id: int, password: str) -> str | None:
         """Re-check the password of a logged-in account, under the login limit (reserved
         first): a stolen session must not become a password-guessing oracle. The hash it
@@ -360,9 +366,7 @@ class LoginService(AccountCore):
     def disable_totp(self, session: Session, account_id: int, password: str) -> None:
         """Turn 2FA off; needs the password, so a hijacked session alone cannot."""
         now = self._clock()
-        with self._probes() as side:
-            if not _account(side, account_id).totp_enabled:
-                raise TotpNotEnabled("two-factor authentication is not enabled")
+        self._require_totp(account_id)
         checked = self._check_password(session, account_id, password)
         account = _unchanged(_account(session, account_id, lock=True), checked)
         account.totp_enabled = False
@@ -384,9 +388,7 @@ class LoginService(AccountCore):
     ) -> RecoveryCodes:
         """New codes replace all the old ones (after a few were used, or if they leaked)."""
         now = self._clock()
-        with self._probes() as side:
-            if not _account(side, account_id).totp_enabled:
-                raise TotpNotEnabled("two-factor authentication is not enabled")
+        self._require_totp(account_id)
         checked = self._check_password(session, account_id, password)
         codes = new_recovery_codes(self.settings.recovery_code_count)
         hashes = [self._passwords.hash(normalize_recovery_code(c) or c) for c in codes]

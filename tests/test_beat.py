@@ -153,7 +153,7 @@ def test_send_mail_retries_while_the_server_is_down_and_keeps_the_mail(
         tries.append(summary.failed)
         return summary
 
-    monkeypatch.setattr(outbox, "send_pending", counted)
+    monkeypatch.setattr("lapsewatch.mail.jobs.send_pending", counted)  # where it is called
     assert tasks.send_mail_task.retry_backoff
     # A retry does not inherit beat's expiry (it would be thrown away once that passed).
     beat_request = Context(id="beat-run", args=(), kwargs={}, expires="2026-12-01T00:01:00+00:00")

@@ -28,7 +28,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from sqlalchemy import Engine
@@ -38,6 +38,10 @@ from lapsewatch.config import ConfigError, Settings
 from lapsewatch.cycle.distributed import check_claimed, claim_chunk
 from lapsewatch.cycle.due import stream_due
 from lapsewatch.store.db import make_engine
+
+if TYPE_CHECKING:
+    from lapsewatch.mail.links import Links
+    from lapsewatch.smtp import Mailer
 
 __all__ = [
     "BEAT_DEFAULTS",
@@ -246,20 +250,23 @@ def enqueue_due_task(limit: int | None = 10_000) -> dict[str, int]:
     return {"domains": queued.domains, "tasks": queued.tasks}
 
 
-@celery_app.task(name="lapsewatch.notify")  # type: ignore[untyped-decorator]
-def notify_task() -> dict[str, Any]:
-    """``lapsewatch notify``, from beat: queue warnings and advice, send the outbox."""
+def _mail_wiring() -> tuple[Engine, Mailer, Links]:
+    """The store, the SMTP mailer and the links' settings, from the environment."""
     from lapsewatch.accounts.settings import AccountSettings
-    from lapsewatch.mail.jobs import run_mail_jobs
     from lapsewatch.mail.links import Links
     from lapsewatch.smtp import SmtpMailer
 
-    settings = Settings.from_env()
     account = AccountSettings.from_env()
-    mailer = SmtpMailer.from_settings(account)
-    return run_mail_jobs(
-        _engine(settings.database_url), mailer, Links.from_settings(account)
-    ).counts()
+    engine = _engine(Settings.from_env().database_url)
+    return engine, SmtpMailer.from_settings(account), Links.from_settings(account)
+
+
+@celery_app.task(name="lapsewatch.notify")  # type: ignore[untyped-decorator]
+def notify_task() -> dict[str, Any]:
+    """``lapsewatch notify``, from beat: queue warnings and advice, send the outbox."""
+    from lapsewatch.mail.jobs import run_mail_jobs
+
+    return run_mail_jobs(*_mail_wiring()).counts()
 
 
 class MailServerDown(Exception):
@@ -279,19 +286,9 @@ class MailServerDown(Exception):
 )
 def send_mail_task() -> dict[str, int]:
     """The outbox: every queued mail (the web's links and security mails, notices)."""
-    from lapsewatch.accounts.settings import AccountSettings
-    from lapsewatch.mail.links import Links
-    from lapsewatch.mail.outbox import send_pending
-    from lapsewatch.smtp import SmtpMailer
+    from lapsewatch.mail.jobs import send_outbox
 
-    settings = Settings.from_env()
-    account = AccountSettings.from_env()
-    summary = send_pending(
-        _engine(settings.database_url),
-        SmtpMailer.from_settings(account),
-        links=Links.from_settings(account),
-    )
-    metrics.count_notices(summary.sent, summary.failed, summary.stopped)
+    summary = send_outbox(*_mail_wiring())
     if summary.stopped:
         raise MailServerDown("; ".join(summary.errors) or "the mail server is unreachable")
     return {

@@ -20,7 +20,7 @@ from lapsewatch.mail.outbox import OutboxSummary, send_pending
 from lapsewatch.smtp import Mailer
 from lapsewatch.store.db import make_sessionmaker
 
-__all__ = ["MailJobSummary", "run_mail_jobs"]
+__all__ = ["MailJobSummary", "run_mail_jobs", "send_outbox"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,14 @@ def run_mail_jobs(
         warnings = queue_expiry_warnings(session, now=now, before=warn_before)
         advice = queue_security_advice(session, now=now)
         RateLimiter.prune(session, now=now)
+    return MailJobSummary(warnings, advice, send_outbox(engine, mailer, links, now=now))
+
+
+def send_outbox(
+    engine: Engine, mailer: Mailer, links: Links, *, now: datetime | None = None
+) -> OutboxSummary:
+    """Send every queued mail, links included, and count what went (the mail jobs'
+    part that the ``send_mail`` task runs alone)."""
     outbox = send_pending(engine, mailer, now=now, links=links)
     metrics.count_notices(outbox.sent, outbox.failed, outbox.stopped)
-    return MailJobSummary(warnings, advice, outbox)
+    return outbox

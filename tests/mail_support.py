@@ -26,7 +26,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session as DbSession
 
-from lapsewatch.accounts.core import KEEP
+from lapsewatch.accounts.core import call
 from lapsewatch.accounts.passwords import Passwords
 from lapsewatch.accounts.service import (
     AccountService,
@@ -50,12 +50,14 @@ from lapsewatch.mail.outbox import send_pending
 from lapsewatch.schedule import Policy
 from lapsewatch.smtp import Mailer, SmtpMailer
 from lapsewatch.store.db import make_sessionmaker
-from lapsewatch.store.work import transaction
 
+PASSWORD = "correct horse battery"
+"""The password of the test accounts made by :func:`sign_up_verified` unless told."""
 P = ParamSpec("P")
 R = TypeVar("R")
 
 __all__ = [
+    "PASSWORD",
     "Accounts",
     "Clock",
     "HangingServer",
@@ -64,6 +66,7 @@ __all__ = [
     "account_settings",
     "deliver_at_once",
     "make_service",
+    "sign_up_verified",
     "token_from",
 ]
 
@@ -346,8 +349,7 @@ class Accounts:
     def _run(
         self, action: Callable[Concatenate[DbSession, P], R], *args: P.args, **kw: P.kwargs
     ) -> R:
-        with transaction(self._sessions, keep=KEEP) as session:
-            return action(session, *args, **kw)
+        return call(self._sessions, action, *args, **kw)
 
     def sign_up(
         self, username: str, password: str, email: str, *, client: str | None = None
@@ -440,3 +442,20 @@ class Accounts:
 
     def recovery_options(self, account_id: int) -> RecoveryOptions:
         return self._run(self.service.recovery_options, account_id)
+
+
+def sign_up_verified(
+    svc: Accounts,
+    smtp: MailServer,
+    username: str,
+    address: str,
+    *more: str,
+    password: str = PASSWORD,
+) -> int:
+    """An account whose addresses were all verified through their mailed links."""
+    account_id = created(svc.sign_up(username, password, address))
+    svc.verify_email(token_from(smtp.inbox(address)[-1]))
+    for extra in more:
+        svc.add_email(account_id, extra)
+        svc.verify_email(token_from(smtp.inbox(extra)[-1]))
+    return account_id

@@ -15,9 +15,10 @@ import logging
 import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from lapsewatch import messages, notices
 from lapsewatch.accounts import tokens
@@ -33,9 +34,9 @@ from lapsewatch.schedule import Policy
 from lapsewatch.store.db import make_sessionmaker, side_engine
 from lapsewatch.store.events import SYSTEM, record_once
 from lapsewatch.store.models import Account, Email
-from lapsewatch.store.work import after_commit
+from lapsewatch.store.work import after_commit, transaction
 
-__all__ = ["KEEP", "AccountCore", "Clock", "Deliver"]
+__all__ = ["KEEP", "AccountCore", "Clock", "Deliver", "call"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,22 @@ Deliver = Callable[[Sequence[int]], bool]
 for the mail job). :class:`lapsewatch.mail.sender.OutboxSender` is the production one."""
 
 _MAX_IDENTIFIER = 320
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def call(
+    sessions: sessionmaker[Session],
+    action: Callable[Concatenate[Session, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """``action(session, ...)`` as its caller runs it: in a transaction of its own,
+    committed when it returns and when it raises an :class:`AccountError` (:data:`KEEP`:
+    a refusal whose record must stand). The web app's ``WebContext.run``."""
+    with transaction(sessions, keep=KEEP) as session:
+        return action(session, *args, **kwargs)
 
 
 def _utc_now() -> datetime:
@@ -225,12 +242,10 @@ class AccountCore:
             after_commit(session, functools.partial(self._deliver, list(ids)))
 
     def _deliver(self, ids: list[int]) -> None:
+        """After the commit; an exception is logged there, and the commit stands."""
         assert self._deliver_now is not None
-        try:
-            if not self._deliver_now(ids):
-                log.warning("notices %s stay queued for the mail job", ids)
-        except Exception:  # the mail is queued; the request it came from stands
-            log.exception("delivering notices %s failed; the mail job will send them", ids)
+        if not self._deliver_now(ids):
+            log.warning("notices %s stay queued for the mail job", ids)
 
 
 # --------------------------------------------------------------------------- functions

@@ -123,12 +123,10 @@ def has_written(session: Session) -> bool:
 
 @event.listens_for(Session, "after_soft_rollback")
 def _forget_after_rollback(session: Session, previous: SessionTransaction) -> None:
-    """Drop what was registered in the transaction rolled back, or in one inside it."""
+    """Drop what was registered in the transaction rolled back, or in one inside it
+    (the outermost one's end drops the rest: :func:`_forget_at_the_end`)."""
     pending = session.info.get(_AFTER_COMMIT)
     if not pending:
-        return
-    if previous.parent is None:
-        session.info.pop(_AFTER_COMMIT, None)
         return
 
     def inside(transaction: SessionTransaction | None) -> bool:

@@ -15,13 +15,12 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from lapsewatch.accounts.core import KEEP
+from lapsewatch.accounts.core import call
 from lapsewatch.accounts.service import AccountService
 from lapsewatch.config import Settings
 from lapsewatch.cycle.domaincheck import DomainChecker
 from lapsewatch.domains import FreeProviders
 from lapsewatch.schedule import Policy
-from lapsewatch.store.work import transaction
 from lapsewatch.web.config import WebSettings
 
 __all__ = ["WebContext", "get_context"]
@@ -51,11 +50,9 @@ class WebContext:
     def run(
         self, action: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        """``action(session, ...)`` in a transaction of its own, which the request owns:
-        committed when it returns, and when it raises an ``AccountError`` (a refusal
-        whose record must stand, :data:`~lapsewatch.accounts.core.KEEP`)."""
-        with transaction(self.sessions, keep=KEEP) as session:
-            return action(session, *args, **kwargs)
+        """``action(session, ...)`` in a transaction the request owns
+        (:func:`lapsewatch.accounts.core.call`)."""
+        return call(self.sessions, action, *args, **kwargs)
 
 
 def get_context(request: Request) -> WebContext:

@@ -55,17 +55,18 @@ from lapsewatch.store import Account, Domain, Email, Event, make_sessionmaker
 from lapsewatch.store.models import RateLimitHit, Token
 from lapsewatch.world import World, demo_scenario
 from tests.mail_support import (
+    PASSWORD,
     Accounts,
     Clock,
     MailServer,
     account_settings,
     created,
     make_service,
+    sign_up_verified,
     token_from,
 )
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-PASSWORD = "correct horse battery"
 NEW_PASSWORD = "another long passphrase"
 
 
@@ -110,23 +111,6 @@ def check_settings(world: World) -> Settings:
             "LAPSEWATCH_MAX_RETRY_AFTER": "1",
         }
     )
-
-
-def sign_up_verified(
-    svc: Accounts,
-    smtp: MailServer,
-    username: str,
-    address: str,
-    *more: str,
-    password: str = PASSWORD,
-) -> int:
-    """An account whose addresses were all verified through their mailed links."""
-    account_id = created(svc.sign_up(username, password, address))
-    svc.verify_email(token_from(smtp.inbox(address)[-1]))
-    for extra in more:
-        svc.add_email(account_id, extra)
-        svc.verify_email(token_from(smtp.inbox(extra)[-1]))
-    return account_id
 
 
 def events(engine: Engine, kind: str) -> list[Event]:

@@ -25,7 +25,6 @@ from lapsewatch.accounts.errors import LoginRequired
 from lapsewatch.accounts.service import RESET_REQUESTED
 from lapsewatch.accounts.settings import AccountSettings
 from lapsewatch.accounts.tokens import TokenKind, revoke_sent_to
-from lapsewatch.config import Settings
 from lapsewatch.cycle import run_cycle
 from lapsewatch.cycle.domaincheck import CycleDomainChecker
 from lapsewatch.mail.jobs import run_mail_jobs
@@ -39,6 +38,7 @@ from lapsewatch.store.models import Token
 from lapsewatch.web.app import create_app_from_env
 from lapsewatch.world import DomainScenario, World, demo_scenario
 from tests.cli_support import lapsewatch
+from tests.cycle_support import settings_for
 from tests.mail_support import (
     Accounts,
     Clock,
@@ -46,6 +46,7 @@ from tests.mail_support import (
     account_settings,
     created,
     make_service,
+    sign_up_verified,
     token_from,
 )
 from tests.web_support import LiveServer, WebClient
@@ -78,17 +79,6 @@ def lapsed_domain(world: World, smtp: MailServer) -> Iterator[None]:
     world.remove_domain("lapsed.test")
 
 
-def check_settings(world: World) -> Settings:
-    return Settings.from_env(
-        {
-            **world.env(),
-            "LAPSEWATCH_TIMEOUT": "0.5",
-            "LAPSEWATCH_ATTEMPTS": "2",
-            "LAPSEWATCH_MAX_RETRY_AFTER": "1",
-        }
-    )
-
-
 def queued_only(engine: Engine, settings: AccountSettings, clock: Clock) -> Accounts:
     """The account services of a web process that dies before its sender runs (or whose
     mail server is down): mail is only queued."""
@@ -109,7 +99,7 @@ def test_a_reset_queued_before_the_lapse_never_reaches_the_domains_new_owner(
     engine: Engine, world: World, smtp: MailServer
 ) -> None:
     clock = Clock(YEARS_AGO)
-    checks = check_settings(world)
+    checks = settings_for(world)
     settings = account_settings(smtp.url)
     web = make_service(
         engine,
@@ -229,15 +219,6 @@ def test_the_web_app_as_deployed_sends_its_links_through_the_outbox(
         assert session.scalars(select(Notice).where(Notice.sent_at.is_(None))).all() == []
 
 
-def signed_up_verified(svc: Accounts, smtp: MailServer, name: str, *addresses: str) -> int:
-    account_id = created(svc.sign_up(name, PASSWORD, addresses[0]))
-    svc.verify_email(token_from(smtp.inbox(addresses[0])[-1]))
-    for address in addresses[1:]:
-        svc.add_email(account_id, address)
-        svc.verify_email(token_from(smtp.inbox(address)[-1]))
-    return account_id
-
-
 def unused_resets(engine: Engine) -> list[Token]:
     return [t for t in tokens_of(engine, TokenKind.PASSWORD_RESET) if t.used_at is None]
 
@@ -252,7 +233,7 @@ def test_the_outbox_waits_for_an_unverify_in_progress_and_then_sends_nothing(
     settings = account_settings(smtp.url)
     clock = Clock(NOW)
     web = make_service(engine, settings, clock=clock)
-    signed_up_verified(web, smtp, "alice", "alice@gmail.com")
+    sign_up_verified(web, smtp, "alice", "alice@gmail.com", password=PASSWORD)
     queued_only(engine, settings, clock).request_password_reset("alice@gmail.com")
     summaries: list[Any] = []
     with make_sessionmaker(engine).begin() as cycle:  # what the cycle's unverify holds
@@ -288,7 +269,7 @@ def test_a_password_change_kills_the_reset_links_not_sent_yet(
     settings = account_settings(smtp.url)
     clock = Clock(NOW)
     web = make_service(engine, settings, clock=clock)
-    alice = signed_up_verified(web, smtp, "alice", "alice@gmail.com")
+    alice = sign_up_verified(web, smtp, "alice", "alice@gmail.com", password=PASSWORD)
     queued_only(engine, settings, clock).request_password_reset("alice")
     web.change_password(alice, PASSWORD, "a brand new passphrase")
     mailer = SmtpMailer.from_settings(settings)
@@ -303,8 +284,12 @@ def test_a_link_older_than_its_life_is_never_made(engine: Engine, smtp: MailServ
     smtp.clear()
     settings = account_settings(smtp.url)
     clock = Clock(NOW)
-    signed_up_verified(
-        make_service(engine, settings, clock=clock), smtp, "alice", "alice@gmail.com"
+    sign_up_verified(
+        make_service(engine, settings, clock=clock),
+        smtp,
+        "alice",
+        "alice@gmail.com",
+        password=PASSWORD,
     )
     queued_only(engine, settings, clock).request_password_reset("alice")
     clock.advance(seconds=settings.reset_token_ttl.total_seconds())
@@ -320,7 +305,9 @@ def test_a_link_the_server_refuses_for_good_is_dropped_and_its_token_retired(
     smtp.clear()
     settings = account_settings(smtp.url)
     clock = Clock(NOW)
-    signed_up_verified(make_service(engine, settings, clock=clock), smtp, "bob", "bob@gmail.com")
+    sign_up_verified(
+        make_service(engine, settings, clock=clock), smtp, "bob", "bob@gmail.com", password=PASSWORD
+    )
     queued_only(engine, settings, clock).request_password_reset("bob")
     smtp.refuse.add("bob@gmail.com")
     try:
@@ -341,7 +328,9 @@ def test_removing_a_lapsed_address_does_not_mail_it(engine: Engine, smtp: MailSe
     smtp.clear()
     settings = account_settings(smtp.url)
     web = make_service(engine, settings, clock=Clock(NOW))
-    alice = signed_up_verified(web, smtp, "alice", "alice@gmail.com", "alice@lapsed.test")
+    alice = sign_up_verified(
+        web, smtp, "alice", "alice@gmail.com", "alice@lapsed.test", password=PASSWORD
+    )
     with make_sessionmaker(engine).begin() as session:  # the cycle unverified it
         email = session.scalars(select(Email).where(Email.address == "alice@lapsed.test")).one()
         email.verified, email.unverified_at, email_id = False, NOW, email.id
